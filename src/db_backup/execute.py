@@ -1,0 +1,212 @@
+"""Every child process this program starts goes through here.
+
+argv is always a list (never a shell string); stdout is streamed or captured; the last lines of
+stderr are kept for the error message; a stop request terminates the child (SIGTERM, then SIGKILL
+after a grace period).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import select
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+
+from db_backup.secrets import mask
+
+STDERR_TAIL_LINES = 25
+TERMINATE_GRACE_SECONDS = 10.0
+
+
+class CommandError(Exception):
+    """A child failed; the message names the program, its exit status and its stderr tail."""
+
+    def __init__(self, program: str, returncode: int | None, stderr_tail: str, what: str = "") -> None:
+        self.program = program
+        self.returncode = returncode
+        self.stderr_tail = stderr_tail
+        if returncode is None:
+            status = "could not be started"
+        elif returncode < 0:
+            status = f"was killed by signal {signal.Signals(-returncode).name}"
+        else:
+            status = f"exited with status {returncode}"
+        text = what or f"{program} {status}"
+        if stderr_tail:
+            text += f": {stderr_tail}"
+        super().__init__(mask(text))
+
+
+class Cancelled(Exception):
+    """The run was asked to stop (daemon shutdown or job timeout); the message says why."""
+
+
+class CancelToken:
+    """Lets another thread stop a run: `cancel(reason)`; the run checks `raise_if_cancelled`."""
+
+    def __init__(self, deadline_monotonic: float | None = None, timeout_reason: str = "") -> None:
+        self._event = threading.Event()
+        self._reason = ""
+        self._deadline = deadline_monotonic
+        self._timeout_reason = timeout_reason
+
+    def cancel(self, reason: str) -> None:
+        """Asks the run to stop, giving the reason that ends up in its report."""
+        if not self._event.is_set():
+            self._reason = reason
+            self._event.set()
+
+    @property
+    def reason(self) -> str:
+        """Returns why the run was stopped, or "" while it may go on."""
+        self._check_deadline()
+        return self._reason
+
+    def is_cancelled(self) -> bool:
+        """Returns whether the run must stop now."""
+        self._check_deadline()
+        return self._event.is_set()
+
+    def raise_if_cancelled(self) -> None:
+        """Raises Cancelled when the run must stop."""
+        if self.is_cancelled():
+            raise Cancelled(self._reason)
+
+    def _check_deadline(self) -> None:
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            self.cancel(self._timeout_reason or "timed out")
+
+
+class StderrTail:
+    """Collects a child's stderr in a thread, keeping the last lines for error messages."""
+
+    def __init__(self, stream: object) -> None:
+        self._lines: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, stream: object) -> None:
+        for raw in iter(stream.readline, b""):  # type: ignore[attr-defined]
+            line = raw.decode("utf-8", "replace").rstrip()
+            if line:
+                self._lines.append(line)
+        stream.close()  # type: ignore[attr-defined]
+
+    def text(self, timeout: float = 2.0) -> str:
+        """Returns the kept lines joined by ' | ', secrets masked."""
+        self._thread.join(timeout)
+        return mask(" | ".join(self._lines))
+
+
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Returns the environment for a child: ours without libpq passwords, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if k not in {"PGPASSWORD"}}
+    env.setdefault("LC_ALL", "C.UTF-8")
+    if extra:
+        env.update(extra)
+    return env
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = 600,
+    input_bytes: bytes | None = None,
+) -> str:
+    """Runs a child to completion and returns its stdout; raises CommandError on failure."""
+    program = os.path.basename(argv[0])
+    try:
+        done = subprocess.run(
+            list(argv),
+            env=dict(env) if env is not None else None,
+            input=input_bytes,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+    except FileNotFoundError:
+        raise CommandError(program, None, "", f"{program} not found on PATH") from None
+    except subprocess.TimeoutExpired:
+        raise CommandError(program, None, "", f"{program} did not finish in {timeout} s") from None
+    if done.returncode != 0:
+        tail = " | ".join(done.stderr.decode("utf-8", "replace").strip().splitlines()[-STDERR_TAIL_LINES:])
+        raise CommandError(program, done.returncode, mask(tail))
+    return done.stdout.decode("utf-8", "replace")
+
+
+class StreamingChild:
+    """A child whose stdout is read in chunks while it runs (pg_dump feeding the sinks)."""
+
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str] | None = None) -> None:
+        self.program = os.path.basename(argv[0])
+        try:
+            self._proc = subprocess.Popen(
+                list(argv),
+                env=dict(env) if env is not None else None,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,  # a Ctrl-C on the terminal reaches us, not pg_dump first
+            )
+        except FileNotFoundError:
+            raise CommandError(self.program, None, "", f"{self.program} not found on PATH") from None
+        assert self._proc.stdout is not None and self._proc.stderr is not None
+        self._stdout_fd = self._proc.stdout.fileno()
+        self._stderr = StderrTail(self._proc.stderr)
+
+    @property
+    def pid(self) -> int:
+        """Returns the child's process id."""
+        return self._proc.pid
+
+    def chunks(self, size: int, cancel: CancelToken | None = None) -> Iterator[bytes]:
+        """Yields stdout in pieces of at most `size` bytes until EOF; stops the child if cancelled."""
+        while True:
+            if cancel is not None and cancel.is_cancelled():
+                self.terminate()
+                raise Cancelled(cancel.reason)
+            ready, _, _ = select.select([self._stdout_fd], [], [], 0.5)
+            if not ready:
+                continue
+            data = os.read(self._stdout_fd, size)
+            if not data:
+                return
+            yield data
+
+    def wait(self) -> int:
+        """Waits for the child to exit and returns its exit status (negative: signal)."""
+        assert self._proc.stdout is not None
+        self._proc.stdout.close()
+        return self._proc.wait()
+
+    def stderr_tail(self) -> str:
+        """Returns the last lines the child wrote to stderr, secrets masked."""
+        return self._stderr.text()
+
+    def terminate(self, grace: float = TERMINATE_GRACE_SECONDS) -> None:
+        """Stops the child: SIGTERM, then SIGKILL if it is still there after `grace` seconds."""
+        if self._proc.poll() is not None:
+            return
+        try:
+            os.killpg(self._proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            self._proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self._proc.wait()
+
+    def check(self) -> None:
+        """Waits for exit and raises CommandError unless the child exited 0."""
+        code = self.wait()
+        if code != 0:
+            raise CommandError(self.program, code, self.stderr_tail())

@@ -1,0 +1,254 @@
+"""The JSON report of one database in one run: the platform's source of truth.
+
+Every field of the seed's example keeps its name and type (`port` is a string, `durationSeconds`
+an integer); everything else is additive. Reports are written atomically (temp, fsync, rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from db_backup.secrets import mask
+from db_backup.storage.local import fsync_dir
+
+SCHEMA_VERSION = 1
+SUCCESS = "SUCCESS"
+FAILED = "FAILED"
+REPORT_NAMESPACE = uuid.UUID("7d3f4a52-6c1e-4d0b-9a57-2f4c1e8b9d10")
+
+# The seed's report, field by field: name -> type. Tests validate every report against it.
+SEED_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "database": str,
+    "host": str,
+    "port": str,
+    "startedAt": str,
+    "finishedAt": str,
+    "durationSeconds": int,
+    "mode": str,
+    "tool": str,
+    "status": str,
+    "errorMessage": str,
+    "local": dict,
+    "remote": dict,
+}
+SEED_LOCAL_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "file": str,
+    "globalsFile": str,
+    "checksumSha256": str,
+    "sizeBytes": int,
+}
+
+
+def utc_now() -> datetime:
+    """Returns the current time in UTC, to the second."""
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def iso(moment: datetime) -> str:
+    """Returns `moment` as the seed's ISO 8601 form, e.g. 2025-10-11T18:00:00Z."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_iso(text: str) -> datetime:
+    """Returns the UTC datetime of an ISO 8601 string as written by `iso`."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def host_label() -> str:
+    """Returns this machine's short host name, safe for a file name."""
+    return safe_name(socket.gethostname().split(".")[0]) or "host"
+
+
+def safe_name(text: str) -> str:
+    """Returns `text` with every character outside [A-Za-z0-9._-] replaced by '-'."""
+    return "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "-" for c in text)
+
+
+def stem(database: str, started: datetime, host: str) -> str:
+    """Returns the seed's file stem `<db>_<YYYYmmddTHHMMSSZ>_<host>`."""
+    return f"{safe_name(database)}_{started.astimezone(UTC):%Y%m%dT%H%M%SZ}_{host}"
+
+
+@dataclass
+class Report:
+    """One database's result in one run; `to_json` gives the platform's document."""
+
+    job: str
+    database: str
+    host: str
+    port: int
+    mode: str
+    tool: str
+    stem: str
+    started: datetime
+    finished: datetime | None = None
+    status: str = FAILED
+    error_message: str = ""
+    local_file: str = ""
+    globals_file: str = ""
+    checksum_file: str = ""
+    sha256: str = ""
+    size_bytes: int = 0
+    remote_urls: list[str] = field(default_factory=list)
+    targets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    dump_format: str = "custom"
+    compression: int = 9
+    pg_dump_version: str = ""
+    server_version: str = ""
+    attempt: int = 1
+    trigger: str = "manual"
+    retention_deleted: list[str] = field(default_factory=list)
+    artefacts: list[str] = field(default_factory=list)  # file names, the same on every target
+    hostname: str = field(default_factory=socket.gethostname)
+
+    @property
+    def id(self) -> str:
+        """Returns a stable UUID for this report (the db_backup_job primary key)."""
+        return str(uuid.uuid5(REPORT_NAMESPACE, f"{self.job}/{self.stem}"))
+
+    def to_json(self) -> dict[str, Any]:
+        """Returns the report document: the seed's fields first, additive fields after."""
+        finished = self.finished or utc_now()
+        return {
+            "database": self.database,
+            "host": self.host,
+            "port": str(self.port),
+            "startedAt": iso(self.started),
+            "finishedAt": iso(finished),
+            "durationSeconds": max(0, round((finished - self.started).total_seconds())),
+            "mode": self.mode,
+            "tool": self.tool,
+            "status": self.status,
+            "errorMessage": mask(self.error_message),
+            "local": {
+                "file": self.local_file,
+                "globalsFile": self.globals_file,
+                "checksumSha256": self.sha256,
+                "sizeBytes": self.size_bytes,
+                "checksumFile": self.checksum_file,
+            },
+            "remote": {"urls": list(self.remote_urls)},
+            "schemaVersion": SCHEMA_VERSION,
+            "id": self.id,
+            "job": self.job,
+            "hostname": self.hostname,
+            "format": self.dump_format,
+            "compression": self.compression,
+            "pgDumpVersion": self.pg_dump_version,
+            "serverVersion": self.server_version,
+            "attempt": self.attempt,
+            "trigger": self.trigger,
+            "targets": {name: dict(result) for name, result in self.targets.items()},
+            "retention": {"deleted": list(self.retention_deleted)},
+            "artefacts": [*self.artefacts, f"{self.stem}.json"],
+        }
+
+
+def report_path(reports_dir: Path, stem_text: str) -> Path:
+    """Returns where the report of `stem_text` lives."""
+    return reports_dir / f"{stem_text}.json"
+
+
+def write_report(reports_dir: Path, report: Report) -> Path:
+    """Writes the report atomically (temp, fsync, rename), mode 0640; returns its path."""
+    path = report_path(reports_dir, report.stem)
+    write_json_atomically(path, report.to_json())
+    return path
+
+
+def write_json_atomically(path: Path, document: dict[str, Any], mode: int = 0o640) -> None:
+    """Writes `document` to `path` so a reader sees the old file or the whole new one."""
+    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    data = (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def seed_field_problems(document: dict[str, Any]) -> list[str]:
+    """Returns what in `document` breaks the seed's field names and types (empty: none)."""
+    problems = []
+    for name, kind in SEED_FIELDS.items():
+        if name not in document:
+            problems.append(f"missing {name}")
+        elif not isinstance(document[name], kind) or isinstance(document[name], bool):
+            problems.append(f"{name} is {type(document[name]).__name__}")
+    local = document.get("local")
+    if isinstance(local, dict):
+        for name, kind in SEED_LOCAL_FIELDS.items():
+            if name not in local:
+                problems.append(f"missing local.{name}")
+            elif not isinstance(local[name], kind) or isinstance(local[name], bool):
+                problems.append(f"local.{name} is {type(local[name]).__name__}")
+    remote = document.get("remote")
+    if isinstance(remote, dict):
+        urls = remote.get("urls")
+        if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+            problems.append("remote.urls is not a list of strings")
+    if document.get("status") not in {SUCCESS, FAILED}:
+        problems.append(f"status {document.get('status')!r} is not SUCCESS or FAILED")
+    return problems
+
+
+@dataclass(frozen=True)
+class StoredReport:
+    """A report read back from the reports directory."""
+
+    path: Path
+    document: dict[str, Any]
+
+    @property
+    def started(self) -> datetime:
+        """Returns when the run of this report started (UTC)."""
+        return parse_iso(self.document["startedAt"])
+
+    @property
+    def job(self) -> str:
+        """Returns the job name ("" for reports written by the seed's shell script)."""
+        return str(self.document.get("job", ""))
+
+
+def load_reports(reports_dir: Path) -> tuple[list[StoredReport], list[str]]:
+    """Returns the reports in `reports_dir`, newest first, and a warning per skipped file."""
+    reports: list[StoredReport] = []
+    warnings: list[str] = []
+    try:
+        paths = sorted(reports_dir.glob("*.json"))
+    except OSError as exc:
+        return [], [f"{reports_dir}: cannot list: {exc.strerror}"]
+    for path in paths:
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            warnings.append(f"{path}: skipped, not readable JSON ({exc})")
+            continue
+        if not isinstance(document, dict):
+            warnings.append(f"{path}: skipped, not a report (top level is not an object)")
+            continue
+        problems = seed_field_problems(document)
+        if problems:
+            warnings.append(f"{path}: skipped, not a report ({'; '.join(problems[:3])})")
+            continue
+        try:
+            parse_iso(document["startedAt"])
+        except ValueError:
+            warnings.append(f"{path}: skipped, startedAt is not a time")
+            continue
+        reports.append(StoredReport(path, document))
+    reports.sort(key=lambda r: (r.started, r.path.name), reverse=True)
+    return reports, warnings

@@ -1,0 +1,66 @@
+"""Resolves secret references and remembers every secret so log output can mask it."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+from db_backup.config import SecretRef
+
+MASK = "***"
+_known: set[str] = set()
+_lock = threading.Lock()
+
+
+class SecretError(Exception):
+    """A referenced secret could not be read; the message names the reference, not the value."""
+
+
+def resolve(ref: SecretRef, purpose: str) -> str:
+    """Returns the secret `ref` points to and registers it for masking; raises SecretError."""
+    if ref.kind == "env":
+        value = os.environ.get(ref.name)
+        if value is None:
+            raise SecretError(f"{purpose}: environment variable {ref.name} is not set")
+    elif ref.kind == "file":
+        value = _first_line(Path(ref.name), purpose)
+    elif ref.kind == "credential":
+        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            raise SecretError(
+                f"{purpose}: credential {ref.name!r} needs $CREDENTIALS_DIRECTORY "
+                "(set LoadCredential= in the unit)"
+            )
+        value = _first_line(Path(directory) / ref.name, purpose)
+    else:  # pragma: no cover - the schema allows only the three kinds
+        raise SecretError(f"{purpose}: unknown secret kind {ref.kind!r}")
+    if not value:
+        raise SecretError(f"{purpose}: {ref.describe()} is empty")
+    register(value)
+    return value
+
+
+def register(value: str) -> None:
+    """Adds `value` to the strings that `mask` hides."""
+    if len(value) >= 3:
+        with _lock:
+            _known.add(value)
+
+
+def mask(text: str) -> str:
+    """Returns `text` with every registered secret replaced by ***."""
+    with _lock:
+        secrets = sorted(_known, key=len, reverse=True)
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def _first_line(path: Path, purpose: str) -> str:
+    try:
+        with path.open(encoding="utf-8") as handle:
+            return handle.readline().rstrip("\r\n")
+    except OSError as exc:
+        raise SecretError(f"{purpose}: cannot read {path}: {exc.strerror}") from None

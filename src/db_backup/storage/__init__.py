@@ -1,0 +1,59 @@
+"""Storage backends behind one protocol (`base.Target`); `make_targets` picks them for a job."""
+
+from __future__ import annotations
+
+from db_backup.config import Config, JobConfig
+from db_backup.secrets import resolve
+from db_backup.storage.base import StorageError, Target
+from db_backup.storage.local import LocalTarget
+
+__all__ = ["StorageError", "Target", "make_targets", "remote_target"]
+
+
+def make_targets(config: Config, job: JobConfig) -> list[Target]:
+    """Returns the targets of `job`'s storage mode: local first, then the remote one."""
+    targets: list[Target] = []
+    if job.mode in {"local", "both"}:
+        targets.append(LocalTarget(config.directories.data, job.name))
+    if job.mode in {"oss", "both"}:
+        targets.append(remote_target(config))
+    return targets
+
+
+def remote_target(config: Config) -> Target:
+    """Returns the configured remote target (oss2 or rclone) with its secrets resolved."""
+    storage = config.storage
+    if storage.tool == "rclone":
+        from db_backup.storage.rclone import RcloneSettings, RcloneTarget
+
+        if storage.rclone is None:
+            raise StorageError("rclone: storage.rclone is not configured")
+        rc = storage.rclone
+        return RcloneTarget(RcloneSettings(remote=rc.remote, prefix=rc.prefix, config_file=rc.config_file))
+    from db_backup.storage.oss import OssSettings, OssTarget
+
+    oss = storage.oss
+    if oss is None:
+        raise StorageError("oss: storage.oss is not configured")
+    token = resolve(oss.security_token, "storage.oss.security_token") if oss.security_token else None
+    limit = oss.bandwidth_limit_mbps
+    settings = OssSettings(
+        endpoint=oss.endpoint,
+        bucket=oss.bucket,
+        prefix=oss.prefix,
+        region=oss.region,
+        signature_version=oss.signature_version,
+        access_key_id=resolve(oss.access_key_id, "storage.oss.access_key_id"),
+        access_key_secret=resolve(oss.access_key_secret, "storage.oss.access_key_secret"),
+        security_token=token,
+        sse=oss.server_side_encryption,
+        kms_key_id=oss.kms_key_id,
+        storage_class=oss.storage_class,
+        connect_timeout=oss.connect_timeout_seconds,
+        read_timeout=oss.read_timeout_seconds,
+        retries=oss.retries,
+        part_size=oss.part_size_mib * 1024 * 1024,
+        parallel_parts=oss.parallel_parts,
+        bandwidth_limit=int(limit * 1_000_000 / 8) if limit else None,
+    )
+    return OssTarget(settings)

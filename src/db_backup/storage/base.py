@@ -1,0 +1,57 @@
+"""The small protocol every storage backend implements.
+
+The job runner knows only this module: a backend turns a stream of dump bytes into a stored
+object (`open_stream`), stores small finished files next to it (`put_file`), and lists and deletes
+what this program stored (`list_names`, `delete`) for retention. Adding a backend never touches
+the job runner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class StorageError(Exception):
+    """A backend could not store, list or delete; the message names the target and the cause."""
+
+
+@dataclass
+class StoredObject:
+    """Where one artefact ended up: a local path or a remote URL, with backend extras."""
+
+    location: str
+    size_bytes: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class StreamSink(Protocol):
+    """Receives one dump's bytes in order, then is either committed or aborted, never both."""
+
+    def write(self, data: bytes) -> None:
+        """Stores the next bytes; raises StorageError when this target can no longer continue."""
+
+    def commit(self, sha256_hex: str) -> StoredObject:
+        """Makes the object visible under its final name, only after every byte arrived."""
+
+    def abort(self) -> None:
+        """Removes everything written so far; never raises, safe to call twice."""
+
+
+class Target(Protocol):
+    """A place backups go: the local data directory, an OSS bucket, an rclone remote."""
+
+    name: str  # "local", "oss", "rclone": the key in the report's per-target results
+
+    def open_stream(self, filename: str) -> StreamSink:
+        """Starts storing a dump named `filename` from a stream."""
+
+    def put_file(self, path: Path, filename: str) -> StoredObject:
+        """Stores a small finished file (globals, .sha256, report) as `filename`."""
+
+    def delete(self, filenames: list[str]) -> list[str]:
+        """Deletes these names if present and returns the locations it removed."""
+
+    def list_names(self) -> list[str]:
+        """Lists the file names this target holds under its directory or prefix."""

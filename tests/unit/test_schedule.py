@@ -1,0 +1,353 @@
+"""Schedule math: validation, DST changeovers, catch-up and clock jumps, driven by a fake clock."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from db_backup.schedule import (
+    due_at_start,
+    missed_run,
+    next_run_after,
+    next_runs,
+    sleep_seconds_until,
+    validate_cron,
+    validate_timezone,
+)
+
+BERLIN = ZoneInfo("Europe/Berlin")
+NEW_YORK = ZoneInfo("America/New_York")
+SYDNEY = ZoneInfo("Australia/Sydney")
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+
+MAX_SLEEP = 30.0
+WAKE_LATENCY = timedelta(milliseconds=250)
+
+
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    """Return an aware UTC datetime."""
+    return datetime(year, month, day, hour, minute, tzinfo=UTC)
+
+
+@dataclass
+class Daemon:
+    """A fake daemon loop following the recipe in the schedule module docstring."""
+
+    expr: str
+    tz: ZoneInfo
+    now: datetime
+    last_run: datetime | None = None
+    catch_up: timedelta = timedelta(hours=6)
+    max_sleep: float = MAX_SLEEP
+    runs: list[datetime] = field(default_factory=list)
+    due: datetime = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.start()
+
+    def start(self) -> None:
+        """Compute the due instant as the daemon does at start-up or reload."""
+        self.due = due_at_start(self.expr, self.tz, self.last_run, self.now, self.catch_up)
+
+    def iterate(self) -> None:
+        """Run one loop iteration: run the job if due, then sleep (advancing the fake clock)."""
+        if self.now >= self.due:
+            self.runs.append(self.now)
+            self.last_run = self.now
+            self.due = next_run_after(self.expr, self.tz, self.last_run, self.now)
+        self.now += timedelta(seconds=sleep_seconds_until(self.due, self.now, self.max_sleep))
+        self.now += WAKE_LATENCY
+
+    def run_until(self, end: datetime) -> None:
+        """Iterate until the fake wall clock reaches ``end``."""
+        while self.now < end:
+            self.iterate()
+
+    def local_days(self) -> Counter[date]:
+        """Return how many runs happened on each local calendar date."""
+        return Counter(run.astimezone(self.tz).date() for run in self.runs)
+
+
+def assert_distinct_instants(runs: list[datetime]) -> None:
+    """Assert that no two runs happened for the same UTC instant or minute slot."""
+    minutes = [run.replace(second=0, microsecond=0) for run in runs]
+    assert len(set(minutes)) == len(minutes), runs
+
+
+# --- validation -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "expr", ["30 1 * * *", "*/15 * * * *", "0 3 * * mon-fri", "0 0 29 2 *", "@daily", "@hourly"]
+)
+def test_valid_cron_expressions_have_no_error(expr: str) -> None:
+    assert validate_cron(expr) is None
+
+
+@pytest.mark.parametrize(
+    ("expr", "expected"),
+    [
+        ("61 * * * *", "out of range"),
+        ("0 25 * * *", "out of range"),
+        ("0 0 31 2 *", "can never occur"),
+        ("*/0 * * * *", "step"),
+        ("0 0 * * * *", "has 6 fields; expected 5"),
+        ("* * * *", "has 4 fields; expected 5"),
+        ("@reboot", "unknown cron alias '@reboot'"),
+        ("", "empty cron expression"),
+        ("every day", "has 2 fields"),
+        ("a b c d e", "not a valid cron expression: 'a b c d e'"),
+    ],
+)
+def test_invalid_cron_expressions_are_explained(expr: str, expected: str) -> None:
+    error = validate_cron(expr)
+    assert error is not None
+    assert expected in error
+
+
+def test_valid_timezone_has_no_error() -> None:
+    assert validate_timezone("Asia/Shanghai") is None
+    assert validate_timezone("UTC") is None
+
+
+@pytest.mark.parametrize("name", ["Mars/Olympus_Mons", "", "../etc/passwd"])
+def test_invalid_timezone_is_explained(name: str) -> None:
+    error = validate_timezone(name)
+    assert error is not None
+    assert "IANA" in error
+
+
+def test_naive_datetimes_are_refused() -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        next_run_after("30 1 * * *", BERLIN, None, datetime(2024, 1, 1))
+
+
+# --- next runs --------------------------------------------------------------------------------
+
+
+def test_next_runs_are_aware_and_in_the_job_zone() -> None:
+    runs = next_runs("30 1 * * *", SHANGHAI, utc(2024, 1, 1, 0, 0), 3)
+    assert [run.isoformat() for run in runs] == [
+        "2024-01-02T01:30:00+08:00",
+        "2024-01-03T01:30:00+08:00",
+        "2024-01-04T01:30:00+08:00",
+    ]
+    assert all(run.tzinfo == SHANGHAI for run in runs)
+
+
+def test_next_runs_with_zero_count_is_empty() -> None:
+    assert next_runs("@daily", BERLIN, utc(2024, 1, 1), 0) == []
+
+
+def test_next_run_is_strictly_after_last_run_and_now() -> None:
+    slot = utc(2024, 1, 2, 0, 30)  # 01:30 Berlin
+    assert next_run_after("30 1 * * *", BERLIN, slot, slot) == utc(2024, 1, 3, 0, 30)
+    assert next_run_after("30 1 * * *", BERLIN, None, slot) == utc(2024, 1, 3, 0, 30)
+
+
+# --- DST: daily jobs --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tz", "expr", "start", "end", "changeover", "expected_local"),
+    [
+        # Spring forward: 02:00 -> 03:00; the 02:30 slot does not exist and fires at 03:00.
+        (BERLIN, "30 2 * * *", utc(2024, 3, 29), utc(2024, 4, 3), date(2024, 3, 31), "03:00"),
+        (NEW_YORK, "30 2 * * *", utc(2024, 3, 8), utc(2024, 3, 13), date(2024, 3, 10), "03:00"),
+        (SYDNEY, "30 2 * * *", utc(2024, 10, 3), utc(2024, 10, 9), date(2024, 10, 6), "03:00"),
+        # Fall back: the slot is inside the repeated hour; it runs on the first pass only.
+        (BERLIN, "30 2 * * *", utc(2024, 10, 25), utc(2024, 10, 30), date(2024, 10, 27), "02:30"),
+        (NEW_YORK, "30 1 * * *", utc(2024, 11, 1), utc(2024, 11, 6), date(2024, 11, 3), "01:30"),
+        (SYDNEY, "30 2 * * *", utc(2024, 4, 4), utc(2024, 4, 10), date(2024, 4, 7), "02:30"),
+        # Slot next to (not inside) the changeover.
+        (BERLIN, "30 1 * * *", utc(2024, 10, 25), utc(2024, 10, 30), date(2024, 10, 27), "01:30"),
+        (BERLIN, "30 3 * * *", utc(2024, 3, 29), utc(2024, 4, 3), date(2024, 3, 31), "03:30"),
+    ],
+)
+def test_daily_job_runs_exactly_once_every_day_across_dst(
+    tz: ZoneInfo,
+    expr: str,
+    start: datetime,
+    end: datetime,
+    changeover: date,
+    expected_local: str,
+) -> None:
+    daemon = Daemon(expr, tz, start)
+    daemon.run_until(end)
+
+    days = daemon.local_days()
+    first, last = min(days), max(days)
+    every_day = {first + timedelta(days=n) for n in range((last - first).days + 1)}
+    assert set(days) == every_day, "a day was skipped"
+    assert set(days.values()) == {1}, f"a day ran twice: {days}"
+    assert changeover in days
+    [on_changeover] = [r for r in daemon.runs if r.astimezone(tz).date() == changeover]
+    assert on_changeover.astimezone(tz).strftime("%H:%M") == expected_local
+    assert_distinct_instants(daemon.runs)
+
+
+def test_fall_back_run_happens_on_the_first_pass_through_the_repeated_hour() -> None:
+    # 2024-10-27 02:30 CEST is 00:30 UTC; 02:30 CET (01:30 UTC) is skipped.
+    after = utc(2024, 10, 26, 12, 0)
+    first = next_run_after("30 2 * * *", BERLIN, None, after)
+    assert first == utc(2024, 10, 27, 0, 30)
+    second = next_run_after("30 2 * * *", BERLIN, first, first)
+    assert second == utc(2024, 10, 28, 1, 30)
+
+
+# --- DST: hourly and sub-hourly jobs ----------------------------------------------------------
+
+
+def test_hourly_job_runs_every_real_hour_on_fall_back_day() -> None:
+    daemon = Daemon("0 * * * *", BERLIN, utc(2024, 10, 26, 12, 0))
+    daemon.run_until(utc(2024, 10, 28, 12, 0))
+
+    days = daemon.local_days()
+    assert days[date(2024, 10, 27)] == 25  # the repeated 02:00 runs in both passes
+    slots = [run.replace(second=0, microsecond=0) for run in daemon.runs]
+    gaps = {b - a for a, b in itertools.pairwise(slots)}
+    assert gaps == {timedelta(hours=1)}
+    assert_distinct_instants(daemon.runs)
+
+
+def test_hourly_job_skips_only_the_missing_hour_on_spring_forward_day() -> None:
+    daemon = Daemon("0 * * * *", NEW_YORK, utc(2024, 3, 9, 12, 0))
+    daemon.run_until(utc(2024, 3, 11, 12, 0))
+
+    assert daemon.local_days()[date(2024, 3, 10)] == 23
+    slots = [run.replace(second=0, microsecond=0) for run in daemon.runs]
+    assert {b - a for a, b in itertools.pairwise(slots)} == {timedelta(hours=1)}
+
+
+def test_job_pinned_to_the_repeated_hour_runs_as_on_a_normal_day() -> None:
+    daemon = Daemon("*/15 2 * * *", BERLIN, utc(2024, 10, 26, 12, 0))
+    daemon.run_until(utc(2024, 10, 28, 12, 0))
+
+    days = daemon.local_days()
+    assert days[date(2024, 10, 27)] == 4
+    assert days[date(2024, 10, 28)] == 4
+
+
+def test_every_six_hours_across_sydney_fall_back() -> None:
+    daemon = Daemon("0 */6 * * *", SYDNEY, utc(2024, 4, 5, 0, 0))
+    daemon.run_until(utc(2024, 4, 9, 0, 0))
+
+    for day, count in daemon.local_days().items():
+        if date(2024, 4, 6) <= day <= date(2024, 4, 8):
+            assert count == 4, (day, count)
+    assert_distinct_instants(daemon.runs)
+
+
+def test_next_runs_lists_the_dst_behaviour_a_user_sees() -> None:
+    runs = next_runs("0 * * * *", BERLIN, utc(2024, 10, 26, 23, 30), 3)
+    assert [run.isoformat() for run in runs] == [
+        "2024-10-27T02:00:00+02:00",
+        "2024-10-27T02:00:00+01:00",
+        "2024-10-27T03:00:00+01:00",
+    ]
+
+
+# --- catch-up after downtime ------------------------------------------------------------------
+
+
+def test_missed_run_returns_the_most_recent_slot_within_the_window() -> None:
+    last = utc(2024, 1, 1, 0, 30)
+    now = utc(2024, 1, 4, 6, 0)
+    assert missed_run("30 1 * * *", BERLIN, last, now, timedelta(days=1)) == utc(2024, 1, 4, 0, 30)
+
+
+def test_missed_run_ignores_a_slot_older_than_the_window() -> None:
+    last = utc(2024, 1, 1, 0, 30)
+    now = utc(2024, 1, 4, 6, 0)
+    assert missed_run("30 1 * * *", BERLIN, last, now, timedelta(hours=2)) is None
+
+
+def test_missed_run_counts_a_slot_exactly_at_the_window_edge() -> None:
+    last = utc(2024, 1, 1, 0, 30)
+    now = utc(2024, 1, 4, 2, 30)
+    assert missed_run("30 1 * * *", BERLIN, last, now, timedelta(hours=2)) == utc(2024, 1, 4, 0, 30)
+
+
+def test_nothing_is_missed_on_first_start_or_when_up_to_date() -> None:
+    now = utc(2024, 1, 4, 6, 0)
+    assert missed_run("30 1 * * *", BERLIN, None, now, timedelta(days=7)) is None
+    assert missed_run("30 1 * * *", BERLIN, utc(2024, 1, 4, 0, 30), now, timedelta(days=7)) is None
+    # A last run "in the future" (the clock went back) means nothing was missed.
+    assert missed_run("30 1 * * *", BERLIN, utc(2024, 1, 5, 0, 30), now, timedelta(days=7)) is None
+
+
+def test_after_downtime_the_job_runs_once_not_once_per_missed_slot() -> None:
+    now = utc(2024, 1, 4, 6, 10)
+    daemon = Daemon("0 * * * *", BERLIN, now, last_run=utc(2024, 1, 1, 0, 0))
+    daemon.run_until(utc(2024, 1, 4, 6, 55))
+    assert daemon.runs == [now]  # the 07:00 Berlin (06:00 UTC) slot, caught up once
+
+
+def test_first_start_waits_for_the_first_slot() -> None:
+    daemon = Daemon("30 1 * * *", BERLIN, utc(2024, 1, 4, 6, 0))
+    assert daemon.due == utc(2024, 1, 5, 0, 30)
+    daemon.run_until(utc(2024, 1, 5, 0, 29))
+    assert daemon.runs == []
+
+
+# --- wall-clock jumps -------------------------------------------------------------------------
+
+
+def test_sleep_is_capped_and_never_negative() -> None:
+    now = utc(2024, 1, 1, 0, 0)
+    assert sleep_seconds_until(now + timedelta(hours=5), now, 30) == 30.0
+    assert sleep_seconds_until(now + timedelta(seconds=12), now, 30) == 12.0
+    assert sleep_seconds_until(now - timedelta(hours=1), now, 30) == 0.0
+
+
+def test_clock_jump_forward_runs_the_due_job_once_at_next_wake_up() -> None:
+    daemon = Daemon("30 1 * * *", BERLIN, utc(2024, 1, 1, 12, 0))
+    daemon.run_until(utc(2024, 1, 1, 13, 0))
+    assert daemon.runs == []
+
+    daemon.now = utc(2024, 1, 4, 9, 0)  # NTP step of almost three days
+    daemon.iterate()
+    daemon.run_until(utc(2024, 1, 6, 0, 0))
+
+    assert daemon.runs[0] == utc(2024, 1, 4, 9, 0)
+    assert daemon.runs[1:] == [
+        utc(2024, 1, 5, 0, 30) + WAKE_LATENCY,
+    ]
+
+
+def test_clock_jump_back_does_not_rerun_a_job_that_already_ran() -> None:
+    daemon = Daemon("30 1 * * *", BERLIN, utc(2024, 1, 1, 12, 0))
+    daemon.run_until(utc(2024, 1, 2, 1, 0))
+    assert len(daemon.runs) == 1
+    ran_at = daemon.runs[0]
+
+    daemon.now = utc(2024, 1, 1, 0, 0)  # clock steps back a day and a bit
+    daemon.run_until(utc(2024, 1, 2, 12, 0))
+    assert daemon.runs == [ran_at]
+
+    daemon.run_until(utc(2024, 1, 3, 12, 0))
+    assert len(daemon.runs) == 2
+    assert daemon.runs[1].astimezone(BERLIN).date() == date(2024, 1, 3)
+
+
+def test_restart_after_clock_jump_back_still_honours_the_stored_last_run() -> None:
+    last = utc(2024, 1, 2, 0, 30)
+    now = utc(2024, 1, 1, 0, 0)
+    due = due_at_start("30 1 * * *", BERLIN, last, now, timedelta(days=1))
+    assert due == utc(2024, 1, 3, 0, 30)
+
+
+def test_long_multi_zone_simulation_never_double_runs_or_skips_a_day() -> None:
+    for tz in (BERLIN, NEW_YORK, SYDNEY):
+        for expr in ("30 2 * * *", "30 1 * * *", "0 3 * * *", "59 23 * * *", "0 0 * * *"):
+            # A long cap keeps this fast; the 30 s cap is exercised by the tests above.
+            daemon = Daemon(expr, tz, utc(2024, 3, 1), max_sleep=3600.0)
+            daemon.run_until(utc(2024, 11, 15))
+            days = daemon.local_days()
+            assert set(days.values()) == {1}, (tz, expr)
+            assert len(days) == (max(days) - min(days)).days + 1, (tz, expr)
