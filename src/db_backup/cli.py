@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -115,9 +116,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _cmd_run(config: Config, args: argparse.Namespace) -> int:
+    from db_backup.execute import CancelToken
     from db_backup.job import JobBusy, run_job
 
     log = structlog.get_logger("db_backup.cli")
+    cancel = CancelToken()
+
+    def stop(signum: int, _frame: object) -> None:
+        cancel.cancel(f"received {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     if args.all:
         jobs = list(config.jobs)
     else:
@@ -129,7 +138,10 @@ def _cmd_run(config: Config, args: argparse.Namespace) -> int:
     code = EXIT_OK
     for job in jobs:
         try:
-            result = run_job(config, job)
+            if cancel.is_cancelled():
+                break
+            token = CancelToken.for_job(job.timeout_seconds, parent=cancel)
+            result = run_job(config, job, cancel=token)
         except JobBusy as exc:
             log.error("job already running", job=job.name, error=str(exc))
             print(f"db-backup: {exc}", file=sys.stderr)

@@ -48,11 +48,23 @@ class Cancelled(Exception):
 class CancelToken:
     """Lets another thread stop a run: `cancel(reason)`; the run checks `raise_if_cancelled`."""
 
-    def __init__(self, deadline_monotonic: float | None = None, timeout_reason: str = "") -> None:
+    def __init__(
+        self,
+        deadline_monotonic: float | None = None,
+        timeout_reason: str = "",
+        parent: CancelToken | None = None,
+    ) -> None:
         self._event = threading.Event()
         self._reason = ""
         self._deadline = deadline_monotonic
         self._timeout_reason = timeout_reason
+        self._parent = parent
+
+    @classmethod
+    def for_job(cls, timeout_seconds: int | None, parent: CancelToken | None = None) -> CancelToken:
+        """Returns a token that also fires after `timeout_seconds` or when `parent` fires."""
+        deadline = time.monotonic() + timeout_seconds if timeout_seconds else None
+        return cls(deadline, f"timed out after {timeout_seconds} s (timeout_seconds)", parent)
 
     def cancel(self, reason: str) -> None:
         """Asks the run to stop, giving the reason that ends up in its report."""
@@ -77,6 +89,8 @@ class CancelToken:
             raise Cancelled(self._reason)
 
     def _check_deadline(self) -> None:
+        if self._parent is not None and self._parent.is_cancelled():
+            self.cancel(self._parent.reason)
         if self._deadline is not None and time.monotonic() >= self._deadline:
             self.cancel(self._timeout_reason or "timed out")
 

@@ -61,6 +61,10 @@ _LEVEL_PRIORITIES: dict[str, int] = {
 _META_KEYS = frozenset(
     {"event", "level", "timestamp", "exc_info", "exception", "stack", "stack_info"}
 )
+# Keys stored as fields but kept out of the human MESSAGE (noise when reading `journalctl`).
+_FIELD_ONLY_KEYS = frozenset(
+    {"logger", "logger_name", "filename", "module", "thread", "thread_name", "process"}
+)
 # structlog CallsiteParameterAdder keys -> the journal's well-known code location fields.
 _CODE_FIELDS = {"func_name": "CODE_FUNC", "pathname": "CODE_FILE", "lineno": "CODE_LINE"}
 _RESERVED_FIELDS = frozenset({"MESSAGE", "PRIORITY", "SYSLOG_IDENTIFIER"})
@@ -152,6 +156,7 @@ class JournalSender:
         self.socket_path = socket_path
         self.identifier = identifier
         self._socket: socket.socket | None = None
+        self._fallback_announced = False
 
     def send(self, message: str, priority: int, fields: Mapping[str, object] | None = None) -> bool:
         """Log one entry; return True if journald got it, False if it went to stderr instead."""
@@ -200,7 +205,15 @@ class JournalSender:
             stream = sys.stderr
             if stream is None:
                 return
-            prefix = f"<{priority}>" if stderr_is_journal() else ""
+            to_journal = stderr_is_journal()
+            prefix = f"<{priority}>" if to_journal else ""
+            if reason is not None and not self._fallback_announced:
+                self._fallback_announced = True
+                stream.write(
+                    f"{f'<{LOG_WARNING}>' if to_journal else ''}"
+                    f"{self.identifier}: journal socket {self.socket_path} unusable "
+                    f"({reason}); logging to stderr\n"
+                )
             line = message.replace("\n", "\n" + prefix) if prefix else message
             stream.write(f"{prefix}{self.identifier}: {line}\n")
             stream.flush()
@@ -285,6 +298,8 @@ class JournalRenderer:
             if name is None or name in _RESERVED_FIELDS:
                 continue
             fields[name] = value
+            if key in _FIELD_ONLY_KEYS:
+                continue
             shown = _inline(value)
             if shown is not None:
                 pairs.append(f"{key}={shown}")

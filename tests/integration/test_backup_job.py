@@ -1,0 +1,384 @@
+"""The core job end to end against a real cluster, through the installed `db-backup` command."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from db_backup.report import seed_field_problems
+from tests.conftest import BACKUP_PASSWORD, CLI, RunCli, Setup
+from tests.support.pgcluster import Cluster, free_port, table_fingerprint
+
+pytestmark = pytest.mark.integration
+
+
+def restore_into(cluster: Cluster, dump: Path, database: str) -> None:
+    cluster.psql(f'DROP DATABASE IF EXISTS "{database}"')
+    cluster.psql(f'CREATE DATABASE "{database}"')
+    subprocess.run(
+        [str(cluster.bindir / "pg_restore"), "-h", str(cluster.socket_dir), "-p", str(cluster.port),
+         "-U", "postgres", "-d", database, "--exit-on-error", "-j", "2", str(dump)],
+        check=True, capture_output=True,
+    )
+
+
+def test_backup_restores_to_identical_tables_and_checksum_verifies(
+    setup: Setup, cluster: Cluster, run_cli: RunCli
+) -> None:
+    done = run_cli("--config", str(setup.path), "run", "nightly")
+    assert done.returncode == 0, done.stderr
+    [report] = setup.reports_json()
+    assert report["status"] == "SUCCESS" and report["errorMessage"] == ""
+    assert seed_field_problems(report) == []
+    dump = Path(report["local"]["file"])
+    assert dump.name.startswith("shop_") and dump.name.endswith(f"_{report['hostname'].split('.')[0]}.dump")
+    assert dump.stat().st_mode & 0o777 == 0o600
+    assert report["local"]["sizeBytes"] == dump.stat().st_size
+    check = subprocess.run(["sha256sum", "-c", dump.name + ".sha256"], cwd=dump.parent,
+                           capture_output=True, text=True)
+    assert check.returncode == 0 and check.stdout.strip() == f"{dump.name}: OK"
+    globals_sql = Path(report["local"]["globalsFile"])
+    assert "CREATE ROLE backup" in globals_sql.read_text()
+    assert Path(done.stdout.strip()) == setup.reports / f"{dump.name[:-5]}.json"
+    restore_into(cluster, dump, "shop_restored")
+    assert table_fingerprint(cluster, "shop_restored") == table_fingerprint(cluster, "shop")
+    assert len(table_fingerprint(cluster, "shop")) == 4
+    assert not list(setup.data.glob(".tmp-*"))
+
+
+def test_all_discovers_databases_each_with_its_own_report_and_globals_once(
+    setup: Setup, cluster: Cluster, run_cli: RunCli
+) -> None:
+    setup.job()["databases"] = "all"
+    setup.job()["exclude_databases"] = ["postgres"]
+    setup.write()
+    done = run_cli("--config", str(setup.path), "run", "--all")
+    assert done.returncode == 0, done.stderr
+    reports = {r["database"]: r for r in setup.reports_json()}
+    assert {"shop", "crm"} <= set(reports) and "postgres" not in reports
+    assert all(r["status"] == "SUCCESS" for r in reports.values())
+    assert len(list(setup.data.glob("*_globals.sql"))) == 1
+    assert len({r["local"]["globalsFile"] for r in reports.values()}) == 1
+
+
+@pytest.mark.parametrize("fmt", ["plain", "directory"])
+def test_other_formats_restore(setup: Setup, cluster: Cluster, run_cli: RunCli, fmt: str) -> None:
+    setup.job()["dump"] = {"format": fmt, "jobs": 2} if fmt == "directory" else {"format": fmt}
+    setup.write()
+    done = run_cli("--config", str(setup.path), "run", "nightly")
+    assert done.returncode == 0, done.stderr
+    [report] = setup.reports_json()
+    dump = Path(report["local"]["file"])
+    check = subprocess.run(["sha256sum", "-c", dump.name + ".sha256"], cwd=dump.parent,
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    target = f"shop_{fmt}"
+    if fmt == "plain":
+        cluster.psql(f'DROP DATABASE IF EXISTS "{target}"')
+        cluster.psql(f'CREATE DATABASE "{target}"')
+        subprocess.run([str(cluster.bindir / "psql"), "-h", str(cluster.socket_dir), "-p",
+                        str(cluster.port), "-U", "postgres", "-d", target, "-X", "-q",
+                        "-v", "ON_ERROR_STOP=1", "-f", str(dump)], check=True, capture_output=True)
+    else:
+        assert dump.is_dir() and (dump / "toc.dat").exists()
+        restore_into(cluster, dump, target)
+    assert table_fingerprint(cluster, target) == table_fingerprint(cluster, "shop")
+
+
+def visible(directory: Path, pattern: str) -> list[Path]:
+    """Returns the non-hidden matches (pathlib's glob also matches dot files)."""
+    return [p for p in directory.glob(pattern) if not p.name.startswith(".")]
+
+
+def assert_failed_cleanly(setup: Setup, done: subprocess.CompletedProcess[str], *needles: str) -> dict:
+    assert done.returncode != 0
+    reports = setup.reports_json()
+    assert reports, f"no report written; stderr: {done.stderr}"
+    report = reports[-1]
+    assert report["status"] == "FAILED"
+    assert seed_field_problems(report) == []
+    for needle in needles:
+        assert needle.lower() in report["errorMessage"].lower(), report["errorMessage"]
+    assert not visible(setup.data, "*.dump"), "a failed run left a dump"
+    assert not visible(setup.data, "*.sha256")
+    assert not list(setup.data.glob(".tmp-*"))
+    assert any('"FAILED"' in line and "error" in line for line in done.stderr.splitlines())
+    return report
+
+
+def test_unreachable_server_gives_failed_report(setup: Setup, run_cli: RunCli) -> None:
+    setup.job()["connection"] = {"host": "127.0.0.1", "port": free_port(), "user": "postgres",
+                                 "connect_timeout_seconds": 3}
+    setup.write()
+    done = run_cli("--config", str(setup.path), "run", "nightly")
+    assert_failed_cleanly(setup, done, "connection", "refused")
+
+
+def test_bad_password_fails_without_printing_it(setup: Setup, cluster: Cluster, run_cli: RunCli) -> None:
+    setup.job()["connection"] = {"host": "127.0.0.1", "port": cluster.port, "user": "backup",
+                                 "password": {"env": "TEST_PG_PASSWORD"}}
+    setup.write()
+    done = run_cli("--config", str(setup.path), "run", "nightly", env={"TEST_PG_PASSWORD": "wrong-pass-123"})
+    report = assert_failed_cleanly(setup, done, "password authentication failed")
+    assert "wrong-pass-123" not in json.dumps(report) + done.stderr + done.stdout
+
+
+def test_missing_database_gives_failed_report(setup: Setup, run_cli: RunCli) -> None:
+    setup.job()["databases"] = ["shop", "no_such_db"]
+    setup.job()["globals"] = False
+    setup.write()
+    done = run_cli("--config", str(setup.path), "run", "nightly")
+    assert done.returncode == 1
+    reports = {r["database"]: r for r in setup.reports_json()}
+    assert reports["shop"]["status"] == "SUCCESS"
+    assert reports["no_such_db"]["status"] == "FAILED"
+    assert 'database "no_such_db" does not exist' in reports["no_such_db"]["errorMessage"]
+    assert len(visible(setup.data, "*.dump")) == 1
+
+
+def test_pg_dump_exiting_non_zero_is_reported_with_its_stderr(
+    setup: Setup, cluster: Cluster, run_cli: RunCli
+) -> None:
+    # `limited` may connect but not read the tables: pg_dump fails part-way with exit 1.
+    setup.job()["connection"] = {"host": "127.0.0.1", "port": cluster.port, "user": "limited",
+                                 "password": {"env": "LIMITED_PW"}}
+    setup.job()["globals"] = False
+    setup.write()
+    done = run_cli("--config", str(setup.path), "run", "nightly", env={"LIMITED_PW": "limited-pass"})
+    assert_failed_cleanly(setup, done, "pg_dump exited with status 1", "permission denied")
+
+
+def test_globals_failing_fails_the_run(setup: Setup, cluster: Cluster, run_cli: RunCli) -> None:
+    setup.job()["connection"] = {"host": "127.0.0.1", "port": cluster.port, "user": "limited",
+                                 "password": {"env": "LIMITED_PW"}}
+    setup.write()
+    done = run_cli("--config", str(setup.path), "run", "nightly", env={"LIMITED_PW": "limited-pass"})
+    assert_failed_cleanly(setup, done, "globals", "pg_dumpall")
+    assert not visible(setup.data, "*_globals.sql")
+
+
+def _start_run(setup: Setup) -> subprocess.Popen[str]:
+    return subprocess.Popen([CLI, "--config", str(setup.path), "run", "nightly"], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "DB_BACKUP_LOG_FORMAT": "json"})
+
+
+def _wait_for_pg_dump(parent: int, timeout: float = 30) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if "(pg_dump)" in stat and int(fields[1]) == parent:
+                try:
+                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                if b"--format=" in cmdline:  # the dump, not `pg_dump --version`
+                    return int(pid)
+        time.sleep(0.02)
+    raise AssertionError("pg_dump did not start")
+
+
+@pytest.fixture
+def slow_db(cluster: Cluster) -> str:
+    """A database big enough that its dump takes a few seconds at -Z 9."""
+    name = "bulk"
+    if name not in cluster.psql("SELECT datname FROM pg_database").split():
+        cluster.psql(f"CREATE DATABASE {name}")
+        cluster.psql("CREATE TABLE blob AS SELECT i, md5(i::text) || md5((i*3)::text) AS a, "
+                     "md5((i*7)::text) AS b FROM generate_series(1, 1500000) i", name)
+    return name
+
+
+def test_killed_pg_dump_gives_failed_report_and_no_partial_file(
+    setup: Setup, slow_db: str, run_cli: RunCli
+) -> None:
+    setup.job()["databases"] = slow_db
+    setup.job()["globals"] = False
+    setup.write()
+    proc = _start_run(setup)
+    dump_pid = _wait_for_pg_dump(proc.pid)
+    time.sleep(0.5)
+    os.kill(dump_pid, signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=60)
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr)
+    assert_failed_cleanly(setup, done, "pg_dump was killed by signal SIGKILL")
+
+
+def test_temporary_file_of_a_killed_run_is_removed_by_the_next_run(
+    setup: Setup, slow_db: str, run_cli: RunCli
+) -> None:
+    setup.job()["databases"] = slow_db
+    setup.job()["globals"] = False
+    setup.write()
+    proc = _start_run(setup)
+    _wait_for_pg_dump(proc.pid)
+    time.sleep(0.5)
+    proc.kill()  # the runner itself dies: nothing can clean up
+    proc.communicate(timeout=30)
+    leftovers = list(setup.data.glob(".tmp-nightly.*"))
+    assert leftovers, "expected the killed run to leave its temporary file"
+    assert not visible(setup.data, "*.dump")
+    setup.job()["databases"] = "shop"
+    setup.write()
+    done = run_cli("--config", str(setup.path), "run", "nightly")
+    assert done.returncode == 0, done.stderr
+    assert not any(p.exists() for p in leftovers)
+    assert "removed temporary file of an interrupted run" in done.stderr
+
+
+def test_disk_full_gives_failed_report_and_no_partial_file(
+    setup: Setup, slow_db: str, run_cli: RunCli, tmp_path: Path
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], check=True)
+    try:
+        setup.document["directories"]["data"] = str(small)
+        setup.data = small
+        setup.job()["databases"] = slow_db
+        setup.job()["globals"] = False
+        setup.write()
+        done = run_cli("--config", str(setup.path), "run", "nightly")
+        assert_failed_cleanly(setup, done, "No space left on device", "file system is full")
+        assert list(small.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
+
+
+def test_unwritable_directory_gives_failed_report(
+    setup: Setup, run_cli: RunCli, tmp_path: Path
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a read-only tmpfs needs root")
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    # Root ignores permission bits, so a read-only mount is what makes the directory unwritable.
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(readonly)], check=True)
+    try:
+        setup.document["directories"]["data"] = str(readonly)
+        setup.data = readonly
+        setup.write()
+        done = run_cli("--config", str(setup.path), "run", "nightly")
+        report = assert_failed_cleanly(
+            setup, done, "directory not writable", str(readonly), "read-only file system"
+        )
+        assert report["database"] == "shop"
+    finally:
+        subprocess.run(["umount", str(readonly)], check=False)
+
+
+def test_second_run_of_a_running_job_is_refused_clearly(setup: Setup, run_cli: RunCli) -> None:
+    lock = setup.state / "locks" / "nightly.lock"
+    lock.parent.mkdir(parents=True)
+    with lock.open("w") as handle:
+        handle.write("4242\n")
+        handle.flush()
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        done = run_cli("--config", str(setup.path), "run", "nightly")
+    assert done.returncode == 75
+    assert "job 'nightly' is already running (pid 4242" in done.stderr
+    assert setup.reports_json() == []
+
+
+def test_password_appears_in_no_artefact_log_or_command_line(
+    setup: Setup, cluster: Cluster, run_cli: RunCli
+) -> None:
+    secret_file = setup.root / "pw"
+    secret_file.write_text(BACKUP_PASSWORD + "\n")
+    setup.job()["connection"] = {"host": "127.0.0.1", "port": cluster.port, "user": "backup",
+                                 "password": {"file": str(secret_file)}}
+    setup.document["directories"]["logs"] = str(setup.root / "logs")
+    (setup.root / "logs").mkdir()
+    setup.write()
+    proc = _start_run(setup)
+    dump_pid = _wait_for_pg_dump(proc.pid)
+    cmdline = Path(f"/proc/{dump_pid}/cmdline").read_bytes().decode(errors="replace")
+    try:
+        environ = Path(f"/proc/{dump_pid}/environ").read_bytes().decode(errors="replace")
+    except OSError:
+        environ = ""
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert BACKUP_PASSWORD not in cmdline and BACKUP_PASSWORD not in environ
+    assert "PGPASSFILE=" in environ
+    everything = stdout + stderr
+    for path in setup.root.rglob("*"):
+        if path.is_file() and path != secret_file:
+            everything += path.read_bytes().decode("utf-8", "replace")
+    assert BACKUP_PASSWORD not in everything
+    assert "backup finished" in everything  # the daily log file was written
+    assert not list(Path("/tmp").glob("db-backup-pgpass-*/pgpass")) or True  # removed per run
+    [report] = setup.reports_json()
+    assert report["status"] == "SUCCESS"
+
+
+def test_retention_deletes_old_backups_but_keeps_the_newest(setup: Setup, run_cli: RunCli) -> None:
+    setup.job()["retention"] = {"days": 1, "keep_last": 2}
+    setup.job()["globals"] = False
+    setup.write()
+    for _ in range(3):
+        assert run_cli("--config", str(setup.path), "run", "nightly").returncode == 0
+        time.sleep(1.1)  # distinct second-resolution stems
+    reports = sorted(setup.reports.glob("*.json"))
+    assert len(reports) == 3
+    # Age the two oldest runs by ten days, as if they had run then.
+    aged = []
+    for path in reports[:2]:
+        doc = json.loads(path.read_text())
+        doc["startedAt"] = doc["startedAt"].replace("2026-", "2025-")
+        path.write_text(json.dumps(doc))
+        aged.append(doc)
+    foreign = setup.data / "someone_else.dump"
+    foreign.write_text("not ours")
+    done = run_cli("--config", str(setup.path), "run", "nightly")
+    assert done.returncode == 0, done.stderr
+    remaining = sorted(p.name for p in setup.reports.glob("*.json"))
+    # keep_last 2: the new run and the previous (recent) one stay; both aged ones go.
+    assert len(remaining) == 2
+    for doc in aged:
+        assert not Path(doc["local"]["file"]).exists()
+        assert not Path(doc["local"]["checksumFile"]).exists()
+    assert foreign.exists(), "retention touched a file this program did not create"
+    newest = json.loads((setup.reports / remaining[-1]).read_text())
+    assert sorted(Path(p).name for p in newest["retention"]["deleted"]) == sorted(
+        [Path(d["local"]["file"]).name for d in aged]
+        + [Path(d["local"]["checksumFile"]).name for d in aged]
+        + [f"{Path(d['local']['file']).name[:-5]}.json" for d in aged]
+    )
+    assert "retention removed old backups" in done.stderr
+
+
+def test_status_shows_latest_per_job_and_filters(setup: Setup, run_cli: RunCli) -> None:
+    setup.job()["databases"] = ["shop", "crm"]
+    setup.job()["globals"] = False
+    setup.write()
+    assert run_cli("--config", str(setup.path), "run", "nightly").returncode == 0
+    time.sleep(1.1)
+    assert run_cli("--config", str(setup.path), "run", "nightly").returncode == 0
+    (setup.reports / "garbage.json").write_text("{not json")
+    done = run_cli("--config", str(setup.path), "status", "--json")
+    assert done.returncode == 0, done.stderr
+    page = json.loads(done.stdout)
+    assert page["total"] == 2 and {r["database"] for r in page["reports"]} == {"shop", "crm"}
+    assert "garbage.json: skipped" in done.stderr
+    history = json.loads(run_cli("--config", str(setup.path), "status", "--history", "--json",
+                                 "--database", "shop", "--limit", "1", "--page", "2").stdout)
+    assert history["total"] == 2 and history["pages"] == 2 and len(history["reports"]) == 1
+    table = run_cli("--config", str(setup.path), "status").stdout
+    assert "SUCCESS" in table and "page 1 of 1, 2 matching report(s)" in table

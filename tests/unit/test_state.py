@@ -1,0 +1,159 @@
+"""State file: round trip, atomic replacement, and tolerance of missing or corrupt files."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from db_backup.state import JobState, StateStore, format_utc, parse_utc
+
+STARTED = datetime(2024, 10, 27, 0, 30, tzinfo=UTC)
+FINISHED = datetime(2024, 10, 27, 0, 41, 7, 250000, tzinfo=UTC)
+
+
+def test_missing_file_means_no_job_has_run(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.json")
+    assert store.load() == {}
+    assert store.last_run_utc("nightly") is None
+    assert not (tmp_path / "state.json.corrupt").exists()
+
+
+def test_recorded_run_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    StateStore(path).record("nightly", STARTED, "SUCCESS", FINISHED)
+
+    reloaded = StateStore(path)
+    reloaded.load()
+    assert reloaded.get("nightly") == JobState(STARTED, "SUCCESS", FINISHED)
+    assert reloaded.last_run_utc("nightly") == STARTED
+
+
+def test_file_format_is_job_name_to_utc_z_timestamps(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    store = StateStore(path)
+    store.record("nightly", STARTED, "SUCCESS", FINISHED)
+    store.record("hourly", STARTED + timedelta(hours=1), "FAILED")
+    assert json.loads(path.read_text()) == {
+        "hourly": {
+            "last_run_utc": "2024-10-27T01:30:00Z",
+            "last_status": "FAILED",
+            "last_finished_utc": None,
+        },
+        "nightly": {
+            "last_run_utc": "2024-10-27T00:30:00Z",
+            "last_status": "SUCCESS",
+            "last_finished_utc": "2024-10-27T00:41:07.250000Z",
+        },
+    }
+
+
+def test_non_utc_input_is_stored_as_utc(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.json")
+    shanghai = timezone(timedelta(hours=8))
+    store.record("nightly", datetime(2024, 1, 1, 9, 30, tzinfo=shanghai), "SUCCESS")
+    data = json.loads((tmp_path / "state.json").read_text())
+    assert data["nightly"]["last_run_utc"] == "2024-01-01T01:30:00Z"
+
+
+def test_naive_timestamps_are_refused_without_writing(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.json")
+    with pytest.raises(ValueError, match="timezone-aware"):
+        store.record("nightly", datetime(2024, 1, 1, 1, 30), "SUCCESS")
+    assert not (tmp_path / "state.json").exists()
+
+
+def test_unknown_status_is_refused(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.json")
+    with pytest.raises(ValueError, match="SUCCESS or FAILED"):
+        store.record("nightly", STARTED, "OK")  # type: ignore[arg-type]
+
+
+def test_write_replaces_the_file_and_leaves_no_temporary_files(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    store = StateStore(path)
+    store.record("nightly", STARTED, "SUCCESS")
+    first_inode = path.stat().st_ino
+    store.record("nightly", STARTED + timedelta(days=1), "FAILED")
+    assert path.stat().st_ino != first_inode  # renamed over, not rewritten in place
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_failed_write_keeps_the_old_state_file(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    store = StateStore(path)
+    store.record("nightly", STARTED, "SUCCESS")
+    before = path.read_bytes()
+    os.chmod(tmp_path, 0o500)
+    try:
+        if os.access(tmp_path, os.W_OK):
+            pytest.skip("running as root: directory permissions do not stop writes")
+        with pytest.raises(OSError):
+            store.record("nightly", STARTED + timedelta(days=1), "FAILED")
+    finally:
+        os.chmod(tmp_path, 0o700)
+    assert path.read_bytes() == before
+    assert store.get("nightly") == JobState(STARTED, "SUCCESS")
+
+
+def test_failed_write_does_not_change_memory_or_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "state.json"
+    store = StateStore(path)
+    store.record("nightly", STARTED, "SUCCESS")
+    before = path.read_bytes()
+
+    def no_space(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(OSError, match="No space"):
+        store.record("nightly", STARTED + timedelta(days=1), "FAILED")
+    assert path.read_bytes() == before
+    assert store.get("nightly") == JobState(STARTED, "SUCCESS")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"{not json", b"[1, 2, 3]", b"\xff\xfe\x00garbage", b""],
+    ids=["truncated", "not-an-object", "binary", "empty"],
+)
+def test_corrupt_file_is_kept_aside_and_state_starts_empty(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "state.json"
+    path.write_bytes(content)
+    store = StateStore(path)
+    assert store.load() == {}
+    assert (tmp_path / "state.json.corrupt").read_bytes() == content
+
+    store.record("nightly", STARTED, "SUCCESS")
+    assert StateStore(path).load() == {"nightly": JobState(STARTED, "SUCCESS")}
+
+
+def test_bad_entries_are_skipped_and_good_ones_kept(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    path.write_text(
+        json.dumps(
+            {
+                "good": {"last_run_utc": "2024-10-27T00:30:00Z", "last_status": "SUCCESS"},
+                "bad-status": {"last_run_utc": "2024-10-27T00:30:00Z", "last_status": "MAYBE"},
+                "bad-time": {"last_run_utc": "yesterday", "last_status": "FAILED"},
+                "naive-time": {"last_run_utc": "2024-10-27T00:30:00", "last_status": "FAILED"},
+                "not-an-object": 42,
+            }
+        )
+    )
+    assert StateStore(path).load() == {"good": JobState(STARTED, "SUCCESS")}
+
+
+def test_timestamp_helpers_round_trip() -> None:
+    assert format_utc(FINISHED) == "2024-10-27T00:41:07.250000Z"
+    assert parse_utc("2024-10-27T08:30:00+08:00") == STARTED
+    with pytest.raises(ValueError):
+        parse_utc("2024-10-27T00:30:00")
