@@ -246,8 +246,7 @@ def format_path(parts: Iterable[str | int]) -> str:
 def _schema_problems(data: dict[str, Any]) -> Iterable[str]:
     validator = jsonschema.Draft202012Validator(schema())
     errors = sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
-    for error in errors:
-        yield _describe(error)
+    yield from sorted(_describe(error) for error in errors)
 
 
 def _describe(error: jsonschema.ValidationError) -> str:

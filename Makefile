@@ -1,0 +1,67 @@
+# db-backup: `make demo` shows it working, `make test` runs every test tier.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := postgresql postgresql-client rclone debootstrap systemd-container util-linux
+
+.PHONY: help venv deps demo demo-clean lint test test-unit test-integration test-e2e deb bench clean
+
+help:
+	@echo "make demo        run a backup against a throwaway local PostgreSQL and show the result"
+	@echo "make test        install what the tests need (apt + venv) and run every tier"
+	@echo "make deb         build dist/db-backup_<version>_<arch>.deb"
+	@echo "make bench       run the benchmarks (see benchmarks/RESULTS.md)"
+	@echo "make demo-clean  remove everything the demo made"
+
+$(BIN)/db-backup: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/db-backup
+
+# Debian packages the tests use: the PostgreSQL server and client, rclone, and what the
+# end-to-end tier needs to boot a Debian container (debootstrap, systemd-nspawn).
+deps:
+	@if [ "$$(id -u)" = 0 ]; then \
+	  missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	  apt-get update -qq; \
+	  if [ -n "$$missing" ]; then echo "apt-get install $$missing"; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; fi; \
+	else echo "deps: not root, skipping apt-get (tests that need missing packages will skip)"; fi
+
+demo: venv
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || $(MAKE) deps
+	$(BIN)/python scripts/demo.py
+
+demo-clean:
+	-@[ -f .demo/pg/data/postmaster.pid ] && runuser -u postgres -- /usr/lib/postgresql/*/bin/pg_ctl -D .demo/pg/data -m fast stop 2>/dev/null || true
+	rm -rf .demo
+
+lint: venv
+	$(BIN)/ruff check src tests scripts benchmarks packaging
+	$(BIN)/ruff format --check src tests scripts benchmarks packaging
+	$(BIN)/mypy
+
+test-unit: venv
+	$(BIN)/pytest -q tests/unit
+
+test-integration: venv
+	$(BIN)/pytest -q tests/integration
+
+test-e2e: venv
+	$(BIN)/pytest -q -rs tests/e2e
+
+test: deps venv lint
+	$(BIN)/pytest -rs tests/unit tests/integration tests/e2e
+
+deb:
+	bash packaging/build-deb.sh
+
+bench: venv
+	$(BIN)/python benchmarks/bench_stream.py
+	$(BIN)/python benchmarks/bench_idle_daemon.py
+
+clean: demo-clean
+	rm -rf $(VENV) dist build *.egg-info

@@ -1,0 +1,196 @@
+"""Config loading: every mistake at once with its path; defaults; the shipped example loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from db_backup.config import ConfigError, load, loads, schema
+
+REPO = Path(__file__).resolve().parents[2]
+
+MINIMAL = """
+jobs:
+  - name: nightly
+    schedule: "0 2 * * *"
+    databases: shop
+"""
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        loads(text, source="test.yaml")
+    return caught.value.problems
+
+
+OSS = """
+storage:
+  oss:
+    endpoint: https://oss-cn-hangzhou.aliyuncs.com
+    bucket: my-backups
+    region: cn-hangzhou
+    access_key_id: {env: OSS_ACCESS_KEY_ID}
+    access_key_secret: {credential: oss-secret}
+"""
+
+
+def test_minimal_config_gets_the_seed_defaults() -> None:
+    config = loads(MINIMAL + OSS)
+    job = config.job("nightly")
+    assert str(config.directories.data) == "/data/db-backups/data"
+    assert str(config.directories.reports) == "/data/db-backups/reports"
+    assert config.storage.mode == "both" and job.mode == "both"
+    assert (job.dump.format, job.dump.compression, job.dump.jobs) == ("custom", 9, 1)
+    assert job.databases == ("shop",) and job.globals is True
+    assert (job.retention.days, job.retention.keep_last) == (7, 3)
+    assert job.connection.port == 5432 and job.connection.password is None
+
+
+def test_every_mistake_is_reported_at_once_with_its_path() -> None:
+    found = problems("""
+jobs:
+  - name: ok
+    schedule: "61 * * * *"
+    databases: shop
+    timezone: Mars/Olympus
+    colour: blue
+  - name: ok
+    schedule: "0 2 * * *"
+    databases: []
+    connection: {port: 99999, password: {env: A, file: /x}}
+    dump: {format: tar}
+storage: {mode: cloud}
+""")
+    text = "\n".join(found)
+    assert "At 'jobs[0].colour': unknown key" in text
+    assert "At 'jobs[1].databases'" in text
+    assert "At 'jobs[1].connection.port'" in text
+    assert "At 'jobs[1].connection.password'" in text
+    assert "At 'jobs[1].dump.format': 'tar' is not one of: custom, directory, plain" in text
+    assert "At 'storage.mode': 'cloud' is not one of: local, oss, both" in text
+    assert len(found) >= 6
+
+
+def test_rules_across_fields_are_checked_after_the_schema() -> None:
+    found = problems("""
+jobs:
+  - {name: a, schedule: "61 * * * *", databases: x, timezone: Mars/Olympus}
+  - {name: a, schedule: "0 2 * * *", databases: x, dump: {jobs: 4}}
+  - {name: c, schedule: "0 2 * * *", databases: x, mode: both, dump: {format: directory}}
+storage:
+  mode: local
+directories: {data: relative/dir}
+""")
+    text = "\n".join(found)
+    assert "At 'jobs[0].schedule'" in text
+    assert "At 'jobs[0].timezone'" in text
+    assert "At 'jobs[1].name': 'a' is also the name of jobs[0]" in text
+    assert "At 'jobs[1].dump.jobs': parallel dump workers need format: directory" in text
+    assert "At 'jobs[2].dump.format'" in text
+    assert "At 'jobs[2].mode': 'both' needs a 'storage.oss' section" in text
+    assert "At 'directories.data': 'relative/dir' must be an absolute path" in text
+
+
+def test_missing_required_keys_and_bad_yaml_are_named() -> None:
+    assert problems("jobs:\n  - name: x\n") == [
+        "At 'jobs[0].databases': required key is missing",
+        "At 'jobs[0].schedule': required key is missing",
+    ]
+    assert "At 'jobs[0].mode': 'both' needs a 'storage.oss' section" in problems(MINIMAL)[0]
+    [bad] = problems("jobs: [\n  oops: : :\n")
+    assert bad.startswith("line ") and "not valid YAML" in bad
+    assert problems("") == ["At 'jobs': required key is missing"]
+
+
+def test_oss_settings_are_checked() -> None:
+    found = problems(MINIMAL + """
+storage:
+  oss:
+    endpoint: oss-cn-hangzhou.aliyuncs.com
+    bucket: B
+    access_key_id: {env: ID}
+    access_key_secret: {secret: plain-text}
+    server_side_encryption: KMS
+""")
+    text = "\n".join(found)
+    assert "At 'storage.oss.endpoint'" in text
+    assert "At 'storage.oss.bucket'" in text
+    assert "At 'storage.oss.access_key_secret.secret': unknown key" in text
+
+
+def test_oss_rules_region_and_kms_key() -> None:
+    found = problems(MINIMAL + """
+storage:
+  oss:
+    endpoint: https://oss-cn-hangzhou.aliyuncs.com
+    bucket: my-backups
+    prefix: no-slash
+    access_key_id: {env: ID}
+    access_key_secret: {env: SECRET}
+    server_side_encryption: KMS
+""")
+    assert found == [
+        "At 'storage.oss.region': signature_version v4 needs the bucket's region",
+        "At 'storage.oss.kms_key_id': server_side_encryption KMS needs a key id",
+        "At 'storage.oss.prefix': 'no-slash' must end with '/'",
+    ]
+
+
+def test_the_shipped_example_config_loads_and_is_local_mode() -> None:
+    config = load(str(REPO / "config.example.yaml"))
+    assert config.storage.mode == "local"
+    assert config.jobs[0].connection.host == "/var/run/postgresql"
+
+
+def test_unreadable_file_is_one_clear_problem(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(str(tmp_path / "missing.yaml"))
+    assert caught.value.problems == ["cannot read the config file: No such file or directory"]
+
+
+def _leaves(node: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for key, prop in node.get("properties", {}).items():
+        here = f"{path}.{key}" if path else key
+        if "properties" in prop:
+            out.append((here, prop))
+            out.extend(_leaves(prop, here))
+        elif prop.get("type") == "array" and "properties" in prop.get("items", {}):
+            out.append((here, prop))
+            out.extend(_leaves(prop["items"], here + "[]"))
+        else:
+            out.append((here, prop))
+    return out
+
+
+def test_every_schema_key_has_a_description_an_example_and_a_default_or_is_required() -> None:
+    root = schema()
+    missing = []
+    for path, prop in _leaves(root):
+        parent_required = _required_of(root, path)
+        if "description" not in prop:
+            missing.append(f"{path}: description")
+        if "example" not in prop:
+            missing.append(f"{path}: example")
+        optional_section = prop.get("type") == "object" and path.startswith("storage.")
+        if "default" not in prop and not parent_required and not optional_section:
+            missing.append(f"{path}: default")
+    assert missing == []
+
+
+def _required_of(root: dict[str, Any], path: str) -> bool:
+    node = root
+    parts = path.replace("[]", ".[]").split(".")
+    for part in parts[:-1]:
+        node = node["items"] if part == "[]" else node["properties"][part]
+    if parts[-1] == "[]":
+        return True
+    return parts[-1] in node.get("required", []) or path == "jobs"
+
+
+def test_example_values_in_the_schema_are_themselves_valid() -> None:
+    document = {"jobs": schema()["properties"]["jobs"]["example"]}
+    loads(yaml.safe_dump(document))

@@ -1,0 +1,56 @@
+"""Retention choice: age, keep_last per database, shared files, failed runs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from db_backup.retention import Backup, choose_expired
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+def backup(key: str, days_ago: float, ok: bool = True, db: str = "shop", files: tuple[str, ...] = ()) -> Backup:
+    return Backup(key, db, NOW - timedelta(days=days_ago), ok, files or (key, f"{key}.dump"))
+
+
+def keys(items: list[Backup]) -> set[str]:
+    return {b.key for b in items}
+
+
+def test_older_than_days_are_deleted_newer_kept() -> None:
+    backups = [backup(f"b{i}", i) for i in range(10)]
+    expired, _ = choose_expired(backups, days=7, keep_last=3, now=NOW)
+    assert keys(expired) == {"b8", "b9"}
+
+
+def test_keep_last_protects_old_successful_backups() -> None:
+    backups = [backup("old1", 30), backup("old2", 40), backup("old3", 50), backup("old4", 60)]
+    expired, _ = choose_expired(backups, days=7, keep_last=2, now=NOW)
+    assert keys(expired) == {"old3", "old4"}
+
+
+def test_failed_runs_never_count_towards_keep_last() -> None:
+    backups = [backup("fail_new", 20, ok=False), backup("ok_old", 30), backup("fail_old", 40, ok=False)]
+    expired, _ = choose_expired(backups, days=7, keep_last=1, now=NOW)
+    assert keys(expired) == {"fail_new", "fail_old"}
+
+
+def test_the_newest_successful_backup_survives_whatever_its_age() -> None:
+    expired, _ = choose_expired([backup("only", 400)], days=1, keep_last=1, now=NOW)
+    assert expired == []
+
+
+def test_keep_last_is_per_database() -> None:
+    backups = [backup("s1", 30, db="shop"), backup("c1", 30, db="crm"), backup("c2", 40, db="crm")]
+    expired, _ = choose_expired(backups, days=7, keep_last=1, now=NOW)
+    assert keys(expired) == {"c2"}
+
+
+def test_a_file_still_named_by_a_kept_backup_is_reported_as_kept() -> None:
+    shared = "shop_x_globals.sql"
+    backups = [
+        backup("old", 30, files=("old", "old.dump", shared)),
+        backup("new", 1, files=("new", "new.dump", shared)),
+    ]
+    expired, still_named = choose_expired(backups, days=7, keep_last=1, now=NOW)
+    assert keys(expired) == {"old"} and shared in still_named and "old.dump" not in still_named
