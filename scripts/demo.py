@@ -55,7 +55,9 @@ jobs:
         )
         (DEMO / "log").mkdir(exist_ok=True)
         print(f"== db-backup --config {config} run demo")
-        done = subprocess.run([CLI, "--config", str(config), "--log-format", "console", "run", "demo"])
+        done = subprocess.run(
+            [CLI, "--config", str(config), "--log-format", "console", "run", "demo"]
+        )
         if done.returncode != 0:
             print("demo backup FAILED", file=sys.stderr)
             return 1
@@ -70,9 +72,21 @@ jobs:
         cluster.psql("DROP DATABASE IF EXISTS shop_restored")
         cluster.psql("CREATE DATABASE shop_restored")
         subprocess.run(
-            [str(cluster.bindir / "pg_restore"), "-h", str(cluster.socket_dir), "-p",
-             str(cluster.port), "-U", "postgres", "-d", "shop_restored", "-j", "2",
-             "--exit-on-error", str(dump)],
+            [
+                str(cluster.bindir / "pg_restore"),
+                "-h",
+                str(cluster.socket_dir),
+                "-p",
+                str(cluster.port),
+                "-U",
+                "postgres",
+                "-d",
+                "shop_restored",
+                "-j",
+                "2",
+                "--exit-on-error",
+                str(dump),
+            ],
             check=True,
         )
         same = table_fingerprint(cluster, "shop") == table_fingerprint(cluster, "shop_restored")

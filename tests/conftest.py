@@ -79,7 +79,11 @@ def setup(tmp_path: Path, cluster: Cluster) -> Setup:
                 "name": "nightly",
                 "schedule": "0 2 * * *",
                 "databases": "shop",
-                "connection": {"host": str(cluster.socket_dir), "port": cluster.port, "user": "postgres"},
+                "connection": {
+                    "host": str(cluster.socket_dir),
+                    "port": cluster.port,
+                    "user": "postgres",
+                },
             }
         ],
     }
@@ -95,12 +99,15 @@ RunCli = Callable[..., subprocess.CompletedProcess[str]]
 def run_cli() -> RunCli:
     """Runs the installed `db-backup` command and returns the finished process (text mode)."""
 
-    def _run(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
-             user: str | None = None) -> subprocess.CompletedProcess[str]:
+    def _run(
+        *args: str, env: dict[str, str] | None = None, timeout: float = 300, user: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         argv = [CLI, *args]
         if user:
             argv = ["runuser", "-u", user, "--", *argv]
         full_env = {**os.environ, "DB_BACKUP_LOG_FORMAT": "json", **(env or {})}
-        return subprocess.run(argv, capture_output=True, text=True, env=full_env, timeout=timeout, check=False)
+        return subprocess.run(
+            argv, capture_output=True, text=True, env=full_env, timeout=timeout, check=False
+        )
 
     return _run

@@ -172,7 +172,12 @@ def _cmd_status(config: Config, args: argparse.Namespace) -> int:
     for warning in page.warnings:
         print(f"db-backup: warning: {warning}", file=sys.stderr)
     if args.json:
-        document = {"page": page.page, "pages": page.pages, "total": page.total, "reports": page.rows}
+        document = {
+            "page": page.page,
+            "pages": page.pages,
+            "total": page.total,
+            "reports": page.rows,
+        }
         print(json.dumps(document, indent=2, ensure_ascii=False))
     else:
         print(render_table(page))
@@ -192,7 +197,9 @@ def _cmd_next(config: Config, args: argparse.Namespace) -> int:
         zone = job.zone()
         print(f"{job.name}  {job.schedule!r}  ({zone.key})")
         for moment in next_runs(job.schedule, zone, now, args.count):
-            print(f"  {moment:%Y-%m-%d %H:%M %Z (%z)}  =  {moment.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}")
+            print(
+                f"  {moment:%Y-%m-%d %H:%M %Z (%z)}  =  {moment.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}"
+            )
     return EXIT_OK
 
 

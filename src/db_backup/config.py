@@ -6,6 +6,7 @@ a config in one round. The result is a tree of frozen dataclasses with every def
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -172,16 +173,12 @@ class Config:
 def host_zone() -> ZoneInfo:
     """Returns the host's time zone: $TZ, else /etc/localtime's target, else /etc/timezone, else UTC."""
     candidates = [os.environ.get("TZ", "").lstrip(":")]
-    try:
+    with contextlib.suppress(OSError):
         target = os.readlink("/etc/localtime")
         if "zoneinfo/" in target:
             candidates.append(target.split("zoneinfo/", 1)[1])
-    except OSError:
-        pass
-    try:
+    with contextlib.suppress(OSError):
         candidates.append(Path("/etc/timezone").read_text(encoding="utf-8").strip())
-    except OSError:
-        pass
     for name in candidates:
         if name and validate_timezone(name) is None:
             return ZoneInfo(name)
@@ -222,7 +219,9 @@ def loads(text: str, source: str = "<config>") -> Config:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(source, ["the top level must be a mapping of keys (jobs:, storage:, ...)"])
+        raise ConfigError(
+            source, ["the top level must be a mapping of keys (jobs:, storage:, ...)"]
+        )
     problems = list(_schema_problems(data))
     if problems:
         raise ConfigError(source, problems)
@@ -440,4 +439,3 @@ def _required_secret(value: dict[str, str]) -> SecretRef:
 
 def _as_list(value: str | list[str]) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
-

@@ -8,6 +8,7 @@ after a grace period).
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import select
 import signal
@@ -25,7 +26,9 @@ TERMINATE_GRACE_SECONDS = 10.0
 class CommandError(Exception):
     """A child failed; the message names the program, its exit status and its stderr tail."""
 
-    def __init__(self, program: str, returncode: int | None, stderr_tail: str, what: str = "") -> None:
+    def __init__(
+        self, program: str, returncode: int | None, stderr_tail: str, what: str = ""
+    ) -> None:
         self.program = program
         self.returncode = returncode
         self.stderr_tail = stderr_tail
@@ -148,7 +151,9 @@ def run(
     except subprocess.TimeoutExpired:
         raise CommandError(program, None, "", f"{program} did not finish in {timeout} s") from None
     if done.returncode != 0:
-        tail = " | ".join(done.stderr.decode("utf-8", "replace").strip().splitlines()[-STDERR_TAIL_LINES:])
+        tail = " | ".join(
+            done.stderr.decode("utf-8", "replace").strip().splitlines()[-STDERR_TAIL_LINES:]
+        )
         raise CommandError(program, done.returncode, mask(tail))
     return done.stdout.decode("utf-8", "replace")
 
@@ -168,7 +173,9 @@ class StreamingChild:
                 start_new_session=True,  # a Ctrl-C on the terminal reaches us, not pg_dump first
             )
         except FileNotFoundError:
-            raise CommandError(self.program, None, "", f"{self.program} not found on PATH") from None
+            raise CommandError(
+                self.program, None, "", f"{self.program} not found on PATH"
+            ) from None
         assert self._proc.stdout is not None and self._proc.stderr is not None
         self._stdout_fd = self._proc.stdout.fileno()
         self._stderr = StderrTail(self._proc.stderr)
@@ -213,10 +220,8 @@ class StreamingChild:
         try:
             self._proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self._proc.wait()
 
     def check(self) -> None:

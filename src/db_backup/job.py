@@ -25,7 +25,7 @@ from db_backup.config import Config, JobConfig
 from db_backup.execute import Cancelled, CancelToken, CommandError
 from db_backup.report import FAILED, SUCCESS, Report, load_reports, utc_now, write_report
 from db_backup.report import stem as make_stem
-from db_backup.retention import backup_of, choose_expired
+from db_backup.retention import Backup, backup_of, choose_expired
 from db_backup.secrets import SecretError, mask
 from db_backup.storage import make_targets
 from db_backup.storage.base import StorageError, StoredObject, Target
@@ -105,7 +105,9 @@ def check_directories(config: Config, job: JobConfig) -> None:
             with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
                 pass
         except OSError as exc:
-            raise JobSetupError(f"directory not writable: {describe_os_error(exc, directory)}") from None
+            raise JobSetupError(
+                f"directory not writable: {describe_os_error(exc, directory)}"
+            ) from None
 
 
 def run_job(
@@ -160,8 +162,19 @@ def _run_locked(
             databases = pg.discover_databases(job, env) if job.discovers_databases else planned
             versions = pg.versions(job, env, databases[0] if databases else "postgres")
             _run_databases(
-                config, job, env, targets, databases, versions, staging, host,
-                cancel, progress, trigger, attempt, result,
+                config,
+                job,
+                env,
+                targets,
+                databases,
+                versions,
+                staging,
+                host,
+                cancel,
+                progress,
+                trigger,
+                attempt,
+                result,
             )
     except (JobSetupError, SecretError, CommandError, StorageError, Cancelled) as exc:
         message = _setup_message(exc)
@@ -182,7 +195,13 @@ def _setup_message(exc: Exception) -> str:
 
 
 def _new_report(
-    config: Config, job: JobConfig, database: str, started: Any, host: str, trigger: str, attempt: int
+    config: Config,
+    job: JobConfig,
+    database: str,
+    started: Any,
+    host: str,
+    trigger: str,
+    attempt: int,
 ) -> Report:
     tool = "local" if job.mode == "local" else config.storage.tool
     return Report(
@@ -245,7 +264,9 @@ def _run_databases(
                 report.globals_file = str(config.directories.data / globals_name)
             if globals_name:
                 report.artefacts.append(globals_name)
-            _dump_one(config, job, env, targets, database, report, stored, staging, cancel, progress)
+            _dump_one(
+                config, job, env, targets, database, report, stored, staging, cancel, progress
+            )
         except Cancelled as exc:
             report.error_message = f"stopped during the dump: {exc}"
             _remove_partial(targets, stored, report)
@@ -284,7 +305,9 @@ def _dump_one(
         )
         results: dict[str, StoredObject | str] = {"local": committed}
     else:
-        sha256, size, results = _stream_dump(job, env, targets, database, dump_name, cancel, progress)
+        sha256, size, results = _stream_dump(
+            job, env, targets, database, dump_name, cancel, progress
+        )
         checksum_text = f"{sha256}  {dump_name}\n"
     report.sha256 = sha256
     report.size_bytes = size
@@ -359,7 +382,13 @@ def _stream_dump(
                         sink.abort()
                         del sinks[name]
                         outcomes[name] = str(exc)
-                        log.error("target failed during the dump", job=job.name, database=database, target=name, error=str(exc))
+                        log.error(
+                            "target failed during the dump",
+                            job=job.name,
+                            database=database,
+                            target=name,
+                            error=str(exc),
+                        )
                 if not sinks:
                     child.terminate()
                     raise StorageError("; ".join(f"{n}: {e}" for n, e in outcomes.items()))
@@ -465,7 +494,9 @@ def apply_retention(
             try:
                 removed.extend(target.delete([n for n in names if n != backup.key]))
             except StorageError as exc:
-                log.error("retention could not delete", job=job.name, target=target.name, error=str(exc))
+                log.error(
+                    "retention could not delete", job=job.name, target=target.name, error=str(exc)
+                )
                 names = []  # keep the report while its files may still exist
         report_file = config.directories.reports / backup.key
         if names and backup.key in names:
@@ -476,13 +507,16 @@ def apply_retention(
             report_file.unlink(missing_ok=True)
             removed.append(str(report_file))
     if removed:
-        log.info("retention removed old backups", job=job.name, database=current.database, removed=removed)
+        log.info(
+            "retention removed old backups",
+            job=job.name,
+            database=current.database,
+            removed=removed,
+        )
     return removed
 
 
-def _current_backup(report: Report) -> Any:
-    from db_backup.retention import Backup
-
+def _current_backup(report: Report) -> Backup:
     return Backup(
         key=f"{report.stem}.json",
         database=report.database,

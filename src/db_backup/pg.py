@@ -52,7 +52,9 @@ def connection_env(job: JobConfig) -> Iterator[dict[str, str]]:
         path = Path(directory) / "pgpass"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(f"*:*:*:{_pgpass_escape(job.connection.user)}:{_pgpass_escape(password)}\n")
+            handle.write(
+                f"*:*:*:{_pgpass_escape(job.connection.user)}:{_pgpass_escape(password)}\n"
+            )
         yield child_env({**extra, "PGPASSFILE": str(path)})
     finally:
         shutil.rmtree(directory, ignore_errors=True)
@@ -73,8 +75,14 @@ def discover_databases(job: JobConfig, env: dict[str, str]) -> list[str]:
     """Returns every connectable non-template database, minus the job's exclusions."""
     out = run(
         [
-            "psql", *_conn_args(job), _dbname_arg("postgres"), "--no-psqlrc", "--tuples-only",
-            "--no-align", "--set=ON_ERROR_STOP=1", "--command",
+            "psql",
+            *_conn_args(job),
+            _dbname_arg("postgres"),
+            "--no-psqlrc",
+            "--tuples-only",
+            "--no-align",
+            "--set=ON_ERROR_STOP=1",
+            "--command",
             "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate "
             "ORDER BY datname",
         ],
@@ -89,8 +97,14 @@ def versions(job: JobConfig, env: dict[str, str], database: str) -> tuple[str, s
     dump_version = run(["pg_dump", "--version"], env=env).strip()
     server = run(
         [
-            "psql", *_conn_args(job), _dbname_arg(database), "--no-psqlrc", "--tuples-only",
-            "--no-align", "--command", "SHOW server_version",
+            "psql",
+            *_conn_args(job),
+            _dbname_arg(database),
+            "--no-psqlrc",
+            "--tuples-only",
+            "--no-align",
+            "--command",
+            "SHOW server_version",
         ],
         env=env,
     ).strip()
@@ -118,8 +132,11 @@ def start_dump(job: JobConfig, env: dict[str, str], database: str) -> StreamingC
 def dump_globals(job: JobConfig, env: dict[str, str], path: Path) -> None:
     """Writes roles and tablespaces (pg_dumpall --globals-only) to `path`, mode 0600."""
     argv = [
-        "pg_dumpall", *_conn_args(job), "--globals-only",
-        f"--dbname=dbname=postgres", f"--file={path}",
+        "pg_dumpall",
+        *_conn_args(job),
+        "--globals-only",
+        "--dbname=dbname=postgres",
+        f"--file={path}",
     ]
     path.touch(mode=0o600)
     run(argv, env=env)

@@ -23,9 +23,23 @@ def restore_into(cluster: Cluster, dump: Path, database: str) -> None:
     cluster.psql(f'DROP DATABASE IF EXISTS "{database}"')
     cluster.psql(f'CREATE DATABASE "{database}"')
     subprocess.run(
-        [str(cluster.bindir / "pg_restore"), "-h", str(cluster.socket_dir), "-p", str(cluster.port),
-         "-U", "postgres", "-d", database, "--exit-on-error", "-j", "2", str(dump)],
-        check=True, capture_output=True,
+        [
+            str(cluster.bindir / "pg_restore"),
+            "-h",
+            str(cluster.socket_dir),
+            "-p",
+            str(cluster.port),
+            "-U",
+            "postgres",
+            "-d",
+            database,
+            "--exit-on-error",
+            "-j",
+            "2",
+            str(dump),
+        ],
+        check=True,
+        capture_output=True,
     )
 
 
@@ -38,11 +52,14 @@ def test_backup_restores_to_identical_tables_and_checksum_verifies(
     assert report["status"] == "SUCCESS" and report["errorMessage"] == ""
     assert seed_field_problems(report) == []
     dump = Path(report["local"]["file"])
-    assert dump.name.startswith("shop_") and dump.name.endswith(f"_{report['hostname'].split('.')[0]}.dump")
+    assert dump.name.startswith("shop_") and dump.name.endswith(
+        f"_{report['hostname'].split('.')[0]}.dump"
+    )
     assert dump.stat().st_mode & 0o777 == 0o600
     assert report["local"]["sizeBytes"] == dump.stat().st_size
-    check = subprocess.run(["sha256sum", "-c", dump.name + ".sha256"], cwd=dump.parent,
-                           capture_output=True, text=True)
+    check = subprocess.run(
+        ["sha256sum", "-c", dump.name + ".sha256"], cwd=dump.parent, capture_output=True, text=True
+    )
     assert check.returncode == 0 and check.stdout.strip() == f"{dump.name}: OK"
     globals_sql = Path(report["local"]["globalsFile"])
     assert "CREATE ROLE backup" in globals_sql.read_text()
@@ -76,16 +93,35 @@ def test_other_formats_restore(setup: Setup, cluster: Cluster, run_cli: RunCli, 
     assert done.returncode == 0, done.stderr
     [report] = setup.reports_json()
     dump = Path(report["local"]["file"])
-    check = subprocess.run(["sha256sum", "-c", dump.name + ".sha256"], cwd=dump.parent,
-                           capture_output=True, text=True)
+    check = subprocess.run(
+        ["sha256sum", "-c", dump.name + ".sha256"], cwd=dump.parent, capture_output=True, text=True
+    )
     assert check.returncode == 0, check.stdout + check.stderr
     target = f"shop_{fmt}"
     if fmt == "plain":
         cluster.psql(f'DROP DATABASE IF EXISTS "{target}"')
         cluster.psql(f'CREATE DATABASE "{target}"')
-        subprocess.run([str(cluster.bindir / "psql"), "-h", str(cluster.socket_dir), "-p",
-                        str(cluster.port), "-U", "postgres", "-d", target, "-X", "-q",
-                        "-v", "ON_ERROR_STOP=1", "-f", str(dump)], check=True, capture_output=True)
+        subprocess.run(
+            [
+                str(cluster.bindir / "psql"),
+                "-h",
+                str(cluster.socket_dir),
+                "-p",
+                str(cluster.port),
+                "-U",
+                "postgres",
+                "-d",
+                target,
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-f",
+                str(dump),
+            ],
+            check=True,
+            capture_output=True,
+        )
     else:
         assert dump.is_dir() and (dump / "toc.dat").exists()
         restore_into(cluster, dump, target)
@@ -97,7 +133,9 @@ def visible(directory: Path, pattern: str) -> list[Path]:
     return [p for p in directory.glob(pattern) if not p.name.startswith(".")]
 
 
-def assert_failed_cleanly(setup: Setup, done: subprocess.CompletedProcess[str], *needles: str) -> dict:
+def assert_failed_cleanly(
+    setup: Setup, done: subprocess.CompletedProcess[str], *needles: str
+) -> dict:
     assert done.returncode != 0
     reports = setup.reports_json()
     assert reports, f"no report written; stderr: {done.stderr}"
@@ -114,18 +152,30 @@ def assert_failed_cleanly(setup: Setup, done: subprocess.CompletedProcess[str], 
 
 
 def test_unreachable_server_gives_failed_report(setup: Setup, run_cli: RunCli) -> None:
-    setup.job()["connection"] = {"host": "127.0.0.1", "port": free_port(), "user": "postgres",
-                                 "connect_timeout_seconds": 3}
+    setup.job()["connection"] = {
+        "host": "127.0.0.1",
+        "port": free_port(),
+        "user": "postgres",
+        "connect_timeout_seconds": 3,
+    }
     setup.write()
     done = run_cli("--config", str(setup.path), "run", "nightly")
     assert_failed_cleanly(setup, done, "connection", "refused")
 
 
-def test_bad_password_fails_without_printing_it(setup: Setup, cluster: Cluster, run_cli: RunCli) -> None:
-    setup.job()["connection"] = {"host": "127.0.0.1", "port": cluster.port, "user": "backup",
-                                 "password": {"env": "TEST_PG_PASSWORD"}}
+def test_bad_password_fails_without_printing_it(
+    setup: Setup, cluster: Cluster, run_cli: RunCli
+) -> None:
+    setup.job()["connection"] = {
+        "host": "127.0.0.1",
+        "port": cluster.port,
+        "user": "backup",
+        "password": {"env": "TEST_PG_PASSWORD"},
+    }
     setup.write()
-    done = run_cli("--config", str(setup.path), "run", "nightly", env={"TEST_PG_PASSWORD": "wrong-pass-123"})
+    done = run_cli(
+        "--config", str(setup.path), "run", "nightly", env={"TEST_PG_PASSWORD": "wrong-pass-123"}
+    )
     report = assert_failed_cleanly(setup, done, "password authentication failed")
     assert "wrong-pass-123" not in json.dumps(report) + done.stderr + done.stdout
 
@@ -147,27 +197,43 @@ def test_pg_dump_exiting_non_zero_is_reported_with_its_stderr(
     setup: Setup, cluster: Cluster, run_cli: RunCli
 ) -> None:
     # `limited` may connect but not read the tables: pg_dump fails part-way with exit 1.
-    setup.job()["connection"] = {"host": "127.0.0.1", "port": cluster.port, "user": "limited",
-                                 "password": {"env": "LIMITED_PW"}}
+    setup.job()["connection"] = {
+        "host": "127.0.0.1",
+        "port": cluster.port,
+        "user": "limited",
+        "password": {"env": "LIMITED_PW"},
+    }
     setup.job()["globals"] = False
     setup.write()
-    done = run_cli("--config", str(setup.path), "run", "nightly", env={"LIMITED_PW": "limited-pass"})
+    done = run_cli(
+        "--config", str(setup.path), "run", "nightly", env={"LIMITED_PW": "limited-pass"}
+    )
     assert_failed_cleanly(setup, done, "pg_dump exited with status 1", "permission denied")
 
 
 def test_globals_failing_fails_the_run(setup: Setup, cluster: Cluster, run_cli: RunCli) -> None:
-    setup.job()["connection"] = {"host": "127.0.0.1", "port": cluster.port, "user": "limited",
-                                 "password": {"env": "LIMITED_PW"}}
+    setup.job()["connection"] = {
+        "host": "127.0.0.1",
+        "port": cluster.port,
+        "user": "limited",
+        "password": {"env": "LIMITED_PW"},
+    }
     setup.write()
-    done = run_cli("--config", str(setup.path), "run", "nightly", env={"LIMITED_PW": "limited-pass"})
+    done = run_cli(
+        "--config", str(setup.path), "run", "nightly", env={"LIMITED_PW": "limited-pass"}
+    )
     assert_failed_cleanly(setup, done, "globals", "pg_dumpall")
     assert not visible(setup.data, "*_globals.sql")
 
 
 def _start_run(setup: Setup) -> subprocess.Popen[str]:
-    return subprocess.Popen([CLI, "--config", str(setup.path), "run", "nightly"], text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "DB_BACKUP_LOG_FORMAT": "json"})
+    return subprocess.Popen(
+        [CLI, "--config", str(setup.path), "run", "nightly"],
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "DB_BACKUP_LOG_FORMAT": "json"},
+    )
 
 
 def _wait_for_pg_dump(parent: int, timeout: float = 30) -> int:
@@ -198,8 +264,11 @@ def slow_db(cluster: Cluster) -> str:
     name = "bulk"
     if name not in cluster.psql("SELECT datname FROM pg_database").split():
         cluster.psql(f"CREATE DATABASE {name}")
-        cluster.psql("CREATE TABLE blob AS SELECT i, md5(i::text) || md5((i*3)::text) AS a, "
-                     "md5((i*7)::text) AS b FROM generate_series(1, 1500000) i", name)
+        cluster.psql(
+            "CREATE TABLE blob AS SELECT i, md5(i::text) || md5((i*3)::text) AS a, "
+            "md5((i*7)::text) AS b FROM generate_series(1, 1500000) i",
+            name,
+        )
     return name
 
 
@@ -301,8 +370,12 @@ def test_password_appears_in_no_artefact_log_or_command_line(
 ) -> None:
     secret_file = setup.root / "pw"
     secret_file.write_text(BACKUP_PASSWORD + "\n")
-    setup.job()["connection"] = {"host": "127.0.0.1", "port": cluster.port, "user": "backup",
-                                 "password": {"file": str(secret_file)}}
+    setup.job()["connection"] = {
+        "host": "127.0.0.1",
+        "port": cluster.port,
+        "user": "backup",
+        "password": {"file": str(secret_file)},
+    }
     setup.document["directories"]["logs"] = str(setup.root / "logs")
     (setup.root / "logs").mkdir()
     setup.write()
@@ -377,8 +450,21 @@ def test_status_shows_latest_per_job_and_filters(setup: Setup, run_cli: RunCli) 
     page = json.loads(done.stdout)
     assert page["total"] == 2 and {r["database"] for r in page["reports"]} == {"shop", "crm"}
     assert "garbage.json: skipped" in done.stderr
-    history = json.loads(run_cli("--config", str(setup.path), "status", "--history", "--json",
-                                 "--database", "shop", "--limit", "1", "--page", "2").stdout)
+    history = json.loads(
+        run_cli(
+            "--config",
+            str(setup.path),
+            "status",
+            "--history",
+            "--json",
+            "--database",
+            "shop",
+            "--limit",
+            "1",
+            "--page",
+            "2",
+        ).stdout
+    )
     assert history["total"] == 2 and history["pages"] == 2 and len(history["reports"]) == 1
     table = run_cli("--config", str(setup.path), "status").stdout
     assert "SUCCESS" in table and "page 1 of 1, 2 matching report(s)" in table

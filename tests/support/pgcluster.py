@@ -62,10 +62,26 @@ class Cluster:
         """Runs SQL over the socket as a superuser and returns the unaligned output."""
         done = subprocess.run(
             [
-                str(self.bindir / "psql"), "-h", str(self.socket_dir), "-p", str(self.port),
-                "-U", user, "-d", database, "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql,
+                str(self.bindir / "psql"),
+                "-h",
+                str(self.socket_dir),
+                "-p",
+                str(self.port),
+                "-U",
+                user,
+                "-d",
+                database,
+                "-X",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
             ],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if done.returncode != 0:
             raise RuntimeError(f"psql failed: {done.stderr.strip()}")
@@ -74,8 +90,11 @@ class Cluster:
     def stop(self) -> None:
         """Stops the server (fast mode) if it runs."""
         subprocess.run(
-            self._cmd([str(self.bindir / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"]),
-            capture_output=True, check=False,
+            self._cmd(
+                [str(self.bindir / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"]
+            ),
+            capture_output=True,
+            check=False,
         )
 
 
@@ -95,12 +114,22 @@ def start_cluster(root: Path | None = None, port: int | None = None) -> Cluster:
         os.chmod(root, 0o755)
     if not (cluster.data_dir / "PG_VERSION").exists():
         subprocess.run(
-            cluster._cmd([
-                str(bindir / "initdb"), "-D", str(cluster.data_dir), "-U", "postgres",
-                "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8",
-                "--locale=C.UTF-8",
-            ]),
-            check=True, capture_output=True,
+            cluster._cmd(
+                [
+                    str(bindir / "initdb"),
+                    "-D",
+                    str(cluster.data_dir),
+                    "-U",
+                    "postgres",
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                ]
+            ),
+            check=True,
+            capture_output=True,
         )
     log = root / "server.log"
     if run_as:
@@ -112,11 +141,23 @@ def start_cluster(root: Path | None = None, port: int | None = None) -> Cluster:
         "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     )
     subprocess.run(
-        cluster._cmd([
-            str(bindir / "pg_ctl"), "-D", str(cluster.data_dir), "-l", str(log), "-o", options,
-            "-w", "-t", "60", "start",
-        ]),
-        check=True, capture_output=True,
+        cluster._cmd(
+            [
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(cluster.data_dir),
+                "-l",
+                str(log),
+                "-o",
+                options,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ]
+        ),
+        check=True,
+        capture_output=True,
     )
     deadline = time.monotonic() + 30
     while True:

@@ -106,7 +106,9 @@ def test_missing_required_keys_and_bad_yaml_are_named() -> None:
 
 
 def test_oss_settings_are_checked() -> None:
-    found = problems(MINIMAL + """
+    found = problems(
+        MINIMAL
+        + """
 storage:
   oss:
     endpoint: oss-cn-hangzhou.aliyuncs.com
@@ -114,7 +116,8 @@ storage:
     access_key_id: {env: ID}
     access_key_secret: {secret: plain-text}
     server_side_encryption: KMS
-""")
+"""
+    )
     text = "\n".join(found)
     assert "At 'storage.oss.endpoint'" in text
     assert "At 'storage.oss.bucket'" in text
@@ -122,7 +125,9 @@ storage:
 
 
 def test_oss_rules_region_and_kms_key() -> None:
-    found = problems(MINIMAL + """
+    found = problems(
+        MINIMAL
+        + """
 storage:
   oss:
     endpoint: https://oss-cn-hangzhou.aliyuncs.com
@@ -131,7 +136,8 @@ storage:
     access_key_id: {env: ID}
     access_key_secret: {env: SECRET}
     server_side_encryption: KMS
-""")
+"""
+    )
     assert found == [
         "At 'storage.oss.region': signature_version v4 needs the bucket's region",
         "At 'storage.oss.kms_key_id': server_side_encryption KMS needs a key id",

@@ -11,8 +11,16 @@ from db_backup.report import Report, load_reports, seed_field_problems, stem, wr
 
 def sample() -> Report:
     started = datetime(2025, 10, 11, 18, 0, tzinfo=UTC)
-    report = Report(job="nightly", database="community", host="127.0.0.1", port=5432, mode="both",
-                    tool="oss2", stem=stem("community", started, "host"), started=started)
+    report = Report(
+        job="nightly",
+        database="community",
+        host="127.0.0.1",
+        port=5432,
+        mode="both",
+        tool="oss2",
+        stem=stem("community", started, "host"),
+        started=started,
+    )
     report.finished = datetime(2025, 10, 11, 18, 5, 12, tzinfo=UTC)
     return report
 
@@ -21,9 +29,23 @@ def test_seed_example_fields_and_types() -> None:
     doc = sample().to_json()
     assert seed_field_problems(doc) == []
     assert doc["port"] == "5432" and doc["durationSeconds"] == 312
-    assert doc["startedAt"] == "2025-10-11T18:00:00Z" and doc["finishedAt"] == "2025-10-11T18:05:12Z"
-    assert list(doc)[:12] == ["database", "host", "port", "startedAt", "finishedAt", "durationSeconds",
-                              "mode", "tool", "status", "errorMessage", "local", "remote"]
+    assert (
+        doc["startedAt"] == "2025-10-11T18:00:00Z" and doc["finishedAt"] == "2025-10-11T18:05:12Z"
+    )
+    assert list(doc)[:12] == [
+        "database",
+        "host",
+        "port",
+        "startedAt",
+        "finishedAt",
+        "durationSeconds",
+        "mode",
+        "tool",
+        "status",
+        "errorMessage",
+        "local",
+        "remote",
+    ]
     assert set(doc["local"]) >= {"file", "globalsFile", "checksumSha256", "sizeBytes"}
     assert doc["remote"] == {"urls": []}
     assert len(doc["id"]) == 36
@@ -33,7 +55,9 @@ def test_stem_is_the_seed_file_name_pattern() -> None:
     assert stem("community", datetime(2025, 10, 11, 18, 0, tzinfo=UTC), "host") == (
         "community_20251011T180000Z_host"
     )
-    assert stem("we/ird db", datetime(2025, 1, 1, tzinfo=UTC), "h") == "we-ird-db_20250101T000000Z_h"
+    assert (
+        stem("we/ird db", datetime(2025, 1, 1, tzinfo=UTC), "h") == "we-ird-db_20250101T000000Z_h"
+    )
 
 
 def test_write_is_atomic_and_load_skips_corrupt_and_foreign(tmp_path: Path) -> None:
@@ -53,4 +77,8 @@ def test_problems_are_found_in_a_renamed_or_retyped_report() -> None:
     doc["port"] = 5432
     del doc["errorMessage"]
     doc["local"]["sizeBytes"] = "12"
-    assert seed_field_problems(doc) == ["port is int", "missing errorMessage", "local.sizeBytes is str"]
+    assert seed_field_problems(doc) == [
+        "port is int",
+        "missing errorMessage",
+        "local.sizeBytes is str",
+    ]

@@ -9,7 +9,9 @@ from db_backup.retention import Backup, choose_expired
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
 
-def backup(key: str, days_ago: float, ok: bool = True, db: str = "shop", files: tuple[str, ...] = ()) -> Backup:
+def backup(
+    key: str, days_ago: float, ok: bool = True, db: str = "shop", files: tuple[str, ...] = ()
+) -> Backup:
     return Backup(key, db, NOW - timedelta(days=days_ago), ok, files or (key, f"{key}.dump"))
 
 
@@ -30,7 +32,11 @@ def test_keep_last_protects_old_successful_backups() -> None:
 
 
 def test_failed_runs_never_count_towards_keep_last() -> None:
-    backups = [backup("fail_new", 20, ok=False), backup("ok_old", 30), backup("fail_old", 40, ok=False)]
+    backups = [
+        backup("fail_new", 20, ok=False),
+        backup("ok_old", 30),
+        backup("fail_old", 40, ok=False),
+    ]
     expired, _ = choose_expired(backups, days=7, keep_last=1, now=NOW)
     assert keys(expired) == {"fail_new", "fail_old"}
 

@@ -29,13 +29,17 @@ def remote_target(config: Config) -> Target:
         if storage.rclone is None:
             raise StorageError("rclone: storage.rclone is not configured")
         rc = storage.rclone
-        return RcloneTarget(RcloneSettings(remote=rc.remote, prefix=rc.prefix, config_file=rc.config_file))
+        return RcloneTarget(
+            RcloneSettings(remote=rc.remote, prefix=rc.prefix, config_file=rc.config_file)
+        )
     from db_backup.storage.oss import OssSettings, OssTarget
 
     oss = storage.oss
     if oss is None:
         raise StorageError("oss: storage.oss is not configured")
-    token = resolve(oss.security_token, "storage.oss.security_token") if oss.security_token else None
+    token = (
+        resolve(oss.security_token, "storage.oss.security_token") if oss.security_token else None
+    )
     limit = oss.bandwidth_limit_mbps
     settings = OssSettings(
         endpoint=oss.endpoint,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -56,7 +57,9 @@ class LocalSink:
         try:
             fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
         except OSError as exc:
-            raise StorageError(f"local: cannot create {describe_os_error(exc, self.temp)}") from None
+            raise StorageError(
+                f"local: cannot create {describe_os_error(exc, self.temp)}"
+            ) from None
         self._file = os.fdopen(fd, "wb", buffering=0)
 
     def write(self, data: bytes) -> None:
@@ -79,15 +82,15 @@ class LocalSink:
             fsync_dir(self.final.parent)
         except OSError as exc:
             self.abort()
-            raise StorageError(f"local: cannot finish {describe_os_error(exc, self.final)}") from None
+            raise StorageError(
+                f"local: cannot finish {describe_os_error(exc, self.final)}"
+            ) from None
         return StoredObject(str(self.final), self._written, {"sha256": sha256_hex})
 
     def abort(self) -> None:
         """Closes and removes the temporary file."""
-        try:
+        with contextlib.suppress(OSError):
             self._file.close()
-        except OSError:
-            pass
         self.temp.unlink(missing_ok=True)
 
 
@@ -145,7 +148,7 @@ class LocalTarget:
 
     def remove_stale_temporaries(self) -> list[str]:
         """Deletes temporary files a killed run of this job left behind; returns their paths."""
-        removed = []
+        removed: list[str] = []
         try:
             entries = list(self.directory.glob(temp_name(self.job, "*")))
         except OSError:
