@@ -15,6 +15,7 @@ Run ``python3 packaging/container.py ROOT`` to boot ROOT and get a shell in it (
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
@@ -149,9 +150,7 @@ class Container:
 
     def _system_state(self) -> str | None:
         # --wait blocks until start-up finished; before the manager listens it fails quickly.
-        result = self.exec(
-            ["systemctl", "is-system-running", "--wait"], check=False, timeout=60
-        )
+        result = self.exec(["systemctl", "is-system-running", "--wait"], check=False, timeout=60)
         state = result.stdout.strip()
         if state in ("running", "degraded", "maintenance", "stopping", "offline"):
             return state
@@ -168,10 +167,8 @@ class Container:
             except subprocess.TimeoutExpired:
                 # SIGKILL to the namespace's init takes every process in the container with it.
                 if self.pid is not None:
-                    try:
+                    with contextlib.suppress(ProcessLookupError):
                         os.kill(self.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
                 proc.kill()
                 proc.wait(timeout=15)
         self.pid = None

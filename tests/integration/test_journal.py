@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import array
 import fcntl
+import json
+import logging
 import os
+import shutil
 import socket
 import struct
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
@@ -16,6 +21,7 @@ import pytest
 import structlog
 
 from db_backup.journal import (
+    JournalHandler,
     JournalRenderer,
     JournalSender,
     configure_journal_logging,
@@ -342,3 +348,87 @@ def test_configure_journal_logging_routes_structlog_to_the_journal(
         assert fields["HOST"] == "db1"
     finally:
         structlog.reset_defaults()
+
+
+def test_stdlib_logging_records_reach_the_journal(journal_socket: JournalSocket) -> None:
+    logger = logging.getLogger("oss2.test")
+    handler = JournalHandler(JournalSender(journal_socket.path))
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("retrying upload part %d", 7)
+        fields = journal_socket.text()
+        assert fields["MESSAGE"] == "retrying upload part 7"
+        assert fields["PRIORITY"] == "4"
+        assert fields["LOGGER"] == "oss2.test"
+        assert fields["CODE_FUNC"] == "test_stdlib_logging_records_reach_the_journal"
+        try:
+            raise OSError("connection reset")
+        except OSError:
+            logger.exception("upload failed")
+        fields = journal_socket.text()
+        assert fields["PRIORITY"] == "3"
+        assert fields["MESSAGE"].startswith("upload failed\nTraceback")
+        assert fields["EXCEPTION"].endswith("OSError: connection reset")
+    finally:
+        logger.removeHandler(handler)
+
+
+REAL_JOURNALD = "/lib/systemd/systemd-journald"
+REAL_JOURNALD_SCRIPT = r"""
+set -eu
+# Private tmpfs mounts: the host's /run/systemd and journal files are never touched.
+mount -t tmpfs tmpfs /run/systemd
+mkdir -p /run/systemd/journal /run/log/journal
+mount -t tmpfs tmpfs /run/log/journal
+"$JOURNALD" >/dev/null 2>&1 &
+journald_pid=$!
+trap 'kill "$journald_pid"' EXIT
+for _ in $(seq 1 100); do [ -S /run/systemd/journal/socket ] && break; sleep 0.05; done
+"$PYTHON" -c "$SENDER"
+sleep 0.5
+journalctl -D /run/log/journal -o json --all --no-pager SYSLOG_IDENTIFIER=db-backup
+"""
+REAL_JOURNALD_SENDER = """
+import structlog
+from db_backup.journal import JournalRenderer, JournalSender
+sender = JournalSender()
+assert sender.send("备份 plain", 6, {"job": "nightly", "stderr": "a\\nb", "blob": b"x\\0y"})
+assert sender.send("big report", 6, {"report": "z" * 3_000_000})
+log = structlog.wrap_logger(
+    structlog.ReturnLogger(),
+    processors=[structlog.processors.add_log_level, JournalRenderer(sender)],
+)
+log.error("job failed", job="nightly", status="FAILED", bytes=0)
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not Path(REAL_JOURNALD).exists() or shutil.which("unshare") is None,
+    reason="needs root, unshare and systemd-journald to run a private journald",
+)
+def test_real_journald_stores_every_form_of_entry() -> None:
+    """Run the real systemd-journald in a private mount namespace and read entries back."""
+    result = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "bash", "-c", REAL_JOURNALD_SCRIPT],
+        env={
+            **os.environ,
+            "JOURNALD": REAL_JOURNALD,
+            "PYTHON": sys.executable,
+            "SENDER": REAL_JOURNALD_SENDER,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    entries = {entry["MESSAGE"]: entry for entry in map(json.loads, result.stdout.splitlines())}
+    plain = entries["备份 plain"]
+    assert plain["JOB"] == "nightly"
+    assert plain["STDERR"] == "a\nb"
+    assert plain["BLOB"] == [120, 0, 121]  # journalctl shows non-text values as byte arrays
+    assert plain["PRIORITY"] == "6"
+    assert len(entries["big report"]["REPORT"]) == 3_000_000  # arrived through the memfd
+    failed = entries["job failed job=nightly status=FAILED bytes=0"]
+    assert (failed["PRIORITY"], failed["STATUS"], failed["BYTES"]) == ("3", "FAILED", "0")

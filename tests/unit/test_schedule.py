@@ -343,8 +343,16 @@ def test_restart_after_clock_jump_back_still_honours_the_stored_last_run() -> No
 
 
 def test_long_multi_zone_simulation_never_double_runs_or_skips_a_day() -> None:
-    for tz in (BERLIN, NEW_YORK, SYDNEY):
-        for expr in ("30 2 * * *", "30 1 * * *", "0 3 * * *", "59 23 * * *", "0 0 * * *"):
+    # Santiago changes at midnight, Lord Howe by 30 minutes.
+    zones = (
+        BERLIN,
+        NEW_YORK,
+        SYDNEY,
+        ZoneInfo("America/Santiago"),
+        ZoneInfo("Australia/Lord_Howe"),
+    )
+    for tz in zones:
+        for expr in ("30 2 * * *", "30 1 * * *", "0 3 * * *", "30 23 * * *", "0 0 * * *"):
             # A long cap keeps this fast; the 30 s cap is exercised by the tests above.
             daemon = Daemon(expr, tz, utc(2024, 3, 1), max_sleep=3600.0)
             daemon.run_until(utc(2024, 11, 15))

@@ -1,0 +1,345 @@
+"""`db-backup daemon`: starts jobs at croniter-computed times and keeps systemd informed.
+
+One loop in the main thread owns everything: it computes when each job is due, starts due jobs in
+worker threads (at most `daemon.max_parallel`, never a job twice), feeds the watchdog only while
+the loop and every running job make progress, keeps STATUS current, and handles SIGHUP (reload)
+and SIGTERM/SIGINT (stop: running dumps are terminated and reported FAILED). Signal handlers only
+set flags; the loop acts on them.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import structlog
+
+from db_backup.config import Config, ConfigError, JobConfig, load
+from db_backup.execute import CancelToken
+from db_backup.job import JobBusy, JobSetupError, check_directories, run_job
+from db_backup.report import FAILED, SUCCESS
+from db_backup.schedule import due_at_start, next_run_after, sleep_seconds_until
+from db_backup.state import StateStore
+from db_backup.status import human_size
+from db_backup.systemd import Notifier, Watchdog
+
+log = structlog.get_logger("db_backup.daemon")
+
+IDLE_MAX_SLEEP = 30.0  # wake at least this often to notice wall-clock jumps
+BUSY_MAX_SLEEP = 2.0  # while jobs run: refresh the bytes/rate in STATUS
+STOP_EXTEND_SECONDS = 30.0
+
+
+def utc_now() -> datetime:
+    """Returns the wall-clock time in UTC."""
+    return datetime.now(UTC)
+
+
+@dataclass
+class Running:
+    """A job running in a worker thread, with what STATUS and the watchdog need to know."""
+
+    job: JobConfig
+    attempt: int
+    started_utc: datetime
+    token: CancelToken
+    thread: threading.Thread | None = None
+    database: str = ""
+    bytes: int = 0
+    last_progress: float = field(default_factory=time.monotonic)
+    started_mono: float = field(default_factory=time.monotonic)
+    outcome: str = ""  # SUCCESS, FAILED, or "" when it did not run (lock held elsewhere)
+
+    def progress(self, _job: str, database: str, size: int) -> None:
+        """Records dump progress (called from the worker thread)."""
+        if database != self.database:
+            self.database = database
+            self.started_mono = time.monotonic()
+        self.bytes = size
+        self.last_progress = time.monotonic()
+
+    def rate(self) -> float:
+        """Returns the current database's dump rate in bytes per second."""
+        elapsed = time.monotonic() - self.started_mono
+        return self.bytes / elapsed if elapsed > 0 else 0.0
+
+
+@dataclass
+class Retry:
+    """A failed job's next attempt."""
+
+    due: datetime
+    attempt: int
+
+
+class Daemon:
+    """The scheduler loop; `run()` returns the process exit status."""
+
+    def __init__(self, config_path: str, config: Config, notifier: Notifier | None = None) -> None:
+        self.config_path = config_path
+        self.config = config
+        self.notifier = notifier or Notifier()
+        self.watchdog = Watchdog(self.notifier)
+        self.state = StateStore(config.directories.state / "state.json")
+        self.due: dict[str, datetime] = {}
+        self.retries: dict[str, Retry] = {}
+        self.running: dict[str, Running] = {}
+        self.last: dict[str, tuple[str, datetime]] = {}
+        self.reload_error = ""
+        self.stop_token = CancelToken()
+        self._stop_signal = ""
+        self._reload_requested = False
+        self._wake = threading.Event()
+        self._last_status = ""
+        self._last_status_sent = 0.0
+
+    # --- signals -----------------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        """Routes SIGHUP to a reload and SIGTERM/SIGINT to a stop, both handled by the loop."""
+        signal.signal(signal.SIGHUP, self._on_hup)
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+
+    def _on_hup(self, _signum: int, _frame: object) -> None:
+        self._reload_requested = True
+        self._wake.set()
+
+    def _on_stop(self, signum: int, _frame: object) -> None:
+        self._stop_signal = signal.Signals(signum).name
+        self._wake.set()
+
+    # --- main loop ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Checks directories, loads state and computes the first due times; raises on trouble."""
+        for job in self.config.jobs:
+            check_directories(self.config, job)
+        for name, job_state in self.state.load().items():
+            self.last[name] = (job_state.last_status, job_state.last_finished_utc or job_state.last_run_utc)
+        self._schedule_all(utc_now(), catch_up=True)
+
+    def run(self) -> int:
+        """Runs until SIGTERM/SIGINT and returns 0 after running jobs were stopped and reported."""
+        self.notifier.ready(self.status_text())
+        log.info(
+            "daemon started",
+            jobs=[j.name for j in self.config.jobs],
+            next={name: due.isoformat() for name, due in self.due.items()},
+            config=self.config_path,
+        )
+        while not self._stop_signal:
+            if self._reload_requested:
+                self._reload_requested = False
+                self.reload()
+            self.tick(utc_now())
+            self._wake.wait(self._sleep_seconds(utc_now()))
+            self._wake.clear()
+        return self.shutdown()
+
+    def tick(self, now: datetime) -> None:
+        """One loop iteration: reap finished jobs, start due ones, feed the watchdog, STATUS."""
+        self._reap(now)
+        for job in self.config.jobs:
+            if job.name in self.running or len(self.running) >= self.config.daemon.max_parallel:
+                continue
+            retry = self.retries.get(job.name)
+            if retry is not None and now >= retry.due:
+                del self.retries[job.name]
+                self._start(job, retry.attempt, now, trigger="retry")
+            elif now >= self.due[job.name]:
+                self.retries.pop(job.name, None)
+                self.due[job.name] = next_run_after(job.schedule, job.zone(), now, now)
+                self._start(job, 1, now, trigger="schedule")
+        self.watchdog.maybe_ping(self.healthy())
+        self._update_status()
+
+    def healthy(self) -> bool:
+        """Returns False when a running job produced no byte for `daemon.stall_seconds`."""
+        limit = self.config.daemon.stall_seconds
+        now = time.monotonic()
+        return all(now - r.last_progress < limit for r in self.running.values())
+
+    def _sleep_seconds(self, now: datetime) -> float:
+        cap = BUSY_MAX_SLEEP if self.running else IDLE_MAX_SLEEP
+        watchdog_cap = self.watchdog.max_sleep()
+        if watchdog_cap is not None:
+            cap = min(cap, watchdog_cap)
+        upcoming = [*self.due.values(), *(r.due for r in self.retries.values())]
+        if not upcoming:
+            return cap
+        return max(0.05, sleep_seconds_until(min(upcoming), now, cap))
+
+    # --- jobs --------------------------------------------------------------------------------
+
+    def _start(self, job: JobConfig, attempt: int, now: datetime, trigger: str) -> None:
+        token = CancelToken.for_job(job.timeout_seconds, parent=self.stop_token)
+        running = Running(job, attempt, now, token)
+        thread = threading.Thread(
+            target=self._work, args=(running, trigger), name=f"job-{job.name}", daemon=True
+        )
+        running.thread = thread
+        self.running[job.name] = running
+        log.info("job started", job=job.name, attempt=attempt, trigger=trigger)
+        thread.start()
+
+    def _work(self, running: Running, trigger: str) -> None:
+        try:
+            result = run_job(
+                self.config,
+                running.job,
+                cancel=running.token,
+                progress=running.progress,
+                trigger=trigger,
+                attempt=running.attempt,
+            )
+            running.outcome = SUCCESS if result.ok else FAILED
+        except JobBusy as exc:
+            log.warning("job skipped: another run holds its lock", job=running.job.name, error=str(exc))
+        except JobSetupError as exc:
+            log.error("job could not start", job=running.job.name, error=str(exc))
+            running.outcome = FAILED
+        except Exception as exc:  # a bug must not kill the scheduler; it is logged loudly
+            log.exception("job crashed", job=running.job.name, error=repr(exc))
+            running.outcome = FAILED
+        finally:
+            self._wake.set()
+
+    def _reap(self, now: datetime) -> None:
+        for name, running in list(self.running.items()):
+            if running.thread is not None and running.thread.is_alive():
+                continue
+            del self.running[name]
+            if not running.outcome:
+                continue
+            self.last[name] = (running.outcome, now)
+            try:
+                self.state.record(name, running.started_utc, running.outcome, now)  # type: ignore[arg-type]
+            except OSError as exc:
+                log.error("state file not written", job=name, error=str(exc))
+            if running.outcome == FAILED and not self._stop_signal:
+                self._plan_retry(running, now)
+
+    def _plan_retry(self, running: Running, now: datetime) -> None:
+        job = running.job
+        if running.attempt > job.retry.attempts:
+            return
+        retry_at = now + timedelta(seconds=job.retry.delay_seconds)
+        current = next((j for j in self.config.jobs if j.name == job.name), None)
+        if current is None:
+            return
+        if retry_at >= self.due[job.name]:
+            log.info("retry dropped: the next scheduled run comes first", job=job.name)
+            return
+        self.retries[job.name] = Retry(retry_at, running.attempt + 1)
+        log.info("retry planned", job=job.name, attempt=running.attempt + 1, at=retry_at.isoformat())
+
+    def _schedule_all(self, now: datetime, catch_up: bool) -> None:
+        window = timedelta(hours=self.config.daemon.catch_up_window_hours)
+        due: dict[str, datetime] = {}
+        for job in self.config.jobs:
+            last_run = self.state.last_run_utc(job.name)
+            job_window = window if (catch_up and job.catch_up) else timedelta(0)
+            due[job.name] = due_at_start(job.schedule, job.zone(), last_run, now, job_window)
+            if due[job.name] <= now:
+                log.info("catching up a missed run", job=job.name, missed=due[job.name].isoformat())
+        self.due = due
+        self.retries = {k: v for k, v in self.retries.items() if k in due}
+
+    # --- reload and stop ---------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Loads the config again; a bad one is refused and the running one kept."""
+        self.notifier.reloading()
+        try:
+            new = load(self.config_path)
+            for job in new.jobs:
+                check_directories(new, job)
+        except (ConfigError, JobSetupError) as exc:
+            self.reload_error = str(exc).splitlines()[0]
+            log.error("config reload refused; keeping the running config", error=str(exc))
+        else:
+            self.config = new
+            self.reload_error = ""
+            self._schedule_all(utc_now(), catch_up=False)
+            log.info(
+                "config reloaded",
+                jobs=[j.name for j in new.jobs],
+                next={name: due.isoformat() for name, due in self.due.items()},
+            )
+        self.notifier.ready(self.status_text())
+
+    def shutdown(self) -> int:
+        """Stops running jobs (their reports say so), waits for them, and returns 0."""
+        reason = f"db-backup daemon stopping ({self._stop_signal})"
+        log.info("daemon stopping", running=list(self.running), signal=self._stop_signal)
+        self.notifier.stopping(f"stopping; {len(self.running)} job(s) being stopped")
+        self.stop_token.cancel(reason)
+        while any(r.thread is not None and r.thread.is_alive() for r in self.running.values()):
+            self.notifier.extend_timeout(STOP_EXTEND_SECONDS)
+            for running in self.running.values():
+                if running.thread is not None:
+                    running.thread.join(timeout=5)
+        self._reap(utc_now())
+        log.info("daemon stopped")
+        return 0
+
+    # --- status ------------------------------------------------------------------------------
+
+    def status_text(self, now: datetime | None = None) -> str:
+        """Returns the one-line STATUS: jobs, what runs, what is next, the last result."""
+        now = now or utc_now()
+        parts = [f"{len(self.config.jobs)} job(s)"]
+        if self.reload_error:
+            parts.append(f"RELOAD FAILED, old config kept: {self.reload_error}")
+        for running in self.running.values():
+            what = running.database or running.job.name
+            parts.append(
+                f"running {running.job.name}/{what} {human_size(running.bytes)} "
+                f"{human_size(int(running.rate()))}/s"
+            )
+        if self.due:
+            name = min(self.due, key=lambda n: self.due[n])
+            job = next(j for j in self.config.jobs if j.name == name)
+            local = self.due[name].astimezone(job.zone())
+            parts.append(f"next {name} {local:%Y-%m-%d %H:%M %Z}")
+        if self.last:
+            name = max(self.last, key=lambda n: self.last[n][1])
+            status, when = self.last[name]
+            parts.append(f"last {name} {status} {_ago(now - when)} ago")
+        return "; ".join(parts)
+
+    def _update_status(self) -> None:
+        text = self.status_text()
+        if text != self._last_status or time.monotonic() - self._last_status_sent > 60:
+            self.notifier.status(text)
+            self._last_status = text
+            self._last_status_sent = time.monotonic()
+
+
+def _ago(delta: timedelta) -> str:
+    seconds = max(0, int(delta.total_seconds()))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}" if hours < 48 else f"{hours // 24}d"
+
+
+def run_daemon(config_path: str) -> int:
+    """Entry point of `db-backup daemon`: returns 1 if it cannot start, 0 after a clean stop."""
+    try:
+        config = load(config_path)
+    except ConfigError as exc:
+        print(f"db-backup: {exc}", file=sys.stderr)
+        return 1
+    daemon = Daemon(config_path, config)
+    daemon.install_signal_handlers()
+    try:
+        daemon.start()
+    except JobSetupError as exc:
+        log.error("daemon cannot start", error=str(exc))
+        print(f"db-backup: {exc}", file=sys.stderr)
+        return 1
+    return daemon.run()

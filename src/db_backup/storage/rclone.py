@@ -1,0 +1,216 @@
+"""The rclone target: dumps stream into `rclone rcat`, then move to their final name.
+
+`rclone rcat` uploads what arrives on its stdin to a temporary name (`.tmp-<name>.<random>`,
+hidden from `list_names`); only commit moves it to the final name (`rclone moveto`), after
+rcat exited 0 and the stored size matched, so a half-uploaded file never looks like a backup.
+Every child gets an argv list, never a shell string, and errors carry the stderr tail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from db_backup import execute
+from db_backup.storage.base import StorageError, StoredObject
+
+log = logging.getLogger(__name__)
+
+TEMP_PREFIX = ".tmp-"
+TERMINATE_GRACE_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class RcloneSettings:
+    """Where the rclone target stores: `<remote>:<prefix><file name>`."""
+
+    remote: str
+    prefix: str = "postgres/backups/"
+    config_file: str | None = None
+    extra_args: tuple[str, ...] = ()
+
+
+class RcloneTarget:
+    """An rclone remote and prefix; children are run through `db_backup.execute`."""
+
+    name = "rclone"
+
+    def __init__(self, settings: RcloneSettings, *, binary: str = "rclone") -> None:
+        self.settings = settings
+        self.binary = binary
+
+    def path(self, filename: str) -> str:
+        """Returns the rclone path of a file name: `remote:prefix/name`."""
+        return f"{self.settings.remote}:{self.settings.prefix}{filename}"
+
+    def argv(self, *args: str) -> list[str]:
+        """Returns the argv of one rclone command with the config file and extra arguments."""
+        argv = [self.binary]
+        if self.settings.config_file:
+            argv += ["--config", self.settings.config_file]
+        return [*argv, *self.settings.extra_args, *args]
+
+    def run(self, what: str, where: str, *args: str, timeout: float | None = 600) -> str:
+        """Runs one rclone command to completion; raises StorageError naming `where`."""
+        try:
+            return execute.run(self.argv(*args), env=execute.child_env(), timeout=timeout)
+        except execute.CommandError as error:
+            raise StorageError(f"rclone: {what} failed for {where}: {error}") from None
+
+    def open_stream(self, filename: str) -> RcloneSink:
+        """Starts `rclone rcat` to a temporary name next to `filename`."""
+        return RcloneSink(self, filename)
+
+    def put_file(self, path: Path, filename: str) -> StoredObject:
+        """Copies a finished file with `rclone copyto` (rclone checks size and hash)."""
+        destination = self.path(filename)
+        self.run("copyto", destination, "copyto", str(path), destination)
+        return StoredObject(destination, path.stat().st_size, {"tool": "rclone"})
+
+    def list_names(self) -> list[str]:
+        """Lists the file names directly under the prefix (temporary names excluded)."""
+        return [name for name in self.list_all() if not name.startswith(TEMP_PREFIX)]
+
+    def list_all(self) -> list[str]:
+        """Lists every file name directly under the prefix, temporary ones included."""
+        where = f"{self.settings.remote}:{self.settings.prefix}"
+        try:
+            out = execute.run(self.argv("lsf", "--files-only", where), env=execute.child_env())
+        except execute.CommandError as error:
+            if "directory not found" in str(error):
+                return []
+            raise StorageError(f"rclone: lsf failed for {where}: {error}") from None
+        return sorted(line for line in out.splitlines() if line)
+
+    def delete(self, filenames: list[str]) -> list[str]:
+        """Deletes these names if present (`rclone deletefile`) and returns the paths removed."""
+        present = set(self.list_names())
+        removed = []
+        for filename in dict.fromkeys(filenames):
+            if filename in present:
+                self.run("deletefile", self.path(filename), "deletefile", self.path(filename))
+                removed.append(self.path(filename))
+        return removed
+
+    def size_of(self, filename: str) -> int:
+        """Returns the stored size of one file (`rclone lsjson`)."""
+        where = self.path(filename)
+        out = self.run("lsjson", where, "lsjson", "--files-only", where)
+        entries = json.loads(out or "[]")
+        if len(entries) != 1:
+            raise StorageError(f"rclone: {where} is missing after upload")
+        return int(entries[0]["Size"])
+
+
+class RcloneSink:
+    """Feeds one dump into `rclone rcat <temp>`; commit moves it, abort kills and deletes it."""
+
+    def __init__(self, target: RcloneTarget, filename: str) -> None:
+        self.target = target
+        self.filename = filename
+        self.temp_name = f"{TEMP_PREFIX}{filename}.{uuid.uuid4().hex[:12]}"
+        self.temp_path = target.path(self.temp_name)
+        self.final_path = target.path(filename)
+        self._written = 0
+        self._state = "open"
+        argv = target.argv("rcat", self.temp_path)
+        try:
+            self._proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                env=execute.child_env(),
+                start_new_session=True,  # so abort can stop rclone and anything it started
+            )
+        except OSError as error:
+            raise StorageError(f"rclone: cannot start {target.binary}: {error}") from None
+        assert self._proc.stdin is not None and self._proc.stderr is not None
+        self._stdin = self._proc.stdin
+        self._stderr = execute.StderrTail(self._proc.stderr)
+
+    def _failure(self, what: str) -> StorageError:
+        code = self._proc.poll()
+        status = f"exited with status {code}" if code is not None else "failed"
+        tail = self._stderr.text()
+        text = f"rclone: {what} {status} for {self.final_path}"
+        return StorageError(f"{text}: {tail}" if tail else text)
+
+    def write(self, data: bytes) -> None:
+        """Passes `data` to rcat's stdin; raises StorageError when rcat has gone away."""
+        if self._state != "open":
+            raise StorageError(f"rclone: write after {self._state} for {self.final_path}")
+        try:
+            self._stdin.write(data)
+        except (BrokenPipeError, ValueError, OSError):
+            self._proc.wait()
+            self._state = "failed"
+            raise self._failure("rcat") from None
+        self._written += len(data)
+
+    def commit(self, sha256_hex: str) -> StoredObject:
+        """Ends rcat's input, checks its exit and the stored size, then moves to the final name."""
+        if self._state != "open":
+            raise StorageError(f"rclone: commit after {self._state} for {self.final_path}")
+        self._state = "committing"
+        try:
+            with contextlib.suppress(BrokenPipeError, OSError):
+                self._stdin.close()
+            if self._proc.wait() != 0:
+                raise self._failure("rcat")
+            stored = self.target.size_of(self.temp_name)
+            if stored != self._written:
+                raise StorageError(
+                    f"rclone: {self.temp_path} holds {stored} bytes, {self._written} were sent"
+                )
+            self.target.run(
+                "moveto", self.final_path, "moveto", self.temp_path, self.final_path, timeout=None
+            )
+        except StorageError:
+            self._state = "failed"
+            self._delete_temp()
+            raise
+        self._state = "committed"
+        return StoredObject(
+            self.final_path, self._written, {"tool": "rclone", "sha256": sha256_hex}
+        )
+
+    def abort(self) -> None:
+        """Stops rcat and deletes the temporary file; never raises, safe to call twice."""
+        if self._state in ("aborted", "committed"):
+            return
+        self._state = "aborted"
+        try:
+            self._stop_rcat()
+            self._delete_temp()
+        except Exception as error:  # abort must never raise
+            log.error("rclone: aborting %s failed: %s", self.temp_path, error)
+
+    def _stop_rcat(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._stdin.close()
+        if self._proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._proc.pid, signal.SIGTERM)
+        try:
+            self._proc.wait(timeout=TERMINATE_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.wait()
+
+    def _delete_temp(self) -> None:
+        """Deletes the temporary file if it exists; logs instead of raising."""
+        try:
+            if self.temp_name in self.target.list_all():
+                self.target.run("deletefile", self.temp_path, "deletefile", self.temp_path)
+        except StorageError as error:
+            log.error("%s", error)

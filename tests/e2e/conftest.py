@@ -1,0 +1,309 @@
+"""End-to-end tier: the built .deb, installed in a Debian 12 container booted by systemd-nspawn.
+
+Fixtures meant for reuse by other e2e modules:
+
+- ``deb_path``: the .deb under test (built once per session, or ``$DB_BACKUP_DEB``).
+- ``container``: a session-wide booted container with the .deb installed and PostgreSQL running.
+  Tests that change it (config, drop-ins) must put it back.
+- ``exec``: ``container.exec`` (``exec(["systemctl", "status", "db-backup"], check=False)``).
+- ``boot_container``: a context-manager factory for a fresh container of your own
+  (``with boot_container("mine", install=True) as ct: ...``), for tests that break things.
+- ``upgrade_deb_path``: the same tree built with a higher version (built in the background).
+
+The tier needs root, debootstrap and systemd-nspawn (installed with apt when missing) and the
+Debian mirror; it skips with the reason otherwise. It runs when selected explicitly
+(``pytest tests/e2e``, ``-m e2e``) or with ``DB_BACKUP_E2E=1``; a plain ``pytest`` skips it.
+
+Environment:
+  DB_BACKUP_DEB            use this .deb instead of building one
+  DB_BACKUP_DEB_UPGRADE    use this .deb as the upgrade target instead of building one
+  DB_BACKUP_E2E_PLACEHOLDERS=1  build with packaging/build-deb.sh --placeholders
+  DB_BACKUP_E2E_CACHE      rootfs cache (default /var/cache/db-backup-e2e); logs go to its logs/
+  DB_BACKUP_E2E_KEEP=1     keep the containers' root directories after the run
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGING = REPO / "packaging"
+sys.path.insert(0, str(PACKAGING))
+
+from container import CommandFailed, Container, wait_for  # noqa: E402
+
+__all__ = ["CommandFailed", "Container", "wait_for"]
+
+E2E_DIR = Path(__file__).resolve().parent
+CACHE = Path(os.environ.get("DB_BACKUP_E2E_CACHE", "/var/cache/db-backup-e2e"))
+HOST_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+_timings: dict[str, float] = {}
+
+
+def _timed(label: str, seconds: float) -> None:
+    _timings[label] = _timings.get(label, 0.0) + seconds
+
+
+# -- collection: mark and opt-in -------------------------------------------------------------
+
+
+def _selected_explicitly(config: pytest.Config) -> bool:
+    if os.environ.get("DB_BACKUP_E2E") == "1":
+        return True
+    if "e2e" in (config.getoption("markexpr", "") or "").split():
+        return True
+    for arg in config.args:
+        path = Path(arg.split("::", 1)[0]).resolve()
+        if path == E2E_DIR or E2E_DIR in path.parents:
+            return True
+    return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    explicit = _selected_explicitly(config)
+    skip = pytest.mark.skip(
+        reason="e2e tier (builds the .deb, boots containers): run `pytest tests/e2e` "
+        "or set DB_BACKUP_E2E=1"
+    )
+    for item in items:
+        if E2E_DIR in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.e2e)
+            if not explicit:
+                item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _timings:
+        terminalreporter.section("db-backup e2e timings")
+        for label, seconds in _timings.items():
+            terminalreporter.write_line(f"{label:<40} {seconds:7.1f} s")
+
+
+# -- host prerequisites ----------------------------------------------------------------------
+
+
+def _host_run(argv: list[str], timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PATH": HOST_PATH + ":" + os.environ.get("PATH", "")}
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="session")
+def e2e_logs() -> Path:
+    """Directory that keeps this run's container journals and nspawn logs (not deleted)."""
+    path = CACHE / "logs" / time.strftime("%Y%m%dT%H%M%S")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def rootfs_base() -> Path:
+    """The cached Debian 12 base (debootstrap + PostgreSQL), built on first use."""
+    if os.geteuid() != 0:
+        pytest.skip("e2e tests need root (debootstrap, systemd-nspawn, nsenter)")
+    if not shutil.which("systemd-nspawn", path=HOST_PATH) or not shutil.which(
+        "debootstrap", path=HOST_PATH
+    ):
+        result = _host_run(
+            ["apt-get", "install", "-y", "--no-install-recommends", "debootstrap",
+             "systemd-container"]
+        )  # fmt: skip
+        if result.returncode != 0:
+            pytest.skip(
+                "debootstrap/systemd-nspawn are missing and not installable: "
+                + result.stderr.strip()[-500:]
+            )
+    t0 = time.monotonic()
+    result = _host_run([str(PACKAGING / "rootfs.sh"), "base"])
+    _timed("rootfs base (debootstrap+postgresql, or reuse)", time.monotonic() - t0)
+    if result.returncode != 0:
+        pytest.fail(f"packaging/rootfs.sh base failed:\n{result.stderr[-4000:]}")
+    base = Path(result.stdout.strip().splitlines()[-1])
+    # Can this machine run systemd-nspawn at all? (Read-only: the base must stay clean.)
+    probe = _host_run(
+        ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--read-only",
+         "-D", str(base), "/bin/true"],
+        timeout=120,
+    )  # fmt: skip
+    if probe.returncode != 0:
+        pytest.skip(f"systemd-nspawn cannot run a container here: {probe.stderr.strip()[-500:]}")
+    return base
+
+
+# -- the packages under test -----------------------------------------------------------------
+
+
+def _build_deb(extra: list[str], out: Path | None = None) -> Path:
+    argv = [str(PACKAGING / "build-deb.sh"), *extra]
+    if os.environ.get("DB_BACKUP_E2E_PLACEHOLDERS") == "1":
+        argv.append("--placeholders")
+    if out is not None:
+        argv += ["--out", str(out)]
+    result = _host_run(argv)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed:\n{result.stderr[-6000:]}")
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+def deb_version(deb: Path) -> str:
+    """Return the Version field of a .deb."""
+    return _host_run(["dpkg-deb", "-f", str(deb), "Version"]).stdout.strip()
+
+
+class _Background:
+    """Runs one function in a thread; ``result()`` waits for it and re-raises its error."""
+
+    def __init__(self, fn: Callable[[], Path]) -> None:
+        self._value: Path | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable[[], Path]) -> None:
+        try:
+            self._value = fn()
+        except BaseException as exc:
+            self._error = exc
+
+    def result(self) -> Path:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
+
+
+_upgrade_build: _Background | None = None
+
+
+@pytest.fixture(scope="session")
+def deb_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The .deb under test: $DB_BACKUP_DEB, or packaging/build-deb.sh's output (dist/)."""
+    global _upgrade_build
+    if os.environ.get("DB_BACKUP_DEB"):
+        deb = Path(os.environ["DB_BACKUP_DEB"]).resolve()
+        if not deb.is_file():
+            pytest.fail(f"DB_BACKUP_DEB={deb} does not exist")
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("e2e tests need root")
+        t0 = time.monotonic()
+        deb = _build_deb([])
+        _timed("build .deb", time.monotonic() - t0)
+    if not os.environ.get("DB_BACKUP_DEB_UPGRADE") and _upgrade_build is None:
+        # Start the upgrade target's build now, so it overlaps with booting and the first tests.
+        version = deb_version(deb) + "+e2e1"
+        out = tmp_path_factory.mktemp("upgrade-deb")
+
+        def build() -> Path:
+            t0 = time.monotonic()
+            path = _build_deb(["--version", version], out)
+            _timed("build upgrade .deb (background)", time.monotonic() - t0)
+            return path
+
+        _upgrade_build = _Background(build)
+    return deb
+
+
+@pytest.fixture(scope="session")
+def upgrade_deb_path(deb_path: Path) -> Path:
+    """The same tree built as a higher version (``<version>+e2e1``), for upgrade tests."""
+    if os.environ.get("DB_BACKUP_DEB_UPGRADE"):
+        return Path(os.environ["DB_BACKUP_DEB_UPGRADE"]).resolve()
+    assert _upgrade_build is not None
+    t0 = time.monotonic()
+    path = _upgrade_build.result()
+    _timed("waiting for the upgrade .deb", time.monotonic() - t0)
+    return path
+
+
+# -- containers ------------------------------------------------------------------------------
+
+
+def install_deb(ct: Container, deb: Path, confold: bool = True) -> subprocess.CompletedProcess[str]:
+    """Install (or upgrade to) ``deb`` inside ``ct`` with apt; return apt's output."""
+    target = f"/root/{deb.name}"
+    ct.copy_in(deb, target)
+    argv = ["apt-get", "install", "-y", "--no-install-recommends"]
+    if confold:
+        # Keep locally modified conffiles without asking, as an admin answering "N" would.
+        argv += ["-o", "Dpkg::Options::=--force-confold"]
+    return ct.exec([*argv, target], env={"DEBIAN_FRONTEND": "noninteractive"}, timeout=300)
+
+
+def wait_postgresql(ct: Container, timeout: float = 60) -> None:
+    """Wait until the container's PostgreSQL accepts connections on its default socket."""
+    wait_for(
+        lambda: ct.exec(["pg_isready", "-q"], check=False).returncode == 0,
+        timeout,
+        what="PostgreSQL in the container",
+    )
+
+
+BootContainer = Callable[..., contextlib.AbstractContextManager[Container]]
+
+
+@pytest.fixture(scope="session")
+def boot_container(rootfs_base: Path, deb_path: Path, e2e_logs: Path) -> BootContainer:
+    """Factory: ``with boot_container(name, install=True) as ct`` boots a fresh copy of the base.
+
+    With ``install`` the .deb under test is installed and PostgreSQL is up before it yields.
+    At exit the container's journal is saved to the e2e log directory and the copy deleted.
+    """
+    runs = CACHE / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def boot(name: str, install: bool = True) -> Iterator[Container]:
+        root = runs / f"{name}-{uuid.uuid4().hex[:8]}"
+        t0 = time.monotonic()
+        result = _host_run([str(PACKAGING / "rootfs.sh"), "copy", str(root)])
+        if result.returncode != 0:
+            pytest.fail(f"rootfs.sh copy failed:\n{result.stderr[-3000:]}")
+        _timed("copy rootfs", time.monotonic() - t0)
+        ct = Container(root, log_path=e2e_logs / f"{name}.nspawn.log", name=name)
+        try:
+            t0 = time.monotonic()
+            ct.start()
+            _timed("boot container", time.monotonic() - t0)
+            wait_postgresql(ct)
+            if install:
+                t0 = time.monotonic()
+                install_deb(ct, deb_path)
+                _timed("install .deb", time.monotonic() - t0)
+            yield ct
+        finally:
+            if ct.pid is not None:
+                journal = ct.exec(
+                    ["journalctl", "-b", "--no-pager", "-o", "short-precise"], check=False
+                )
+                (e2e_logs / f"{name}.journal.txt").write_text(journal.stdout)
+            ct.stop()
+            if os.environ.get("DB_BACKUP_E2E_KEEP") != "1":
+                shutil.rmtree(root, ignore_errors=True)
+
+    return boot
+
+
+@pytest.fixture(scope="session")
+def container(boot_container: BootContainer) -> Iterator[Container]:
+    """A booted container shared by the session, with the .deb installed and PostgreSQL up."""
+    with boot_container("main", install=True) as ct:
+        yield ct
+
+
+@pytest.fixture(scope="session")
+def exec(container: Container) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``exec(argv, check=True, timeout=120, input=None, env=None)`` in the shared container."""
+    return container.exec

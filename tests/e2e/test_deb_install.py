@@ -1,0 +1,229 @@
+"""The .deb as an ops engineer meets it: install, files and modes, upgrade, remove, purge."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import BootContainer, Container, deb_version, install_deb
+
+CONFIG = "/etc/db-backup/config.yaml"
+UNIT_DIR = "/etc/systemd/system"
+REQUIRED_UNITS = ("db-backup.service", "db-backup@.service", "db-backup@.timer")
+BACKUP_MARKER = "/data/db-backups/data/e2e-marker.dump"
+REPORT_MARKER = "/data/db-backups/reports/e2e-marker.json"
+
+
+def stat(ct: Container, path: str) -> str:
+    """Return 'MODE OWNER GROUP' of a path inside the container, e.g. '750 postgres postgres'."""
+    return ct.exec(["stat", "-c", "%a %U %G", path]).stdout.strip()
+
+
+def package_status(ct: Container) -> str:
+    """Return dpkg's status words and version for db-backup ('install ok installed 0.1.0')."""
+    return ct.exec(
+        ["dpkg-query", "-W", "-f=${Status} ${Version}", "db-backup"], check=False
+    ).stdout.strip()
+
+
+def conffiles(ct: Container) -> dict[str, str]:
+    """Return db-backup's conffiles as {path: md5sum} from dpkg's database."""
+    out = ct.exec(["dpkg-query", "-W", "-f=${Conffiles}", "db-backup"]).stdout
+    return dict(
+        (parts[0], parts[1]) for parts in (line.split() for line in out.splitlines()) if parts
+    )
+
+
+def shipped_units(ct: Container) -> list[str]:
+    """Return the unit files the package put under /etc/systemd/system."""
+    files = ct.exec(["dpkg-query", "-L", "db-backup"]).stdout.splitlines()
+    return sorted(f for f in files if re.fullmatch(rf"{UNIT_DIR}/[^/]+\.(service|timer)", f))
+
+
+def upstream_version(version: str) -> str:
+    """Return the upstream part of a Debian version ('0.1.0' of '0.1.0-1' or '0.1.0+e2e1')."""
+    return re.split(r"[-+~]", version.split(":", 1)[-1])[0]
+
+
+# -- a fresh install (the shared container) --------------------------------------------------
+
+
+def test_package_installs_and_is_configured(container: Container, deb_path: Path) -> None:
+    assert package_status(container) == f"install ok installed {deb_version(deb_path)}"
+
+
+def test_db_backup_command_on_path_reports_version(container: Container, deb_path: Path) -> None:
+    assert container.exec(["readlink", "/usr/bin/db-backup"]).stdout.strip() == (
+        "/opt/venvs/db-backup/bin/db-backup"
+    )
+    result = container.exec(["db-backup", "--version"], check=False)
+    assert result.returncode == 0, f"db-backup --version failed:\n{result.stderr}"
+    assert upstream_version(deb_version(deb_path)) in result.stdout + result.stderr
+
+
+def test_virtualenv_has_every_locked_dependency_and_working_extensions(
+    container: Container,
+) -> None:
+    venv_python = "/opt/venvs/db-backup/bin/python"
+    assert (
+        container.exec(["readlink", "-f", venv_python])
+        .stdout.strip()
+        .startswith("/usr/bin/python3")
+    )
+    container.exec([venv_python, "-m", "pip", "check"])
+    # Compiled extensions survive dh_strip and load against Debian's libc and python3.11:
+    # crcmod's C CRC (oss2 falls back to a slow pure-Python CRC without it), pycryptodome,
+    # cryptography (aliyun-python-sdk-core), PyYAML's libyaml loader.
+    container.exec(
+        [
+            venv_python, "-c",
+            "import crcmod._crcfunext, Crypto.Cipher.AES, cryptography.hazmat.bindings._rust, "
+            "yaml, oss2, croniter, sdnotify, structlog, jsonschema, db_backup; "
+            "assert yaml.__with_libyaml__",
+        ]
+    )  # fmt: skip
+
+
+def test_config_is_installed_readable_only_by_root_and_postgres(container: Container) -> None:
+    assert stat(container, CONFIG) == "640 root postgres"
+    assert stat(container, "/etc/db-backup") == "750 root postgres"
+    assert CONFIG in conffiles(container)
+    # The daemon's user can read it, others cannot.
+    container.exec(["runuser", "-u", "postgres", "--", "cat", CONFIG])
+    assert container.exec(["runuser", "-u", "nobody", "--", "cat", CONFIG], check=False).returncode
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/data/db-backups/data",
+        "/data/db-backups/reports",
+        "/var/log/db-backup",
+        "/var/lib/db-backup",
+    ],
+)
+def test_state_directories_belong_to_postgres(container: Container, path: str) -> None:
+    assert stat(container, path) == "750 postgres postgres"
+
+
+def test_unit_files_are_in_etc_systemd_system_as_conffiles(container: Container) -> None:
+    units = shipped_units(container)
+    for name in REQUIRED_UNITS:
+        assert f"{UNIT_DIR}/{name}" in units
+    registered = conffiles(container)
+    assert [u for u in units if u not in registered] == []
+    # systemd sees the installed unit where the customer wants it.
+    assert container.unit_property("db-backup.service", "FragmentPath") == (
+        f"{UNIT_DIR}/db-backup.service"
+    )
+
+
+def test_service_is_enabled_after_install(container: Container) -> None:
+    assert container.systemctl("is-enabled", "db-backup.service", check=False).stdout.strip() == (
+        "enabled"
+    )
+
+
+def test_migration_and_docs_are_installed(container: Container) -> None:
+    sql = container.read_file("/usr/share/db-backup/sql/V1__create_db_backup_job.sql")
+    assert "db_backup_job" in sql
+    docs = container.exec(["ls", "/usr/share/doc/db-backup"]).stdout.split()
+    assert {"README.md", "packaging.md", "copyright"} <= set(docs)
+
+
+# -- lifecycle: upgrade, remove, purge (a container of its own; tests run in file order) -----
+
+
+@pytest.fixture(scope="module")
+def lifecycle(boot_container: BootContainer) -> Iterator[Container]:
+    with boot_container("lifecycle", install=True) as ct:
+        yield ct
+
+
+def ensure_installed(ct: Container, deb: Path) -> None:
+    if not package_status(ct).startswith("install ok installed"):
+        install_deb(ct, deb)
+
+
+def test_upgrade_keeps_edited_config_and_enablement(
+    lifecycle: Container, deb_path: Path, upgrade_deb_path: Path
+) -> None:
+    ensure_installed(lifecycle, deb_path)
+    edit = "# edited by the e2e upgrade test\n"
+    lifecycle.exec(["sh", "-c", f"printf '%s' '{edit}' >>{CONFIG}"])
+    before = lifecycle.read_file(CONFIG)
+
+    output = install_deb(lifecycle, upgrade_deb_path, confold=True)
+    print(output.stdout)
+
+    assert package_status(lifecycle) == f"install ok installed {deb_version(upgrade_deb_path)}"
+    assert lifecycle.read_file(CONFIG) == before
+    assert stat(lifecycle, CONFIG) == "640 root postgres"
+    assert lifecycle.systemctl("is-enabled", "db-backup.service", check=False).stdout.strip() == (
+        "enabled"
+    )
+
+
+def test_remove_keeps_config_and_backups_and_disables_the_service(
+    lifecycle: Container, deb_path: Path
+) -> None:
+    ensure_installed(lifecycle, deb_path)
+    lifecycle.exec(["runuser", "-u", "postgres", "--", "touch", BACKUP_MARKER, REPORT_MARKER])
+
+    output = lifecycle.exec(
+        ["apt-get", "remove", "-y", "db-backup"], env={"DEBIAN_FRONTEND": "noninteractive"}
+    )
+    print(output.stdout)
+
+    assert package_status(lifecycle).startswith("deinstall ok config-files")
+    assert lifecycle.exec(["test", "-e", "/usr/bin/db-backup"], check=False).returncode != 0
+    assert lifecycle.exec(["test", "-d", "/opt/venvs/db-backup/bin"], check=False).returncode != 0
+    assert stat(lifecycle, CONFIG) == "640 root postgres"
+    for unit in REQUIRED_UNITS:  # conffiles stay until purge
+        lifecycle.exec(["test", "-f", f"{UNIT_DIR}/{unit}"])
+    lifecycle.exec(["test", "-f", BACKUP_MARKER])
+    lifecycle.exec(["test", "-f", REPORT_MARKER])
+    # Not started at the next boot: the program it would run is gone.
+    assert (
+        lifecycle.exec(
+            ["test", "-e", f"{UNIT_DIR}/multi-user.target.wants/db-backup.service"], check=False
+        ).returncode
+        != 0
+    )
+    assert lifecycle.is_active("db-backup.service") != "active"
+
+
+def test_reinstall_after_remove_enables_the_service_again(
+    lifecycle: Container, deb_path: Path
+) -> None:
+    if package_status(lifecycle).startswith("install ok installed"):
+        lifecycle.exec(
+            ["apt-get", "remove", "-y", "db-backup"], env={"DEBIAN_FRONTEND": "noninteractive"}
+        )
+    install_deb(lifecycle, deb_path)
+    assert lifecycle.systemctl("is-enabled", "db-backup.service", check=False).stdout.strip() == (
+        "enabled"
+    )
+
+
+def test_purge_removes_config_and_state_but_keeps_backups(
+    lifecycle: Container, deb_path: Path
+) -> None:
+    ensure_installed(lifecycle, deb_path)
+    lifecycle.exec(["runuser", "-u", "postgres", "--", "touch", BACKUP_MARKER, REPORT_MARKER])
+
+    output = lifecycle.exec(
+        ["apt-get", "purge", "-y", "db-backup"], env={"DEBIAN_FRONTEND": "noninteractive"}
+    )
+    print(output.stdout)
+
+    assert package_status(lifecycle) == ""  # dpkg forgot the package entirely
+    units = [f"{UNIT_DIR}/{u}" for u in REQUIRED_UNITS]
+    for gone in ("/etc/db-backup", "/var/lib/db-backup", "/var/log/db-backup", *units):
+        assert lifecycle.exec(["test", "-e", gone], check=False).returncode != 0, gone
+    lifecycle.exec(["test", "-f", BACKUP_MARKER])
+    lifecycle.exec(["test", "-f", REPORT_MARKER])
+    assert "backups and reports were kept in /data/db-backups" in output.stdout + output.stderr
