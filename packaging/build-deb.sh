@@ -127,6 +127,14 @@ if [[ -n $version ]]; then
     mv "$src/debian/changelog.new" "$src/debian/changelog"
 fi
 
+# The package version comes from debian/changelog; say so when it disagrees with pyproject.toml.
+pkg_version=$(cd "$src" && dpkg-parsechangelog -S Version)
+py_version=$(sed -n 's/^version *= *"\(.*\)"/\1/p' "$src/pyproject.toml" | head -n1)
+if [[ -n $py_version && ${pkg_version%%[-+~]*} != "$py_version" ]]; then
+    log "WARNING: debian/changelog says $pkg_version but pyproject.toml says $py_version" \
+        "(add a debian/changelog entry: dch -v $py_version)"
+fi
+
 log "dpkg-buildpackage in $src"
 (cd "$src" && dpkg-buildpackage -us -uc -b) >&2
 log "dpkg-buildpackage took $((SECONDS - t0)) s"
@@ -138,7 +146,10 @@ cp "$deb" "$out/"
 deb="$out/$(basename "$deb")"
 
 if ((run_lintian)); then
-    log "lintian $deb"
-    lintian --info --display-info --pedantic "$deb" >&2 || log "lintian reported errors (see above)"
+    log "lintian $deb (errors and warnings fail the build; I:/P: tags are informational)"
+    if ! lintian --display-info --pedantic --fail-on error,warning "$deb" >&2; then
+        log "error: lintian found problems in $deb (see above)"
+        exit 1
+    fi
 fi
 printf '%s\n' "$deb"

@@ -138,6 +138,12 @@ class Container:
             state = wait_for(
                 self._system_state, timeout=timeout, interval=0.5, what="boot to finish"
             )
+        except TimeoutError as exc:
+            jobs = ""
+            if self.pid is not None:
+                jobs = self.exec(["systemctl", "list-jobs", "--no-pager"], check=False).stdout
+            self.stop()
+            raise ContainerError(f"{exc}; pending jobs:\n{jobs}\n{self._log_tail()}") from None
         except Exception:
             self.stop()
             raise
@@ -150,7 +156,12 @@ class Container:
 
     def _system_state(self) -> str | None:
         # --wait blocks until start-up finished; before the manager listens it fails quickly.
-        result = self.exec(["systemctl", "is-system-running", "--wait"], check=False, timeout=60)
+        try:
+            result = self.exec(
+                ["systemctl", "is-system-running", "--wait"], check=False, timeout=20
+            )
+        except subprocess.TimeoutExpired:
+            return None
         state = result.stdout.strip()
         if state in ("running", "degraded", "maintenance", "stopping", "offline"):
             return state

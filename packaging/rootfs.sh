@@ -19,7 +19,7 @@ CACHE=${DB_BACKUP_E2E_CACHE:-/var/cache/db-backup-e2e}
 BASE=${DB_BACKUP_E2E_ROOTFS:-$CACHE/rootfs-base}
 SUITE=bookworm
 # Bump when the recipe below changes, so cached bases built by an older recipe are rebuilt.
-RECIPE=4
+RECIPE=5
 INCLUDE=systemd,systemd-sysv,dbus,ca-certificates,procps,python3,less
 EXTRA_PACKAGES=(postgresql)
 
@@ -82,6 +82,14 @@ build_base() {
     # would make every test fail later in a confusing way.
     compgen -G "$tmp/etc/postgresql/*/main/postgresql.conf" >/dev/null \
         || die "PostgreSQL's main cluster was not created in the base (see the output above)"
+
+    # The containers share the host's network: PostgreSQL in two containers (or one container
+    # and the host) would fight over 127.0.0.1:5432. Unix socket only; db-backup connects
+    # through /var/run/postgresql anyway.
+    local conf
+    for conf in "$tmp"/etc/postgresql/*/main/postgresql.conf; do
+        printf "\n# db-backup e2e: containers share the host network\nlisten_addresses = ''\n" >>"$conf"
+    done
 
     rm -f "$tmp/usr/sbin/policy-rc.d"
     # Each booted copy gets its own transient machine id; the base must not carry one.

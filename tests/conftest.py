@@ -92,6 +92,20 @@ def setup(tmp_path: Path, cluster: Cluster) -> Setup:
     return made
 
 
+@pytest.fixture
+def slow_db(cluster: Cluster) -> str:
+    """A database big enough that its dump takes a few seconds at -Z 9."""
+    name = "bulk"
+    if name not in cluster.psql("SELECT datname FROM pg_database").split():
+        cluster.psql(f"CREATE DATABASE {name}")
+        cluster.psql(
+            "CREATE TABLE blob AS SELECT i, md5(i::text) || md5((i*3)::text) AS a, "
+            "md5((i*7)::text) AS b FROM generate_series(1, 1500000) i",
+            name,
+        )
+    return name
+
+
 RunCli = Callable[..., subprocess.CompletedProcess[str]]
 
 

@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +125,7 @@ def run_job(
     result = RunResult(job.name)
     started = time.monotonic()
     with job_lock(config, job.name):
-        _run_locked(config, job, cancel, progress, trigger, attempt, result)
+        _Run(config, job, cancel, progress, trigger, attempt, result).execute()
     statuses = [r["status"] for r in result.reports]
     log.info(
         "run finished",
@@ -138,214 +139,229 @@ def run_job(
     return result
 
 
-def _run_locked(
-    config: Config,
-    job: JobConfig,
-    cancel: CancelToken,
-    progress: ProgressCallback | None,
-    trigger: str,
-    attempt: int,
-    result: RunResult,
-) -> None:
-    host = pg.host_label()
-    staging = config.directories.state / "staging" / job.name
-    shutil.rmtree(staging, ignore_errors=True)  # left by a killed run of this job
-    local = LocalTarget(config.directories.data, job.name)
-    for path in local.remove_stale_temporaries():
-        log.warning("removed temporary file of an interrupted run", job=job.name, file=path)
-    planned = list(job.databases) if isinstance(job.databases, tuple) else []
-    try:
-        check_directories(config, job)
-        staging.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with pg.connection_env(job) as env:
-            targets = make_targets(config, job)
-            databases = pg.discover_databases(job, env) if job.discovers_databases else planned
-            versions = pg.versions(job, env, databases[0] if databases else "postgres")
-            _run_databases(
-                config,
-                job,
-                env,
-                targets,
-                databases,
-                versions,
-                staging,
-                host,
-                cancel,
-                progress,
-                trigger,
-                attempt,
-                result,
-            )
-    except (JobSetupError, SecretError, CommandError, StorageError, Cancelled) as exc:
-        message = _setup_message(exc)
-        result.error = message
-        log.error("run could not start", job=job.name, error=message)
-        for database in planned or ["*"]:
-            report = _new_report(config, job, database, utc_now(), host, trigger, attempt)
-            report.error_message = message
-            _finish(config, job, report, [], result)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+@dataclass
+class _Run:
+    """One run of one job: what every step of it needs, in one place."""
 
+    config: Config
+    job: JobConfig
+    cancel: CancelToken
+    progress: ProgressCallback | None
+    trigger: str
+    attempt: int
+    result: RunResult
+    host: str = field(default_factory=pg.host_label)
+    env: dict[str, str] = field(default_factory=dict)
+    targets: list[Target] = field(default_factory=list)
+    versions: tuple[str, str] = ("", "")
+    globals_name: str = ""
+    globals_error: str = ""
 
-def _setup_message(exc: Exception) -> str:
-    if isinstance(exc, Cancelled):
-        return f"stopped before the dump started: {exc}"
-    return mask(str(exc))
+    @property
+    def staging(self) -> Path:
+        """Returns the private directory for small files (globals, .sha256) before upload."""
+        return self.config.directories.state / "staging" / self.job.name
 
+    def new_report(self, database: str, started: datetime) -> Report:
+        """Returns a FAILED report for `database` that the steps fill in."""
+        job = self.job
+        return Report(
+            job=job.name,
+            database=database,
+            host=job.connection.host,
+            port=job.connection.port,
+            mode=job.mode,
+            tool="local" if job.mode == "local" else self.config.storage.tool,
+            stem=make_stem(database if database != "*" else "all", started, self.host),
+            started=started,
+            dump_format=job.dump.format,
+            compression=job.dump.compression,
+            trigger=self.trigger,
+            attempt=self.attempt,
+            pg_dump_version=self.versions[0],
+            server_version=self.versions[1],
+        )
 
-def _new_report(
-    config: Config,
-    job: JobConfig,
-    database: str,
-    started: Any,
-    host: str,
-    trigger: str,
-    attempt: int,
-) -> Report:
-    tool = "local" if job.mode == "local" else config.storage.tool
-    return Report(
-        job=job.name,
-        database=database,
-        host=job.connection.host,
-        port=job.connection.port,
-        mode=job.mode,
-        tool=tool,
-        stem=make_stem(database if database != "*" else "all", started, host),
-        started=started,
-        dump_format=job.dump.format,
-        compression=job.dump.compression,
-        trigger=trigger,
-        attempt=attempt,
-    )
+    def finish(self, report: Report) -> None:
+        """Hands a finished report to `_finish` (retention, report file, canonical log line)."""
+        _finish(self.config, self.job, report, self.targets, self.result)
 
-
-def _run_databases(
-    config: Config,
-    job: JobConfig,
-    env: dict[str, str],
-    targets: list[Target],
-    databases: list[str],
-    versions: tuple[str, str],
-    staging: Path,
-    host: str,
-    cancel: CancelToken,
-    progress: ProgressCallback | None,
-    trigger: str,
-    attempt: int,
-    result: RunResult,
-) -> None:
-    globals_name = ""
-    globals_error = ""
-    for index, database in enumerate(databases):
-        started = utc_now()
-        report = _new_report(config, job, database, started, host, trigger, attempt)
-        report.pg_dump_version, report.server_version = versions
-        stored: dict[str, list[str]] = {t.name: [] for t in targets}
+    def execute(self) -> None:
+        """Runs every database of the job; a failure to start gives a FAILED report each."""
+        job = self.job
+        shutil.rmtree(self.staging, ignore_errors=True)  # left by a killed run of this job
+        local = LocalTarget(self.config.directories.data, job.name)
+        for path in local.remove_stale_temporaries():
+            log.warning("removed temporary file of an interrupted run", job=job.name, file=path)
+        planned = list(job.databases) if isinstance(job.databases, tuple) else []
         try:
-            cancel.raise_if_cancelled()
-            if job.globals and index == 0:
-                globals_name = f"{report.stem}_globals.sql"
-                try:
-                    globals_path = staging / globals_name
-                    pg.dump_globals(job, env, globals_path)
-                except CommandError as exc:
-                    globals_error = f"globals (pg_dumpall --globals-only) failed: {exc}"
-                    globals_name = ""
-                else:
-                    for target in targets:
-                        obj = target.put_file(globals_path, globals_name)
-                        stored[target.name].append(globals_name)
-                        if target.name == "local":
-                            report.globals_file = obj.location
-            if globals_error:
-                raise JobSetupError(globals_error)
-            if globals_name and index > 0 and any(t.name == "local" for t in targets):
-                report.globals_file = str(config.directories.data / globals_name)
-            if globals_name:
-                report.artefacts.append(globals_name)
-            _dump_one(
-                config, job, env, targets, database, report, stored, staging, cancel, progress
+            check_directories(self.config, job)
+            self.staging.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with pg.connection_env(job) as env:
+                self.env = env
+                self.targets = make_targets(self.config, job)
+                databases = pg.discover_databases(job, env) if job.discovers_databases else planned
+                self.versions = pg.versions(job, env, databases[0] if databases else "postgres")
+                self.run_databases(databases)
+        except (JobSetupError, SecretError, CommandError, StorageError, Cancelled) as exc:
+            message = (
+                f"stopped before the dump started: {exc}"
+                if isinstance(exc, Cancelled)
+                else mask(str(exc))
             )
+            self.result.error = message
+            self.targets = []
+            log.error("run could not start", job=job.name, error=message)
+            for database in planned or ["*"]:
+                report = self.new_report(database, utc_now())
+                report.error_message = message
+                self.finish(report)
+        finally:
+            shutil.rmtree(self.staging, ignore_errors=True)
+
+    def run_databases(self, databases: list[str]) -> None:
+        """Dumps each database in turn; after a stop request the rest get FAILED reports."""
+        for index, database in enumerate(databases):
+            with _claimed_start(self.config, database, self.host) as started:
+                self.run_database(database, started, first=index == 0)
+            if self.cancel.is_cancelled():
+                for remaining in databases[index + 1 :]:
+                    skipped = self.new_report(remaining, utc_now())
+                    skipped.error_message = f"stopped before the dump started: {self.cancel.reason}"
+                    self.finish(skipped)
+                return
+
+    def run_database(self, database: str, started: datetime, first: bool) -> None:
+        """Dumps one database (and the globals, on the first) and writes its report."""
+        report = self.new_report(database, started)
+        stored: dict[str, list[str]] = {t.name: [] for t in self.targets}
+        try:
+            self.cancel.raise_if_cancelled()
+            if self.job.globals and first:
+                self.dump_globals(report, stored)
+            if self.globals_error:
+                raise JobSetupError(self.globals_error)
+            if self.globals_name:
+                if not first and any(t.name == "local" for t in self.targets):
+                    report.globals_file = str(self.config.directories.data / self.globals_name)
+                report.artefacts.append(self.globals_name)
+            self.dump(database, report, stored)
         except Cancelled as exc:
             report.error_message = f"stopped during the dump: {exc}"
-            _remove_partial(targets, stored, report)
+            _remove_partial(self.targets, stored, report)
         except (CommandError, StorageError, JobSetupError) as exc:
             report.error_message = mask(str(exc))
-            _remove_partial(targets, stored, report)
+            _remove_partial(self.targets, stored, report)
         except OSError as exc:
-            report.error_message = describe_os_error(exc, exc.filename or staging)
-            _remove_partial(targets, stored, report)
-        _finish(config, job, report, targets, result)
-        if cancel.is_cancelled():
-            for remaining in databases[index + 1 :]:
-                skipped = _new_report(config, job, remaining, utc_now(), host, trigger, attempt)
-                skipped.error_message = f"stopped before the dump started: {cancel.reason}"
-                _finish(config, job, skipped, targets, result)
+            report.error_message = describe_os_error(exc, exc.filename or self.staging)
+            _remove_partial(self.targets, stored, report)
+        self.finish(report)
+
+    def dump_globals(self, report: Report, stored: dict[str, list[str]]) -> None:
+        """Writes `<stem>_globals.sql` once per run and stores it on every target."""
+        name = f"{report.stem}_globals.sql"
+        path = self.staging / name
+        try:
+            pg.dump_globals(self.job, self.env, path)
+        except CommandError as exc:
+            self.globals_error = f"globals (pg_dumpall --globals-only) failed: {exc}"
             return
+        for target in self.targets:
+            obj = target.put_file(path, name)
+            stored[target.name].append(name)
+            if target.name == "local":
+                report.globals_file = obj.location
+        self.globals_name = name
+
+    def dump(self, database: str, report: Report, stored: dict[str, list[str]]) -> None:
+        """Streams one pg_dump to every target and fills in the report's per-target results."""
+        job = self.job
+        dump_name = f"{report.stem}{pg.extension(job.dump.format)}"
+        if job.dump.format == "directory":
+            sha256, size, committed, checksum_text = pg.dump_directory(
+                job, self.env, database, self.config.directories.data, dump_name, self.cancel
+            )
+            results: dict[str, StoredObject | str] = {"local": committed}
+        else:
+            sha256, size, results = _stream_dump(
+                job, self.env, self.targets, database, dump_name, self.cancel, self.progress
+            )
+            checksum_text = f"{sha256}  {dump_name}\n"
+        report.sha256 = sha256
+        report.size_bytes = size
+        report.artefacts.insert(0, dump_name)
+        checksum_name = f"{dump_name}.sha256"
+        checksum_path = self.staging / checksum_name
+        checksum_path.write_text(checksum_text, encoding="utf-8")
+        report.artefacts.append(checksum_name)
+        for target in self.targets:
+            _store_checksum(target, results.get(target.name), checksum_path, report, stored)
+        failed = {n: r for n, r in report.targets.items() if r["status"] == FAILED}
+        if failed:
+            report.error_message = "; ".join(f"{name}: {r['error']}" for name, r in failed.items())
+        else:
+            report.status = SUCCESS
 
 
-def _dump_one(
-    config: Config,
-    job: JobConfig,
-    env: dict[str, str],
-    targets: list[Target],
-    database: str,
+def _store_checksum(
+    target: Target,
+    outcome: StoredObject | str | None,
+    checksum_path: Path,
     report: Report,
     stored: dict[str, list[str]],
-    staging: Path,
-    cancel: CancelToken,
-    progress: ProgressCallback | None,
 ) -> None:
-    """Streams one pg_dump to every target; fills the report; raises on total failure."""
-    dump_name = f"{report.stem}{pg.extension(job.dump.format)}"
-    if job.dump.format == "directory":
-        sha256, size, committed, checksum_text = pg.dump_directory(
-            job, env, database, config.directories.data, dump_name, cancel
-        )
-        results: dict[str, StoredObject | str] = {"local": committed}
+    """Stores the .sha256 next to a committed dump; a target that fails loses its dump too."""
+    if not isinstance(outcome, StoredObject):
+        report.targets[target.name] = {"status": FAILED, "error": mask(str(outcome))}
+        return
+    dump_name = report.artefacts[0]
+    stored[target.name].append(dump_name)
+    try:
+        checksum_obj = target.put_file(checksum_path, checksum_path.name)
+    except StorageError as exc:
+        target.delete(stored[target.name])
+        stored[target.name].clear()
+        report.targets[target.name] = {"status": FAILED, "error": mask(str(exc))}
+        return
+    stored[target.name].append(checksum_path.name)
+    report.targets[target.name] = {
+        "status": SUCCESS,
+        "location": outcome.location,
+        "sizeBytes": outcome.size_bytes,
+        **outcome.extra,
+    }
+    if target.name == "local":
+        report.local_file = outcome.location
+        report.checksum_file = checksum_obj.location
     else:
-        sha256, size, results = _stream_dump(
-            job, env, targets, database, dump_name, cancel, progress
-        )
-        checksum_text = f"{sha256}  {dump_name}\n"
-    report.sha256 = sha256
-    report.size_bytes = size
-    report.artefacts.insert(0, dump_name)
-    checksum_name = f"{dump_name}.sha256"
-    checksum_path = staging / checksum_name
-    checksum_path.write_text(checksum_text, encoding="utf-8")
-    report.artefacts.append(checksum_name)
-    for target in targets:
-        outcome = results.get(target.name)
-        if not isinstance(outcome, StoredObject):
-            report.targets[target.name] = {"status": FAILED, "error": mask(str(outcome))}
-            continue
-        stored[target.name].append(dump_name)
-        try:
-            checksum_obj = target.put_file(checksum_path, checksum_name)
-        except StorageError as exc:
-            target.delete(stored[target.name])
-            stored[target.name].clear()
-            report.targets[target.name] = {"status": FAILED, "error": mask(str(exc))}
-            continue
-        stored[target.name].append(checksum_name)
-        report.targets[target.name] = {
-            "status": SUCCESS,
-            "location": outcome.location,
-            "sizeBytes": outcome.size_bytes,
-            **outcome.extra,
-        }
-        if target.name == "local":
-            report.local_file = outcome.location
-            report.checksum_file = checksum_obj.location
-        else:
-            report.remote_urls.append(outcome.location)
-    failed = {n: r for n, r in report.targets.items() if r["status"] == FAILED}
-    if failed:
-        report.error_message = "; ".join(f"{name}: {r['error']}" for name, r in failed.items())
-    else:
-        report.status = SUCCESS
+        report.remote_urls.append(outcome.location)
+
+
+@contextlib.contextmanager
+def _claimed_start(config: Config, database: str, host: str) -> Iterator[datetime]:
+    """Yields a start time whose file stem no other run uses (the stem has one-second resolution).
+
+    Two jobs dumping the same database in the same second would otherwise write the same file
+    names; a claim file (O_EXCL) in the state directory and the reports directory decide.
+    """
+    claims = config.directories.state / "claims"
+    claims.mkdir(parents=True, exist_ok=True)
+    while True:
+        started = utc_now()
+        name = make_stem(database, started, host)
+        if not (config.directories.reports / f"{name}.json").exists():
+            try:
+                fd = os.open(claims / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                pass
+            else:
+                os.close(fd)
+                break
+        time.sleep(1.05 - datetime.now(UTC).microsecond / 1_000_000)
+    try:
+        yield started
+    finally:
+        (claims / name).unlink(missing_ok=True)
 
 
 def _stream_dump(

@@ -61,6 +61,9 @@ class Notifier:
             log.warning("notify socket unusable", notify_socket=self.address, error=str(exc))
             return
         self._socket = notifier.socket
+        # A service manager that stops reading must not freeze the scheduler loop: a full
+        # queue makes a send fail (and the message is dropped) instead of blocking.
+        self._socket.setblocking(False)
 
     @staticmethod
     def _connect(address: str) -> sdnotify.SystemdNotifier:
@@ -103,6 +106,9 @@ class Notifier:
             return False
         try:
             self._socket.sendall(payload)
+        except BlockingIOError:
+            log.debug("sd_notify queue full, message dropped", notify_socket=self.address)
+            return False
         except OSError as exc:
             log.warning("sd_notify send failed", notify_socket=self.address, error=str(exc))
             return False

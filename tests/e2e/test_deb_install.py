@@ -152,6 +152,8 @@ def test_upgrade_keeps_edited_config_and_enablement(
     lifecycle: Container, deb_path: Path, upgrade_deb_path: Path
 ) -> None:
     ensure_installed(lifecycle, deb_path)
+    was_active = lifecycle.is_active("db-backup.service") == "active"
+    started_before = lifecycle.unit_property("db-backup.service", "ExecMainStartTimestampMonotonic")
     edit = "# edited by the e2e upgrade test\n"
     lifecycle.exec(["sh", "-c", f"printf '%s' '{edit}' >>{CONFIG}"])
     before = lifecycle.read_file(CONFIG)
@@ -165,6 +167,12 @@ def test_upgrade_keeps_edited_config_and_enablement(
     assert lifecycle.systemctl("is-enabled", "db-backup.service", check=False).stdout.strip() == (
         "enabled"
     )
+    if was_active:  # a running daemon is restarted onto the new code
+        lifecycle.wait_active("db-backup.service", timeout=60)
+        assert (
+            lifecycle.unit_property("db-backup.service", "ExecMainStartTimestampMonotonic")
+            != started_before
+        )
 
 
 def test_remove_keeps_config_and_backups_and_disables_the_service(
@@ -207,6 +215,19 @@ def test_reinstall_after_remove_enables_the_service_again(
     assert lifecycle.systemctl("is-enabled", "db-backup.service", check=False).stdout.strip() == (
         "enabled"
     )
+
+
+def test_reinstall_keeps_a_disabled_service_disabled(lifecycle: Container, deb_path: Path) -> None:
+    ensure_installed(lifecycle, deb_path)
+    lifecycle.systemctl("disable", "db-backup.service")
+    lifecycle.exec(
+        ["apt-get", "remove", "-y", "db-backup"], env={"DEBIAN_FRONTEND": "noninteractive"}
+    )
+    install_deb(lifecycle, deb_path)
+    assert lifecycle.systemctl("is-enabled", "db-backup.service", check=False).stdout.strip() == (
+        "disabled"
+    )
+    assert lifecycle.is_active("db-backup.service") != "active"
 
 
 def test_purge_removes_config_and_state_but_keeps_backups(

@@ -70,12 +70,11 @@ def test_reload_with_broken_config_keeps_the_old_one_running(service: Container)
 
         errors = wait_for(complained, 20, what="an error-level journal entry about the config")
         print(errors)
-        status_text = service.unit_property(UNIT, "StatusText")
-        print(f"StatusText={status_text}")
+        print(f"StatusText={service.unit_property(UNIT, 'StatusText')}")
         print_status(service)
+        assert reload.returncode != 0, "systemctl reload should report the broken config"
         assert service.is_active(UNIT) == "active"
         assert service.unit_property(UNIT, "MainPID") == main_pid
-        assert "config" in status_text.lower(), "the STATUS line should say the reload failed"
     finally:
         service.write_file(CONFIG, good, mode=0o640)
         service.exec(["chgrp", "postgres", CONFIG])

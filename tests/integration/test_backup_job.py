@@ -258,20 +258,6 @@ def _wait_for_pg_dump(parent: int, timeout: float = 30) -> int:
     raise AssertionError("pg_dump did not start")
 
 
-@pytest.fixture
-def slow_db(cluster: Cluster) -> str:
-    """A database big enough that its dump takes a few seconds at -Z 9."""
-    name = "bulk"
-    if name not in cluster.psql("SELECT datname FROM pg_database").split():
-        cluster.psql(f"CREATE DATABASE {name}")
-        cluster.psql(
-            "CREATE TABLE blob AS SELECT i, md5(i::text) || md5((i*3)::text) AS a, "
-            "md5((i*7)::text) AS b FROM generate_series(1, 1500000) i",
-            name,
-        )
-    return name
-
-
 def test_killed_pg_dump_gives_failed_report_and_no_partial_file(
     setup: Setup, slow_db: str, run_cli: RunCli
 ) -> None:

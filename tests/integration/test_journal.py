@@ -377,10 +377,10 @@ def test_stdlib_logging_records_reach_the_journal(journal_socket: JournalSocket)
 REAL_JOURNALD = "/lib/systemd/systemd-journald"
 REAL_JOURNALD_SCRIPT = r"""
 set -eu
-# Private tmpfs mounts: the host's /run/systemd and journal files are never touched.
-mount -t tmpfs tmpfs /run/systemd
+# Private tmpfs mounts: the host's /run and journal files are never touched.
+mount -t tmpfs tmpfs /run
+if [ -d /var/log/journal ]; then mount -t tmpfs tmpfs /var/log/journal; fi
 mkdir -p /run/systemd/journal /run/log/journal
-mount -t tmpfs tmpfs /run/log/journal
 "$JOURNALD" >/dev/null 2>&1 &
 journald_pid=$!
 trap 'kill "$journald_pid"' EXIT
