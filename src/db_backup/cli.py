@@ -13,6 +13,7 @@ import structlog
 
 from db_backup import __version__, logs
 from db_backup.config import Config, ConfigError, config_path, load
+from db_backup.secrets import SecretError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -204,19 +205,26 @@ def _cmd_next(config: Config, args: argparse.Namespace) -> int:
 
 
 def _cmd_lifecycle(config: Config, args: argparse.Namespace) -> int:
-    from db_backup.storage import remote_target
-    from db_backup.storage.oss import apply_lifecycle, describe_lifecycle
+    from db_backup.storage import oss_settings
+    from db_backup.storage.base import StorageError
+    from db_backup.storage.oss import apply_lifecycle, describe_lifecycle, get_lifecycle
 
     if config.storage.oss is None:
         print("db-backup: oss-lifecycle needs a storage.oss section in the config", file=sys.stderr)
         return EXIT_FAILED
-    target = remote_target(config)
-    settings = target.settings  # type: ignore[attr-defined]
-    if args.apply:
-        apply_lifecycle(
-            settings, ia_after_days=args.ia_after_days, expire_after_days=args.expire_after_days
-        )
-    print(describe_lifecycle(settings))
+    try:
+        settings = oss_settings(config)
+        if args.apply:
+            rules = apply_lifecycle(
+                settings, ia_after_days=args.ia_after_days, expire_after_days=args.expire_after_days
+            )
+            print(f"lifecycle rule set on oss://{settings.bucket}/{settings.prefix}")
+        else:
+            rules = get_lifecycle(settings)
+    except (StorageError, SecretError, ValueError) as exc:
+        print(f"db-backup: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(describe_lifecycle(rules))
     return EXIT_OK
 
 

@@ -267,10 +267,17 @@ class _Run:
             self.globals_error = f"globals (pg_dumpall --globals-only) failed: {exc}"
             return
         for target in self.targets:
-            obj = target.put_file(path, name)
+            try:
+                obj = target.put_file(path, name)
+            except StorageError as exc:
+                # This target is out for this database; the others go on.
+                report.targets[target.name] = {"status": FAILED, "error": mask(str(exc))}
+                continue
             stored[target.name].append(name)
             if target.name == "local":
                 report.globals_file = obj.location
+        if len(report.targets) == len(self.targets):
+            raise StorageError("; ".join(f"{n}: {r['error']}" for n, r in report.targets.items()))
         self.globals_name = name
 
     def dump(self, database: str, report: Report, stored: dict[str, list[str]]) -> None:
@@ -283,8 +290,9 @@ class _Run:
             )
             results: dict[str, StoredObject | str] = {"local": committed}
         else:
+            live = [t for t in self.targets if t.name not in report.targets]
             sha256, size, results = _stream_dump(
-                job, self.env, self.targets, database, dump_name, self.cancel, self.progress
+                job, self.env, live, database, dump_name, self.cancel, self.progress
             )
             checksum_text = f"{sha256}  {dump_name}\n"
         report.sha256 = sha256
@@ -295,7 +303,8 @@ class _Run:
         checksum_path.write_text(checksum_text, encoding="utf-8")
         report.artefacts.append(checksum_name)
         for target in self.targets:
-            _store_checksum(target, results.get(target.name), checksum_path, report, stored)
+            if target.name not in report.targets:  # not already failed on the globals file
+                _store_checksum(target, results.get(target.name), checksum_path, report, stored)
         failed = {n: r for n, r in report.targets.items() if r["status"] == FAILED}
         if failed:
             report.error_message = "; ".join(f"{name}: {r['error']}" for name, r in failed.items())

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from db_backup.config import Config, JobConfig
 from db_backup.secrets import resolve
 from db_backup.storage.base import StorageError, Target
 from db_backup.storage.local import LocalTarget
 
-__all__ = ["StorageError", "Target", "make_targets", "remote_target"]
+if TYPE_CHECKING:
+    from db_backup.storage.oss import OssSettings
+
+__all__ = ["StorageError", "Target", "make_targets", "oss_settings", "remote_target"]
 
 
 def make_targets(config: Config, job: JobConfig) -> list[Target]:
@@ -32,16 +37,23 @@ def remote_target(config: Config) -> Target:
         return RcloneTarget(
             RcloneSettings(remote=rc.remote, prefix=rc.prefix, config_file=rc.config_file)
         )
-    from db_backup.storage.oss import OssSettings, OssTarget
+    from db_backup.storage.oss import OssTarget
 
-    oss = storage.oss
+    return OssTarget(oss_settings(config))
+
+
+def oss_settings(config: Config) -> OssSettings:
+    """Returns the oss2 backend's settings with the referenced secrets resolved."""
+    from db_backup.storage.oss import OssSettings
+
+    oss = config.storage.oss
     if oss is None:
         raise StorageError("oss: storage.oss is not configured")
     token = (
         resolve(oss.security_token, "storage.oss.security_token") if oss.security_token else None
     )
     limit = oss.bandwidth_limit_mbps
-    settings = OssSettings(
+    return OssSettings(
         endpoint=oss.endpoint,
         bucket=oss.bucket,
         prefix=oss.prefix,
@@ -60,4 +72,3 @@ def remote_target(config: Config) -> Target:
         parallel_parts=oss.parallel_parts,
         bandwidth_limit=int(limit * 1_000_000 / 8) if limit else None,
     )
-    return OssTarget(settings)
