@@ -50,8 +50,10 @@ done
 if ((${#missing[@]})); then
     [[ $(id -u) -eq 0 ]] || { log "missing build dependencies (run as root to install): ${missing[*]}"; exit 1; }
     log "installing build dependencies: ${missing[*]}"
-    apt-get install -y -q --no-install-recommends "${missing[@]}" >&2 \
-        || { apt-get update -q >&2 && apt-get install -y -q --no-install-recommends "${missing[@]}" >&2; }
+    # Wait for the dpkg lock rather than fail: the e2e harness may be installing debootstrap.
+    apt_install=(apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=300)
+    "${apt_install[@]}" "${missing[@]}" >&2 \
+        || { apt-get update -q >&2 && "${apt_install[@]}" "${missing[@]}" >&2; }
 fi
 
 t0=$SECONDS

@@ -34,9 +34,11 @@ ensure_tools() {
     command -v systemd-nspawn >/dev/null || missing+=(systemd-container)
     if ((${#missing[@]})); then
         log "installing ${missing[*]}"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2 \
+        # Wait for the dpkg lock rather than fail: build-deb.sh may be installing build deps.
+        local apt_install=(apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=300)
+        DEBIAN_FRONTEND=noninteractive "${apt_install[@]}" "${missing[@]}" >&2 \
             || { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive \
-                 apt-get install -y -q --no-install-recommends "${missing[@]}" >&2; }
+                 "${apt_install[@]}" "${missing[@]}" >&2; }
     fi
 }
 

@@ -120,7 +120,10 @@ class Daemon:
         for job in self.config.jobs:
             check_directories(self.config, job)
         for name, job_state in self.state.load().items():
-            self.last[name] = (job_state.last_status, job_state.last_finished_utc or job_state.last_run_utc)
+            self.last[name] = (
+                job_state.last_status,
+                job_state.last_finished_utc or job_state.last_run_utc,
+            )
         self._schedule_all(utc_now(), catch_up=True)
 
     def run(self) -> int:
@@ -199,7 +202,9 @@ class Daemon:
             )
             running.outcome = SUCCESS if result.ok else FAILED
         except JobBusy as exc:
-            log.warning("job skipped: another run holds its lock", job=running.job.name, error=str(exc))
+            log.warning(
+                "job skipped: another run holds its lock", job=running.job.name, error=str(exc)
+            )
         except JobSetupError as exc:
             log.error("job could not start", job=running.job.name, error=str(exc))
             running.outcome = FAILED
@@ -236,7 +241,9 @@ class Daemon:
             log.info("retry dropped: the next scheduled run comes first", job=job.name)
             return
         self.retries[job.name] = Retry(retry_at, running.attempt + 1)
-        log.info("retry planned", job=job.name, attempt=running.attempt + 1, at=retry_at.isoformat())
+        log.info(
+            "retry planned", job=job.name, attempt=running.attempt + 1, at=retry_at.isoformat()
+        )
 
     def _schedule_all(self, now: datetime, catch_up: bool) -> None:
         window = timedelta(hours=self.config.daemon.catch_up_window_hours)

@@ -169,6 +169,7 @@ def write_json_atomically(path: Path, document: dict[str, Any], mode: int = 0o64
     data = (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
+        os.fchmod(fd, mode)  # the unit's UMask=0077 would otherwise hide it from the platform
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

@@ -116,8 +116,8 @@ def rootfs_base() -> Path:
         "debootstrap", path=HOST_PATH
     ):
         result = _host_run(
-            ["apt-get", "install", "-y", "--no-install-recommends", "debootstrap",
-             "systemd-container"]
+            ["apt-get", "install", "-y", "--no-install-recommends",
+             "-o", "DPkg::Lock::Timeout=300", "debootstrap", "systemd-container"]
         )  # fmt: skip
         if result.returncode != 0:
             pytest.skip(

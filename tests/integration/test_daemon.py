@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -70,7 +71,9 @@ def notify(tmp_path: Path) -> Iterator[NotifySocket]:
     sock.sock.close()
 
 
-def start_daemon(setup: Setup, notify: NotifySocket, watchdog_usec: int = 1_000_000) -> subprocess.Popen[str]:
+def start_daemon(
+    setup: Setup, notify: NotifySocket, watchdog_usec: int = 1_000_000
+) -> subprocess.Popen[str]:
     env = {
         **os.environ,
         "NOTIFY_SOCKET": str(notify.path),
@@ -112,7 +115,9 @@ def write_state(setup: Setup, *jobs: str, minutes_ago: int) -> None:
     """Writes a state file saying `jobs` last ran successfully `minutes_ago`."""
     setup.state.mkdir(parents=True, exist_ok=True)
     last = (datetime.now(UTC) - timedelta(minutes=minutes_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    document = {j: {"last_run_utc": last, "last_status": "SUCCESS", "last_finished_utc": last} for j in jobs}
+    document = {
+        j: {"last_run_utc": last, "last_status": "SUCCESS", "last_finished_utc": last} for j in jobs
+    }
     (setup.state / "state.json").write_text(json.dumps(document))
 
 
@@ -136,7 +141,7 @@ def test_ready_status_watchdog_reload_and_stopping(setup: Setup, notify: NotifyS
         notify.collect(3.2)
         pings = [t for t, m in notify.messages if m.get("WATCHDOG") == "1"]
         assert len(pings) >= 4, "WATCHDOG=1 expected about every 0.5 s with WATCHDOG_USEC=1s"
-        gaps = [b - a for a, b in zip(pings, pings[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(pings)]
         assert max(gaps) < 1.0 and min(gaps) > 0.3
 
         # A good config: RELOADING with MONOTONIC_USEC, then READY with the new schedule.
@@ -153,7 +158,9 @@ def test_ready_status_watchdog_reload_and_stopping(setup: Setup, notify: NotifyS
         proc.send_signal(signal.SIGHUP)
         notify.wait_for("RELOADING")
         refused = notify.wait_for("READY")
-        assert "RELOAD FAILED, old config kept" in refused["STATUS"] and " 04:15 " in refused["STATUS"]
+        assert (
+            "RELOAD FAILED, old config kept" in refused["STATUS"] and " 04:15 " in refused["STATUS"]
+        )
         assert proc.poll() is None
 
         # The loop is frozen: no more watchdog pings arrive.
@@ -172,7 +179,9 @@ def test_ready_status_watchdog_reload_and_stopping(setup: Setup, notify: NotifyS
     assert "config reload refused; keeping the running config" in stderr
 
 
-def test_catch_up_runs_a_missed_job_once_not_per_missed_slot(setup: Setup, notify: NotifySocket) -> None:
+def test_catch_up_runs_a_missed_job_once_not_per_missed_slot(
+    setup: Setup, notify: NotifySocket
+) -> None:
     setup.job()["schedule"] = "* * * * *"  # ten slots were missed
     setup.job()["globals"] = False
     setup.write()
@@ -190,7 +199,9 @@ def test_catch_up_runs_a_missed_job_once_not_per_missed_slot(setup: Setup, notif
     assert state["nightly"]["last_status"] == "SUCCESS"
 
 
-def test_no_catch_up_when_the_missed_slot_is_outside_the_window(setup: Setup, notify: NotifySocket) -> None:
+def test_no_catch_up_when_the_missed_slot_is_outside_the_window(
+    setup: Setup, notify: NotifySocket
+) -> None:
     setup.job()["schedule"] = "0 0 1 1 *"
     setup.document["daemon"] = {"catch_up_window_hours": 1}
     setup.write()
@@ -232,7 +243,9 @@ def test_sigterm_during_a_real_dump_reports_failed_and_leaves_nothing(
     assert list(setup.data.iterdir()) == []
 
 
-def test_two_jobs_with_max_parallel_one_never_overlap(setup: Setup, notify: NotifySocket, slow_db: str) -> None:
+def test_two_jobs_with_max_parallel_one_never_overlap(
+    setup: Setup, notify: NotifySocket, slow_db: str
+) -> None:
     first = setup.job()
     first["databases"] = slow_db
     first["globals"] = False
@@ -247,8 +260,10 @@ def test_two_jobs_with_max_parallel_one_never_overlap(setup: Setup, notify: Noti
     finally:
         stop_daemon(proc)
     spans = sorted(
-        (datetime.fromisoformat(r["startedAt"].replace("Z", "+00:00")),
-         datetime.fromisoformat(r["finishedAt"].replace("Z", "+00:00")))
+        (
+            datetime.fromisoformat(r["startedAt"].replace("Z", "+00:00")),
+            datetime.fromisoformat(r["finishedAt"].replace("Z", "+00:00")),
+        )
         for r in reports
     )
     assert spans[0][1] <= spans[1][0], f"runs overlapped: {spans}"
@@ -260,10 +275,22 @@ def test_job_hung_past_its_timeout_is_killed_and_reported(
 ) -> None:
     # Another session holds an exclusive lock: pg_dump waits for it, producing nothing.
     locker = subprocess.Popen(
-        [str(cluster.bindir / "psql"), "-h", str(cluster.socket_dir), "-p", str(cluster.port),
-         "-U", "postgres", "-d", "shop", "-X", "-c",
-         "BEGIN; LOCK TABLE customers IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60);"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            str(cluster.bindir / "psql"),
+            "-h",
+            str(cluster.socket_dir),
+            "-p",
+            str(cluster.port),
+            "-U",
+            "postgres",
+            "-d",
+            "shop",
+            "-X",
+            "-c",
+            "BEGIN; LOCK TABLE customers IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60);",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         time.sleep(1)

@@ -94,7 +94,11 @@ def test_both_mode_streams_a_multipart_dump_that_downloads_identical_and_restore
     downloaded = tmp_path / name
     bucket(server).get_object_to_file(f"{PREFIX}{name}", str(downloaded))
     digest = hashlib.sha256(downloaded.read_bytes()).hexdigest()
-    assert digest == report["local"]["checksumSha256"] == hashlib.sha256(local.read_bytes()).hexdigest()
+    assert (
+        digest
+        == report["local"]["checksumSha256"]
+        == hashlib.sha256(local.read_bytes()).hexdigest()
+    )
     stored = server.objects(OSS_BUCKET)[f"{PREFIX}{name}"]
     assert str(stored.crc64) == str(oss_result["crc64"])
     assert stored.tags.get("sha256") == digest
@@ -106,14 +110,28 @@ def test_both_mode_streams_a_multipart_dump_that_downloads_identical_and_restore
     cluster.psql('DROP DATABASE IF EXISTS "bulk_from_oss"')
     cluster.psql('CREATE DATABASE "bulk_from_oss"')
     subprocess.run(
-        [str(cluster.bindir / "pg_restore"), "-h", str(cluster.socket_dir), "-p", str(cluster.port),
-         "-U", "postgres", "-d", "bulk_from_oss", "--exit-on-error", str(downloaded)],
-        check=True, capture_output=True,
+        [
+            str(cluster.bindir / "pg_restore"),
+            "-h",
+            str(cluster.socket_dir),
+            "-p",
+            str(cluster.port),
+            "-U",
+            "postgres",
+            "-d",
+            "bulk_from_oss",
+            "--exit-on-error",
+            str(downloaded),
+        ],
+        check=True,
+        capture_output=True,
     )
     assert table_fingerprint(cluster, "bulk_from_oss") == table_fingerprint(cluster, slow_db)
 
 
-def test_oss_only_mode_keeps_nothing_locally(setup: Setup, server: OssServer, run_cli: RunCli) -> None:
+def test_oss_only_mode_keeps_nothing_locally(
+    setup: Setup, server: OssServer, run_cli: RunCli
+) -> None:
     use_oss(setup, server, mode="oss")
     done = run_cli("--config", str(setup.path), "run", "nightly", env=OSS_ENV)
     assert done.returncode == 0, done.stderr
@@ -154,8 +172,12 @@ def test_upload_that_keeps_failing_keeps_the_local_copy_and_leaves_no_object(
     assert report["targets"]["oss"]["status"] == "FAILED"
     assert "oss:" in report["errorMessage"] and "500" in report["errorMessage"]
     local = Path(report["local"]["file"])
-    check = subprocess.run(["sha256sum", "-c", f"{local.name}.sha256"], cwd=local.parent,
-                           capture_output=True, text=True)
+    check = subprocess.run(
+        ["sha256sum", "-c", f"{local.name}.sha256"],
+        cwd=local.parent,
+        capture_output=True,
+        text=True,
+    )
     assert check.returncode == 0, "the good local copy must stay, with its checksum"
     assert report["remote"]["urls"] == []
     assert not [k for k in keys(server) if k.endswith(".dump")]
@@ -182,8 +204,13 @@ def test_wrong_credentials_fail_with_access_denied_and_hide_the_secret(
 ) -> None:
     use_oss(setup, server, mode="oss")
     wrong = "Wr0ng-secret-value-for-test"
-    done = run_cli("--config", str(setup.path), "run", "nightly",
-                   env={"TEST_OSS_ID": OSS_ACCESS_KEY_ID, "TEST_OSS_SECRET": wrong})
+    done = run_cli(
+        "--config",
+        str(setup.path),
+        "run",
+        "nightly",
+        env={"TEST_OSS_ID": OSS_ACCESS_KEY_ID, "TEST_OSS_SECRET": wrong},
+    )
     assert done.returncode == 1
     [report] = setup.reports_json()
     assert report["status"] == "FAILED"
@@ -219,15 +246,20 @@ def test_remote_retention_deletes_only_old_own_objects(
     assert len([k for k in remaining if k.endswith(".dump") and k != f"{PREFIX}not-ours.dump"]) == 1
 
 
-def test_oss_lifecycle_shows_and_applies_the_seed_rule(setup: Setup, server: OssServer, run_cli: RunCli) -> None:
+def test_oss_lifecycle_shows_and_applies_the_seed_rule(
+    setup: Setup, server: OssServer, run_cli: RunCli
+) -> None:
     use_oss(setup, server)
     shown = run_cli("--config", str(setup.path), "oss-lifecycle", env=OSS_ENV)
     assert shown.returncode == 0, shown.stderr
     assert "no lifecycle rules" in shown.stdout
     applied = run_cli("--config", str(setup.path), "oss-lifecycle", "--apply", env=OSS_ENV)
     assert applied.returncode == 0, applied.stderr
-    assert f"db-backup-{PREFIX} [Enabled] {PREFIX}: to IA after 30 days, delete after 90 days" in applied.stdout
-    assert b"<Days>90</Days>" in server.lifecycle(OSS_BUCKET)
+    assert (
+        f"db-backup-{PREFIX} [Enabled] {PREFIX}: to IA after 30 days, delete after 90 days"
+        in applied.stdout
+    )
+    assert b"<Days>90</Days>" in (server.lifecycle(OSS_BUCKET) or b"")
 
 
 def test_rclone_tool_streams_to_a_remote_end_to_end(
@@ -242,7 +274,11 @@ def test_rclone_tool_streams_to_a_remote_end_to_end(
     setup.document["storage"] = {
         "mode": "both",
         "tool": "rclone",
-        "rclone": {"remote": "localfs", "prefix": f"{remote_root}/pg/", "config_file": str(rclone_conf)},
+        "rclone": {
+            "remote": "localfs",
+            "prefix": f"{remote_root}/pg/",
+            "config_file": str(rclone_conf),
+        },
     }
     setup.write()
     done = run_cli("--config", str(setup.path), "run", "nightly")
@@ -258,8 +294,20 @@ def test_rclone_tool_streams_to_a_remote_end_to_end(
     cluster.psql('DROP DATABASE IF EXISTS "shop_from_rclone"')
     cluster.psql('CREATE DATABASE "shop_from_rclone"')
     subprocess.run(
-        [str(cluster.bindir / "pg_restore"), "-h", str(cluster.socket_dir), "-p", str(cluster.port),
-         "-U", "postgres", "-d", "shop_from_rclone", "--exit-on-error", str(uploaded)],
-        check=True, capture_output=True,
+        [
+            str(cluster.bindir / "pg_restore"),
+            "-h",
+            str(cluster.socket_dir),
+            "-p",
+            str(cluster.port),
+            "-U",
+            "postgres",
+            "-d",
+            "shop_from_rclone",
+            "--exit-on-error",
+            str(uploaded),
+        ],
+        check=True,
+        capture_output=True,
     )
     assert table_fingerprint(cluster, "shop_from_rclone") == table_fingerprint(cluster, "shop")

@@ -1,0 +1,80 @@
+"""Writes docs/configuration.md from the config schema (src/db_backup/schema.yaml).
+
+Run `python scripts/gen_config_docs.py`; tests/unit/test_docs.py fails when the file is stale.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from db_backup.config import schema  # noqa: E402
+
+OUTPUT = REPO / "docs" / "configuration.md"
+
+
+def _value(value: Any) -> str:
+    return "`" + json.dumps(value, ensure_ascii=False) + "`"
+
+
+def _type(prop: dict[str, Any]) -> str:
+    if "enum" in prop:
+        return " \\| ".join("null" if v is None else str(v) for v in prop["enum"])
+    if "$ref" in prop or "oneOf" in prop:
+        return "secret reference" if "secret" in json.dumps(prop) else "see description"
+    kind = prop.get("type", "")
+    return " or ".join(kind) if isinstance(kind, list) else str(kind)
+
+
+def _rows(node: dict[str, Any], path: str, required: list[str]) -> list[str]:
+    rows = []
+    for key, prop in node.get("properties", {}).items():
+        here = f"{path}.{key}" if path else key
+        default = (
+            "required"
+            if key in required
+            else _value(prop["default"])
+            if "default" in prop
+            else "optional"
+        )
+        description = " ".join(str(prop.get("description", "")).split())
+        example = _value(prop["example"]) if "example" in prop else ""
+        rows.append(f"| `{here}` | {_type(prop)} | {default} | {description} | {example} |")
+        if "properties" in prop:
+            rows.extend(_rows(prop, here, prop.get("required", [])))
+        items = prop.get("items", {})
+        if "properties" in items:
+            rows.extend(_rows(items, f"{here}[]", items.get("required", [])))
+    return rows
+
+
+def render() -> str:
+    """Returns the Markdown reference of every config key."""
+    root = schema()
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from `src/db_backup/schema.yaml` by `scripts/gen_config_docs.py`; do not edit.",
+        "The file is `/etc/db-backup/config.yaml` (override with `--config` or `DB_BACKUP_CONFIG`).",
+        "`db-backup check-config` lists every mistake at once, each with its path.",
+        "",
+        "Secrets are never written in the file: a *secret reference* is exactly one of",
+        "`{env: NAME}`, `{file: PATH}` or `{credential: NAME}` (`$CREDENTIALS_DIRECTORY/NAME`,",
+        "set by `LoadCredential=` in the unit).",
+        "",
+        "| key | type | default | description | example |",
+        "| --- | --- | --- | --- | --- |",
+        *_rows(root, "", root.get("required", [])),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    OUTPUT.write_text(render(), encoding="utf-8")
+    print(f"wrote {OUTPUT}")

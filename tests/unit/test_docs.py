@@ -1,0 +1,24 @@
+"""The docs stay true to the code: the config reference is regenerated from the schema."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_configuration_reference_matches_the_schema() -> None:
+    spec = importlib.util.spec_from_file_location("gen", REPO / "scripts" / "gen_config_docs.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    current = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert current == module.render(), "run: python scripts/gen_config_docs.py"
+
+
+def test_readme_names_every_command_of_the_cli() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for command in ("check-config", "run", "status", "next", "daemon", "oss-lifecycle"):
+        assert f"db-backup {command}" in readme, command
+    assert "make demo" in readme and "make test" in readme
