@@ -108,8 +108,11 @@ def e2e_logs() -> Path:
 
 
 @pytest.fixture(scope="session")
-def rootfs_base() -> Path:
-    """The cached Debian 12 base (debootstrap + PostgreSQL), built on first use."""
+def rootfs_base(_deb_builds: _Builds) -> Path:
+    """The cached Debian 12 base (debootstrap + PostgreSQL), built on first use.
+
+    Depends on ``_deb_builds`` only so that the .deb builds run while debootstrap does.
+    """
     if os.geteuid() != 0:
         pytest.skip("e2e tests need root (debootstrap, systemd-nspawn, nsenter)")
     if not shutil.which("systemd-nspawn", path=HOST_PATH) or not shutil.which(
@@ -184,46 +187,75 @@ class _Background:
         return self._value
 
 
-_upgrade_build: _Background | None = None
+class _Builds:
+    """The .deb builds of this session, started in the background as early as possible."""
+
+    def __init__(self, main: _Background, upgrade: _Background | None) -> None:
+        self.main = main
+        self.upgrade = upgrade
 
 
 @pytest.fixture(scope="session")
-def deb_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The .deb under test: $DB_BACKUP_DEB, or packaging/build-deb.sh's output (dist/)."""
-    global _upgrade_build
+def _deb_builds(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> _Builds:
+    """Start building the .deb (and, when a selected test needs it, the upgrade .deb) now.
+
+    The main build overlaps with debootstrap; the upgrade build starts when the main one is done
+    and overlaps with the first tests.
+    """
     if os.environ.get("DB_BACKUP_DEB"):
-        deb = Path(os.environ["DB_BACKUP_DEB"]).resolve()
-        if not deb.is_file():
-            pytest.fail(f"DB_BACKUP_DEB={deb} does not exist")
+        given = Path(os.environ["DB_BACKUP_DEB"]).resolve()
+        if not given.is_file():
+            pytest.fail(f"DB_BACKUP_DEB={given} does not exist")
+        main = _Background(lambda: given)
     else:
         if os.geteuid() != 0:
-            pytest.skip("e2e tests need root")
-        t0 = time.monotonic()
-        deb = _build_deb([])
-        _timed("build .deb", time.monotonic() - t0)
-    if not os.environ.get("DB_BACKUP_DEB_UPGRADE") and _upgrade_build is None:
-        # Start the upgrade target's build now, so it overlaps with booting and the first tests.
-        version = deb_version(deb) + "+e2e1"
+            pytest.skip("e2e tests need root (the .deb build installs its build dependencies)")
+
+        def build_main() -> Path:
+            t0 = time.monotonic()
+            path = _build_deb([])
+            _timed("build .deb (background)", time.monotonic() - t0)
+            return path
+
+        main = _Background(build_main)
+
+    wanted = any(
+        "upgrade_deb_path" in getattr(item, "fixturenames", ()) for item in request.session.items
+    )
+    upgrade = None
+    if wanted and not os.environ.get("DB_BACKUP_DEB_UPGRADE"):
         out = tmp_path_factory.mktemp("upgrade-deb")
 
-        def build() -> Path:
+        def build_upgrade() -> Path:
+            version = deb_version(main.result()) + "+e2e1"
             t0 = time.monotonic()
             path = _build_deb(["--version", version], out)
             _timed("build upgrade .deb (background)", time.monotonic() - t0)
             return path
 
-        _upgrade_build = _Background(build)
-    return deb
+        upgrade = _Background(build_upgrade)
+    return _Builds(main, upgrade)
 
 
 @pytest.fixture(scope="session")
-def upgrade_deb_path(deb_path: Path) -> Path:
+def deb_path(_deb_builds: _Builds) -> Path:
+    """The .deb under test: $DB_BACKUP_DEB, or packaging/build-deb.sh's output (dist/)."""
+    t0 = time.monotonic()
+    path = _deb_builds.main.result()
+    _timed("waiting for the .deb", time.monotonic() - t0)
+    return path
+
+
+@pytest.fixture(scope="session")
+def upgrade_deb_path(_deb_builds: _Builds, deb_path: Path) -> Path:
     """The same tree built as a higher version (``<version>+e2e1``), for upgrade tests."""
     if os.environ.get("DB_BACKUP_DEB_UPGRADE"):
         return Path(os.environ["DB_BACKUP_DEB_UPGRADE"]).resolve()
-    assert _upgrade_build is not None
+    assert _deb_builds.upgrade is not None
     t0 = time.monotonic()
-    path = _upgrade_build.result()
+    path = _deb_builds.upgrade.result()
     _timed("waiting for the upgrade .deb", time.monotonic() - t0)
     return path
 

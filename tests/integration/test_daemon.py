@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -364,3 +365,36 @@ def test_wall_clock_jumps_run_a_due_job_once_and_never_rerun_it(setup: Setup) ->
     run_ticks(due + timedelta(minutes=1))
     assert len(setup.reports_json()) == 1, "a backwards jump re-ran a job"
     assert daemon.due["nightly"] > jumped
+
+
+def test_watchdog_is_not_fed_while_a_running_job_makes_no_progress(
+    setup: Setup, notify: NotifySocket
+) -> None:
+    from db_backup.daemon import Running
+    from db_backup.execute import CancelToken
+
+    config = load(str(setup.path))
+    environ = {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "200000"}
+    daemon = Daemon(str(setup.path), config, Notifier(environ))
+    daemon.watchdog.interval = 0.1
+    daemon.state.load()
+    now = datetime.now(UTC)
+    daemon._schedule_all(now, catch_up=False)
+    stalled = Running(config.jobs[0], 1, now, CancelToken())
+    stalled.thread = threading.Thread(target=time.sleep, args=(3,))
+    stalled.thread.start()
+    daemon.running["nightly"] = stalled
+    daemon.tick(now)
+    assert any(m.get("WATCHDOG") == "1" for m in notify.collect(0.3)), (
+        "a progressing job is healthy"
+    )
+    stalled.last_progress = time.monotonic() - config.daemon.stall_seconds - 1
+    for _ in range(5):
+        time.sleep(0.12)
+        daemon.tick(datetime.now(UTC))
+    assert not [m for m in notify.collect(0.3) if "WATCHDOG" in m]
+    stalled.progress("nightly", "shop", 1024)  # bytes flow again: pings resume
+    time.sleep(0.12)
+    daemon.tick(datetime.now(UTC))
+    assert any(m.get("WATCHDOG") == "1" for m in notify.collect(0.3))
+    stalled.thread.join()
