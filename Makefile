@@ -57,7 +57,7 @@ test: deps venv lint
 	$(BIN)/pytest -rs tests/unit tests/integration tests/e2e
 
 deb:
-	bash packaging/build-deb.sh
+	bash packaging/build-deb.sh $(DEB_ARGS)
 
 bench: venv
 	$(BIN)/python benchmarks/bench_stream.py

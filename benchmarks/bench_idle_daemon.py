@@ -36,7 +36,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from results_file import git_revision, machine_lines, write_section  # noqa: E402
+from results_file import git_revision, machine_lines, write_section
 
 REPO = Path(__file__).resolve().parent.parent
 DB_BACKUP = REPO / ".venv" / "bin" / "db-backup"
@@ -272,7 +272,7 @@ def render(r: dict[str, object], command: str) -> str:
         "",
         *machine_lines(),
         "",
-        f"Setup: {JOBS} jobs, each `schedule: \"{SCHEDULE}\"` (UTC), local mode, "
+        f'Setup: {JOBS} jobs, each `schedule: "{SCHEDULE}"` (UTC), local mode, '
         "`globals: false`; `NOTIFY_SOCKET` bound and drained by the benchmark, "
         f"`WATCHDOG_USEC={WATCHDOG_USEC}`. READY=1 came {float(r['startup_s']):.2f} s after "  # type: ignore[arg-type]
         f"launch; the window starts {float(r['settle_s']):.0f} s after READY=1."  # type: ignore[arg-type]

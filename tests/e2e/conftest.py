@@ -88,7 +88,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if _timings:
         terminalreporter.section("db-backup e2e timings")
         for label, seconds in _timings.items():
-            terminalreporter.write_line(f"{label:<40} {seconds:7.1f} s")
+            terminalreporter.write_line(f"{label:<48} {seconds:7.1f} s")
 
 
 # -- host prerequisites ----------------------------------------------------------------------

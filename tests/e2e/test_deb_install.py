@@ -130,12 +130,18 @@ def test_service_is_enabled_after_install(container: Container) -> None:
 def test_migration_and_docs_are_installed(container: Container) -> None:
     sql = container.read_file("/usr/share/db-backup/sql/V1__create_db_backup_job.sql")
     assert "db_backup_job" in sql
-    # dh_compress gzips documents larger than 4 kB.
-    docs = {
-        d.removesuffix(".gz")
-        for d in container.exec(["ls", "/usr/share/doc/db-backup"]).stdout.split()
-    }
+    docs = set(container.exec(["ls", "/usr/share/doc/db-backup"]).stdout.split())
     assert {"README.md", "packaging.md", "copyright"} <= docs
+
+
+def test_unit_documentation_links_resolve(container: Container) -> None:
+    for unit in shipped_units(container):
+        text = container.read_file(unit)
+        lines = re.findall(r"^Documentation=(.*)$", text, flags=re.M)
+        for path in re.findall(r"file://(\S+)", " ".join(lines)):
+            assert container.exec(["test", "-f", path], check=False).returncode == 0, (
+                f"{unit}: Documentation= points at missing {path}"
+            )
 
 
 # -- lifecycle: upgrade, remove, purge (a container of its own; tests run in file order) -----
