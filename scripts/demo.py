@@ -69,26 +69,7 @@ jobs:
         print("== sha256sum -c")
         subprocess.run(["sha256sum", "-c", f"{dump.name}.sha256"], cwd=dump.parent, check=True)
         print("== restoring into 'shop_restored' and comparing every table")
-        cluster.psql("DROP DATABASE IF EXISTS shop_restored")
-        cluster.psql("CREATE DATABASE shop_restored")
-        subprocess.run(
-            [
-                str(cluster.bindir / "pg_restore"),
-                "-h",
-                str(cluster.socket_dir),
-                "-p",
-                str(cluster.port),
-                "-U",
-                "postgres",
-                "-d",
-                "shop_restored",
-                "-j",
-                "2",
-                "--exit-on-error",
-                str(dump),
-            ],
-            check=True,
-        )
+        cluster.restore(dump, "shop_restored")
         same = table_fingerprint(cluster, "shop") == table_fingerprint(cluster, "shop_restored")
         print("restored tables identical to the source:", "yes" if same else "NO")
         print(f"== db-backup --config {config} status")

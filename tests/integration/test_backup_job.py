@@ -19,30 +19,6 @@ from tests.support.pgcluster import Cluster, free_port, table_fingerprint
 pytestmark = pytest.mark.integration
 
 
-def restore_into(cluster: Cluster, dump: Path, database: str) -> None:
-    cluster.psql(f'DROP DATABASE IF EXISTS "{database}"')
-    cluster.psql(f'CREATE DATABASE "{database}"')
-    subprocess.run(
-        [
-            str(cluster.bindir / "pg_restore"),
-            "-h",
-            str(cluster.socket_dir),
-            "-p",
-            str(cluster.port),
-            "-U",
-            "postgres",
-            "-d",
-            database,
-            "--exit-on-error",
-            "-j",
-            "2",
-            str(dump),
-        ],
-        check=True,
-        capture_output=True,
-    )
-
-
 def test_backup_restores_to_identical_tables_and_checksum_verifies(
     setup: Setup, cluster: Cluster, run_cli: RunCli
 ) -> None:
@@ -64,7 +40,7 @@ def test_backup_restores_to_identical_tables_and_checksum_verifies(
     globals_sql = Path(report["local"]["globalsFile"])
     assert "CREATE ROLE backup" in globals_sql.read_text()
     assert Path(done.stdout.strip()) == setup.reports / f"{dump.name[:-5]}.json"
-    restore_into(cluster, dump, "shop_restored")
+    cluster.restore(dump, "shop_restored")
     assert table_fingerprint(cluster, "shop_restored") == table_fingerprint(cluster, "shop")
     assert len(table_fingerprint(cluster, "shop")) == 4
     assert not list(setup.data.glob(".tmp-*"))
@@ -124,8 +100,18 @@ def test_other_formats_restore(setup: Setup, cluster: Cluster, run_cli: RunCli, 
         )
     else:
         assert dump.is_dir() and (dump / "toc.dat").exists()
-        restore_into(cluster, dump, target)
+        cluster.restore(dump, target)
     assert table_fingerprint(cluster, target) == table_fingerprint(cluster, "shop")
+
+
+def tcp_login(cluster: Cluster, user: str, password_env: str) -> dict[str, object]:
+    """Returns a connection over 127.0.0.1 (scram-sha-256) with the password read from an env var."""
+    return {
+        "host": "127.0.0.1",
+        "port": cluster.port,
+        "user": user,
+        "password": {"env": password_env},
+    }
 
 
 def visible(directory: Path, pattern: str) -> list[Path]:
@@ -166,12 +152,7 @@ def test_unreachable_server_gives_failed_report(setup: Setup, run_cli: RunCli) -
 def test_bad_password_fails_without_printing_it(
     setup: Setup, cluster: Cluster, run_cli: RunCli
 ) -> None:
-    setup.job()["connection"] = {
-        "host": "127.0.0.1",
-        "port": cluster.port,
-        "user": "backup",
-        "password": {"env": "TEST_PG_PASSWORD"},
-    }
+    setup.job()["connection"] = tcp_login(cluster, "backup", "TEST_PG_PASSWORD")
     setup.write()
     done = run_cli(
         "--config", str(setup.path), "run", "nightly", env={"TEST_PG_PASSWORD": "wrong-pass-123"}
@@ -197,12 +178,7 @@ def test_pg_dump_exiting_non_zero_is_reported_with_its_stderr(
     setup: Setup, cluster: Cluster, run_cli: RunCli
 ) -> None:
     # `limited` may connect but not read the tables: pg_dump fails part-way with exit 1.
-    setup.job()["connection"] = {
-        "host": "127.0.0.1",
-        "port": cluster.port,
-        "user": "limited",
-        "password": {"env": "LIMITED_PW"},
-    }
+    setup.job()["connection"] = tcp_login(cluster, "limited", "LIMITED_PW")
     setup.job()["globals"] = False
     setup.write()
     done = run_cli(
@@ -212,12 +188,7 @@ def test_pg_dump_exiting_non_zero_is_reported_with_its_stderr(
 
 
 def test_globals_failing_fails_the_run(setup: Setup, cluster: Cluster, run_cli: RunCli) -> None:
-    setup.job()["connection"] = {
-        "host": "127.0.0.1",
-        "port": cluster.port,
-        "user": "limited",
-        "password": {"env": "LIMITED_PW"},
-    }
+    setup.job()["connection"] = tcp_login(cluster, "limited", "LIMITED_PW")
     setup.write()
     done = run_cli(
         "--config", str(setup.path), "run", "nightly", env={"LIMITED_PW": "limited-pass"}

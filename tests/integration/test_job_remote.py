@@ -107,25 +107,7 @@ def test_both_mode_streams_a_multipart_dump_that_downloads_identical_and_restore
     assert init["x-oss-storage-class"] == "IA"
     assert not server.pending_uploads(OSS_BUCKET)
     # The copy from the bucket restores to the same tables.
-    cluster.psql('DROP DATABASE IF EXISTS "bulk_from_oss"')
-    cluster.psql('CREATE DATABASE "bulk_from_oss"')
-    subprocess.run(
-        [
-            str(cluster.bindir / "pg_restore"),
-            "-h",
-            str(cluster.socket_dir),
-            "-p",
-            str(cluster.port),
-            "-U",
-            "postgres",
-            "-d",
-            "bulk_from_oss",
-            "--exit-on-error",
-            str(downloaded),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    cluster.restore(downloaded, "bulk_from_oss")
     assert table_fingerprint(cluster, "bulk_from_oss") == table_fingerprint(cluster, slow_db)
 
 
@@ -291,23 +273,5 @@ def test_rclone_tool_streams_to_a_remote_end_to_end(
     assert sorted(p.name for p in (remote_root / "pg").iterdir()) == sorted(
         [name, f"{name}.sha256", f"{name[:-5]}_globals.sql", f"{name[:-5]}.json"]
     )
-    cluster.psql('DROP DATABASE IF EXISTS "shop_from_rclone"')
-    cluster.psql('CREATE DATABASE "shop_from_rclone"')
-    subprocess.run(
-        [
-            str(cluster.bindir / "pg_restore"),
-            "-h",
-            str(cluster.socket_dir),
-            "-p",
-            str(cluster.port),
-            "-U",
-            "postgres",
-            "-d",
-            "shop_from_rclone",
-            "--exit-on-error",
-            str(uploaded),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    cluster.restore(uploaded, "shop_from_rclone")
     assert table_fingerprint(cluster, "shop_from_rclone") == table_fingerprint(cluster, "shop")

@@ -87,6 +87,18 @@ class Cluster:
             raise RuntimeError(f"psql failed: {done.stderr.strip()}")
         return done.stdout.strip()
 
+    def restore(self, dump: Path, database: str, jobs: int = 2) -> None:
+        """Recreates `database` and restores a custom/directory dump into it with pg_restore -j."""
+        self.psql(f'DROP DATABASE IF EXISTS "{database}"')
+        self.psql(f'CREATE DATABASE "{database}"')
+        subprocess.run(
+            [
+                str(self.bindir / "pg_restore"), "-h", str(self.socket_dir), "-p", str(self.port),
+                "-U", "postgres", "-d", database, "--exit-on-error", "-j", str(jobs), str(dump),
+            ],
+            check=True, capture_output=True,
+        )  # fmt: skip
+
     def stop(self) -> None:
         """Stops the server (fast mode) if it runs."""
         subprocess.run(
