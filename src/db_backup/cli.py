@@ -118,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _cmd_run(config: Config, args: argparse.Namespace) -> int:
     from db_backup.execute import CancelToken
-    from db_backup.job import JobBusy, run_job
+    from db_backup.job import JobBusy, JobSetupError, run_job
 
     log = structlog.get_logger("db_backup.cli")
     cancel = CancelToken()
@@ -147,6 +147,11 @@ def _cmd_run(config: Config, args: argparse.Namespace) -> int:
             log.error("job already running", job=job.name, error=str(exc))
             print(f"db-backup: {exc}", file=sys.stderr)
             code = code or EXIT_BUSY
+            continue
+        except JobSetupError as exc:  # e.g. the lock file cannot be created
+            log.error("job could not start", job=job.name, error=str(exc))
+            print(f"db-backup: {exc}", file=sys.stderr)
+            code = EXIT_FAILED
             continue
         for path in result.report_paths:
             print(path)

@@ -127,7 +127,7 @@ def run_job(
     with job_lock(config, job.name):
         _Run(config, job, cancel, progress, trigger, attempt, result).execute()
     statuses = [r["status"] for r in result.reports]
-    log.info(
+    (log.info if result.ok else log.error)(
         "run finished",
         job=job.name,
         status=SUCCESS if result.ok else FAILED,

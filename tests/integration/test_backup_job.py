@@ -425,3 +425,23 @@ def test_status_shows_latest_per_job_and_filters(setup: Setup, run_cli: RunCli) 
     assert history["total"] == 2 and history["pages"] == 2 and len(history["reports"]) == 1
     table = run_cli("--config", str(setup.path), "status").stdout
     assert "SUCCESS" in table and "page 1 of 1, 2 matching report(s)" in table
+
+
+def test_unwritable_state_directory_is_a_clear_error_not_a_traceback(
+    setup: Setup, run_cli: RunCli, tmp_path: Path
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a read-only tmpfs needs root")
+    readonly = tmp_path / "state-ro"
+    readonly.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(readonly)], check=True)
+    try:
+        setup.document["directories"]["state"] = str(readonly)
+        setup.write()
+        done = run_cli("--config", str(setup.path), "run", "nightly")
+    finally:
+        subprocess.run(["umount", str(readonly)], check=False)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert f"cannot open lock file {readonly}/locks" in done.stderr
+    assert "Read-only file system" in done.stderr
