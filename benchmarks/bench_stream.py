@@ -765,7 +765,7 @@ def render(ctx: Context, runs: list[Measurement], runs_2x: list[Measurement]) ->
         )
     rss_ok_1x = hwm_1x <= TARGET_RSS_MB * mb
     growth = hwm_2x - hwm_1x
-    rss_ok_2x = bool(stream_2x) and hwm_2x <= TARGET_RSS_MB * mb and growth <= 0.1 * hwm_1x
+    same_peak = bool(stream_2x) and growth <= 0.05 * hwm_1x
     lines += [
         "",
         "Targets:",
@@ -782,8 +782,21 @@ def render(ctx: Context, runs: list[Measurement], runs_2x: list[Measurement]) ->
         + " |",
         f"| Peak RSS of db-backup <= {TARGET_RSS_MB:.0f} MB | {hwm_1x:.1f} MiB "
         f"({hwm_1x / mb:.1f} MB) | {verdict(rss_ok_1x)} |",
-        f"| Same peak at 2x data | {hwm_2x:.1f} MiB ({growth:+.1f} MiB vs 1x) | "
-        f"{verdict(rss_ok_2x) if stream_2x else 'not measured'} |",
+        f"| Same peak at 2x data (growth <= 5 %) | {hwm_2x:.1f} MiB ({growth:+.1f} MiB, "
+        f"{100 * growth / hwm_1x:+.1f} % vs 1x) | "
+        f"{verdict(same_peak) if stream_2x else 'not measured'}"
+        + (
+            f"; absolute {hwm_2x / mb:.1f} MB is {verdict(hwm_2x <= TARGET_RSS_MB * mb)[2:-2]} "
+            f"vs <= {TARGET_RSS_MB:.0f} MB"
+            if stream_2x
+            else ""
+        )
+        + " |",
+        "",
+        f"Upload-bound floor: dump size / bandwidth limit = {ctx.dump_1x / ctx.bandwidth:.1f} s, "
+        f"i.e. (c) cannot end before {ctx.dump_1x / ctx.bandwidth / med['a']:.2f} x (a) once the "
+        f"limit is below the dump rate of the measured runs; (c) took "
+        f"{med['c'] - ctx.dump_1x / ctx.bandwidth:+.1f} s over that floor.",
         "",
         "How it was measured: wall time from fork to wait4() of the measured command. Peak RSS "
         "is the VmHWM of the db-backup Python process itself from /proc/<pid>/status, polled "
@@ -792,7 +805,9 @@ def render(ctx: Context, runs: list[Measurement], runs_2x: list[Measurement]) ->
         "process among db-backup and its reaped children. CPU of the measured process = "
         "utime + stime from /proc/<pid>/stat; CPU incl. children adds pg_dump (and "
         "sha256sum) from wait4(). The OSS server is a separate process; its CPU is listed "
-        "on its own. The order of (a), (b), (c) rotates every repetition.",
+        "on its own. The order of (a), (b), (c) rotates every repetition. Caveat: Linux "
+        "carries a child's pre-exec RSS (the forked benchmark process, about 50 MiB) into "
+        "ru_maxrss, so that column means nothing below about 50 MiB (e.g. for bare pg_dump).",
     ]
     return "\n".join(lines)
 
@@ -894,7 +909,14 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_write:
             print(f"\nwritten to {write_section(HEADING, body)}")
         (bench.cache / "last-run.json").write_text(
-            json.dumps([m.__dict__ for m in runs + runs_2x], indent=1)
+            json.dumps(
+                {
+                    "context": ctx.__dict__,
+                    "runs": [m.__dict__ for m in runs],
+                    "runs_2x": [m.__dict__ for m in runs_2x],
+                },
+                indent=1,
+            )
         )
     finally:
         bench.stop_server()

@@ -79,7 +79,7 @@ class OssSettings:
     connect_timeout: float = 10.0
     read_timeout: float = 120.0
     retries: int = 5
-    part_size: int = 16 * 1024 * 1024
+    part_size: int = 8 * 1024 * 1024
     parallel_parts: int = 2
     bandwidth_limit: int | None = None  # bytes/s for the whole upload
 
@@ -343,7 +343,10 @@ class OssSink:
         self.target = target
         self.key = key
         self._settings = target.settings
-        self._chunks: list[bytes] = []
+        # One reusable buffer per part size: filling it in place keeps memory flat (no list of
+        # pipe-sized chunks to join, no heap fragmentation); each part is copied out once as bytes,
+        # which oss2 needs (it treats anything else as a file object).
+        self._buffer = bytearray()
         self._buffered = 0
         self._parts_started = 0
         self._size = 0
@@ -380,12 +383,15 @@ class OssSink:
             raise StorageError(f"oss: write after {self._state} for {self.target.url(self.key)}")
         view = memoryview(data)
         while view:
-            room = self.part_size - self._buffered
+            size = self.part_size
+            if len(self._buffer) != size:
+                self._buffer = bytearray(size)  # only ever empty here: parts grow between parts
+            room = size - self._buffered
             piece = view[:room]
-            self._chunks.append(piece.tobytes() if len(piece) < len(data) else data)
+            self._buffer[self._buffered : self._buffered + len(piece)] = piece
             self._buffered += len(piece)
             view = view[len(piece) :]
-            if self._buffered >= self.part_size:
+            if self._buffered >= size:
                 self._submit_part()
         self._raise_if_failed()
 
@@ -398,8 +404,7 @@ class OssSink:
         except StorageError:
             self._slots.release()
             raise
-        data = b"".join(self._chunks)
-        self._chunks = []
+        data = bytes(memoryview(self._buffer)[: self._buffered])
         self._buffered = 0
         self._parts_started += 1
         self._size += len(data)
@@ -525,7 +530,7 @@ class OssSink:
         if self._state in ("aborted", "committed"):
             return
         self._state = "aborted"
-        self._chunks = []
+        self._buffer = bytearray()
         self._buffered = 0
         try:
             self._abort_upload()
