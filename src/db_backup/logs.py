@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from db_backup.journal import JournalRenderer, stderr_is_journal
 from db_backup.secrets import mask
 
 _file_lock = threading.Lock()
@@ -72,8 +73,6 @@ def setup(level: str = "info", log_dir: Path | None = None, force: str | None = 
         processors.append(DailyFile(log_dir))
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     if kind == "journal":
-        from db_backup.journal import JournalRenderer
-
         processors.append(JournalRenderer())
     elif kind == "console":
         processors.append(structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
@@ -89,11 +88,6 @@ def setup(level: str = "info", log_dir: Path | None = None, force: str | None = 
 
 
 def _detect() -> str:
-    try:
-        from db_backup.journal import stderr_is_journal
-
-        if stderr_is_journal():
-            return "journal"
-    except ImportError:  # pragma: no cover - journal.py ships with the package
-        pass
+    if stderr_is_journal():
+        return "journal"
     return "console" if sys.stderr.isatty() else "json"
