@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -423,13 +424,18 @@ def _stream_dump(
         except BaseException:
             child.terminate()
             raise
+        log.debug("dump stream ended", job=job.name, database=database, bytes=size)
         sha256 = digest.hexdigest()
-        for name, sink in list(sinks.items()):
+        # Commit every target at once: the local fsync overlaps the upload's last parts.
+        with ThreadPoolExecutor(max_workers=len(sinks), thread_name_prefix="commit") as pool:
+            futures = {name: pool.submit(sink.commit, sha256) for name, sink in sinks.items()}
+        sinks.clear()
+        for name, future in futures.items():
             try:
-                outcomes[name] = sink.commit(sha256)
+                outcomes[name] = future.result()
             except StorageError as exc:
                 outcomes[name] = str(exc)
-            del sinks[name]
+        log.debug("targets committed", job=job.name, database=database)
         return sha256, size, outcomes
     finally:
         for sink in sinks.values():
