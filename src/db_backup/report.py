@@ -7,7 +7,6 @@ an integer); everything else is additive. Reports are written atomically (temp, 
 from __future__ import annotations
 
 import json
-import os
 import socket
 import uuid
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from db_backup.secrets import mask
-from db_backup.storage.local import fsync_dir
+from db_backup.storage.local import write_atomically
 
 SCHEMA_VERSION = 1
 SUCCESS = "SUCCESS"
@@ -164,21 +163,9 @@ def write_report(reports_dir: Path, report: Report) -> Path:
 
 
 def write_json_atomically(path: Path, document: dict[str, Any], mode: int = 0o640) -> None:
-    """Writes `document` to `path` so a reader sees the old file or the whole new one."""
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """Writes `document` to `path` atomically; 0640 so the platform's group can read it."""
     data = (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)  # the unit's UMask=0077 would otherwise hide it from the platform
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    write_atomically(path, data, mode)
 
 
 def seed_field_problems(document: dict[str, Any]) -> list[str]:

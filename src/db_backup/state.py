@@ -13,10 +13,8 @@ scheduler (``last_run_utc`` guards against double runs) and the status line.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,6 +23,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import structlog
+
+from db_backup.storage.local import write_atomically
 
 log = structlog.get_logger(__name__)
 
@@ -196,21 +196,6 @@ class StateStore:
 
     @staticmethod
     def _write_atomically(target: Path, payload: bytes) -> None:
-        """Replace ``target`` with ``payload`` via temp file + fsync + rename + directory fsync."""
+        """Replace ``target`` with ``payload`` atomically, mode 0600 (see ``write_atomically``)."""
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(payload)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp_name, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp_name)
-            raise
-        dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomically(target, payload, 0o600)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -102,6 +104,23 @@ def test_other_formats_restore(setup: Setup, cluster: Cluster, run_cli: RunCli, 
         assert dump.is_dir() and (dump / "toc.dat").exists()
         cluster.restore(dump, target)
     assert table_fingerprint(cluster, target) == table_fingerprint(cluster, "shop")
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, options: str) -> Iterator[Path]:
+    """Mounts a tmpfs with `options` (e.g. "size=2m", "ro,size=1m") on `path` for the block.
+
+    Root ignores permission bits, so a full or read-only mount is how these tests make a
+    directory fail for real.
+    """
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=False)
 
 
 def tcp_login(cluster: Cluster, user: str, password_env: str) -> dict[str, object]:
@@ -269,12 +288,7 @@ def test_temporary_file_of_a_killed_run_is_removed_by_the_next_run(
 def test_disk_full_gives_failed_report_and_no_partial_file(
     setup: Setup, slow_db: str, run_cli: RunCli, tmp_path: Path
 ) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    small = tmp_path / "small"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], check=True)
-    try:
+    with tmpfs(tmp_path / "small", "size=2m") as small:
         setup.document["directories"]["data"] = str(small)
         setup.data = small
         setup.job()["databases"] = slow_db
@@ -283,20 +297,12 @@ def test_disk_full_gives_failed_report_and_no_partial_file(
         done = run_cli("--config", str(setup.path), "run", "nightly")
         assert_failed_cleanly(setup, done, "No space left on device", "file system is full")
         assert list(small.iterdir()) == []
-    finally:
-        subprocess.run(["umount", str(small)], check=False)
 
 
 def test_unwritable_directory_gives_failed_report(
     setup: Setup, run_cli: RunCli, tmp_path: Path
 ) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a read-only tmpfs needs root")
-    readonly = tmp_path / "readonly"
-    readonly.mkdir()
-    # Root ignores permission bits, so a read-only mount is what makes the directory unwritable.
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(readonly)], check=True)
-    try:
+    with tmpfs(tmp_path / "readonly", "ro,size=1m") as readonly:
         setup.document["directories"]["data"] = str(readonly)
         setup.data = readonly
         setup.write()
@@ -305,8 +311,6 @@ def test_unwritable_directory_gives_failed_report(
             setup, done, "directory not writable", str(readonly), "read-only file system"
         )
         assert report["database"] == "shop"
-    finally:
-        subprocess.run(["umount", str(readonly)], check=False)
 
 
 def test_second_run_of_a_running_job_is_refused_clearly(setup: Setup, run_cli: RunCli) -> None:
@@ -430,17 +434,10 @@ def test_status_shows_latest_per_job_and_filters(setup: Setup, run_cli: RunCli) 
 def test_unwritable_state_directory_is_a_clear_error_not_a_traceback(
     setup: Setup, run_cli: RunCli, tmp_path: Path
 ) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a read-only tmpfs needs root")
-    readonly = tmp_path / "state-ro"
-    readonly.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(readonly)], check=True)
-    try:
+    with tmpfs(tmp_path / "state-ro", "ro,size=1m") as readonly:
         setup.document["directories"]["state"] = str(readonly)
         setup.write()
         done = run_cli("--config", str(setup.path), "run", "nightly")
-    finally:
-        subprocess.run(["umount", str(readonly)], check=False)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert f"cannot open lock file {readonly}/locks" in done.stderr

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from db_backup.storage.base import StorageError, StoredObject
@@ -26,6 +27,27 @@ def fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_atomically(path: Path, data: bytes, mode: int) -> None:
+    """Replaces `path` with `data` so a reader sees the old file or the whole new one.
+
+    Temporary file in the same directory, explicit mode (the unit's UMask would otherwise
+    decide), fsync, rename, fsync of the directory.
+    """
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    fsync_dir(path.parent)
 
 
 def describe_os_error(exc: OSError, path: Path | str) -> str:
