@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.oss_fixtures import oss_server  # noqa: F401  (fixture for every test)
 from tests.support.pgcluster import Cluster, load_sample, start_cluster
 
 CLI = str(Path(sys.executable).with_name("db-backup"))

@@ -80,23 +80,7 @@ def test_other_formats_restore(setup: Setup, cluster: Cluster, run_cli: RunCli, 
         cluster.psql(f'DROP DATABASE IF EXISTS "{target}"')
         cluster.psql(f'CREATE DATABASE "{target}"')
         subprocess.run(
-            [
-                str(cluster.bindir / "psql"),
-                "-h",
-                str(cluster.socket_dir),
-                "-p",
-                str(cluster.port),
-                "-U",
-                "postgres",
-                "-d",
-                target,
-                "-X",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-f",
-                str(dump),
-            ],
+            cluster.psql_argv(target, "-q", "-v", "ON_ERROR_STOP=1", "-f", str(dump)),
             check=True,
             capture_output=True,
         )

@@ -276,20 +276,11 @@ def test_job_hung_past_its_timeout_is_killed_and_reported(
 ) -> None:
     # Another session holds an exclusive lock: pg_dump waits for it, producing nothing.
     locker = subprocess.Popen(
-        [
-            str(cluster.bindir / "psql"),
-            "-h",
-            str(cluster.socket_dir),
-            "-p",
-            str(cluster.port),
-            "-U",
-            "postgres",
-            "-d",
+        cluster.psql_argv(
             "shop",
-            "-X",
             "-c",
             "BEGIN; LOCK TABLE customers IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60);",
-        ],
+        ),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -7,7 +7,6 @@ import json
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import oss2
@@ -20,7 +19,7 @@ from tests.support.oss_fixtures import (
     OSS_BUCKET,
     OSS_REGION,
 )
-from tests.support.oss_server import Credential, OssServer
+from tests.support.oss_server import OssServer
 from tests.support.pgcluster import Cluster, table_fingerprint
 
 pytestmark = pytest.mark.integration
@@ -30,16 +29,9 @@ OSS_ENV = {"TEST_OSS_ID": OSS_ACCESS_KEY_ID, "TEST_OSS_SECRET": OSS_ACCESS_KEY_S
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[OssServer]:
-    made = OssServer(
-        tmp_path / "oss",
-        [OSS_BUCKET],
-        [Credential(OSS_ACCESS_KEY_ID, OSS_ACCESS_KEY_SECRET)],
-        region=OSS_REGION,
-    )
-    made.start()
-    yield made
-    made.stop()
+def server(oss_server: OssServer) -> OssServer:
+    """The shared loopback server fixture (bucket OSS_BUCKET, region OSS_REGION)."""
+    return oss_server
 
 
 def use_oss(setup: Setup, server: OssServer, mode: str = "both", **extra: object) -> None:

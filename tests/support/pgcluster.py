@@ -58,27 +58,17 @@ class Cluster:
     def _cmd(self, argv: Sequence[str]) -> list[str]:
         return ["runuser", "-u", self.run_as, "--", *argv] if self.run_as else list(argv)
 
+    def psql_argv(self, database: str, *args: str, user: str = "postgres") -> list[str]:
+        """Returns a psql command line connected over the socket to `database`, then `args`."""
+        return [
+            str(self.bindir / "psql"), "-h", str(self.socket_dir), "-p", str(self.port),
+            "-U", user, "-d", database, "-X", *args,
+        ]  # fmt: skip
+
     def psql(self, sql: str, database: str = "postgres", *, user: str = "postgres") -> str:
         """Runs SQL over the socket as a superuser and returns the unaligned output."""
         done = subprocess.run(
-            [
-                str(self.bindir / "psql"),
-                "-h",
-                str(self.socket_dir),
-                "-p",
-                str(self.port),
-                "-U",
-                user,
-                "-d",
-                database,
-                "-X",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-c",
-                sql,
-            ],
+            self.psql_argv(database, "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql, user=user),
             capture_output=True,
             text=True,
             check=False,
