@@ -5,9 +5,9 @@ realistic entropy (random words, md5 strings, numerics, timestamps, jsonb):
 
 (a) bare    ``pg_dump -Fc -Z 9 -f FILE``;
 (b) seed    the same pg_dump to a file, then ``sha256sum FILE``, then an oss2 multipart
-            upload of the file (16 MiB parts, 2 threads, what ``oss2.resumable_upload`` does) to
+            upload of the file (8 MiB parts, 2 threads, what ``oss2.resumable_upload`` does) to
             the loopback OSS server, all in one helper process;
-(c) stream  ``db-backup run JOB`` with ``storage.mode: both`` (local file + OSS multipart upload
+(c) stream  ``db-backup run JOB`` with ``storage.mode: both`` and default upload settings (local file + OSS multipart upload
             from the pipe) against the same server.
 
 The loopback OSS server (tests/support/oss_server.py) runs as a separate process with a body
@@ -63,8 +63,8 @@ BUCKET = "bench-backups"
 REGION = "cn-bench"
 ACCESS_KEY_ID = "bench-ak"
 ACCESS_KEY_SECRET = "bench-secret-not-real"
-PART_SIZE = 8 * 1024 * 1024  # db-backup's default part_size_mib, for (b) and (c) alike
-PARALLEL_PARTS = 2
+SEED_PART_SIZE = 8 * 1024 * 1024  # (b): the seed's upload of a finished file
+SEED_PARALLEL_PARTS = 2
 DB_1X = "bench"
 DB_2X = "bench_2x"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -431,8 +431,6 @@ class Bench:
                     "signature_version": "v4",
                     "access_key_id": {"env": "BENCH_OSS_ID"},
                     "access_key_secret": {"env": "BENCH_OSS_SECRET"},
-                    "part_size_mib": PART_SIZE // MIB,
-                    "parallel_parts": PARALLEL_PARTS,
                 },
             },
             "jobs": [
@@ -508,6 +506,16 @@ class Bench:
         return m
 
 
+def upload_defaults() -> str:
+    """Returns db-backup's default part size, parallel parts and buffer, from its schema."""
+    schema = yaml.safe_load((REPO / "src" / "db_backup" / "schema.yaml").read_text())
+    oss = schema["properties"]["storage"]["properties"]["oss"]["properties"]
+    return ", ".join(
+        f"`{name}: {oss[name]['default']}`"
+        for name in ("part_size_mib", "parallel_parts", "buffer_mib")
+    )
+
+
 def seed_way(spec_json: str) -> int:
     """Runs the seed script's sequential steps (dump, sha256sum, upload) and prints their times."""
     import oss2
@@ -534,15 +542,15 @@ def seed_way(spec_json: str) -> int:
     upload_id = bucket.init_multipart_upload(key).upload_id
 
     def part(number: int) -> oss2.models.PartInfo:
-        offset = (number - 1) * PART_SIZE
-        length = min(PART_SIZE, size - offset)
+        offset = (number - 1) * SEED_PART_SIZE
+        length = min(SEED_PART_SIZE, size - offset)
         with open(path, "rb") as f:
             f.seek(offset)
             result = bucket.upload_part(key, upload_id, number, oss2.SizedFileAdapter(f, length))
         return oss2.models.PartInfo(number, result.etag, size=length)
 
-    count = max(1, -(-size // PART_SIZE))
-    with ThreadPoolExecutor(max_workers=PARALLEL_PARTS) as pool:
+    count = max(1, -(-size // SEED_PART_SIZE))
+    with ThreadPoolExecutor(max_workers=SEED_PARALLEL_PARTS) as pool:
         parts = list(pool.map(part, range(1, count + 1)))
     bucket.complete_multipart_upload(key, upload_id, parts)
     times["upload_s"] = time.monotonic() - t2
@@ -713,7 +721,8 @@ def render(ctx: Context, runs: list[Measurement], runs_2x: list[Measurement]) ->
         f"{ctx.dump_2x / 1e6:.0f} MB",
         f"- OSS server bandwidth limit: {ctx.bandwidth / 1e6:.2f} MB/s = calibration dump size "
         f"/ calibration dump time ({ctx.dump_1x / 1e6:.0f} MB / {ctx.calib_dump_s:.1f} s); "
-        f"parts of {PART_SIZE // MIB} MiB, {PARALLEL_PARTS} in parallel for (b) and (c)",
+        f"(b) uploads parts of {SEED_PART_SIZE // MIB} MiB, {SEED_PARALLEL_PARTS} in parallel; "
+        f"(c) runs with db-backup's default upload settings ({upload_defaults()})",
         "",
         f"Wall time, median of {ctx.reps} interleaved repetitions (min-max), on `{DB_1X}`:",
         "",

@@ -73,6 +73,7 @@ class OssConfig:
     retries: int
     part_size_mib: int
     parallel_parts: int
+    buffer_mib: int
     bandwidth_limit_mbps: float | None
 
 
@@ -373,6 +374,7 @@ def _build(data: dict[str, Any], source: str) -> Config:
             retries=oss["retries"],
             part_size_mib=oss["part_size_mib"],
             parallel_parts=oss["parallel_parts"],
+            buffer_mib=oss["buffer_mib"],
             bandwidth_limit_mbps=oss["bandwidth_limit_mbps"],
         )
     rclone_config = None

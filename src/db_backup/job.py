@@ -292,8 +292,12 @@ class _Run:
             results: dict[str, StoredObject | str] = {"local": committed}
         else:
             live = [t for t in self.targets if t.name not in report.targets]
+            # Remotes with a part limit size their parts from the database's size.
+            hint = None
+            if any(t.name != "local" for t in live):
+                hint = pg.database_size(job, self.env, database)
             sha256, size, results = _stream_dump(
-                job, self.env, live, database, dump_name, self.cancel, self.progress
+                job, self.env, live, database, dump_name, self.cancel, self.progress, hint
             )
             checksum_text = f"{sha256}  {dump_name}\n"
         report.sha256 = sha256
@@ -382,6 +386,7 @@ def _stream_dump(
     dump_name: str,
     cancel: CancelToken,
     progress: ProgressCallback | None,
+    size_hint: int | None = None,
 ) -> tuple[str, int, dict[str, StoredObject | str]]:
     """Feeds pg_dump's stdout to sha256 and every target's sink in one pass."""
     outcomes: dict[str, StoredObject | str] = {}
@@ -389,7 +394,7 @@ def _stream_dump(
     try:
         for target in targets:
             try:
-                sinks[target.name] = target.open_stream(dump_name)
+                sinks[target.name] = target.open_stream(dump_name, size_hint)
             except StorageError as exc:
                 outcomes[target.name] = str(exc)
         if not sinks:

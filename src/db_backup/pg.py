@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from db_backup.config import JobConfig
-from db_backup.execute import CancelToken, StreamingChild, child_env, run
+from db_backup.execute import CancelToken, CommandError, StreamingChild, child_env, run
 from db_backup.report import host_label
 from db_backup.secrets import resolve
 from db_backup.storage.base import StoredObject
@@ -109,6 +109,31 @@ def versions(job: JobConfig, env: dict[str, str], database: str) -> tuple[str, s
         env=env,
     ).strip()
     return dump_version, server
+
+
+def database_size(job: JobConfig, env: dict[str, str], database: str) -> int | None:
+    """Returns pg_database_size of `database`, or None if it cannot be read.
+
+    Remote targets use it only as a hint for the part size; a failure here is never fatal
+    (pg_dump itself will report a real connection problem).
+    """
+    try:
+        out = run(
+            [
+                "psql",
+                *_conn_args(job),
+                _dbname_arg(database),
+                "--no-psqlrc",
+                "--tuples-only",
+                "--no-align",
+                "--command",
+                "SELECT pg_database_size(current_database())",
+            ],
+            env=env,
+        ).strip()
+        return int(out)
+    except (CommandError, OSError, ValueError):
+        return None
 
 
 def dump_argv(job: JobConfig, database: str, output: Path | None = None) -> list[str]:

@@ -164,6 +164,32 @@ def test_persistent_crc_mismatch_raises_storage_error(oss_server: OssServer) -> 
     _assert_nothing_left(oss_server)
 
 
+def test_object_crc_mismatch_on_complete_removes_the_object(oss_server: OssServer) -> None:
+    # OSS makes the object but its CRC-64 (here: the answer's) differs from the parts' combined
+    # CRC: the commit fails naming the mismatch, and the object it made is deleted.
+    target = _target(oss_server, retries=1)
+    oss_server.corrupt_crc(operation="CompleteMultipartUpload", times=10)
+    oss_server.corrupt_crc(operation="HeadObject", times=10)
+    sink = target.open_stream(FILENAME)
+    sink.write(os.urandom(3 * PART + 7))
+    with pytest.raises(StorageError, match="CRC-64 mismatch"):
+        sink.commit("0" * 64)
+    sink.abort()
+    _assert_nothing_left(oss_server)
+    assert oss_server.requests_for("DeleteObject")
+
+
+def test_one_garbled_complete_answer_is_settled_by_the_objects_crc(oss_server: OssServer) -> None:
+    target = _target(oss_server, retries=2)
+    oss_server.corrupt_crc(operation="CompleteMultipartUpload", times=1)
+    data = os.urandom(3 * PART + 7)
+    sink = target.open_stream(FILENAME)
+    sink.write(data)
+    stored = sink.commit("0" * 64)
+    assert stored.extra["crc64"] == str(crc64(data))
+    assert oss_server.object_bytes(OSS_BUCKET, KEY) == data
+
+
 def test_failed_complete_aborts_and_leaves_nothing(oss_server: OssServer) -> None:
     target = _target(oss_server, retries=1)
     oss_server.fail_request(503, operation="CompleteMultipartUpload", times=10)
@@ -355,16 +381,34 @@ def test_in_flight_parts_never_exceed_the_bound_for_200_mb(oss_server: OssServer
     assert oss_server.objects(OSS_BUCKET)[KEY].size == total
 
 
-def test_memory_peak_is_about_part_size_times_parallel_plus_one(oss_server: OssServer) -> None:
-    part = 1024 * 1024
-    target = _target(oss_server, part_size=part, parallel_parts=2)
+def _peak_of_feed(target: OssTarget, total: int, part: int) -> tuple[object, int]:
+    """Feeds `total` bytes under tracemalloc; returns (sink, peak traced bytes)."""
     tracemalloc.start()
     try:
         tracemalloc.reset_peak()
-        _, stored = _feed(target, 24 * part, part)
+        sink, stored = _feed(target, total, part)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert stored.size_bytes == 24 * part  # type: ignore[attr-defined]
-    # 3 parts (2 in flight + 1 filling) + the test's 1 MiB block; the rest is oss2/server buffers
-    assert peak < part * (2 + 1) + 3 * part, f"peak {peak / part:.1f} MiB"
+    assert stored.size_bytes == total  # type: ignore[attr-defined]
+    return sink, peak
+
+
+@pytest.mark.parametrize("buffer_parts", [3, 8])
+def test_memory_peak_is_bounded_by_the_buffer(oss_server: OssServer, buffer_parts: int) -> None:
+    part = 1024 * 1024
+    target = _target(oss_server, part_size=part, parallel_parts=2, buffer_size=buffer_parts * part)
+    sink, peak = _peak_of_feed(target, 32 * part, part)
+    # The parts held (waiting or uploading) plus the one being filled fit in the buffer...
+    assert sink.max_held_seen <= (buffer_parts - 1) * part  # type: ignore[attr-defined]
+    assert sink.max_inflight_seen <= 2  # type: ignore[attr-defined]
+    # ...and the process's traced peak is that plus the test's 1 MiB block and oss2's buffers.
+    assert peak < buffer_parts * part + 3 * part, f"peak {peak / part:.1f} MiB"
+
+
+def test_a_buffer_smaller_than_the_connections_need_is_raised(oss_server: OssServer) -> None:
+    part = 1024 * 1024
+    target = _target(oss_server, part_size=part, parallel_parts=2, buffer_size=part)
+    sink, peak = _peak_of_feed(target, 16 * part, part)
+    assert sink.max_held_seen <= 2 * part  # type: ignore[attr-defined]
+    assert peak < 3 * part + 3 * part, f"peak {peak / part:.1f} MiB"

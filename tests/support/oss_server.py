@@ -91,7 +91,9 @@ _STORED_HEADERS = (
 _STORAGE_CLASSES = frozenset({"Standard", "IA", "Archive", "ColdArchive", "DeepColdArchive"})
 _SSE_VALUES = frozenset({"AES256", "KMS", "SM4"})
 
-_Answer = tuple[int, dict[str, str], bytes | Path | None]  # status, headers, body
+# A body to send from disk: (file, size) segments, read back to back.
+_Segments = tuple[tuple[Path, int], ...]
+_Answer = tuple[int, dict[str, str], bytes | _Segments | None]  # status, headers, body
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,12 @@ class Fault:
 
 @dataclass
 class StoredObject:
-    """The index entry of one object; the bytes live in `path`."""
+    """The index entry of one object.
+
+    The bytes live in the file `path`, or, for a completed multipart upload, in the part files
+    listed in `parts` (inside the directory `path`), read back to back: like OSS, Complete
+    records which parts make the object and does not rewrite the data.
+    """
 
     key: str
     path: Path
@@ -135,6 +142,22 @@ class StoredObject:
     object_type: str  # "Normal" | "Multipart"
     headers: dict[str, str] = field(default_factory=dict)  # lower-case names
     tags: dict[str, str] = field(default_factory=dict)
+    parts: _Segments = ()
+
+    def segments(self) -> _Segments:
+        """Returns the (file, size) pieces whose concatenation is the object."""
+        return self.parts or ((self.path, self.size),)
+
+    def read_bytes(self) -> bytes:
+        """Returns the whole content (for small objects in tests)."""
+        return b"".join(path.read_bytes() for path, _ in self.segments())
+
+    def remove_data(self) -> None:
+        """Deletes the object's file or part directory."""
+        if self.parts:
+            shutil.rmtree(self.path, ignore_errors=True)
+        else:
+            self.path.unlink(missing_ok=True)
 
 
 @dataclass
@@ -532,7 +555,7 @@ class OssServer:
 
     def object_bytes(self, bucket: str, key: str) -> bytes:
         """Returns the content of one object (for small objects in tests)."""
-        return self.objects(bucket)[key].path.read_bytes()
+        return self.objects(bucket)[key].read_bytes()
 
     def pending_uploads(self, bucket: str) -> list[Upload]:
         """Returns the multipart uploads that were neither completed nor aborted."""
@@ -759,13 +782,15 @@ class _Handler(BaseHTTPRequestHandler):
         for _ in self._body():
             pass
 
-    def _respond(self, status: int, headers: dict[str, str], body: bytes | Path | None) -> None:
+    def _respond(
+        self, status: int, headers: dict[str, str], body: bytes | _Segments | None
+    ) -> None:
         headers = dict(headers)
         headers.setdefault("x-oss-request-id", self._request_id)
         headers.setdefault("server", "AliyunOSS")
         headers.setdefault("date", _http_date(time.time()))
         byte_range: tuple[int, int] | None = None
-        if isinstance(body, Path):
+        if isinstance(body, tuple):
             byte_range = _parse_range_header(headers.pop("x-internal-range", ""))
             length = byte_range[1] - byte_range[0] + 1 if byte_range else 0
         else:
@@ -783,18 +808,29 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command == "HEAD":
             return
-        if isinstance(body, Path) and byte_range is not None:
-            with body.open("rb") as source:
-                source.seek(byte_range[0])
-                left = length
+        if isinstance(body, tuple) and byte_range is not None:
+            self._send_segments(body, byte_range[0], length)
+        elif isinstance(body, bytes):
+            self.wfile.write(body)
+
+    def _send_segments(self, segments: _Segments, offset: int, length: int) -> None:
+        """Writes `length` bytes of the concatenated segments, starting at `offset`."""
+        left = length
+        for path, size in segments:
+            if offset >= size:
+                offset -= size
+                continue
+            with path.open("rb") as source:
+                source.seek(offset)
+                offset = 0
                 while left > 0:
                     data = source.read(min(left, _READ_CHUNK))
                     if not data:
                         break
                     self.wfile.write(data)
                     left -= len(data)
-        elif isinstance(body, bytes):
-            self.wfile.write(body)
+            if left <= 0:
+                return
 
     def _respond_error(self, error: OssError) -> None:
         root = ElementTree.Element("Error")
@@ -982,7 +1018,7 @@ class _Handler(BaseHTTPRequestHandler):
             old = bucket.objects.get(obj.key)
             bucket.objects[obj.key] = obj
         if old is not None and old.path != obj.path:
-            old.path.unlink(missing_ok=True)
+            old.remove_data()
 
     def _copy_object(
         self, bucket: Bucket, key: str, query: dict[str, str], headers: dict[str, str]
@@ -999,11 +1035,16 @@ class _Handler(BaseHTTPRequestHandler):
             new_headers = _stored_headers(headers)
         else:
             new_headers = dict(original.headers)
+        parts = original.parts
         if source_bucket is bucket and source_key == key:
             path = original.path
         else:
             path = bucket.directory / "objects" / uuid.uuid4().hex
-            shutil.copyfile(original.path, path)
+            with path.open("wb") as joined:
+                for segment, size in original.segments():
+                    with segment.open("rb") as reader:
+                        _copy_file(reader.fileno(), joined.fileno(), size)
+            parts = ()
         obj = StoredObject(
             key,
             path,
@@ -1014,6 +1055,7 @@ class _Handler(BaseHTTPRequestHandler):
             original.object_type,
             new_headers,
             dict(original.tags),
+            parts,
         )
         self._replace_object(bucket, obj)
         root = ElementTree.Element("CopyObjectResult")
@@ -1057,7 +1099,7 @@ class _Handler(BaseHTTPRequestHandler):
         if obj.size == 0:
             return status, out, b""
         out["x-internal-range"] = f"{first}-{last}"
-        return status, out, obj.path
+        return status, out, obj.segments()
 
     def _delete_object(
         self, bucket: Bucket, key: str, query: dict[str, str], headers: dict[str, str]
@@ -1066,7 +1108,7 @@ class _Handler(BaseHTTPRequestHandler):
         with self.server_state._lock:
             obj = bucket.objects.pop(key, None)
         if obj is not None:
-            obj.path.unlink(missing_ok=True)
+            obj.remove_data()
         return 204, {}, None
 
     def _delete_multiple(
@@ -1093,7 +1135,7 @@ class _Handler(BaseHTTPRequestHandler):
             with self.server_state._lock:
                 obj = bucket.objects.pop(name, None)
             if obj is not None:
-                obj.path.unlink(missing_ok=True)
+                obj.remove_data()
             if not quiet:
                 deleted = _child(root, "Deleted")
                 _child(deleted, "Key", quote(name, safe="") if url_encoded else name)
@@ -1370,27 +1412,37 @@ class _Handler(BaseHTTPRequestHandler):
                     "Your proposed upload is smaller than the minimum allowed size.",
                     PartNumber=str(part.number),
                 )
-        path = bucket.directory / "objects" / uuid.uuid4().hex
         # Like OSS, Complete is cheap: the object's CRC-64 is combined from the parts' CRCs
-        # (no second pass over the data) and the bytes are joined inside the kernel.
+        # (no second pass over the data) and the object is the list of its part files (no copy).
         crc = 0
         size = 0
         md5s = hashlib.md5()
-        with path.open("wb") as joined:
-            for part in chosen:
-                md5s.update(part.md5)
-                crc = crc64_combine(crc, part.crc64, part.size)
-                size += part.size
-                with part.path.open("rb") as source:
-                    _copy_file(source.fileno(), joined.fileno(), part.size)
+        for part in chosen:
+            md5s.update(part.md5)
+            crc = crc64_combine(crc, part.crc64, part.size)
+            size += part.size
         etag = f"{md5s.hexdigest().upper()}-{len(chosen)}"
-        obj = StoredObject(
-            key, path, size, etag, crc, time.time(), "Multipart", dict(upload.headers)
-        )
         with self.server_state._lock:
             bucket.uploads.pop(upload.upload_id, None)
+        keep = {part.path.name for part in chosen}
+        for leftover in upload.directory.iterdir():
+            if leftover.name not in keep:
+                leftover.unlink(missing_ok=True)
+        path = bucket.directory / "objects" / uuid.uuid4().hex
+        upload.directory.rename(path)
+        segments = tuple((path / part.path.name, part.size) for part in chosen)
+        obj = StoredObject(
+            key,
+            path,
+            size,
+            etag,
+            crc,
+            time.time(),
+            "Multipart",
+            dict(upload.headers),
+            parts=segments,
+        )
         self._replace_object(bucket, obj)
-        shutil.rmtree(upload.directory, ignore_errors=True)
         root = ElementTree.Element("CompleteMultipartUploadResult")
         _child(root, "Location", f"{self.server_state.endpoint}/{bucket.name}/{quote(key)}")
         _child(root, "Bucket", bucket.name)

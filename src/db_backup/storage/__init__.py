@@ -70,5 +70,6 @@ def oss_settings(config: Config) -> OssSettings:
         retries=oss.retries,
         part_size=oss.part_size_mib * 1024 * 1024,
         parallel_parts=oss.parallel_parts,
+        buffer_size=oss.buffer_mib * 1024 * 1024,
         bandwidth_limit=int(limit * 1_000_000 / 8) if limit else None,
     )

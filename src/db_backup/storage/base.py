@@ -44,8 +44,12 @@ class Target(Protocol):
 
     name: str  # "local", "oss", "rclone": the key in the report's per-target results
 
-    def open_stream(self, filename: str) -> StreamSink:
-        """Starts storing a dump named `filename` from a stream."""
+    def open_stream(self, filename: str, size_hint: int | None = None) -> StreamSink:
+        """Starts storing a dump named `filename` from a stream.
+
+        `size_hint` is a guess at the size (the database's size): remotes with a part limit
+        size their parts from it; it is never trusted as the real size.
+        """
 
     def put_file(self, path: Path, filename: str) -> StoredObject:
         """Stores a small finished file (globals, .sha256, report) as `filename`."""

@@ -54,26 +54,37 @@ def _gf2_square(matrix: list[int]) -> list[int]:
     return [_gf2_times(matrix, column) for column in matrix]
 
 
+def _zero_byte_operators() -> list[list[int]]:
+    """Returns M[k], the operator that appends 2**k zero bytes to a CRC, for k in 0..63."""
+    one_bit = [_REFLECTED_POLY] + [1 << n for n in range(63)]
+    operator = one_bit
+    for _ in range(3):  # 1 -> 2 -> 4 -> 8 bits: one zero byte
+        operator = _gf2_square(operator)
+    operators = [operator]
+    for _ in range(63):
+        operators.append(_gf2_square(operators[-1]))
+    return operators
+
+
+_OPERATORS: list[list[int]] = []
+
+
 def crc64_combine(crc1: int, crc2: int, len2: int) -> int:
-    """Returns the CRC of A+B given crc1 = CRC(A), crc2 = CRC(B) and len2 = len(B)."""
+    """Returns the CRC of A+B given crc1 = CRC(A), crc2 = CRC(B) and len2 = len(B).
+
+    zlib's crc32_combine scheme: CRC(A+B) = CRC(A) shifted over len2 zero bytes, xor CRC(B)
+    (the init/xorout terms cancel because init is 0 and xorout applies to both). The 64
+    zero-byte operators are built once, so a combine costs at most 64 matrix-vector products
+    instead of rebuilding them by squaring every time (oss2's way: about 6 ms per part).
+    """
     if len2 <= 0:
         return crc1
-    # Operator for one zero bit, then squared to two and four bits (zlib's crc32_combine scheme).
-    odd = [_REFLECTED_POLY] + [1 << n for n in range(63)]
-    even = _gf2_square(odd)
-    odd = _gf2_square(even)
-    # The init/xorout of this CRC cancel out because init is 0 and xorout is applied to both.
-    while True:
-        even = _gf2_square(odd)
+    if not _OPERATORS:
+        _OPERATORS.extend(_zero_byte_operators())
+    power = 0
+    while len2:
         if len2 & 1:
-            crc1 = _gf2_times(even, crc1)
+            crc1 = _gf2_times(_OPERATORS[power], crc1)
         len2 >>= 1
-        if not len2:
-            break
-        odd = _gf2_square(even)
-        if len2 & 1:
-            crc1 = _gf2_times(odd, crc1)
-        len2 >>= 1
-        if not len2:
-            break
+        power += 1
     return crc1 ^ crc2

@@ -125,7 +125,7 @@ class LocalTarget:
         self.directory = directory
         self.job = job
 
-    def open_stream(self, filename: str) -> LocalSink:
+    def open_stream(self, filename: str, size_hint: int | None = None) -> LocalSink:
         """Starts writing `filename` through a temporary name."""
         return LocalSink(self.directory, self.job, filename)
 

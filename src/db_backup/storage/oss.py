@@ -3,8 +3,13 @@
 A dump arrives as a stream of unknown length, so `OssSink` cuts it into parts of `part_size`
 bytes (growing with the part count so that any dump fits in 10,000 parts), uploads at most
 `parallel_parts` of them at a time on a small thread pool, and completes the upload on commit.
-`write()` blocks while that many parts are in flight, which bounds memory to about
-part_size * (parallel_parts + 1). oss2 never retries puts, parts or complete; this module does,
+Parts that are full wait in the pool's queue while the connections are busy, so the upload and
+the dump are decoupled by a buffer of `buffer_size` bytes (never less than parallel_parts + 1
+parts); `write()` blocks only when that buffer is full, which bounds memory whatever the dump
+size. Small parts keep the pipeline short (a part starts uploading once it is full, so a small
+part starts the upload early and leaves little to send after pg_dump ends); the buffer, not the
+part size, decides how far the dump may run ahead of a slower link.
+oss2 never retries puts, parts or complete; this module does,
 with exponential backoff, and keeps oss2's CRC-64 checks on for every part and for the whole
 object. The sha256 of the dump is attached to the object as the object tag `sha256` after
 completion (see `SHA256_TAG`), because metadata can only be given at initiation, when the digest
@@ -46,10 +51,11 @@ log = logging.getLogger(__name__)
 MIN_PART_SIZE = 100 * 1024  # OSS: every part but the last is at least 100 KB
 MAX_PART_SIZE = 5 * 1024**3  # OSS: at most 5 GB per part
 MAX_PARTS = 10_000  # OSS: at most 10,000 parts per upload
-# Part sizes stay as configured for the first GROWTH_START_PART parts (16 MiB parts: 7.8 GiB),
-# then double every GROWTH_INTERVAL parts up to 5 GB; the schedule holds more than 48.8 TB.
-GROWTH_START_PART = 500
-GROWTH_INTERVAL = 16
+# Part sizes stay as configured for the first GROWTH_INTERVAL parts and double every
+# GROWTH_INTERVAL parts after that (capped at 5 GB): 10,000 parts then hold 1,023,000 x the
+# configured size (2 TiB at 2 MiB), and a 10 GB dump never has parts above 4 x the configured size,
+# so memory stays near `buffer_size` for the dumps people take with pg_dump.
+GROWTH_INTERVAL = 1_000
 # With a size hint, parts are made big enough that the hinted size needs at most this many.
 HINT_PART_BUDGET = 8_000
 # OSS's x-oss-traffic-limit is in bit/s and must lie in this range.
@@ -79,28 +85,35 @@ class OssSettings:
     connect_timeout: float = 10.0
     read_timeout: float = 120.0
     retries: int = 5
-    part_size: int = 8 * 1024 * 1024
+    part_size: int = 2 * 1024 * 1024
     parallel_parts: int = 2
+    buffer_size: int = 24 * 1024 * 1024  # parts filling, waiting and uploading, in bytes
     bandwidth_limit: int | None = None  # bytes/s for the whole upload
 
 
 def choose_part_size(configured: int, expected_size: int | None, parts_so_far: int) -> int:
     """Returns the size of the next part, given how many parts this upload already has.
 
-    Starts from `configured` (clamped to 100 KB..5 GB), raised when `expected_size` says the
-    dump would otherwise need more than HINT_PART_BUDGET parts; after GROWTH_START_PART parts
-    the size doubles every GROWTH_INTERVAL parts, capped at 5 GB, so that a stream of unknown
-    length still fits in 10,000 parts up to more than 48.8 TB.
+    Starts from `configured` (clamped to 100 KB..5 GB). Without a hint the size doubles every
+    GROWTH_INTERVAL parts (capped at 5 GB), so that a stream of unknown length fits in 10,000
+    parts up to about 1,000,000 x the configured size. An `expected_size` (the database's size)
+    raises the size so that it needs at most HINT_PART_BUDGET parts and keeps it flat for those
+    parts; the doubling after them leaves room for a dump bigger than the hint.
     """
     base = min(max(configured, MIN_PART_SIZE), MAX_PART_SIZE)
+    flat = GROWTH_INTERVAL
     if expected_size is not None and expected_size > 0:
         base = max(base, min(math.ceil(expected_size / HINT_PART_BUDGET), MAX_PART_SIZE))
-    if parts_so_far < GROWTH_START_PART:
-        return base
-    doublings = (parts_so_far - GROWTH_START_PART) // GROWTH_INTERVAL + 1
+        flat = max(flat, min(math.ceil(expected_size / base), HINT_PART_BUDGET))
+    doublings = max(parts_so_far - flat + GROWTH_INTERVAL, 0) // GROWTH_INTERVAL
     if doublings >= 40:  # 2**40 * 100 KB is far beyond the cap
         return MAX_PART_SIZE
     return min(base << doublings, MAX_PART_SIZE)
+
+
+def buffer_capacity(buffer_size: int, part_size: int, parallel_parts: int) -> int:
+    """Returns the bytes of parts a sink may hold: the buffer, but room for every connection."""
+    return max(buffer_size, part_size * (max(parallel_parts, 1) + 1))
 
 
 def traffic_limit_bits(bandwidth_limit: int | None, parallel_parts: int) -> int | None:
@@ -203,13 +216,11 @@ class OssTarget:
         self,
         settings: OssSettings,
         *,
-        expected_size_hint: int | None = None,
         retry_delay: float = 0.5,
     ) -> None:
         if settings.storage_class is not None and settings.storage_class not in STORAGE_CLASSES:
             raise StorageError(f"oss: unknown storage class {settings.storage_class!r}")
         self.settings = settings
-        self.expected_size_hint = expected_size_hint
         self.retry_delay = retry_delay
         self.bucket = make_bucket(settings)
         self.pacer = _Pacer(settings.bandwidth_limit)
@@ -274,9 +285,9 @@ class OssTarget:
                 )
                 time.sleep(delay)
 
-    def open_stream(self, filename: str) -> OssSink:
+    def open_stream(self, filename: str, size_hint: int | None = None) -> OssSink:
         """Starts a multipart upload of `filename`; returns the sink that feeds it."""
-        return OssSink(self, self.key(filename))
+        return OssSink(self, self.key(filename), size_hint)
 
     def put_file(self, path: Path, filename: str) -> StoredObject:
         """Uploads a small finished file with one PutObject (CRC checked by oss2)."""
@@ -339,9 +350,10 @@ class _Uploaded:
 class OssSink:
     """Streams one dump into an OSS multipart upload; see the module docstring."""
 
-    def __init__(self, target: OssTarget, key: str) -> None:
+    def __init__(self, target: OssTarget, key: str, size_hint: int | None = None) -> None:
         self.target = target
         self.key = key
+        self.size_hint = size_hint
         self._settings = target.settings
         # One reusable buffer per part size: filling it in place keeps memory flat (no list of
         # pipe-sized chunks to join, no heap fragmentation); each part is copied out once as bytes,
@@ -352,12 +364,14 @@ class OssSink:
         self._size = 0
         self._part_sizes: list[int] = []
         self._futures: list[Future[_Uploaded]] = []
-        self._slots = threading.Semaphore(max(self._settings.parallel_parts, 1))
         self._error: StorageError | None = None
         self._state = "open"
+        self._held = 0  # bytes of parts handed to the pool and not finished yet
         self._inflight = 0
         self.max_inflight_seen = 0  # for tests and metrics: never above parallel_parts
+        self.max_held_seen = 0  # for tests and metrics: never above the buffer capacity
         self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)
         headers = {**target.object_headers(), "x-oss-meta-uploaded-by": "db-backup"}
         result = target.call(
             "start multipart upload",
@@ -372,9 +386,7 @@ class OssSink:
     @property
     def part_size(self) -> int:
         """Returns the size the part being filled now will have."""
-        return choose_part_size(
-            self._settings.part_size, self.target.expected_size_hint, self._parts_started
-        )
+        return choose_part_size(self._settings.part_size, self.size_hint, self._parts_started)
 
     def write(self, data: bytes) -> None:
         """Buffers `data` and hands every full part to the upload pool; blocks when it is busy."""
@@ -396,27 +408,37 @@ class OssSink:
         self._raise_if_failed()
 
     def _submit_part(self) -> None:
-        """Waits for a free upload slot, then joins the buffer into one part and submits it."""
-        while not self._slots.acquire(timeout=0.5):
-            self._raise_if_failed()
-        try:
-            self._raise_if_failed()
-        except StorageError:
-            self._slots.release()
-            raise
-        data = bytes(memoryview(self._buffer)[: self._buffered])
+        """Copies the filled buffer out as one part and queues it; waits while the buffer is full.
+
+        The part being filled counts against the capacity too, so the sink never holds more
+        than `buffer_capacity` bytes of dump. A part bigger than the room left still goes when
+        nothing else is held, so progress never depends on the buffer setting.
+        """
+        size = self._buffered
+        capacity = buffer_capacity(
+            self._settings.buffer_size, self.part_size, self._settings.parallel_parts
+        )
+        with self._room:
+            while self._held and self._held + size > capacity - self.part_size:
+                if self._error is not None:
+                    raise self._error
+                self._room.wait(0.5)
+        self._raise_if_failed()
+        data = bytes(memoryview(self._buffer)[:size])
         self._buffered = 0
         self._parts_started += 1
-        self._size += len(data)
-        self._part_sizes.append(len(data))
-        number = self._parts_started
-        with self._lock:
-            self._inflight += 1
-            self.max_inflight_seen = max(self.max_inflight_seen, self._inflight)
-        self._futures.append(self._pool.submit(self._upload_part, number, data))
+        self._size += size
+        self._part_sizes.append(size)
+        with self._room:
+            self._held += size
+            self.max_held_seen = max(self.max_held_seen, self._held)
+        self._futures.append(self._pool.submit(self._upload_part, self._parts_started, data))
 
     def _upload_part(self, number: int, data: bytes) -> _Uploaded:
         """Uploads one part with retries (runs on the pool); records the first failure."""
+        with self._room:
+            self._inflight += 1
+            self.max_inflight_seen = max(self.max_inflight_seen, self._inflight)
         try:
             if self._state != "open" and self._state != "committing":
                 raise StorageError("upload stopped")
@@ -441,9 +463,10 @@ class OssSink:
                     self._error = error
             raise
         finally:
-            with self._lock:
+            with self._room:
                 self._inflight -= 1
-            self._slots.release()
+                self._held -= len(data)
+                self._room.notify_all()
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
@@ -463,11 +486,15 @@ class OssSink:
         except StorageError:
             self._state = "failed"
             raise
-        infos = [PartInfo(p.number, p.etag, size=p.size, part_crc=p.crc) for p in parts]
+        # The parts go without their CRCs: oss2 would combine them itself in pure Python at
+        # about 6 ms a part (48 s for 8,000 parts); `_complete` makes the same whole-object
+        # check with the cached combine of `crc64`.
+        infos = [PartInfo(p.number, p.etag, size=p.size) for p in parts]
         expected_crc = 0
         for part in parts:
             expected_crc = crc64_combine(expected_crc, part.crc, part.size)
         try:
+            self._state = "completing"
             crc, etag = target.call(
                 "complete multipart upload", self.key, lambda: self._complete(infos, expected_crc)
             )
@@ -500,22 +527,42 @@ class OssSink:
     def _complete(self, infos: list[PartInfo], expected_crc: int) -> tuple[int | None, str]:
         """Completes the upload and returns (CRC-64, ETag) of the object.
 
-        oss2 compares the combined CRC of the parts with OSS's. When a retry finds the upload
-        gone, an earlier attempt succeeded without its answer arriving: the object's CRC says so.
+        The object's CRC-64 from OSS must equal the combined CRC of the parts, which oss2 checked
+        one by one; a mismatch raises oss2's InconsistentError, as oss2's own check would. When
+        a retry finds the upload gone, an earlier attempt succeeded without its answer arriving:
+        the object's CRC says so.
         """
         bucket = self.target.bucket
         try:
             result = bucket.complete_multipart_upload(self.key, self.upload_id, infos)
+            if result.crc is not None and int(result.crc) != expected_crc:
+                raise oss2.exceptions.InconsistentError(
+                    f"InconsistentError: req_id: {result.request_id}, operation: multipart "
+                    f"upload, CRC checksum of client: {expected_crc} is mismatch with oss: "
+                    f"{result.crc}",
+                    result.request_id,
+                )
             return result.crc, result.etag
         except oss2.exceptions.NoSuchUpload:
             head = bucket.head_object(self.key)
             if head.server_crc is not None and int(head.server_crc) == expected_crc:
                 return int(head.server_crc), head.etag
+            if head.server_crc is not None:
+                raise oss2.exceptions.InconsistentError(
+                    f"InconsistentError: req_id: {head.request_id}, operation: multipart "
+                    f"upload, CRC checksum of client: {expected_crc} is mismatch with oss: "
+                    f"{head.server_crc}",
+                    head.request_id,
+                ) from None
             raise
 
     def _cleanup_after_failed_commit(self) -> None:
-        """Removes what a failed commit left: the upload, or the object it completed."""
-        if self._state == "completed":
+        """Removes what a failed commit left: the upload, or the object it completed.
+
+        A Complete that failed may still have made the object (an answer lost, or a CRC that
+        did not match); the key is this run's own, so whatever is under it goes.
+        """
+        if self._state in ("completed", "completing"):
             try:
                 self.target.call(
                     "delete", self.key, lambda: self.target.bucket.delete_object(self.key)

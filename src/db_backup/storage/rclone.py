@@ -64,7 +64,7 @@ class RcloneTarget:
         except execute.CommandError as error:
             raise StorageError(f"rclone: {what} failed for {where}: {error}") from None
 
-    def open_stream(self, filename: str) -> RcloneSink:
+    def open_stream(self, filename: str, size_hint: int | None = None) -> RcloneSink:
         """Starts `rclone rcat` to a temporary name next to `filename`."""
         return RcloneSink(self, filename)
 
