@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from db_backup import config, pg
 from db_backup.report import seed_field_problems
 from tests.conftest import BACKUP_PASSWORD, CLI, RunCli, Setup
 from tests.support.pgcluster import Cluster, free_port, table_fingerprint
@@ -426,3 +427,15 @@ def test_unwritable_state_directory_is_a_clear_error_not_a_traceback(
     assert "Traceback" not in done.stderr
     assert f"cannot open lock file {readonly}/locks" in done.stderr
     assert "Read-only file system" in done.stderr
+
+
+def test_database_size_hint_reads_pg_database_size_and_never_fails(
+    setup: Setup, cluster: Cluster
+) -> None:
+    # The OSS part size is sized from this; a database that cannot be read gives no hint
+    # (pg_dump then reports the real problem), never an exception.
+    job = config.load(str(setup.path)).jobs[0]
+    expected = int(cluster.psql("SELECT pg_database_size('shop')"))
+    with pg.connection_env(job) as env:
+        assert pg.database_size(job, env, "shop") == expected
+        assert pg.database_size(job, env, "no_such_database") is None
