@@ -71,22 +71,31 @@ def _dbname_arg(database: str) -> str:
     return f"--dbname=dbname='{quoted}'"
 
 
-def discover_databases(job: JobConfig, env: dict[str, str]) -> list[str]:
-    """Returns every connectable non-template database, minus the job's exclusions."""
-    out = run(
+def _query(job: JobConfig, env: dict[str, str], database: str, sql: str) -> str:
+    """Runs one SQL statement with psql in `database` and returns its unaligned output."""
+    return run(
         [
             "psql",
             *_conn_args(job),
-            _dbname_arg("postgres"),
+            _dbname_arg(database),
             "--no-psqlrc",
             "--tuples-only",
             "--no-align",
             "--set=ON_ERROR_STOP=1",
             "--command",
-            "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate "
-            "ORDER BY datname",
+            sql,
         ],
         env=env,
+    )
+
+
+def discover_databases(job: JobConfig, env: dict[str, str]) -> list[str]:
+    """Returns every connectable non-template database, minus the job's exclusions."""
+    out = _query(
+        job,
+        env,
+        "postgres",
+        "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname",
     )
     names = [line for line in out.splitlines() if line]
     return [n for n in names if n not in job.exclude_databases]
@@ -95,19 +104,7 @@ def discover_databases(job: JobConfig, env: dict[str, str]) -> list[str]:
 def versions(job: JobConfig, env: dict[str, str], database: str) -> tuple[str, str]:
     """Returns (pg_dump version, server version); connecting also proves the server is there."""
     dump_version = run(["pg_dump", "--version"], env=env).strip()
-    server = run(
-        [
-            "psql",
-            *_conn_args(job),
-            _dbname_arg(database),
-            "--no-psqlrc",
-            "--tuples-only",
-            "--no-align",
-            "--command",
-            "SHOW server_version",
-        ],
-        env=env,
-    ).strip()
+    server = _query(job, env, database, "SHOW server_version").strip()
     return dump_version, server
 
 
@@ -118,20 +115,7 @@ def database_size(job: JobConfig, env: dict[str, str], database: str) -> int | N
     (pg_dump itself will report a real connection problem).
     """
     try:
-        out = run(
-            [
-                "psql",
-                *_conn_args(job),
-                _dbname_arg(database),
-                "--no-psqlrc",
-                "--tuples-only",
-                "--no-align",
-                "--command",
-                "SELECT pg_database_size(current_database())",
-            ],
-            env=env,
-        ).strip()
-        return int(out)
+        return int(_query(job, env, database, "SELECT pg_database_size(current_database())"))
     except (CommandError, OSError, ValueError):
         return None
 

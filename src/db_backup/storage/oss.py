@@ -144,6 +144,17 @@ class _Pacer:
             time.sleep(start - now)
 
 
+def _crc_mismatch(
+    expected: int, reported: object, request_id: str
+) -> oss2.exceptions.InconsistentError:
+    """Returns the error oss2's own whole-object check raises when the CRC-64s differ."""
+    return oss2.exceptions.InconsistentError(
+        f"InconsistentError: req_id: {request_id}, operation: multipart upload, CRC checksum "
+        f"of client: {expected} is mismatch with oss: {reported}",
+        request_id,
+    )
+
+
 def describe_oss_error(error: BaseException) -> str:
     """Returns a short human description of an oss2 exception (never containing credentials)."""
     if isinstance(error, oss2.exceptions.InconsistentError):
@@ -536,24 +547,14 @@ class OssSink:
         try:
             result = bucket.complete_multipart_upload(self.key, self.upload_id, infos)
             if result.crc is not None and int(result.crc) != expected_crc:
-                raise oss2.exceptions.InconsistentError(
-                    f"InconsistentError: req_id: {result.request_id}, operation: multipart "
-                    f"upload, CRC checksum of client: {expected_crc} is mismatch with oss: "
-                    f"{result.crc}",
-                    result.request_id,
-                )
+                raise _crc_mismatch(expected_crc, result.crc, result.request_id)
             return result.crc, result.etag
         except oss2.exceptions.NoSuchUpload:
             head = bucket.head_object(self.key)
             if head.server_crc is not None and int(head.server_crc) == expected_crc:
                 return int(head.server_crc), head.etag
             if head.server_crc is not None:
-                raise oss2.exceptions.InconsistentError(
-                    f"InconsistentError: req_id: {head.request_id}, operation: multipart "
-                    f"upload, CRC checksum of client: {expected_crc} is mismatch with oss: "
-                    f"{head.server_crc}",
-                    head.request_id,
-                ) from None
+                raise _crc_mismatch(expected_crc, head.server_crc, head.request_id) from None
             raise
 
     def _cleanup_after_failed_commit(self) -> None:
