@@ -233,15 +233,21 @@ def _wait_for_pg_dump(parent: int, timeout: float = 30) -> int:
     raise AssertionError("pg_dump did not start")
 
 
-def test_killed_pg_dump_gives_failed_report_and_no_partial_file(
-    setup: Setup, slow_db: str, run_cli: RunCli
-) -> None:
+def _start_slow_dump(setup: Setup, slow_db: str) -> tuple[subprocess.Popen[str], int]:
+    """Starts `run` on the slow database; returns (runner, pg_dump pid) once data flows."""
     setup.job()["databases"] = slow_db
     setup.job()["globals"] = False
     setup.write()
     proc = _start_run(setup)
     dump_pid = _wait_for_pg_dump(proc.pid)
     time.sleep(0.5)
+    return proc, dump_pid
+
+
+def test_killed_pg_dump_gives_failed_report_and_no_partial_file(
+    setup: Setup, slow_db: str, run_cli: RunCli
+) -> None:
+    proc, dump_pid = _start_slow_dump(setup, slow_db)
     os.kill(dump_pid, signal.SIGKILL)
     _, stderr = proc.communicate(timeout=60)
     done = subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr)
@@ -251,12 +257,7 @@ def test_killed_pg_dump_gives_failed_report_and_no_partial_file(
 def test_temporary_file_of_a_killed_run_is_removed_by_the_next_run(
     setup: Setup, slow_db: str, run_cli: RunCli
 ) -> None:
-    setup.job()["databases"] = slow_db
-    setup.job()["globals"] = False
-    setup.write()
-    proc = _start_run(setup)
-    _wait_for_pg_dump(proc.pid)
-    time.sleep(0.5)
+    proc, _ = _start_slow_dump(setup, slow_db)
     proc.kill()  # the runner itself dies: nothing can clean up
     proc.communicate(timeout=30)
     leftovers = list(setup.data.glob(".tmp-nightly.*"))

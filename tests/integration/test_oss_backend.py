@@ -153,14 +153,19 @@ def test_persistent_part_failure_raises_and_abort_leaves_nothing(oss_server: Oss
     assert len(oss_server.requests_for("AbortMultipartUpload")) == 1
 
 
+def _commit_fails(target: OssTarget, size: int, match: str) -> None:
+    """Streams `size` random bytes, expects the commit to fail with `match`, then aborts."""
+    sink = target.open_stream(FILENAME)
+    sink.write(os.urandom(size))
+    with pytest.raises(StorageError, match=match):
+        sink.commit("0" * 64)
+    sink.abort()
+
+
 def test_persistent_crc_mismatch_raises_storage_error(oss_server: OssServer) -> None:
     target = _target(oss_server, retries=1)
     oss_server.corrupt_crc(operation="UploadPart", times=1000)
-    sink = target.open_stream(FILENAME)
-    sink.write(os.urandom(PART + 10))
-    with pytest.raises(StorageError, match="CRC-64 mismatch"):
-        sink.commit("0" * 64)
-    sink.abort()
+    _commit_fails(target, PART + 10, "CRC-64 mismatch")
     _assert_nothing_left(oss_server)
 
 
@@ -170,11 +175,7 @@ def test_object_crc_mismatch_on_complete_removes_the_object(oss_server: OssServe
     target = _target(oss_server, retries=1)
     oss_server.corrupt_crc(operation="CompleteMultipartUpload", times=10)
     oss_server.corrupt_crc(operation="HeadObject", times=10)
-    sink = target.open_stream(FILENAME)
-    sink.write(os.urandom(3 * PART + 7))
-    with pytest.raises(StorageError, match="CRC-64 mismatch"):
-        sink.commit("0" * 64)
-    sink.abort()
+    _commit_fails(target, 3 * PART + 7, "CRC-64 mismatch")
     _assert_nothing_left(oss_server)
     assert oss_server.requests_for("DeleteObject")
 
@@ -193,11 +194,7 @@ def test_one_garbled_complete_answer_is_settled_by_the_objects_crc(oss_server: O
 def test_failed_complete_aborts_and_leaves_nothing(oss_server: OssServer) -> None:
     target = _target(oss_server, retries=1)
     oss_server.fail_request(503, operation="CompleteMultipartUpload", times=10)
-    sink = target.open_stream(FILENAME)
-    sink.write(os.urandom(2 * PART + 5))
-    with pytest.raises(StorageError, match="complete multipart upload"):
-        sink.commit("0" * 64)
-    sink.abort()
+    _commit_fails(target, 2 * PART + 5, "complete multipart upload")
     _assert_nothing_left(oss_server)
 
 
