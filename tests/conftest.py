@@ -56,6 +56,15 @@ class Setup:
         self.path.write_text(yaml.safe_dump(self.document, sort_keys=False), encoding="utf-8")
         return self.path
 
+    def data_files(self, directory: Path | None = None) -> list[Path]:
+        """Returns every file under the data directory (temporary ones included), not dirs."""
+        root = directory or self.data
+        return sorted(p for p in root.rglob("*") if not p.is_dir()) if root.exists() else []
+
+    def temporaries(self) -> list[Path]:
+        """Returns what is being written (or was left by a killed run) in the data directory."""
+        return sorted((self.data / ".db-backup-tmp").glob("*"))
+
     def job(self, index: int = 0) -> dict[str, Any]:
         """Returns the job mapping at `index` for editing."""
         jobs: list[dict[str, Any]] = self.document["jobs"]

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 
-from db_backup.secrets import mask
+from db_backup.secrets import is_secret, mask
 
 STDERR_TAIL_LINES = 25
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
@@ -122,9 +122,45 @@ class StderrTail:
         return mask(" | ".join(self._lines))
 
 
-def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Returns the environment for a child: ours without libpq passwords, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if k not in {"PGPASSWORD"}}
+# What a child may inherit from our environment: nothing else, so a secret given as
+# `{env: NAME}` (or any variable of the service's) never reaches /proc/<child>/environ.
+CHILD_ENV_NAMES = frozenset(
+    {"PATH", "HOME", "USER", "LOGNAME", "TZ", "TMPDIR", "LANG", "LANGUAGE", "TERM"}
+)
+# libpq's connection variables that carry no secret (never PGPASSWORD); PGPASSFILE is a path.
+LIBPQ_ENV_NAMES = frozenset(
+    {
+        "PGHOST", "PGHOSTADDR", "PGPORT", "PGUSER", "PGPASSFILE", "PGSERVICE", "PGSERVICEFILE",
+        "PGSYSCONFDIR", "PGSSLMODE", "PGSSLCERT", "PGSSLKEY", "PGSSLROOTCERT", "PGSSLCRL",
+        "PGSSLCRLDIR", "PGSSLSNI", "PGREQUIRESSL", "PGSSLCOMPRESSION", "PGSSLMINPROTOCOLVERSION",
+        "PGSSLMAXPROTOCOLVERSION", "PGGSSENCMODE", "PGKRBSRVNAME", "PGGSSLIB",
+        "PGREQUIREAUTH", "PGCHANNELBINDING", "PGCONNECT_TIMEOUT", "PGCLIENTENCODING",
+        "PGOPTIONS", "PGAPPNAME", "PGTARGETSESSIONATTRS", "PGLOADBALANCEHOSTS", "PGTZ",
+        "PGDATESTYLE", "PGLOCALEDIR",
+    }
+)  # fmt: skip
+
+
+def child_env(
+    extra: Mapping[str, str] | None = None, *, inherit_prefixes: Sequence[str] = ()
+) -> dict[str, str]:
+    """Returns the environment built for a child: an allow-list of ours, plus `extra`.
+
+    Inherited: PATH, HOME, the locale (LANG, LC_*), TZ, TMPDIR, libpq's non-secret connection
+    variables, and variables starting with one of `inherit_prefixes` (rclone's RCLONE_*). A
+    variable whose value is a secret this process resolved is never passed on.
+    """
+    env: dict[str, str] = {}
+    for name, value in os.environ.items():
+        allowed = (
+            name in CHILD_ENV_NAMES
+            or name in LIBPQ_ENV_NAMES
+            or name.startswith("LC_")
+            or any(name.startswith(prefix) for prefix in inherit_prefixes)
+        )
+        if allowed and not is_secret(value):
+            env[name] = value
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     env.setdefault("LC_ALL", "C.UTF-8")
     if extra:
         env.update(extra)

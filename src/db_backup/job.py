@@ -16,18 +16,17 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from db_backup import pg
+from db_backup.claims import Claim, claim_stem, stale_claims, unclaimed
 from db_backup.config import Config, JobConfig
 from db_backup.execute import Cancelled, CancelToken, CommandError
 from db_backup.report import FAILED, SUCCESS, Report, load_reports, utc_now, write_report
-from db_backup.report import stem as make_stem
-from db_backup.retention import Backup, backup_of, choose_expired
+from db_backup.retention import Backup, NotABackup, backup_of, choose_expired
 from db_backup.secrets import SecretError, mask
 from db_backup.storage import make_targets
 from db_backup.storage.base import StorageError, StoredObject, Target
@@ -45,6 +44,21 @@ class JobBusy(Exception):
 
 class JobSetupError(Exception):
     """A run could not start (directories, secrets, server unreachable); the message says why."""
+
+
+# Errors a run expects and reports in words; anything else is a bug, reported all the same.
+EXPECTED_ERRORS = (JobSetupError, SecretError, CommandError, StorageError, Cancelled, OSError)
+
+
+def describe_error(exc: BaseException, where: Path | str = "") -> str:
+    """Returns the masked message for a run's error; never an exception's repr."""
+    if isinstance(exc, Cancelled):
+        return f"stopped before the dump started: {exc}"
+    if isinstance(exc, OSError):
+        return mask(describe_os_error(exc, exc.filename or where))
+    if isinstance(exc, EXPECTED_ERRORS):
+        return mask(str(exc))
+    return mask(f"internal error ({type(exc).__name__}): {exc}; please report this as a bug")
 
 
 @dataclass
@@ -141,6 +155,17 @@ def run_job(
 
 
 @dataclass
+class StreamOutcome:
+    """What one dump produced: its checksum and size, and per target the object or the error."""
+
+    sha256: str
+    size: int
+    stored: dict[str, StoredObject] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    checksum_text: str = ""
+
+
+@dataclass
 class _Run:
     """One run of one job: what every step of it needs, in one place."""
 
@@ -151,20 +176,42 @@ class _Run:
     trigger: str
     attempt: int
     result: RunResult
-    host: str = field(default_factory=pg.host_label)
+    # This machine's short name as it appears in file names (the report's `host` is the
+    # database server; its `hostname` the machine's full name).
+    machine_label: str = field(default_factory=pg.host_label)
     env: dict[str, str] = field(default_factory=dict)
     targets: list[Target] = field(default_factory=list)
     versions: tuple[str, str] = ("", "")
-    globals_name: str = ""
+    globals_staged: Path | None = None  # this run's pg_dumpall output, stored per database
     globals_error: str = ""
+    reported: set[str] = field(default_factory=set)
 
     @property
     def staging(self) -> Path:
         """Returns the private directory for small files (globals, .sha256) before upload."""
         return self.config.directories.state / "staging" / self.job.name
 
-    def new_report(self, database: str, started: datetime) -> Report:
-        """Returns a FAILED report for `database` that the steps fill in."""
+    @property
+    def private(self) -> Path:
+        """Returns the 0700 directory of this job's password file (cleared by every run)."""
+        return self.config.directories.state / "private" / self.job.name
+
+    def claim(self, database: str) -> Claim:
+        """Reserves the report name (stem) of `database` for this run."""
+        directories = self.config.directories
+        args = (self.job.name, database, self.machine_label)
+        try:
+            return claim_stem(directories.state, directories.reports, *args)
+        except OSError as exc:
+            log.error(
+                "cannot reserve the report name; going on without a claim",
+                job=self.job.name,
+                error=describe_os_error(exc, exc.filename or directories.state),
+            )
+            return unclaimed(directories.reports, *args)
+
+    def new_report(self, database: str, claim: Claim) -> Report:
+        """Returns a FAILED report for `database` under its claimed stem, for the steps to fill."""
         job = self.job
         return Report(
             job=job.name,
@@ -173,8 +220,8 @@ class _Run:
             port=job.connection.port,
             mode=job.mode,
             tool="local" if job.mode == "local" else self.config.storage.tool,
-            stem=make_stem(database if database != "*" else "all", started, self.host),
-            started=started,
+            stem=claim.stem,
+            started=claim.started,
             dump_format=job.dump.format,
             compression=job.dump.compression,
             trigger=self.trigger,
@@ -183,199 +230,243 @@ class _Run:
             server_version=self.versions[1],
         )
 
-    def finish(self, report: Report) -> None:
-        """Hands a finished report to `_finish` (retention, report file, canonical log line)."""
-        _finish(self.config, self.job, report, self.targets, self.result)
-
     def execute(self) -> None:
         """Runs every database of the job; a failure to start gives a FAILED report each."""
         job = self.job
-        shutil.rmtree(self.staging, ignore_errors=True)  # left by a killed run of this job
-        local = LocalTarget(self.config.directories.data, job.name)
-        for path in local.remove_stale_temporaries():
-            log.warning("removed temporary file of an interrupted run", job=job.name, file=path)
         planned = list(job.databases) if isinstance(job.databases, tuple) else []
         try:
             check_directories(self.config, job)
+            local = LocalTarget(self.config.directories.data, job.name)
+            for path in local.remove_stale_temporaries():
+                log.warning("removed temporary file of an interrupted run", job=job.name, file=path)
+            shutil.rmtree(self.staging, ignore_errors=True)  # left by a killed run of this job
             self.staging.mkdir(parents=True, exist_ok=True, mode=0o700)
-            with pg.connection_env(job) as env:
+            with pg.connection_env(job, self.private) as env:
                 self.env = env
                 self.targets = make_targets(self.config, job)
+                self.remove_leftovers()
                 databases = pg.discover_databases(job, env) if job.discovers_databases else planned
-                self.versions = pg.versions(job, env, databases[0] if databases else "postgres")
+                if not databases:
+                    raise JobSetupError(
+                        "nothing to back up: every database of the server is excluded "
+                        f"(exclude_databases: {', '.join(job.exclude_databases) or 'none'})"
+                    )
+                self.versions = pg.versions(job, env, databases)
                 self.run_databases(databases)
-        except (JobSetupError, SecretError, CommandError, StorageError, Cancelled) as exc:
-            message = (
-                f"stopped before the dump started: {exc}"
-                if isinstance(exc, Cancelled)
-                else mask(str(exc))
-            )
+        except Exception as exc:
+            message = describe_error(exc, self.config.directories.state)
+            if not isinstance(exc, EXPECTED_ERRORS):
+                log.error("run crashed", job=job.name, error=message)
             self.result.error = message
             self.targets = []
             log.error("run could not start", job=job.name, error=message)
             for database in planned or ["*"]:
-                report = self.new_report(database, utc_now())
-                report.error_message = message
-                self.finish(report)
+                if database not in self.reported:
+                    self.fail_database(database, message)
         finally:
             shutil.rmtree(self.staging, ignore_errors=True)
+
+    def remove_leftovers(self) -> None:
+        """Removes what killed runs of this job created under names no report ever named."""
+        reports = self.config.directories.reports
+        for stale in stale_claims(self.config.directories.state, self.job.name):
+            if (reports / f"{stale.stem}.json").exists():
+                continue  # the run got as far as its report: nothing is a leftover
+            for target in self.targets:
+                names = stale.targets.get(target.name, [])
+                try:
+                    removed = target.delete(names) if names else []
+                except StorageError as exc:
+                    stale.keep = True
+                    log.error(
+                        "could not remove an interrupted run's files",
+                        job=self.job.name,
+                        target=target.name,
+                        error=mask(str(exc)),
+                    )
+                    continue
+                if removed:
+                    log.warning(
+                        "removed files of an interrupted run",
+                        job=self.job.name,
+                        stem=stale.stem,
+                        removed=removed,
+                    )
 
     def run_databases(self, databases: list[str]) -> None:
         """Dumps each database in turn; after a stop request the rest get FAILED reports."""
         for index, database in enumerate(databases):
-            with _claimed_start(self.config, database, self.host) as started:
-                self.run_database(database, started, first=index == 0)
             if self.cancel.is_cancelled():
-                for remaining in databases[index + 1 :]:
-                    skipped = self.new_report(remaining, utc_now())
-                    skipped.error_message = f"stopped before the dump started: {self.cancel.reason}"
-                    self.finish(skipped)
+                for remaining in databases[index:]:
+                    self.fail_database(
+                        remaining, f"stopped before the dump started: {self.cancel.reason}"
+                    )
                 return
+            self.run_database(database)
 
-    def run_database(self, database: str, started: datetime, first: bool) -> None:
-        """Dumps one database (and the globals, on the first) and writes its report."""
-        report = self.new_report(database, started)
-        stored: dict[str, list[str]] = {t.name: [] for t in self.targets}
+    def fail_database(self, database: str, message: str) -> None:
+        """Writes a FAILED report for a database that was never dumped."""
+        claim = self.claim(database)
         try:
-            self.cancel.raise_if_cancelled()
-            if self.job.globals and first:
-                self.dump_globals(report, stored)
-            if self.globals_error:
-                raise JobSetupError(self.globals_error)
-            if self.globals_name:
-                if not first and any(t.name == "local" for t in self.targets):
-                    report.globals_file = str(self.config.directories.data / self.globals_name)
-                report.artefacts.append(self.globals_name)
-            self.dump(database, report, stored)
-        except Cancelled as exc:
-            report.error_message = f"stopped during the dump: {exc}"
-            _remove_partial(self.targets, stored, report)
-        except (CommandError, StorageError, JobSetupError) as exc:
-            report.error_message = mask(str(exc))
-            _remove_partial(self.targets, stored, report)
-        except OSError as exc:
-            report.error_message = describe_os_error(exc, exc.filename or self.staging)
-            _remove_partial(self.targets, stored, report)
-        self.finish(report)
+            report = self.new_report(database, claim)
+            report.error_message = message
+            self.finish(report, {})
+        finally:
+            claim.release()
 
-    def dump_globals(self, report: Report, stored: dict[str, list[str]]) -> None:
-        """Writes `<stem>_globals.sql` once per run and stores it on every target."""
-        name = f"{report.stem}_globals.sql"
-        path = self.staging / name
+    def run_database(self, database: str) -> None:
+        """Dumps one database (globals first on the run's first) and writes its report."""
+        claim = self.claim(database)
+        try:
+            report = self.new_report(database, claim)
+            stored: dict[str, list[str]] = {t.name: [] for t in self.targets}
+            try:
+                self.cancel.raise_if_cancelled()
+                if self.job.globals and self.globals_staged is None and not self.globals_error:
+                    self.dump_globals(report.stem)
+                if self.globals_error:
+                    raise JobSetupError(self.globals_error)
+                self.dump(database, report, stored, claim)
+            except Cancelled as exc:
+                report.error_message = f"stopped during the dump: {exc}"
+                _remove_partial(self.targets, stored, report)
+            except Exception as exc:
+                report.error_message = describe_error(exc, self.staging)
+                if not isinstance(exc, EXPECTED_ERRORS):
+                    log.error("dump crashed", job=self.job.name, error=report.error_message)
+                _remove_partial(self.targets, stored, report)
+            self.finish(report, stored)
+        finally:
+            claim.release()
+
+    def dump_globals(self, first_stem: str) -> None:
+        """Runs pg_dumpall --globals-only once per run into the staging directory."""
+        path = self.staging / f"{first_stem}_globals.sql"
         try:
             pg.dump_globals(self.job, self.env, path)
         except CommandError as exc:
             self.globals_error = f"globals (pg_dumpall --globals-only) failed: {exc}"
             return
-        for target in self.targets:
-            try:
-                obj = target.put_file(path, name)
-            except StorageError as exc:
-                # This target is out for this database; the others go on.
-                report.targets[target.name] = {"status": FAILED, "error": mask(str(exc))}
-                continue
-            stored[target.name].append(name)
-            if target.name == "local":
-                report.globals_file = obj.location
-        if len(report.targets) == len(self.targets):
-            raise StorageError("; ".join(f"{n}: {r['error']}" for n, r in report.targets.items()))
-        self.globals_name = name
+        self.globals_staged = path
 
-    def dump(self, database: str, report: Report, stored: dict[str, list[str]]) -> None:
-        """Streams one pg_dump to every target and fills in the report's per-target results."""
+    def dump(
+        self, database: str, report: Report, stored: dict[str, list[str]], claim: Claim
+    ) -> None:
+        """Streams one pg_dump to every target, then its globals and .sha256; fills the report."""
         job = self.job
         dump_name = f"{report.stem}{pg.extension(job.dump.format)}"
+        globals_name = f"{report.stem}_globals.sql" if self.globals_staged else ""
+        checksum_name = f"{dump_name}.sha256"
+        names = [n for n in (dump_name, globals_name, checksum_name) if n]
+        claim.intend({target.name: names for target in self.targets})
         if job.dump.format == "directory":
-            sha256, size, committed, checksum_text = pg.dump_directory(
-                job, self.env, database, self.config.directories.data, dump_name, self.cancel
-            )
-            results: dict[str, StoredObject | str] = {"local": committed}
+            outcome = _dump_directory(job, self.env, self.targets, database, dump_name, self.cancel)
         else:
-            live = [t for t in self.targets if t.name not in report.targets]
             # Remotes with a part limit size their parts from the database's size.
             hint = None
-            if any(t.name != "local" for t in live):
+            if any(t.name != "local" for t in self.targets):
                 hint = pg.database_size(job, self.env, database)
-            sha256, size, results = _stream_dump(
-                job, self.env, live, database, dump_name, self.cancel, self.progress, hint
+            outcome = _stream_dump(
+                job, self.env, self.targets, database, dump_name, self.cancel, self.progress, hint
             )
-            checksum_text = f"{sha256}  {dump_name}\n"
-        report.sha256 = sha256
-        report.size_bytes = size
-        report.artefacts.insert(0, dump_name)
-        checksum_name = f"{dump_name}.sha256"
+        report.sha256 = outcome.sha256
+        report.size_bytes = outcome.size
         checksum_path = self.staging / checksum_name
-        checksum_path.write_text(checksum_text, encoding="utf-8")
-        report.artefacts.append(checksum_name)
+        checksum_path.write_text(outcome.checksum_text, encoding="utf-8")
         for target in self.targets:
-            if target.name not in report.targets:  # not already failed on the globals file
-                _store_checksum(target, results.get(target.name), checksum_path, report, stored)
+            if target.name in outcome.failed:
+                error = mask(outcome.failed[target.name])
+                report.targets[target.name] = {"status": FAILED, "error": error}
+                continue
+            dump = outcome.stored[target.name]
+            self.store_beside(target, dump_name, dump, report, stored, checksum_path)
         failed = {n: r for n, r in report.targets.items() if r["status"] == FAILED}
         if failed:
             report.error_message = "; ".join(f"{name}: {r['error']}" for name, r in failed.items())
         else:
             report.status = SUCCESS
 
+    def store_beside(
+        self,
+        target: Target,
+        dump_name: str,
+        dump: StoredObject,
+        report: Report,
+        stored: dict[str, list[str]],
+        checksum_path: Path,
+    ) -> None:
+        """Stores the globals and the .sha256 next to a committed dump; on failure, the dump goes."""
+        names = stored[target.name]
+        names.append(dump_name)
+        try:
+            globals_obj = None
+            if self.globals_staged is not None:
+                globals_name = f"{report.stem}_globals.sql"
+                globals_obj = target.put_file(self.globals_staged, globals_name)
+                names.append(globals_name)
+            checksum_obj = target.put_file(checksum_path, checksum_path.name)
+            names.append(checksum_path.name)
+        except StorageError as exc:
+            _delete_quietly(target, names)
+            report.targets[target.name] = {"status": FAILED, "error": mask(str(exc))}
+            return
+        report.targets[target.name] = {
+            "status": SUCCESS,
+            "location": dump.location,
+            "sizeBytes": dump.size_bytes,
+            **dump.extra,
+            "files": list(names),
+        }
+        if target.name == "local":
+            report.local_file = dump.location
+            report.checksum_file = checksum_obj.location
+            report.globals_file = globals_obj.location if globals_obj else ""
+        else:
+            report.remote_urls.append(dump.location)
 
-def _store_checksum(
-    target: Target,
-    outcome: StoredObject | str | None,
-    checksum_path: Path,
-    report: Report,
-    stored: dict[str, list[str]],
-) -> None:
-    """Stores the .sha256 next to a committed dump; a target that fails loses its dump too."""
-    if not isinstance(outcome, StoredObject):
-        report.targets[target.name] = {"status": FAILED, "error": mask(str(outcome))}
+    def finish(self, report: Report, stored: dict[str, list[str]]) -> None:
+        """Hands a finished report to `_finish` (report file, retention, canonical log line)."""
+        self.reported.add(report.database)
+        _finish(self.config, self.job, report, self.targets, stored, self.result)
+
+
+def _delete_quietly(target: Target, names: list[str]) -> None:
+    """Deletes `names` from `target`, logging (not raising) a failure; empties `names`."""
+    if not names:
         return
-    dump_name = report.artefacts[0]
-    stored[target.name].append(dump_name)
     try:
-        checksum_obj = target.put_file(checksum_path, checksum_path.name)
+        target.delete(list(names))
     except StorageError as exc:
-        target.delete(stored[target.name])
-        stored[target.name].clear()
-        report.targets[target.name] = {"status": FAILED, "error": mask(str(exc))}
-        return
-    stored[target.name].append(checksum_path.name)
-    report.targets[target.name] = {
-        "status": SUCCESS,
-        "location": outcome.location,
-        "sizeBytes": outcome.size_bytes,
-        **outcome.extra,
+        log.error("could not remove partial files", target=target.name, error=mask(str(exc)))
+    names.clear()
+
+
+def _dump_directory(
+    job: JobConfig,
+    env: dict[str, str],
+    targets: list[Target],
+    database: str,
+    dump_name: str,
+    cancel: CancelToken,
+) -> StreamOutcome:
+    """Dumps in directory format (-Fd -j N) through the local target's temporary directory."""
+    local = next((t for t in targets if isinstance(t, LocalTarget)), None)
+    failed = {
+        t.name: f"{t.name}: the directory format is stored locally only"
+        for t in targets
+        if t is not local
     }
-    if target.name == "local":
-        report.local_file = outcome.location
-        report.checksum_file = checksum_obj.location
-    else:
-        report.remote_urls.append(outcome.location)
-
-
-@contextlib.contextmanager
-def _claimed_start(config: Config, database: str, host: str) -> Iterator[datetime]:
-    """Yields a start time whose file stem no other run uses (the stem has one-second resolution).
-
-    Two jobs dumping the same database in the same second would otherwise write the same file
-    names; a claim file (O_EXCL) in the state directory and the reports directory decide.
-    """
-    claims = config.directories.state / "claims"
-    claims.mkdir(parents=True, exist_ok=True)
-    while True:
-        started = utc_now()
-        name = make_stem(database, started, host)
-        if not (config.directories.reports / f"{name}.json").exists():
-            try:
-                fd = os.open(claims / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                pass
-            else:
-                os.close(fd)
-                break
-        time.sleep(1.05 - datetime.now(UTC).microsecond / 1_000_000)
+    if local is None:
+        raise StorageError("the directory format needs the local target (storage mode local)")
+    sink = local.open_directory(dump_name)
     try:
-        yield started
-    finally:
-        (claims / name).unlink(missing_ok=True)
+        pg.dump_to_directory(job, env, database, sink.path, cancel)
+        stored, manifest = sink.commit()
+    except BaseException:
+        sink.abort()
+        raise
+    sha256 = stored.extra["manifestSha256"]
+    return StreamOutcome(sha256, stored.size_bytes, {local.name: stored}, failed, manifest)
 
 
 def _stream_dump(
@@ -387,18 +478,18 @@ def _stream_dump(
     cancel: CancelToken,
     progress: ProgressCallback | None,
     size_hint: int | None = None,
-) -> tuple[str, int, dict[str, StoredObject | str]]:
+) -> StreamOutcome:
     """Feeds pg_dump's stdout to sha256 and every target's sink in one pass."""
-    outcomes: dict[str, StoredObject | str] = {}
+    failed: dict[str, str] = {}
     sinks = {}
     try:
         for target in targets:
             try:
                 sinks[target.name] = target.open_stream(dump_name, size_hint)
             except StorageError as exc:
-                outcomes[target.name] = str(exc)
+                failed[target.name] = str(exc)
         if not sinks:
-            raise StorageError("; ".join(str(v) for v in outcomes.values()))
+            raise StorageError("; ".join(failed.values()))
         child = pg.start_dump(job, env, database)
         digest = hashlib.sha256()
         size = 0
@@ -412,17 +503,17 @@ def _stream_dump(
                     except StorageError as exc:
                         sink.abort()
                         del sinks[name]
-                        outcomes[name] = str(exc)
+                        failed[name] = str(exc)
                         log.error(
                             "target failed during the dump",
                             job=job.name,
                             database=database,
                             target=name,
-                            error=str(exc),
+                            error=mask(str(exc)),
                         )
                 if not sinks:
                     child.terminate()
-                    raise StorageError("; ".join(f"{n}: {e}" for n, e in outcomes.items()))
+                    raise StorageError("; ".join(failed.values()))
                 if progress is not None:
                     progress(job.name, database, size)
             child.check()
@@ -431,17 +522,20 @@ def _stream_dump(
             raise
         log.debug("dump stream ended", job=job.name, database=database, bytes=size)
         sha256 = digest.hexdigest()
+        outcome = StreamOutcome(
+            sha256, size, failed=failed, checksum_text=f"{sha256}  {dump_name}\n"
+        )
         # Commit every target at once: the local fsync overlaps the upload's last parts.
         with ThreadPoolExecutor(max_workers=len(sinks), thread_name_prefix="commit") as pool:
             futures = {name: pool.submit(sink.commit, sha256) for name, sink in sinks.items()}
         sinks.clear()
         for name, future in futures.items():
             try:
-                outcomes[name] = future.result()
+                outcome.stored[name] = future.result()
             except StorageError as exc:
-                outcomes[name] = str(exc)
+                outcome.failed[name] = str(exc)
         log.debug("targets committed", job=job.name, database=database)
-        return sha256, size, outcomes
+        return outcome
     finally:
         for sink in sinks.values():
             sink.abort()
@@ -451,48 +545,62 @@ def _remove_partial(targets: list[Target], stored: dict[str, list[str]], report:
     """Deletes what a failed database's run had already stored, so nothing looks like a backup."""
     report.status = FAILED
     for target in targets:
-        names = stored.get(target.name, [])
-        if names:
-            try:
-                target.delete(names)
-            except StorageError as exc:
-                log.error("could not remove partial files", target=target.name, error=str(exc))
-            names.clear()
+        _delete_quietly(target, stored.get(target.name, []))
     report.local_file = report.checksum_file = report.globals_file = ""
     report.remote_urls.clear()
-    report.artefacts.clear()
+    for result in report.targets.values():
+        result.pop("files", None)
 
 
 def _finish(
-    config: Config, job: JobConfig, report: Report, targets: list[Target], result: RunResult
+    config: Config,
+    job: JobConfig,
+    report: Report,
+    targets: list[Target],
+    stored: dict[str, list[str]],
+    result: RunResult,
 ) -> None:
-    """Applies retention after a success, writes the report everywhere, logs the canonical line."""
-    if report.status == SUCCESS:
-        report.retention_deleted = apply_retention(config, job, report, targets)
+    """Writes the report, then (after a success) applies retention and records what it did."""
+    # A report names only what exists: the files some target still holds.
+    report.artefacts = list(dict.fromkeys(n for names in stored.values() for n in names))
     report.finished = utc_now()
-    document = report.to_json()
+    reports_dir = config.directories.reports
     try:
-        path = write_report(config.directories.reports, report)
+        path = write_report(reports_dir, report)
     except OSError as exc:
-        message = f"cannot write the report: {describe_os_error(exc, config.directories.reports)}"
+        message = f"cannot write the report: {describe_os_error(exc, exc.filename or reports_dir)}"
         log.error("report not written", job=job.name, database=report.database, error=message)
-        if report.status == SUCCESS:
-            # A dump without a report must not look like a good backup: take it away again.
-            for target in targets:
-                with contextlib.suppress(StorageError):
-                    target.delete(report.artefacts)
+        # A dump without a report must not look like a good backup: take it away again.
+        for target in targets:
+            _delete_quietly(target, stored.get(target.name, []))
+        document = report.to_json()
         document["status"] = FAILED
         document["errorMessage"] = message
         result.reports.append(document)
         result.error = message
         return
+    if report.status == SUCCESS:
+        try:
+            report.retention_deleted = apply_retention(config, job, report, targets)
+        except Exception as exc:  # pruning never turns a written good backup into a failure
+            report.retention_error = describe_error(exc, reports_dir)
+            log.error("retention failed", job=job.name, error=report.retention_error)
+        try:
+            write_report(reports_dir, report, replace=True)
+        except OSError as exc:
+            log.warning(
+                "report not updated with the retention result",
+                job=job.name,
+                error=describe_os_error(exc, path),
+            )
+    document = report.to_json()
     for target in targets:
         if target.name == "local":
             continue
         try:
             target.put_file(path, path.name)
         except StorageError as exc:
-            log.warning("report not copied to the remote", target=target.name, error=str(exc))
+            log.warning("report not copied to the remote", target=target.name, error=mask(str(exc)))
     result.reports.append(document)
     result.report_paths.append(path)
     level = log.info if report.status == SUCCESS else log.error
@@ -517,9 +625,23 @@ def apply_retention(
 ) -> list[str]:
     """Deletes this job's expired backups of `current.database`; returns what was removed."""
     reports, _ = load_reports(config.directories.reports)
-    own = [r for r in reports if r.job == job.name and r.document["database"] == current.database]
-    backups = [backup_of(r) for r in own]
-    backups.append(_current_backup(current))
+    current_key = f"{current.stem}.json"
+    backups = [_current_backup(current)]
+    for stored_report in reports:
+        document = stored_report.document
+        if stored_report.job != job.name or document["database"] != current.database:
+            continue
+        if stored_report.path.name == current_key:
+            continue
+        try:
+            backups.append(backup_of(stored_report))
+        except NotABackup as exc:
+            log.warning(
+                "retention skipped a malformed report",
+                job=job.name,
+                file=str(stored_report.path),
+                reason=str(exc),
+            )
     expired, still_named = choose_expired(
         backups, days=job.retention.days, keep_last=job.retention.keep_last, now=utc_now()
     )
@@ -531,7 +653,10 @@ def apply_retention(
                 removed.extend(target.delete([n for n in names if n != backup.key]))
             except StorageError as exc:
                 log.error(
-                    "retention could not delete", job=job.name, target=target.name, error=str(exc)
+                    "retention could not delete",
+                    job=job.name,
+                    target=target.name,
+                    error=mask(str(exc)),
                 )
                 names = []  # keep the report while its files may still exist
         report_file = config.directories.reports / backup.key

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import tempfile
@@ -14,8 +13,6 @@ from db_backup.config import JobConfig
 from db_backup.execute import CancelToken, CommandError, StreamingChild, child_env, run
 from db_backup.report import host_label
 from db_backup.secrets import resolve
-from db_backup.storage.base import StoredObject
-from db_backup.storage.local import fsync_dir, temp_name
 
 __all__ = ["host_label"]
 
@@ -33,11 +30,14 @@ def _pgpass_escape(value: str) -> str:
 
 
 @contextlib.contextmanager
-def connection_env(job: JobConfig) -> Iterator[dict[str, str]]:
+def connection_env(job: JobConfig, private_dir: Path | None = None) -> Iterator[dict[str, str]]:
     """Yields the environment for libpq children; a referenced password goes in a private file.
 
     The password never appears on a command line or in the environment: it is written to a
-    0600 password file in a 0700 directory that exists only while the run does.
+    0600 password file in a 0700 directory that exists only while the run does. Give
+    `private_dir` (under the state directory, cleared by the next run of the same job) so that
+    even a SIGKILL leaves the file where only the service user can reach it and the next run
+    removes it; without it a fresh directory under $TMPDIR is used.
     """
     extra = {
         "PGCONNECT_TIMEOUT": str(job.connection.connect_timeout_seconds),
@@ -47,9 +47,16 @@ def connection_env(job: JobConfig) -> Iterator[dict[str, str]]:
         yield child_env(extra)
         return
     password = resolve(job.connection.password, f"jobs.{job.name}.connection.password")
-    directory = tempfile.mkdtemp(prefix="db-backup-pgpass-")
+    if private_dir is None:
+        directory = Path(tempfile.mkdtemp(prefix="db-backup-pgpass-"))
+    else:
+        directory = private_dir
+        shutil.rmtree(directory, ignore_errors=True)  # whatever a killed run left
+        directory.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        directory.mkdir(mode=0o700)
     try:
-        path = Path(directory) / "pgpass"
+        os.chmod(directory, 0o700)
+        path = directory / "pgpass"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(
@@ -90,22 +97,37 @@ def _query(job: JobConfig, env: dict[str, str], database: str, sql: str) -> str:
 
 
 def discover_databases(job: JobConfig, env: dict[str, str]) -> list[str]:
-    """Returns every connectable non-template database, minus the job's exclusions."""
+    """Returns every connectable non-template database, minus the job's exclusions.
+
+    Names travel hex-encoded, one per line, so a name holding a newline, a tab or any other
+    character PostgreSQL allows comes back whole.
+    """
     out = _query(
         job,
         env,
         "postgres",
-        "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname",
+        "SELECT encode(convert_to(datname, 'UTF8'), 'hex') FROM pg_database "
+        "WHERE datallowconn AND NOT datistemplate ORDER BY datname",
     )
-    names = [line for line in out.splitlines() if line]
+    names = [bytes.fromhex(line).decode("utf-8", "replace") for line in out.split() if line]
     return [n for n in names if n not in job.exclude_databases]
 
 
-def versions(job: JobConfig, env: dict[str, str], database: str) -> tuple[str, str]:
-    """Returns (pg_dump version, server version); connecting also proves the server is there."""
+def versions(job: JobConfig, env: dict[str, str], databases: list[str]) -> tuple[str, str]:
+    """Returns (pg_dump version, server version), asking the first of `databases` that answers.
+
+    Connecting also proves the server is there; one database that cannot be reached (dropped,
+    no CONNECT privilege) must not stop the others, so the next one is tried.
+    """
     dump_version = run(["pg_dump", "--version"], env=env).strip()
-    server = _query(job, env, database, "SHOW server_version").strip()
-    return dump_version, server
+    error: CommandError | None = None
+    for database in databases or ["postgres"]:
+        try:
+            return dump_version, _query(job, env, database, "SHOW server_version").strip()
+        except CommandError as exc:
+            error = exc
+    assert error is not None
+    raise error
 
 
 def database_size(job: JobConfig, env: dict[str, str], database: str) -> int | None:
@@ -151,48 +173,15 @@ def dump_globals(job: JobConfig, env: dict[str, str], path: Path) -> None:
     run(argv, env=env)
 
 
-def dump_directory(
-    job: JobConfig,
-    env: dict[str, str],
-    database: str,
-    data_dir: Path,
-    dump_name: str,
-    cancel: CancelToken,
-) -> tuple[str, int, StoredObject, str]:
-    """Dumps in directory format (-Fd -j N) through a temporary directory.
-
-    Returns (checksum, size, stored object, manifest): the manifest has a `sha256  <dir>/<file>`
-    line per file, so `sha256sum -c` run in the data directory checks it; the checksum is the
-    manifest's own sha256.
-    """
-    temp = data_dir / temp_name(job.name, dump_name)
-    final = data_dir / dump_name
-    shutil.rmtree(temp, ignore_errors=True)
-    child = StreamingChild(dump_argv(job, database, temp), env=env)
+def dump_to_directory(
+    job: JobConfig, env: dict[str, str], database: str, path: Path, cancel: CancelToken
+) -> None:
+    """Runs pg_dump in directory format (-Fd -j N) into `path` (which must not exist yet)."""
+    child = StreamingChild(dump_argv(job, database, path), env=env)
     try:
         for _ in child.chunks(64 * 1024, cancel):
             pass
         child.check()
-        manifest = []
-        size = 0
-        for path in sorted(temp.rglob("*")):
-            if path.is_file():
-                digest = hashlib.sha256()
-                with path.open("rb") as handle:
-                    while block := handle.read(1024 * 1024):
-                        digest.update(block)
-                size += path.stat().st_size
-                manifest.append(f"{digest.hexdigest()}  {dump_name}/{path.relative_to(temp)}\n")
-                fd = os.open(path, os.O_RDONLY)
-                os.fsync(fd)
-                os.close(fd)
-        os.chmod(temp, 0o700)
-        os.replace(temp, final)
-        fsync_dir(data_dir)
     except BaseException:
         child.terminate()
-        shutil.rmtree(temp, ignore_errors=True)
         raise
-    text = "".join(manifest)
-    sha256 = hashlib.sha256(text.encode()).hexdigest()
-    return sha256, size, StoredObject(str(final), size, {"manifestSha256": sha256}), text

@@ -6,7 +6,9 @@ an integer); everything else is additive. Reports are written atomically (temp, 
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import socket
 import uuid
 from dataclasses import dataclass, field
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from db_backup.secrets import mask
-from db_backup.storage.local import write_atomically
+from db_backup.storage.local import fsync_dir, write_atomically
 
 SCHEMA_VERSION = 1
 SUCCESS = "SUCCESS"
@@ -104,6 +106,7 @@ class Report:
     attempt: int = 1
     trigger: str = "manual"
     retention_deleted: list[str] = field(default_factory=list)
+    retention_error: str = ""
     artefacts: list[str] = field(default_factory=list)  # file names, the same on every target
     hostname: str = field(default_factory=socket.gethostname)
 
@@ -145,7 +148,10 @@ class Report:
             "attempt": self.attempt,
             "trigger": self.trigger,
             "targets": {name: dict(result) for name, result in self.targets.items()},
-            "retention": {"deleted": list(self.retention_deleted)},
+            "retention": {
+                "deleted": list(self.retention_deleted),
+                "error": mask(self.retention_error),
+            },
             "artefacts": [*self.artefacts, f"{self.stem}.json"],
         }
 
@@ -155,10 +161,32 @@ def report_path(reports_dir: Path, stem_text: str) -> Path:
     return reports_dir / f"{stem_text}.json"
 
 
-def write_report(reports_dir: Path, report: Report) -> Path:
-    """Writes the report atomically (temp, fsync, rename), mode 0640; returns its path."""
+class ReportExists(OSError):
+    """A report of that name is already there; reports never overwrite one another."""
+
+
+def write_report(reports_dir: Path, report: Report, *, replace: bool = False) -> Path:
+    """Writes the report atomically (temp, fsync, rename), mode 0640; returns its path.
+
+    A new report never replaces an existing file (ReportExists); `replace=True` is for the run
+    that wrote it, updating its own report (e.g. with what retention did).
+    """
     path = report_path(reports_dir, report.stem)
-    write_json_atomically(path, report.to_json())
+    if replace:
+        write_json_atomically(path, report.to_json())
+        return path
+    staged = reports_dir / f".{report.stem}.json.new-{os.getpid()}"
+    try:
+        write_json_atomically(staged, report.to_json())
+        try:
+            os.link(staged, path)  # fails if the name exists: never overwrite another report
+        except FileExistsError:
+            raise ReportExists(
+                errno.EEXIST, "a report of this name already exists", str(path)
+            ) from None
+    finally:
+        staged.unlink(missing_ok=True)
+    fsync_dir(reports_dir)
     return path
 
 

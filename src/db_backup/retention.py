@@ -7,10 +7,12 @@ globals file a multi-database run shares) is never deleted.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from db_backup.report import SUCCESS, StoredReport
+from db_backup.storage.local import is_plain_name
 
 
 @dataclass(frozen=True)
@@ -46,18 +48,39 @@ def choose_expired(
     return expired, still_named
 
 
+# What this program appends to a stem: the report, the dump (custom, plain or directory format),
+# the globals file, each possibly with its .sha256.
+OWN_SUFFIX = re.compile(r"\.json|(?:\.dump|\.sql|\.dump\.d|_globals\.sql)(?:\.sha256)?")
+
+
+class NotABackup(ValueError):
+    """A report that retention cannot use; the message says why (the report is left alone)."""
+
+
 def backup_of(report: StoredReport) -> Backup:
-    """Returns the retention view of a stored report."""
+    """Returns the retention view of a stored report; raises NotABackup for a malformed one.
+
+    Only plain file names that belong to the report's own stem (`<stem>.dump`, `<stem>.dump.sha256`,
+    `<stem>_globals.sql`, ...) are ever candidates: a name with a directory part, "..", or another
+    backup's stem, whoever wrote it into the report, is ignored.
+    """
     doc = report.document
-    files = [report.path.name, *doc.get("artefacts", [])]
-    for location in (doc["local"].get("file"), doc["local"].get("globalsFile")):
+    own_stem = report.path.name.removesuffix(".json")
+    listed: list[object] = [report.path.name]
+    artefacts = doc.get("artefacts", [])
+    if not isinstance(artefacts, list):
+        raise NotABackup(f"artefacts is {type(artefacts).__name__}, not a list")
+    listed.extend(artefacts)
+    local = doc["local"]
+    for key in ("file", "globalsFile", "checksumFile"):
+        location = local.get(key)
         if location:
-            files.append(location.rsplit("/", 1)[-1])
-    checksum = doc["local"].get("checksumFile")
-    if checksum:
-        files.append(checksum.rsplit("/", 1)[-1])
+            if not isinstance(location, str):
+                raise NotABackup(f"local.{key} is {type(location).__name__}, not a string")
+            listed.append(location.rsplit("/", 1)[-1])
     for url in doc["remote"].get("urls", []):
-        files.append(url.rsplit("/", 1)[-1])
+        listed.append(url.rsplit("/", 1)[-1])
+    files = [name for name in listed if isinstance(name, str) and owned_by(name, own_stem)]
     return Backup(
         key=report.path.name,
         database=doc["database"],
@@ -65,3 +88,10 @@ def backup_of(report: StoredReport) -> Backup:
         successful=doc["status"] == SUCCESS,
         files=tuple(dict.fromkeys(files)),
     )
+
+
+def owned_by(name: str, own_stem: str) -> bool:
+    """Returns whether `name` is a plain file name of the backup whose stem is `own_stem`."""
+    if not is_plain_name(name) or not own_stem or not name.startswith(own_stem):
+        return False
+    return OWN_SUFFIX.fullmatch(name[len(own_stem) :]) is not None

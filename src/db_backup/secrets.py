@@ -48,6 +48,12 @@ def register(value: str) -> None:
             _known.add(value)
 
 
+def is_secret(value: str) -> bool:
+    """Returns whether `value` is one of the secrets this process resolved."""
+    with _lock:
+        return value in _known
+
+
 def mask(text: str) -> str:
     """Returns `text` with every registered secret replaced by ***."""
     with _lock:
@@ -59,8 +65,18 @@ def mask(text: str) -> str:
 
 
 def _first_line(path: Path, purpose: str) -> str:
+    """Returns the first line of a secret file; errors name the file, never its content."""
     try:
-        with path.open(encoding="utf-8") as handle:
-            return handle.readline().rstrip("\r\n")
+        with path.open("rb") as handle:
+            raw = handle.readline()
     except OSError as exc:
         raise SecretError(f"{purpose}: cannot read {path}: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # The exception's own text and repr carry the bytes: never let them out.
+        raise SecretError(
+            f"{purpose}: {path} is not UTF-8 text (invalid byte at offset {exc.start}); "
+            "write the secret as UTF-8"
+        ) from None
+    return text.rstrip("\r\n")

@@ -46,10 +46,10 @@ def test_backup_restores_to_identical_tables_and_checksum_verifies(
     cluster.restore(dump, "shop_restored")
     assert table_fingerprint(cluster, "shop_restored") == table_fingerprint(cluster, "shop")
     assert len(table_fingerprint(cluster, "shop")) == 4
-    assert not list(setup.data.glob(".tmp-*"))
+    assert not setup.temporaries()
 
 
-def test_all_discovers_databases_each_with_its_own_report_and_globals_once(
+def test_all_discovers_databases_each_with_its_own_report_and_globals_copy(
     setup: Setup, cluster: Cluster, run_cli: RunCli
 ) -> None:
     setup.job()["databases"] = "all"
@@ -60,8 +60,14 @@ def test_all_discovers_databases_each_with_its_own_report_and_globals_once(
     reports = {r["database"]: r for r in setup.reports_json()}
     assert {"shop", "crm"} <= set(reports) and "postgres" not in reports
     assert all(r["status"] == "SUCCESS" for r in reports.values())
-    assert len(list(setup.data.glob("*_globals.sql"))) == 1
-    assert len({r["local"]["globalsFile"] for r in reports.values()}) == 1
+    # pg_dumpall runs once per run; every backup carries its own copy under its own stem, so
+    # each one restores (and expires) on its own.
+    globals_files = [Path(r["local"]["globalsFile"]) for r in reports.values()]
+    assert len(set(globals_files)) == len(reports)
+    for report, path in zip(reports.values(), globals_files, strict=True):
+        assert path.name == Path(report["local"]["file"]).name.replace(".dump", "_globals.sql")
+        assert path.name in report["artefacts"]
+    assert len({p.read_bytes() for p in globals_files}) == 1
 
 
 @pytest.mark.parametrize("fmt", ["plain", "directory"])
@@ -136,7 +142,7 @@ def assert_failed_cleanly(
         assert needle.lower() in report["errorMessage"].lower(), report["errorMessage"]
     assert not visible(setup.data, "*.dump"), "a failed run left a dump"
     assert not visible(setup.data, "*.sha256")
-    assert not list(setup.data.glob(".tmp-*"))
+    assert not setup.temporaries()
     assert any('"FAILED"' in line and "error" in line for line in done.stderr.splitlines())
     return report
 
@@ -260,7 +266,7 @@ def test_temporary_file_of_a_killed_run_is_removed_by_the_next_run(
     proc, _ = _start_slow_dump(setup, slow_db)
     proc.kill()  # the runner itself dies: nothing can clean up
     proc.communicate(timeout=30)
-    leftovers = list(setup.data.glob(".tmp-nightly.*"))
+    leftovers = setup.temporaries()
     assert leftovers, "expected the killed run to leave its temporary file"
     assert not visible(setup.data, "*.dump")
     setup.job()["databases"] = "shop"
@@ -282,7 +288,7 @@ def test_disk_full_gives_failed_report_and_no_partial_file(
         setup.write()
         done = run_cli("--config", str(setup.path), "run", "nightly")
         assert_failed_cleanly(setup, done, "No space left on device", "file system is full")
-        assert list(small.iterdir()) == []
+        assert setup.data_files(small) == []
 
 
 def test_unwritable_directory_gives_failed_report(

@@ -236,9 +236,9 @@ def test_sigterm_during_a_real_dump_reports_failed_and_leaves_nothing(
     try:
         notify.wait_for("STATUS", value=None)
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not list(setup.data.glob(".tmp-nightly.*")):
+        while time.monotonic() < deadline and not setup.temporaries():
             time.sleep(0.05)
-        assert list(setup.data.glob(".tmp-nightly.*")), "the dump did not start"
+        assert setup.temporaries(), "the dump did not start"
         started = time.monotonic()
         code, stderr = stop_daemon(proc)
         took = time.monotonic() - started
@@ -250,7 +250,7 @@ def test_sigterm_during_a_real_dump_reports_failed_and_leaves_nothing(
     [report] = setup.reports_json()
     assert report["status"] == "FAILED"
     assert "db-backup daemon stopping (SIGTERM)" in report["errorMessage"]
-    assert list(setup.data.iterdir()) == []
+    assert setup.data_files() == []
 
 
 def test_two_jobs_with_max_parallel_one_never_overlap(
@@ -315,7 +315,7 @@ def test_job_hung_past_its_timeout_is_killed_and_reported(
         )
     assert report["status"] == "FAILED"
     assert "timed out after 3 s" in report["errorMessage"]
-    assert list(setup.data.iterdir()) == []
+    assert setup.data_files() == []
 
 
 def test_failed_run_is_retried_with_its_own_report(setup: Setup, notify: NotifySocket) -> None:

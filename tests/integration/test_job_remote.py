@@ -112,7 +112,7 @@ def test_oss_only_mode_keeps_nothing_locally(
     [report] = setup.reports_json()
     assert report["status"] == "SUCCESS" and report["local"]["file"] == ""
     assert report["local"]["sizeBytes"] > 0 and len(report["local"]["checksumSha256"]) == 64
-    assert not setup.data.exists() or not [p for p in setup.data.iterdir()]
+    assert setup.data_files() == []
     assert len(keys(server)) == 4
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import shutil
 import tempfile
@@ -11,13 +12,26 @@ from pathlib import Path
 
 from db_backup.storage.base import StorageError, StoredObject
 
-TEMP_PREFIX = ".tmp-"
+# Files being written live in this directory inside the data directory (same file system, so
+# the final rename is atomic). No backup name can ever land there: backups are plain names in
+# the data directory itself, so a database called ".tmp-x" can never look like a leftover.
+TEMP_DIR_NAME = ".db-backup-tmp"
 FILE_MODE = 0o600
 
 
 def temp_name(job: str, filename: str) -> str:
-    """Returns the hidden temporary name a file of `job` has while it is being written."""
-    return f"{TEMP_PREFIX}{job}.{filename}"  # "." cannot occur in a job name
+    """Returns the name, inside TEMP_DIR_NAME, a file of `job` has while it is being written."""
+    return f"{job}.{filename}"  # "." cannot occur in a job name
+
+
+def is_plain_name(name: object) -> bool:
+    """Returns whether `name` is a plain file name: no directory part, not "." or ".."."""
+    return (
+        isinstance(name, str)
+        and name not in {"", ".", ".."}
+        and "/" not in name
+        and "\0" not in name
+    )
 
 
 def fsync_dir(directory: Path) -> None:
@@ -74,9 +88,10 @@ class LocalSink:
 
     def __init__(self, directory: Path, job: str, filename: str) -> None:
         self.final = directory / filename
-        self.temp = directory / temp_name(job, filename)
+        self.temp = directory / TEMP_DIR_NAME / temp_name(job, filename)
         self._written = 0
         try:
+            self.temp.parent.mkdir(mode=0o700, exist_ok=True)
             fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
         except OSError as exc:
             raise StorageError(
@@ -144,10 +159,20 @@ class LocalTarget:
             raise
         return sink.commit("")
 
+    def open_directory(self, dirname: str) -> LocalDirectorySink:
+        """Starts a directory-format dump `dirname` in a temporary directory."""
+        return LocalDirectorySink(self.directory, self.job, dirname)
+
     def delete(self, filenames: list[str]) -> list[str]:
-        """Removes these files (or directory-format dumps) and returns their paths."""
+        """Removes these files (or directory-format dumps) and returns their paths.
+
+        Only plain names in the data directory itself are ever touched; anything else (a name
+        with a directory part, "..") is refused, whoever wrote it into a report.
+        """
         removed = []
         for filename in filenames:
+            if not is_plain_name(filename):
+                raise StorageError(f"local: refusing to delete {filename!r}: not a plain file name")
             path = self.directory / filename
             try:
                 if path.is_dir() and not path.is_symlink():
@@ -164,7 +189,7 @@ class LocalTarget:
     def list_names(self) -> list[str]:
         """Lists the names in the data directory (temporary files excluded)."""
         try:
-            return sorted(p.name for p in self.directory.iterdir() if not p.name.startswith("."))
+            return sorted(p.name for p in self.directory.iterdir() if p.name != TEMP_DIR_NAME)
         except FileNotFoundError:
             return []
 
@@ -172,13 +197,66 @@ class LocalTarget:
         """Deletes temporary files a killed run of this job left behind; returns their paths."""
         removed: list[str] = []
         try:
-            entries = list(self.directory.glob(temp_name(self.job, "*")))
+            entries = list((self.directory / TEMP_DIR_NAME).glob(temp_name(self.job, "*")))
         except OSError:
             return removed
         for path in entries:
-            if path.is_dir():
+            if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
             removed.append(str(path))
         return removed
+
+
+class LocalDirectorySink:
+    """A directory-format dump (pg_dump -Fd writes into `path`); commit fsyncs and renames it.
+
+    The manifest has a `sha256  <dir>/<file>` line per file, so `sha256sum -c` run in the data
+    directory checks it; the dump's checksum is the manifest's own sha256.
+    """
+
+    def __init__(self, directory: Path, job: str, dirname: str) -> None:
+        self.final = directory / dirname
+        self.path = directory / TEMP_DIR_NAME / temp_name(job, dirname)
+        self.dirname = dirname
+        try:
+            self.path.parent.mkdir(mode=0o700, exist_ok=True)
+            shutil.rmtree(self.path, ignore_errors=True)
+        except OSError as exc:
+            raise StorageError(
+                f"local: cannot create {describe_os_error(exc, self.path)}"
+            ) from None
+
+    def commit(self) -> tuple[StoredObject, str]:
+        """Checksums and fsyncs every file, renames the directory; returns it and its manifest."""
+        manifest: list[str] = []
+        size = 0
+        try:
+            for path in sorted(self.path.rglob("*")):
+                if not path.is_file():
+                    continue
+                digest = hashlib.sha256()
+                with path.open("rb") as handle:
+                    while block := handle.read(1024 * 1024):
+                        digest.update(block)
+                    os.fsync(handle.fileno())
+                size += path.stat().st_size
+                relative = path.relative_to(self.path)
+                manifest.append(f"{digest.hexdigest()}  {self.dirname}/{relative}\n")
+            os.chmod(self.path, 0o700)
+            fsync_dir(self.path)
+            os.replace(self.path, self.final)
+            fsync_dir(self.final.parent)
+        except OSError as exc:
+            self.abort()
+            raise StorageError(
+                f"local: cannot finish {describe_os_error(exc, self.final)}"
+            ) from None
+        text = "".join(manifest)
+        sha256 = hashlib.sha256(text.encode()).hexdigest()
+        return StoredObject(str(self.final), size, {"manifestSha256": sha256}), text
+
+    def abort(self) -> None:
+        """Removes the temporary directory."""
+        shutil.rmtree(self.path, ignore_errors=True)
