@@ -16,8 +16,9 @@ import pytest
 
 from db_backup import config, pg
 from db_backup.report import seed_field_problems
-from tests.conftest import BACKUP_PASSWORD, CLI, RunCli, Setup
+from tests.conftest import BACKUP_PASSWORD, RunCli, Setup
 from tests.support.pgcluster import Cluster, free_port, table_fingerprint
+from tests.support.procs import start_run, wait_for_pg_dump
 
 pytestmark = pytest.mark.integration
 
@@ -207,45 +208,13 @@ def test_globals_failing_fails_the_run(setup: Setup, cluster: Cluster, run_cli: 
     assert not visible(setup.data, "*_globals.sql")
 
 
-def _start_run(setup: Setup) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [CLI, "--config", str(setup.path), "run", "nightly"],
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "DB_BACKUP_LOG_FORMAT": "json"},
-    )
-
-
-def _wait_for_pg_dump(parent: int, timeout: float = 30) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_text()
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[1].split()
-            if "(pg_dump)" in stat and int(fields[1]) == parent:
-                try:
-                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-                except OSError:
-                    continue
-                if b"--format=" in cmdline:  # the dump, not `pg_dump --version`
-                    return int(pid)
-        time.sleep(0.02)
-    raise AssertionError("pg_dump did not start")
-
-
 def _start_slow_dump(setup: Setup, slow_db: str) -> tuple[subprocess.Popen[str], int]:
     """Starts `run` on the slow database; returns (runner, pg_dump pid) once data flows."""
     setup.job()["databases"] = slow_db
     setup.job()["globals"] = False
     setup.write()
-    proc = _start_run(setup)
-    dump_pid = _wait_for_pg_dump(proc.pid)
+    proc = start_run(setup)
+    dump_pid = wait_for_pg_dump(proc.pid)
     time.sleep(0.5)
     return proc, dump_pid
 
@@ -332,8 +301,8 @@ def test_password_appears_in_no_artefact_log_or_command_line(
     setup.document["directories"]["logs"] = str(setup.root / "logs")
     (setup.root / "logs").mkdir()
     setup.write()
-    proc = _start_run(setup)
-    dump_pid = _wait_for_pg_dump(proc.pid)
+    proc = start_run(setup)
+    dump_pid = wait_for_pg_dump(proc.pid)
     cmdline = Path(f"/proc/{dump_pid}/cmdline").read_bytes().decode(errors="replace")
     try:
         environ = Path(f"/proc/{dump_pid}/environ").read_bytes().decode(errors="replace")
