@@ -15,6 +15,7 @@ import signal
 import stat
 import subprocess
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -204,7 +205,7 @@ def test_database_named_like_a_temporary_file_is_never_deleted_as_a_leftover(
 
 
 @pytest.fixture
-def newline_db(cluster: Cluster) -> str:
+def newline_db(cluster: Cluster) -> Iterator[str]:
     name = "new\nline db"
     cluster.psql(f'CREATE DATABASE "{name}"')
     cluster.psql("CREATE TABLE t AS SELECT 1 AS x", name)
