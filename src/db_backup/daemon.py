@@ -20,7 +20,7 @@ import structlog
 
 from db_backup.config import Config, ConfigError, JobConfig, load
 from db_backup.execute import CancelToken
-from db_backup.job import JobBusy, JobSetupError, check_directories, run_job
+from db_backup.job import JobBusy, JobSetupError, check_directories, describe_error, run_job
 from db_backup.report import FAILED, SUCCESS
 from db_backup.schedule import due_at_start, next_run_after, sleep_seconds_until
 from db_backup.state import StateStore
@@ -209,7 +209,8 @@ class Daemon:
             log.error("job could not start", job=running.job.name, error=str(exc))
             running.outcome = FAILED
         except Exception as exc:  # a bug must not kill the scheduler; it is logged loudly
-            log.exception("job crashed", job=running.job.name, error=repr(exc))
+            # Never repr(exc): it can carry bytes of a file (a secret); the message is masked.
+            log.error("job crashed", job=running.job.name, error=describe_error(exc))
             running.outcome = FAILED
         finally:
             self._wake.set()
