@@ -95,6 +95,7 @@ class StorageConfig:
 @dataclass(frozen=True)
 class DaemonConfig:
     max_parallel: int
+    max_dumps: int
     catch_up_window_hours: float
     stall_seconds: int
 
@@ -142,6 +143,7 @@ class JobConfig:
     timeout_seconds: int | None
     retry: RetryPolicy
     catch_up: bool
+    parallel_databases: int
 
     @property
     def discovers_databases(self) -> bool:
@@ -412,6 +414,7 @@ def _build(data: dict[str, Any], source: str) -> Config:
                 timeout_seconds=job["timeout_seconds"],
                 retry=RetryPolicy(retry["attempts"], retry["delay_seconds"]),
                 catch_up=job["catch_up"],
+                parallel_databases=job["parallel_databases"],
             )
         )
     return Config(
@@ -425,6 +428,7 @@ def _build(data: dict[str, Any], source: str) -> Config:
         storage=StorageConfig(storage["mode"], storage["tool"], oss_config, rclone_config),
         daemon=DaemonConfig(
             max_parallel=daemon["max_parallel"],
+            max_dumps=daemon["max_dumps"],
             catch_up_window_hours=float(daemon["catch_up_window_hours"]),
             stall_seconds=daemon["stall_seconds"],
         ),

@@ -53,19 +53,38 @@ class Running:
     last_progress: float = field(default_factory=time.monotonic)
     started_mono: float = field(default_factory=time.monotonic)
     outcome: str = ""  # SUCCESS, FAILED, or "" when it did not run (lock held elsewhere)
+    # database -> (bytes so far, monotonic start) of every dump of this job running now
+    dumps: dict[str, tuple[int, float]] = field(default_factory=dict)
 
     def progress(self, _job: str, database: str, size: int) -> None:
-        """Records dump progress (called from the worker thread)."""
+        """Records dump progress (called from worker threads); a negative size ends a dump."""
+        now = time.monotonic()
+        self.last_progress = now
+        if size < 0:
+            self.dumps.pop(database, None)
+            return
+        started = self.dumps.get(database, (0, now))[1]
+        self.dumps[database] = (size, started)
         if database != self.database:
             self.database = database
-            self.started_mono = time.monotonic()
+            self.started_mono = started
         self.bytes = size
-        self.last_progress = time.monotonic()
 
     def rate(self) -> float:
         """Returns the current database's dump rate in bytes per second."""
         elapsed = time.monotonic() - self.started_mono
         return self.bytes / elapsed if elapsed > 0 else 0.0
+
+    def describe(self) -> list[str]:
+        """Returns `job/database size rate/s` for every dump running now (the job alone if none)."""
+        now = time.monotonic()
+        if not self.dumps:
+            return [f"running {self.job.name}/{self.database or self.job.name}"]
+        return [
+            f"running {self.job.name}/{database} {human_size(size)} "
+            f"{human_size(int(size / max(now - started, 1e-6)))}/s"
+            for database, (size, started) in sorted(self.dumps.items())
+        ]
 
 
 @dataclass
@@ -305,11 +324,7 @@ class Daemon:
         if self.reload_error:
             parts.append(f"RELOAD FAILED, old config kept: {self.reload_error}")
         for running in self.running.values():
-            what = running.database or running.job.name
-            parts.append(
-                f"running {running.job.name}/{what} {human_size(running.bytes)} "
-                f"{human_size(int(running.rate()))}/s"
-            )
+            parts.extend(running.describe())
         if self.due:
             name = min(self.due, key=lambda n: self.due[n])
             job = next(j for j in self.config.jobs if j.name == name)

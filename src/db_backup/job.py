@@ -36,6 +36,8 @@ log = structlog.get_logger("db_backup.job")
 
 CHUNK_SIZE = 1024 * 1024
 ProgressCallback = Callable[[str, str, int], None]  # job, database, bytes so far
+DUMP_DONE = -1  # the bytes a progress callback gets when a database's dump is over
+SLOT_POLL_SECONDS = 0.2
 
 
 class JobBusy(Exception):
@@ -108,6 +110,40 @@ def job_lock(config: Config, job_name: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def dump_slot(config: Config, job_name: str, cancel: CancelToken) -> Iterator[None]:
+    """Holds one of the host's `daemon.max_dumps` dump slots while the block runs.
+
+    A slot is a flock on `<state>/slots/dump-<i>`, so the limit holds across the daemon's jobs,
+    timer units and manual runs alike; a run waits (stop requests still count) until one frees.
+    """
+    directory = config.directories.state / "slots"
+    directory.mkdir(parents=True, exist_ok=True)
+    waited = False
+    while True:
+        for index in range(config.daemon.max_dumps):
+            fd = os.open(directory / f"dump-{index}", os.O_RDWR | os.O_CREAT, 0o660)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            try:
+                yield
+            finally:
+                os.close(fd)
+            return
+        if not waited:
+            log.info(
+                "waiting for a dump slot",
+                job=job_name,
+                max_dumps=config.daemon.max_dumps,
+            )
+            waited = True
+        cancel.raise_if_cancelled()
+        time.sleep(SLOT_POLL_SECONDS)
 
 
 def check_directories(config: Config, job: JobConfig) -> None:
@@ -252,6 +288,8 @@ class _Run:
                         f"(exclude_databases: {', '.join(job.exclude_databases) or 'none'})"
                     )
                 self.versions = pg.versions(job, env, databases)
+                if job.globals:
+                    self.dump_globals()
                 self.run_databases(databases)
         except Exception as exc:
             message = describe_error(exc, self.config.directories.state)
@@ -294,15 +332,26 @@ class _Run:
                     )
 
     def run_databases(self, databases: list[str]) -> None:
-        """Dumps each database in turn; after a stop request the rest get FAILED reports."""
-        for index, database in enumerate(databases):
-            if self.cancel.is_cancelled():
-                for remaining in databases[index:]:
-                    self.fail_database(
-                        remaining, f"stopped before the dump started: {self.cancel.reason}"
-                    )
-                return
-            self.run_database(database)
+        """Dumps the databases, `parallel_databases` at a time; one failing never stops the rest.
+
+        Each dump also holds one of the host's `daemon.max_dumps` slots. After a stop request,
+        the databases not started yet get FAILED reports.
+        """
+        workers = min(self.job.parallel_databases, len(databases))
+        if workers <= 1:
+            for database in databases:
+                self.run_when_allowed(database)
+            return
+        with ThreadPoolExecutor(workers, thread_name_prefix=f"dump-{self.job.name}") as pool:
+            for future in [pool.submit(self.run_when_allowed, d) for d in databases]:
+                future.result()
+
+    def run_when_allowed(self, database: str) -> None:
+        """Runs one database unless the run was stopped (then it gets a FAILED report)."""
+        if self.cancel.is_cancelled():
+            self.fail_database(database, f"stopped before the dump started: {self.cancel.reason}")
+            return
+        self.run_database(database)
 
     def fail_database(self, database: str, message: str) -> None:
         """Writes a FAILED report for a database that was never dumped."""
@@ -322,11 +371,10 @@ class _Run:
             stored: dict[str, list[str]] = {t.name: [] for t in self.targets}
             try:
                 self.cancel.raise_if_cancelled()
-                if self.job.globals and self.globals_staged is None and not self.globals_error:
-                    self.dump_globals(report.stem)
                 if self.globals_error:
                     raise JobSetupError(self.globals_error)
-                self.dump(database, report, stored, claim)
+                with dump_slot(self.config, self.job.name, self.cancel):
+                    self.dump(database, report, stored, claim)
             except Cancelled as exc:
                 report.error_message = f"stopped during the dump: {exc}"
                 _remove_partial(self.targets, stored, report)
@@ -338,16 +386,19 @@ class _Run:
             self.finish(report, stored)
         finally:
             claim.release()
+            if self.progress is not None:
+                self.progress(self.job.name, database, DUMP_DONE)
 
-    def dump_globals(self, first_stem: str) -> None:
+    def dump_globals(self) -> None:
         """Runs pg_dumpall --globals-only once per run into the staging directory."""
-        path = self.staging / f"{first_stem}_globals.sql"
+        path = self.staging / "globals.sql"
         try:
             pg.dump_globals(self.job, self.env, path)
         except CommandError as exc:
             self.globals_error = f"globals (pg_dumpall --globals-only) failed: {exc}"
             return
         self.globals_staged = path
+        log.info("globals dumped", job=self.job.name, bytes=path.stat().st_size)
 
     def dump(
         self, database: str, report: Report, stored: dict[str, list[str]], claim: Claim
