@@ -331,6 +331,21 @@ def _duplicate_keys(root: yaml.Node) -> Iterable[str]:
                 pending.append((value_node, [*path, key_node.value]))
 
 
+def secret_refs(config: Config) -> list[tuple[str, SecretRef]]:
+    """Returns every secret reference in `config` with its place, e.g. `jobs[0].connection.password`."""
+    refs: list[tuple[str, SecretRef]] = []
+    oss = config.storage.oss
+    if oss is not None:
+        refs.append(("storage.oss.access_key_id", oss.access_key_id))
+        refs.append(("storage.oss.access_key_secret", oss.access_key_secret))
+        if oss.security_token is not None:
+            refs.append(("storage.oss.security_token", oss.security_token))
+    for index, job in enumerate(config.jobs):
+        if job.connection.password is not None:
+            refs.append((f"jobs[{index}].connection.password", job.connection.password))
+    return refs
+
+
 def format_path(parts: Iterable[str | int]) -> str:
     """Returns a config path like `jobs[1].connection.port` for messages."""
     out = ""

@@ -64,3 +64,7 @@ def _first_line(path: Path, purpose: str) -> str:
             return handle.readline().rstrip("\r\n")
     except OSError as exc:
         raise SecretError(f"{purpose}: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:  # the message must not carry the bytes
+        raise SecretError(
+            f"{purpose}: {path} is not UTF-8 text (byte offset {exc.start})"
+        ) from None
