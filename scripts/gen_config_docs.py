@@ -70,7 +70,7 @@ def render() -> str:
         "`{env: NAME}`, `{file: PATH}` or `{credential: NAME}` (`$CREDENTIALS_DIRECTORY/NAME`,",
         "set by `LoadCredential=` in the unit). `check-config` resolves each one from where it",
         "runs and names those it cannot resolve and why (never a value); a `{credential:}` outside",
-        "the unit \"cannot be checked here\". Exit status 0 means the config is usable here, 78 not.",
+        'the unit "cannot be checked here". Exit status 0 means the config is usable here, 78 not.',
         "",
         "Schedules are portable Vixie cron: 5 fields of numbers, month and day names, `*`, `,`,",
         "`-` and `/`, or an alias (`@daily`, `@hourly`, ...). croniter's extensions (`L`, `W`,",

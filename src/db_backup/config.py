@@ -236,15 +236,12 @@ def _not_utf8(raw: bytes, exc: UnicodeDecodeError) -> str:
     """Returns the message for a config that is not UTF-8, naming the first bad byte's place."""
     before = raw[: exc.start]
     line = before.count(b"\n") + 1
-    column = len(before) - (before.rfind(b"\n") + 1) + 1
+    # Characters, not bytes: everything before the first bad byte is valid UTF-8.
+    column = len(before[before.rfind(b"\n") + 1 :].decode("utf-8")) + 1
     return (
         f"line {line}, column {column} (byte offset {exc.start}): not UTF-8 text "
         f"(byte 0x{raw[exc.start]:02x}); save the file as UTF-8"
     )
-
-
-class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader; `_parse` checks its node tree for duplicate keys before building."""
 
 
 def _parse(text: str, source: str) -> tuple[Any, list[str]]:
@@ -254,7 +251,7 @@ def _parse(text: str, source: str) -> tuple[Any, list[str]]:
     (PyYAML itself keeps the last value silently).
     """
     try:
-        loader = _Loader(text)  # checks for unprintable characters at once
+        loader = yaml.SafeLoader(text)  # checks for unprintable characters at once
     except yaml.YAMLError as exc:
         raise ConfigError(source, [_yaml_problem(exc, text)]) from None
     try:

@@ -328,3 +328,15 @@ def test_yaml_error_without_a_separate_start_names_the_one_place() -> None:
         "line 2, column 9: not valid YAML: expected the node content, but found ':' "
         "(while parsing a flow node)"
     ]
+
+
+def test_not_utf8_column_counts_characters_not_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.yaml"
+    path.write_bytes("# 备份\n# 备份 ".encode() + b"\xff\n")
+    with pytest.raises(ConfigError) as caught:
+        load(str(path))
+    offset = len("# 备份\n# 备份 ".encode())
+    assert caught.value.problems == [
+        f"line 2, column 6 (byte offset {offset}): not UTF-8 text (byte 0xff); "
+        "save the file as UTF-8"
+    ]
