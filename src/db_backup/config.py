@@ -316,12 +316,16 @@ def _duplicate_keys(root: yaml.Node) -> Iterable[str]:
                     continue
                 identity = (key_node.tag, key_node.value)
                 if identity in first:
-                    earlier = first[identity].start_mark.line + 1
-                    later = key_node.start_mark.line + 1
+                    earlier, later = first[identity].start_mark, key_node.start_mark
+                    places = (
+                        f"line {earlier.line + 1} and line {later.line + 1}"
+                        if earlier.line != later.line
+                        else f"line {later.line + 1}, columns {earlier.column + 1} and "
+                        f"{later.column + 1}"
+                    )
                     yield (
                         f"At '{format_path([*path, key_node.value])}': key given twice, "
-                        f"at line {earlier} and line {later}; keep one "
-                        "(YAML would silently use the last)"
+                        f"at {places}; keep one (YAML would silently use the last)"
                     )
                 else:
                     first[identity] = key_node
@@ -357,18 +361,24 @@ def format_path(parts: Iterable[str | int]) -> str:
 def _schema_problems(data: dict[str, Any]) -> list[str]:
     validator = jsonschema.Draft202012Validator(schema())
     errors = sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
-    return sorted(_describe(error) for error in errors)
+    return sorted(problem for error in errors for problem in _describe(error))
 
 
-def _describe(error: jsonschema.ValidationError) -> str:
+def _describe(error: jsonschema.ValidationError) -> list[str]:
+    """Returns one problem per mistake in `error` (an unknown-keys error names several keys)."""
     path = list(error.absolute_path)
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
-        extra = sorted(set(error.instance) - set(allowed))
-        return "; ".join(
+        # YAML keys may be numbers, booleans or null, which do not sort with strings.
+        extra = sorted(str(key) for key in error.instance if key not in allowed)
+        return [
             f"At '{format_path([*path, key])}': unknown key (known here: {', '.join(allowed)})"
             for key in extra
-        )
+        ]
+    return [_describe_one(error, path)]
+
+
+def _describe_one(error: jsonschema.ValidationError, path: list[str | int]) -> str:
     if error.validator == "required":
         missing = str(error.message).split("'")[1] if "'" in error.message else error.message
         return f"At '{format_path([*path, missing])}': required key is missing"

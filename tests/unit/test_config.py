@@ -340,3 +340,21 @@ def test_not_utf8_column_counts_characters_not_bytes(tmp_path: Path) -> None:
         f"line 2, column 6 (byte offset {offset}): not UTF-8 text (byte 0xff); "
         "save the file as UTF-8"
     ]
+
+
+def test_duplicate_keys_on_one_line_are_named_by_column() -> None:
+    found = problems('jobs: [{name: a, schedule: "0 2 * * *", databases: x, name: b}]\n')
+    assert found[0] == (
+        "At 'jobs[0].name': key given twice, at line 1, columns 9 and 55; keep one "
+        "(YAML would silently use the last)"
+    )
+
+
+def test_keys_that_are_not_strings_are_reported_not_a_crash() -> None:
+    found = problems("1: a\nfoo: b\nnull: c\njobs:\n  - {name: a, schedule: '0 2 * * *', x: 1}\n")
+    known = "known here: daemon, directories, jobs, storage"
+    assert f"At '1': unknown key ({known})" in found
+    assert f"At 'foo': unknown key ({known})" in found
+    assert f"At 'None': unknown key ({known})" in found
+    assert any(p.startswith("At 'jobs[0].x': unknown key") for p in found)
+    assert "At 'jobs[0].databases': required key is missing" in found
