@@ -8,6 +8,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 
@@ -17,27 +18,47 @@ from db_backup.secrets import SecretError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
-EXIT_CONFIG = 1
+EXIT_USAGE = 2  # what argparse uses for a wrong command line
 EXIT_BUSY = 75  # EX_TEMPFAIL: another run of the job holds the lock
+EXIT_CONFIG = 78  # EX_CONFIG: the config file is unusable
+
+EXIT_STATUS_HELP = """exit status:
+  0   success
+  1   the command failed: a backup FAILED, or status cannot read the reports directory
+  2   wrong command line: unknown option, command or job name
+  75  the job is already running (another run holds its lock); try again later (EX_TEMPFAIL)
+  78  the config is unusable: invalid, or check-config cannot read a secret it names (EX_CONFIG)
+"""
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="db-backup",
         description="Scheduled PostgreSQL logical backups to local disk and Aliyun OSS.",
+        epilog=EXIT_STATUS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"db-backup {__version__}")
-    parser.add_argument(
-        "--config",
-        help="config file (default: $DB_BACKUP_CONFIG or /etc/db-backup/config.yaml)",
+    _global_options(parser, defaults=True)
+    # The same options after the command (`db-backup check-config --config x.yaml`); SUPPRESS
+    # keeps a subcommand from overwriting a value given before the command with its default.
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, defaults=False)
+    sub = parser.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        parser_class=_subparser_class(common),
     )
-    parser.add_argument(
-        "--log-format", choices=["journal", "console", "json"], help="override log output"
-    )
-    parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    check = sub.add_parser("check-config", help="validate the config; list every mistake")
+    check = sub.add_parser(
+        "check-config",
+        help="validate the config and resolve its secrets; list every mistake",
+        description=(
+            "Validates the config file and resolves every secret it names (env, file, "
+            "credential) from where it runs; exit status 0 means the config is usable here."
+        ),
+    )
     check.add_argument("--quiet", action="store_true", help="print nothing when it is valid")
 
     run = sub.add_parser("run", help="run a job now (or every job with --all)")
@@ -70,6 +91,39 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _global_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """Adds --config, --log-format and --log-level, with defaults or with SUPPRESS."""
+
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument(
+        "--config",
+        default=default(None),
+        help="config file (default: $DB_BACKUP_CONFIG or /etc/db-backup/config.yaml)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=["journal", "console", "json"],
+        default=default(None),
+        help="override log output",
+    )
+    parser.add_argument("--log-level", default=default("info"), help="debug, info, warning, error")
+
+
+def _subparser_class(common: argparse.ArgumentParser) -> type[argparse.ArgumentParser]:
+    """Returns a parser class whose instances take the global options and list exit codes."""
+
+    class SubParser(argparse.ArgumentParser):
+        def __init__(self, **kwargs: Any) -> None:
+            kwargs.setdefault("parents", [common])
+            kwargs.setdefault("epilog", EXIT_STATUS_HELP)
+            kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+            super().__init__(**kwargs)
+
+    return SubParser
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -95,10 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"db-backup: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "check-config":
-        if not args.quiet:
-            names = ", ".join(j.name for j in config.jobs)
-            print(f"{path}: OK ({len(config.jobs)} job(s): {names})")
-        return EXIT_OK
+        return _cmd_check_config(config, path, args)
     log_dir = config.directories.logs if args.command in {"run", "daemon"} else None
     logs.setup(args.log_level, log_dir, args.log_format)
     if args.command == "run":
@@ -135,7 +186,7 @@ def _cmd_run(config: Config, args: argparse.Namespace) -> int:
             jobs = [config.job(args.job)]
         except KeyError as exc:
             print(f"db-backup: {exc.args[0]}", file=sys.stderr)
-            return EXIT_FAILED
+            return EXIT_USAGE
     code = EXIT_OK
     for job in jobs:
         try:
@@ -160,21 +211,52 @@ def _cmd_run(config: Config, args: argparse.Namespace) -> int:
     return code
 
 
-def _cmd_status(config: Config, args: argparse.Namespace) -> int:
-    from db_backup.status import StatusQuery, query, render_table
+def _cmd_check_config(config: Config, path: str, args: argparse.Namespace) -> int:
+    from db_backup.preflight import RESOLVED, UNCHECKED, check_secrets
 
-    page = query(
-        config.directories.reports,
-        StatusQuery(
-            history=args.history,
-            job=args.job,
-            database=args.database,
-            status=args.status,
-            since=args.since,
-            limit=args.limit,
-            page=args.page,
-        ),
-    )
+    checks = check_secrets(config)
+    failed = [c for c in checks if c.outcome != RESOLVED]
+    if failed:
+        unchecked = sum(c.outcome == UNCHECKED for c in failed)
+        broken = len(failed) - unchecked
+        summary = ", ".join(
+            part
+            for part in (
+                f"{broken} secret(s) cannot be resolved" if broken else "",
+                f"{unchecked} secret(s) cannot be checked here" if unchecked else "",
+            )
+            if part
+        )
+        lines = "\n".join(f"  {c.message}" for c in failed)
+        print(
+            f"db-backup: {path}: valid, but not usable here: {summary}:\n{lines}", file=sys.stderr
+        )
+        return EXIT_CONFIG
+    if not args.quiet:
+        names = ", ".join(j.name for j in config.jobs)
+        print(f"{path}: OK ({len(config.jobs)} job(s): {names}; {len(checks)} secret(s) resolved)")
+    return EXIT_OK
+
+
+def _cmd_status(config: Config, args: argparse.Namespace) -> int:
+    from db_backup.status import StatusError, StatusQuery, query, render_table
+
+    try:
+        page = query(
+            config.directories.reports,
+            StatusQuery(
+                history=args.history,
+                job=args.job,
+                database=args.database,
+                status=args.status,
+                since=args.since,
+                limit=args.limit,
+                page=args.page,
+            ),
+        )
+    except StatusError as exc:
+        print(f"db-backup: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     for warning in page.warnings:
         print(f"db-backup: warning: {warning}", file=sys.stderr)
     if args.json:
@@ -197,7 +279,7 @@ def _cmd_next(config: Config, args: argparse.Namespace) -> int:
         jobs = [config.job(args.job)] if args.job else list(config.jobs)
     except KeyError as exc:
         print(f"db-backup: {exc.args[0]}", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_USAGE
     now = datetime.now(UTC)
     for job in jobs:
         zone = job.zone()
@@ -216,7 +298,7 @@ def _cmd_lifecycle(config: Config, args: argparse.Namespace) -> int:
 
     if config.storage.oss is None:
         print("db-backup: oss-lifecycle needs a storage.oss section in the config", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_CONFIG
     try:
         settings = oss_settings(config)
         if args.apply:

@@ -204,34 +204,149 @@ def config_path(explicit: str | None = None) -> str:
 def load(path: str) -> Config:
     """Returns the validated config at `path`; raises ConfigError listing every mistake."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        raw = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(path, [f"cannot read the config file: {exc.strerror}"]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, [_not_utf8(raw, exc)]) from None
     return loads(text, source=path)
 
 
 def loads(text: str, source: str = "<config>") -> Config:
-    """Returns the validated config parsed from YAML `text`; raises ConfigError."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(source, [f"{where}not valid YAML: {problem}"]) from None
+    """Returns the validated config parsed from YAML `text`; raises ConfigError.
+
+    Every check runs that the document's structure allows: duplicate keys, the schema and the
+    rules that span fields are reported together, so one round of fixes is enough.
+    """
+    data, problems = _parse(text, source)
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(
-            source, ["the top level must be a mapping of keys (jobs:, storage:, ...)"]
+            source, [*problems, "the top level must be a mapping of keys (jobs:, storage:, ...)"]
         )
-    problems = list(_schema_problems(data))
-    if problems:
-        raise ConfigError(source, problems)
-    problems = list(_rule_problems(data))
+    problems += _schema_problems(data)
+    problems += _rule_problems(data)
     if problems:
         raise ConfigError(source, problems)
     return _build(data, source)
+
+
+def _not_utf8(raw: bytes, exc: UnicodeDecodeError) -> str:
+    """Returns the message for a config that is not UTF-8, naming the first bad byte's place."""
+    before = raw[: exc.start]
+    line = before.count(b"\n") + 1
+    # Characters, not bytes: everything before the first bad byte is valid UTF-8.
+    column = len(before[before.rfind(b"\n") + 1 :].decode("utf-8")) + 1
+    return (
+        f"line {line}, column {column} (byte offset {exc.start}): not UTF-8 text "
+        f"(byte 0x{raw[exc.start]:02x}); save the file as UTF-8"
+    )
+
+
+def _parse(text: str, source: str) -> tuple[Any, list[str]]:
+    """Returns the YAML document in `text` and one problem per duplicate key; raises ConfigError.
+
+    Duplicate keys are found on the node tree, where both keys still have their line numbers
+    (PyYAML itself keeps the last value silently).
+    """
+    try:
+        loader = yaml.SafeLoader(text)  # checks for unprintable characters at once
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, [_yaml_problem(exc, text)]) from None
+    try:
+        node = loader.get_single_node()
+        problems = list(_duplicate_keys(node)) if node is not None else []
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, [_yaml_problem(exc, text)]) from None
+    finally:
+        loader.dispose()
+    return data, problems
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:
+    """Returns a YAML error as one line: where the parser gave up and where the problem began."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        before = text[: exc.position]
+        line = before.count("\n") + 1
+        column = exc.position - (before.rfind("\n") + 1) + 1
+        return (
+            f"line {line}, column {column}: not valid YAML: character U+{exc.character:04X} "
+            f"is not allowed ({exc.reason})"
+        )
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return f"not valid YAML: {exc}"
+    mark, context_mark = exc.problem_mark, exc.context_mark
+    where = f"{_mark(mark)}: " if mark else ""
+    problem = (exc.problem or "").removeprefix("but ")
+    message = f"{where}not valid YAML: {problem or exc.context or 'cannot parse'}"
+    if exc.context and problem:
+        # Where the parser gave up is often far from the cause (an unclosed quote fails at the
+        # end of the file); the context mark says where the unfinished construct started.
+        message += f" ({exc.context}"
+        if context_mark is not None and _mark(context_mark) != _mark(mark):
+            message += f" that started at {_mark(context_mark)}"
+        message += ")"
+    return message
+
+
+def _mark(mark: yaml.Mark | None) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+
+
+def _duplicate_keys(root: yaml.Node) -> Iterable[str]:
+    """Yields a problem for each key that appears twice in one mapping, with both line numbers."""
+    pending: list[tuple[yaml.Node, list[str | int]]] = [(root, [])]
+    visited: set[int] = set()
+    while pending:
+        node, path = pending.pop(0)
+        if id(node) in visited:  # an alias points back to a node already checked
+            continue
+        visited.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            pending.extend((item, [*path, index]) for index, item in enumerate(node.value))
+        elif isinstance(node, yaml.MappingNode):
+            first: dict[tuple[str, str], yaml.Node] = {}
+            for key_node, value_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    pending.append((value_node, path))
+                    continue
+                identity = (key_node.tag, key_node.value)
+                if identity in first:
+                    earlier, later = first[identity].start_mark, key_node.start_mark
+                    places = (
+                        f"line {earlier.line + 1} and line {later.line + 1}"
+                        if earlier.line != later.line
+                        else f"line {later.line + 1}, columns {earlier.column + 1} and "
+                        f"{later.column + 1}"
+                    )
+                    yield (
+                        f"At '{format_path([*path, key_node.value])}': key given twice, "
+                        f"at {places}; keep one (YAML would silently use the last)"
+                    )
+                else:
+                    first[identity] = key_node
+                pending.append((value_node, [*path, key_node.value]))
+
+
+def secret_refs(config: Config) -> list[tuple[str, SecretRef]]:
+    """Returns every secret reference in `config` with its place, e.g. `jobs[0].connection.password`."""
+    refs: list[tuple[str, SecretRef]] = []
+    oss = config.storage.oss
+    if oss is not None:
+        refs.append(("storage.oss.access_key_id", oss.access_key_id))
+        refs.append(("storage.oss.access_key_secret", oss.access_key_secret))
+        if oss.security_token is not None:
+            refs.append(("storage.oss.security_token", oss.security_token))
+    for index, job in enumerate(config.jobs):
+        if job.connection.password is not None:
+            refs.append((f"jobs[{index}].connection.password", job.connection.password))
+    return refs
 
 
 def format_path(parts: Iterable[str | int]) -> str:
@@ -245,21 +360,27 @@ def format_path(parts: Iterable[str | int]) -> str:
     return out or "(top level)"
 
 
-def _schema_problems(data: dict[str, Any]) -> Iterable[str]:
+def _schema_problems(data: dict[str, Any]) -> list[str]:
     validator = jsonschema.Draft202012Validator(schema())
     errors = sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
-    yield from sorted(_describe(error) for error in errors)
+    return sorted(problem for error in errors for problem in _describe(error))
 
 
-def _describe(error: jsonschema.ValidationError) -> str:
+def _describe(error: jsonschema.ValidationError) -> list[str]:
+    """Returns one problem per mistake in `error` (an unknown-keys error names several keys)."""
     path = list(error.absolute_path)
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
-        extra = sorted(set(error.instance) - set(allowed))
-        return "; ".join(
+        # YAML keys may be numbers, booleans or null, which do not sort with strings.
+        extra = sorted(str(key) for key in error.instance if key not in allowed)
+        return [
             f"At '{format_path([*path, key])}': unknown key (known here: {', '.join(allowed)})"
             for key in extra
-        )
+        ]
+    return [_describe_one(error, path)]
+
+
+def _describe_one(error: jsonschema.ValidationError, path: list[str | int]) -> str:
     if error.validator == "required":
         missing = str(error.message).split("'")[1] if "'" in error.message else error.message
         return f"At '{format_path([*path, missing])}': required key is missing"
@@ -286,53 +407,69 @@ def _plain(error: jsonschema.ValidationError) -> str:
 
 
 def _rule_problems(data: dict[str, Any]) -> Iterable[str]:
-    """Yields mistakes the schema cannot see: cron, zones, duplicates, storage that needs setup."""
-    storage = data.get("storage", {})
+    """Yields mistakes the schema cannot see: cron, zones, duplicates, storage that needs setup.
+
+    Runs on a document that may also break the schema: each rule looks only at values of the
+    type it needs (the schema pass names the others), so one mistake never hides another.
+    """
+    storage = _mapping(data.get("storage"))
     seen: dict[str, int] = {}
-    for index, job in enumerate(data["jobs"]):
+    jobs = data.get("jobs")
+    for index, job in enumerate(jobs if isinstance(jobs, list) else []):
+        if not isinstance(job, dict):
+            continue
         where = f"jobs[{index}]"
-        if job["name"] in seen:
-            yield f"At '{where}.name': {job['name']!r} is also the name of jobs[{seen[job['name']]}]"
-        seen.setdefault(job["name"], index)
-        cron_error = validate_cron(job["schedule"])
-        if cron_error:
-            yield f"At '{where}.schedule': {cron_error}"
-        if job.get("timezone"):
+        name = job.get("name")
+        if isinstance(name, str):
+            if name in seen:
+                yield f"At '{where}.name': {name!r} is also the name of jobs[{seen[name]}]"
+            seen.setdefault(name, index)
+        if isinstance(job.get("schedule"), str):
+            cron_error = validate_cron(job["schedule"])
+            if cron_error:
+                yield f"At '{where}.schedule': {cron_error}"
+        if job.get("timezone") and isinstance(job["timezone"], str):
             tz_error = validate_timezone(job["timezone"])
             if tz_error:
                 yield f"At '{where}.timezone': {tz_error}"
-        dump = job.get("dump", {})
+        dump = _mapping(job.get("dump"))
         fmt = dump.get("format", "custom")
-        if dump.get("jobs", 1) > 1 and fmt != "directory":
+        workers = dump.get("jobs", 1)
+        if isinstance(workers, int) and workers > 1 and fmt != "directory":
             yield f"At '{where}.dump.jobs': parallel dump workers need format: directory"
         mode = job.get("mode") or storage.get("mode", "both")
-        if fmt == "directory" and mode != "local":
+        if fmt == "directory" and mode in {"oss", "both"}:
             yield (
                 f"At '{where}.dump.format': the directory format is stored locally only; "
                 f"set mode: local on this job"
             )
-        if mode in {"oss", "both"}:
-            tool = storage.get("tool", "oss2")
+        tool = storage.get("tool", "oss2")
+        if mode in {"oss", "both"} and tool in {"oss2", "rclone"}:
             section = "oss" if tool == "oss2" else "rclone"
             if section not in storage:
                 yield (
                     f"At '{where}.mode': {mode!r} needs a 'storage.{section}' section "
                     f"(storage.tool is {tool})"
                 )
-    oss = storage.get("oss")
+    oss = _mapping(storage.get("oss"))
     if oss:
         if oss.get("signature_version", "v4") == "v4" and not oss.get("region"):
             yield "At 'storage.oss.region': signature_version v4 needs the bucket's region"
         if oss.get("server_side_encryption") == "KMS" and not oss.get("kms_key_id"):
             yield "At 'storage.oss.kms_key_id': server_side_encryption KMS needs a key id"
         prefix = oss.get("prefix", "postgres/backups/")
-        if prefix and not prefix.endswith("/"):
+        if prefix and isinstance(prefix, str) and not prefix.endswith("/"):
             yield f"At 'storage.oss.prefix': {prefix!r} must end with '/'"
-    directories = data.get("directories", {})
+    directories = _mapping(data.get("directories"))
     for key in ("data", "reports", "state", "logs"):
         value = directories.get(key)
-        if value and not os.path.isabs(value):
+        if value and isinstance(value, str) and not os.path.isabs(value):
             yield f"At 'directories.{key}': {value!r} must be an absolute path"
+
+
+def _mapping(value: object) -> dict[str, Any]:
+    """Returns `value` if it is a mapping, else an empty one (the schema pass reports it)."""
+    return value if isinstance(value, dict) else {}
 
 
 def _defaults(schema_node: dict[str, Any], given: dict[str, Any] | None) -> dict[str, Any]:

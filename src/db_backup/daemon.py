@@ -286,7 +286,14 @@ class Daemon:
             new = load(self.config_path)
             for job in new.jobs:
                 check_directories(new, job)
-        except (ConfigError, JobSetupError) as exc:
+        except ConfigError as exc:
+            self.reload_error = _first_problem(exc)
+            log.error(
+                "config reload refused; keeping the running config",
+                error=str(exc),
+                problems=exc.problems,
+            )
+        except JobSetupError as exc:
             self.reload_error = str(exc).splitlines()[0]
             log.error("config reload refused; keeping the running config", error=str(exc))
         else:
@@ -344,6 +351,15 @@ class Daemon:
             self._last_status_sent = time.monotonic()
 
 
+def _first_problem(exc: ConfigError) -> str:
+    """Returns the STATUS text of a refused config: its first problem and how many follow."""
+    if not exc.problems:
+        return exc.source
+    more = len(exc.problems) - 1
+    tail = f" (+{more} more problem(s), see the journal)" if more else ""
+    return f"{exc.source}: {exc.problems[0]}{tail}"
+
+
 def _ago(delta: timedelta) -> str:
     seconds = max(0, int(delta.total_seconds()))
     hours, rest = divmod(seconds, 3600)
@@ -351,12 +367,12 @@ def _ago(delta: timedelta) -> str:
 
 
 def run_daemon(config_path: str) -> int:
-    """Entry point of `db-backup daemon`: returns 1 if it cannot start, 0 after a clean stop."""
+    """Entry point of `db-backup daemon`: 78 on a bad config, 1 if it cannot start, 0 at stop."""
     try:
         config = load(config_path)
     except ConfigError as exc:
         print(f"db-backup: {exc}", file=sys.stderr)
-        return 1
+        return 78  # EX_CONFIG, as the other commands; the unit does not restart on it
     daemon = Daemon(config_path, config)
     daemon.install_signal_handlers()
     try:

@@ -8,7 +8,10 @@ Rules
 Schedules are 5-field Vixie-cron expressions (or the ``@hourly``/``@daily``/``@midnight``/
 ``@weekly``/``@monthly``/``@yearly``/``@annually`` aliases) evaluated in the job's IANA time zone.
 Day-of-month and day-of-week are OR-ed when both are restricted, as in Vixie cron. Expressions that
-can never fire (``0 0 31 2 *``) are rejected. Seconds fields and ``@reboot`` are not supported.
+can never fire (``0 0 31 2 *``) are rejected. Seconds fields and ``@reboot`` are not supported,
+and neither are croniter's extensions (``L``, ``W``, ``#``, ``?``, ``H``): a schedule means the
+same here as in any crontab, so a DBA can read it and move it (``validate_cron`` names the
+extension and the field).
 
 1. *Every run is a real instant.* Slots are computed by croniter from time-zone aware datetimes and
    compared as UTC instants. A returned slot is always strictly after the last run and strictly
@@ -46,6 +49,7 @@ The daemon loop these helpers are designed for::
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -54,6 +58,23 @@ from croniter import CroniterError, croniter
 
 _ALIASES = frozenset(
     {"@hourly", "@daily", "@midnight", "@weekly", "@monthly", "@yearly", "@annually"}
+)
+
+_FIELDS = ("minute", "hour", "day-of-month", "month", "day-of-week")
+_MONTH_NAMES = frozenset(
+    ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
+)
+_DAY_NAMES = frozenset(["sun", "mon", "tue", "wed", "thu", "fri", "sat"])
+# One element of a Vixie cron field list: `*`, a value or a range, optionally with a step.
+_VIXIE_ELEMENT = re.compile(r"^(?:\*|[0-9a-z]+(?:-[0-9a-z]+)?)(?:/[0-9]+)?$")
+# croniter's extensions, told apart by the character or the letters (lower-cased) that mark them.
+_EXTENSIONS = (
+    ("#", "'#' (nth weekday of the month)"),
+    ("?", "'?' (no specific value; Vixie cron uses '*')"),
+    ("l", "'L' (last day of the month, or last such weekday)"),
+    ("lw", "'LW' (last weekday of the month)"),
+    ("w", "'W' (nearest weekday)"),
+    ("h", "'H' (hashed value)"),
 )
 
 # Bounds that keep a scan finite: the catch-up scan even for `* * * * *` with a window of weeks,
@@ -83,10 +104,35 @@ def validate_cron(expr: str) -> str | None:
             f"cron expression {text!r} has {len(fields)} fields; expected 5 "
             "(minute hour day-of-month month day-of-week), e.g. '30 1 * * *'"
         )
+    vixie_error = _vixie_problem(fields)
+    if vixie_error:
+        return f"not a valid cron expression: {text!r} ({vixie_error})"
     try:
         croniter.expand(text, strict=True)
     except CroniterError as exc:
         return f"not a valid cron expression: {text!r} ({exc})"
+    return None
+
+
+def _vixie_problem(fields: list[str]) -> str | None:
+    """Returns what in `fields` is not Vixie cron syntax (croniter accepts more), or None."""
+    for index, (field, field_name) in enumerate(zip(fields, _FIELDS, strict=True)):
+        names = _MONTH_NAMES if index == 3 else _DAY_NAMES if index == 4 else frozenset()
+        for element in field.lower().split(","):
+            words = re.findall(r"[a-z]+", element)
+            if _VIXIE_ELEMENT.match(element) and all(word in names for word in words):
+                continue
+            unknown = {w for w in words if w not in names}
+            for marker, meaning in _EXTENSIONS:
+                if marker in unknown or (not marker.isalpha() and marker in element):
+                    return (
+                        f"{field_name} field {field!r}: {meaning} is a croniter extension, not "
+                        "Vixie cron; use numbers, month or day names, '*', ',', '-' and '/'"
+                    )
+            return (
+                f"{field_name} field {field!r} is not Vixie cron syntax; use numbers, month or "
+                "day names, '*', ',', '-' and '/'"
+            )
     return None
 
 

@@ -76,7 +76,7 @@ def _first_line(path: Path, purpose: str) -> str:
     except UnicodeDecodeError as exc:
         # The exception's own text and repr carry the bytes: never let them out.
         raise SecretError(
-            f"{purpose}: {path} is not UTF-8 text (invalid byte at offset {exc.start}); "
+            f"{purpose}: {path} is not UTF-8 text (byte offset {exc.start}); "
             "write the secret as UTF-8"
         ) from None
     return text.rstrip("\r\n")

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from db_backup.report import StoredReport, load_reports
+
+
+class StatusError(Exception):
+    """The reports directory cannot be read; the message names it and the cause."""
 
 
 @dataclass(frozen=True)
@@ -35,7 +40,11 @@ class StatusPage:
 
 
 def query(reports_dir: Path, q: StatusQuery) -> StatusPage:
-    """Returns the page of reports matching `q`: latest per job and database unless `history`."""
+    """Returns the page of reports matching `q`: latest per job and database unless `history`.
+
+    Raises StatusError when the directory cannot be listed: "0 reports" would be a lie.
+    """
+    _check_readable(reports_dir)
     reports, warnings = load_reports(reports_dir)
     matching = [r for r in reports if _matches(r, q)]
     if not q.history:
@@ -48,6 +57,22 @@ def query(reports_dir: Path, q: StatusQuery) -> StatusPage:
     start = (q.page - 1) * q.limit
     rows = [_row(r) for r in matching[start : start + q.limit]]
     return StatusPage(rows, total, q.page, pages, warnings)
+
+
+def _check_readable(reports_dir: Path) -> None:
+    # Path.glob (used by load_reports) silently yields nothing for a directory it cannot read.
+    try:
+        with os.scandir(reports_dir) as entries:
+            next(entries, None)
+    except FileNotFoundError:
+        raise StatusError(
+            f"the reports directory {reports_dir} does not exist (directories.reports in the "
+            "config; it is created by the first backup run)"
+        ) from None
+    except OSError as exc:
+        raise StatusError(
+            f"cannot read the reports directory {reports_dir}: {exc.strerror}"
+        ) from None
 
 
 def _matches(report: StoredReport, q: StatusQuery) -> bool:
@@ -76,7 +101,14 @@ def human_size(size: int) -> str:
 
 
 def render_table(page: StatusPage) -> str:
-    """Returns the page as an aligned text table with a footer."""
+    """Returns the page as an aligned text table with a footer, or says why there is none."""
+    if page.total == 0:
+        return "no matching reports"
+    if not page.rows:
+        return (
+            f"page {page.page} is empty: the {page.total} matching report(s) fill "
+            f"{page.pages} page(s) of this size"
+        )
     header = ("STARTED (UTC)", "JOB", "DATABASE", "STATUS", "SIZE", "DURATION", "WHERE / ERROR")
     lines = [header]
     for row in page.rows:

@@ -84,6 +84,32 @@ def test_reload_with_broken_config_keeps_the_old_one_running(service: Container)
     assert service.unit_property(UNIT, "MainPID") == main_pid
 
 
+def test_broken_config_at_start_exits_78_and_is_not_restarted_in_a_loop(
+    service: Container,
+) -> None:
+    good = service.read_file(CONFIG)
+    since = container_now(service)
+    time.sleep(1)  # journalctl --since has one-second resolution
+    try:
+        service.write_file(CONFIG, "jobs:\n  - name: x\n    schedule: '0 2 L * *'\n", mode=0o640)
+        service.exec(["chgrp", "postgres", CONFIG])
+        restart = service.systemctl("restart", UNIT, check=False)
+        assert restart.returncode != 0, "a daemon that cannot load its config must not start"
+        failed_pid = service.unit_property(UNIT, "ExecMainPID")
+        time.sleep(7)  # longer than RestartSec=5: a restart would have happened by now
+        print_status(service)
+        assert service.is_active(UNIT) == "failed"
+        assert service.unit_property(UNIT, "ExecMainStatus") == "78"
+        assert service.unit_property(UNIT, "ExecMainPID") == failed_pid, "it was restarted"
+        errors = journal_since(service, since)
+        assert "At 'jobs[0].schedule': not a valid cron expression" in errors
+    finally:
+        service.write_file(CONFIG, good, mode=0o640)
+        service.exec(["chgrp", "postgres", CONFIG])
+        service.systemctl("restart", UNIT, check=False)
+    service.wait_active(UNIT, timeout=60)
+
+
 def test_frozen_daemon_is_restarted_by_the_watchdog(service: Container) -> None:
     # A short watchdog keeps the test short; TimeoutAbortSec bounds the SIGABRT -> SIGKILL step.
     service.write_file(WATCHDOG_DROPIN, "[Service]\nWatchdogSec=5s\nTimeoutAbortSec=10s\n")

@@ -98,6 +98,7 @@ def test_missing_required_keys_and_bad_yaml_are_named() -> None:
     assert problems("jobs:\n  - name: x\n") == [
         "At 'jobs[0].databases': required key is missing",
         "At 'jobs[0].schedule': required key is missing",
+        "At 'jobs[0].mode': 'both' needs a 'storage.oss' section (storage.tool is oss2)",
     ]
     assert "At 'jobs[0].mode': 'both' needs a 'storage.oss' section" in problems(MINIMAL)[0]
     [bad] = problems("jobs: [\n  oops: : :\n")
@@ -200,3 +201,160 @@ def _required_of(root: dict[str, Any], path: str) -> bool:
 def test_example_values_in_the_schema_are_themselves_valid() -> None:
     document = {"jobs": schema()["properties"]["jobs"]["example"]}
     loads(yaml.safe_dump(document))
+
+
+# --- configuration errors: every mistake at once, each with its place ---------------------------
+
+
+def test_config_that_is_not_utf8_is_one_problem_naming_the_byte_position(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(MINIMAL.encode() + "    # caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as caught:
+        load(str(path))
+    offset = len(MINIMAL.encode()) + len(b"    # caf")
+    assert caught.value.problems == [
+        f"line 6, column 10 (byte offset {offset}): not UTF-8 text (byte 0xe9); "
+        "save the file as UTF-8"
+    ]
+
+
+def test_unprintable_character_is_named_with_its_line_and_column() -> None:
+    assert problems("jobs:\n  - name: a\x07\n") == [
+        "line 2, column 12: not valid YAML: character U+0007 is not allowed "
+        "(special characters are not allowed)"
+    ]
+
+
+def test_duplicate_top_level_key_names_both_lines() -> None:
+    found = problems(
+        """jobs:
+  - {name: first, schedule: "0 1 * * *", databases: a}
+storage: {mode: local}
+jobs:
+  - {name: second, schedule: "0 2 * * *", databases: b}
+"""
+    )
+    assert found == [
+        "At 'jobs': key given twice, at line 1 and line 4; keep one "
+        "(YAML would silently use the last)"
+    ]
+
+
+def test_duplicate_key_inside_a_job_names_its_path_and_both_lines() -> None:
+    found = problems(
+        """storage: {mode: local}
+jobs:
+  - name: nightly
+    schedule: "0 2 * * *"
+    databases: shop
+    retention: {days: 7}
+    retention:
+      days: 30
+"""
+    )
+    assert found == [
+        "At 'jobs[0].retention': key given twice, at line 6 and line 7; keep one "
+        "(YAML would silently use the last)"
+    ]
+
+
+def test_a_key_that_overrides_a_merged_anchor_is_not_a_duplicate() -> None:
+    config = loads(
+        """storage: {mode: local}
+jobs:
+  - &base {name: a, schedule: "0 2 * * *", databases: shop}
+  - <<: *base
+    name: b
+"""
+    )
+    assert [j.name for j in config.jobs] == ["a", "b"]
+
+
+def test_unknown_key_does_not_hide_schedule_zone_and_duplicate_name_mistakes() -> None:
+    found = problems(
+        """storage: {mode: local}
+jobs:
+  - name: nightly
+    schedule: "61 * * * *"
+    timezone: Mars/Olympus
+    databases: shop
+    colour: blue
+  - name: nightly
+    schedule: "0 2 * * *"
+    databases: crm
+"""
+    )
+    text = "\n".join(found)
+    assert "At 'jobs[0].colour': unknown key" in text
+    assert "At 'jobs[0].schedule': not a valid cron expression: '61 * * * *'" in text
+    assert "At 'jobs[0].timezone': unknown time zone 'Mars/Olympus'" in text
+    assert "At 'jobs[1].name': 'nightly' is also the name of jobs[0]" in text
+    assert len(found) == 4
+
+
+def test_rules_skip_values_the_schema_already_rejects() -> None:
+    found = problems(
+        """storage: {mode: cloud}
+directories: {data: 42}
+jobs:
+  - {name: [a], schedule: 5, timezone: 7, databases: x, dump: {jobs: many, format: tar}}
+  - "not a job"
+"""
+    )
+    assert found == [
+        "At 'directories.data': must be string, got int 42",
+        "At 'jobs[0].dump.format': 'tar' is not one of: custom, directory, plain",
+        "At 'jobs[0].dump.jobs': must be integer, got str 'many'",
+        "At 'jobs[0].name': must be string, got list ['a']",
+        "At 'jobs[0].schedule': must be string, got int 5",
+        "At 'jobs[0].timezone': must be string or null, got int 7",
+        "At 'jobs[1]': must be object, got str 'not a job'",
+        "At 'storage.mode': 'cloud' is not one of: local, oss, both",
+    ]
+
+
+def test_yaml_syntax_error_names_where_the_unclosed_quote_started_and_where_parsing_stopped() -> (
+    None
+):
+    text = 'jobs:\n  - name: nightly\n    schedule: "0 2 * * *\n    databases: shop\n\n'
+    assert problems(text) == [
+        "line 6, column 1: not valid YAML: found unexpected end of stream "
+        "(while scanning a quoted scalar that started at line 3, column 15)"
+    ]
+
+
+def test_yaml_error_without_a_separate_start_names_the_one_place() -> None:
+    assert problems("jobs: [\n  oops: : :\n") == [
+        "line 2, column 9: not valid YAML: expected the node content, but found ':' "
+        "(while parsing a flow node)"
+    ]
+
+
+def test_not_utf8_column_counts_characters_not_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.yaml"
+    path.write_bytes("# 备份\n# 备份 ".encode() + b"\xff\n")
+    with pytest.raises(ConfigError) as caught:
+        load(str(path))
+    offset = len("# 备份\n# 备份 ".encode())
+    assert caught.value.problems == [
+        f"line 2, column 6 (byte offset {offset}): not UTF-8 text (byte 0xff); "
+        "save the file as UTF-8"
+    ]
+
+
+def test_duplicate_keys_on_one_line_are_named_by_column() -> None:
+    found = problems('jobs: [{name: a, schedule: "0 2 * * *", databases: x, name: b}]\n')
+    assert found[0] == (
+        "At 'jobs[0].name': key given twice, at line 1, columns 9 and 55; keep one "
+        "(YAML would silently use the last)"
+    )
+
+
+def test_keys_that_are_not_strings_are_reported_not_a_crash() -> None:
+    found = problems("1: a\nfoo: b\nnull: c\njobs:\n  - {name: a, schedule: '0 2 * * *', x: 1}\n")
+    known = "known here: daemon, directories, jobs, storage"
+    assert f"At '1': unknown key ({known})" in found
+    assert f"At 'foo': unknown key ({known})" in found
+    assert f"At 'None': unknown key ({known})" in found
+    assert any(p.startswith("At 'jobs[0].x': unknown key") for p in found)
+    assert "At 'jobs[0].databases': required key is missing" in found

@@ -9,6 +9,7 @@ from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from croniter import croniter
 
 from db_backup.schedule import (
     due_at_start,
@@ -108,6 +109,48 @@ def test_invalid_cron_expressions_are_explained(expr: str, expected: str) -> Non
     error = validate_cron(expr)
     assert error is not None
     assert expected in error
+
+
+@pytest.mark.parametrize(
+    ("expr", "field", "extension"),
+    [
+        ("0 2 L * *", "day-of-month field 'L'", "'L' (last day"),
+        ("0 2 15W * *", "day-of-month field '15W'", "'W' (nearest weekday)"),
+        ("0 2 LW * *", "day-of-month field 'LW'", "'LW' (last weekday of the month)"),
+        ("0 2 ? * 1", "day-of-month field '?'", "'?' (no specific value"),
+        ("0 2 * * 5#2", "day-of-week field '5#2'", "'#' (nth weekday of the month)"),
+        ("0 2 * * 5L", "day-of-week field '5L'", "'L' (last day"),
+        ("H 2 * * *", "minute field 'H'", "'H' (hashed value)"),
+    ],
+)
+def test_croniter_extensions_are_refused_naming_the_field_and_the_extension(
+    expr: str, field: str, extension: str
+) -> None:
+    error = validate_cron(expr) or ""
+    assert error.startswith(f"not a valid cron expression: {expr!r} ({field}: {extension}")
+    assert "is a croniter extension, not Vixie cron" in error
+
+
+def test_croniter_would_accept_what_validation_refuses() -> None:
+    # The reason for the check: croniter itself takes these and gives them a meaning.
+    for expr in ("0 2 L * *", "0 2 15W * *", "0 2 ? * 1", "0 2 * * 5#2"):
+        croniter.expand(expr, strict=True)
+        assert validate_cron(expr) is not None
+
+
+@pytest.mark.parametrize(
+    "expr",
+    ["0 2 * * 7", "0 2 * * sun,sat", "0 2 * jan-mar mon-fri", "0 2 1-10/3 * *", "5,35 */2 * * *"],
+)
+def test_every_vixie_form_is_accepted(expr: str) -> None:
+    assert validate_cron(expr) is None
+
+
+def test_a_misspelled_name_is_not_mistaken_for_an_extension() -> None:
+    assert validate_cron("0 2 * * thurs") == (
+        "not a valid cron expression: '0 2 * * thurs' (day-of-week field 'thurs' is not Vixie "
+        "cron syntax; use numbers, month or day names, '*', ',', '-' and '/')"
+    )
 
 
 def test_valid_timezone_has_no_error() -> None:
