@@ -7,6 +7,7 @@ import fcntl
 import json
 import os
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,7 +18,13 @@ import pytest
 from db_backup import config, pg
 from db_backup.report import seed_field_problems
 from tests.conftest import BACKUP_PASSWORD, CLI, RunCli, Setup
-from tests.support.pgcluster import Cluster, free_port, table_fingerprint
+from tests.support.pgcluster import (
+    Cluster,
+    free_port,
+    locked_table,
+    table_fingerprint,
+    wait_for_lock_wait,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -326,24 +333,30 @@ def test_password_appears_in_no_artefact_log_or_command_line(
     setup.document["directories"]["logs"] = str(setup.root / "logs")
     (setup.root / "logs").mkdir()
     setup.write()
-    proc = _start_run(setup)
-    dump_pid = _wait_for_pg_dump(proc.pid)
-    cmdline = Path(f"/proc/{dump_pid}/cmdline").read_bytes().decode(errors="replace")
-    try:
+    # A lock held elsewhere stalls pg_dump after it logged in: its password file must exist
+    # (private) for exactly that long.
+    with locked_table(cluster, "shop", "customers"):
+        proc = _start_run(setup)
+        dump_pid = _wait_for_pg_dump(proc.pid)
+        wait_for_lock_wait(cluster, "db-backup/nightly")
+        cmdline = Path(f"/proc/{dump_pid}/cmdline").read_bytes().decode(errors="replace")
         environ = Path(f"/proc/{dump_pid}/environ").read_bytes().decode(errors="replace")
-    except OSError:
-        environ = ""
+        variables = dict(item.split("=", 1) for item in environ.split("\0") if "=" in item)
+        pgpass = Path(variables["PGPASSFILE"])
+        info = pgpass.stat()
+        assert stat.S_ISREG(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o600
+        assert stat.S_IMODE(pgpass.parent.stat().st_mode) == 0o700
+        assert pgpass.read_text().rstrip("\n").endswith(f":backup:{BACKUP_PASSWORD}")
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
     assert BACKUP_PASSWORD not in cmdline and BACKUP_PASSWORD not in environ
-    assert "PGPASSFILE=" in environ
+    assert not pgpass.exists(), "the password file outlived the run"
     everything = stdout + stderr
     for path in setup.root.rglob("*"):
         if path.is_file() and path != secret_file:
             everything += path.read_bytes().decode("utf-8", "replace")
     assert BACKUP_PASSWORD not in everything
     assert "backup finished" in everything  # the daily log file was written
-    assert not list(Path("/tmp").glob("db-backup-pgpass-*/pgpass")) or True  # removed per run
     [report] = setup.reports_json()
     assert report["status"] == "SUCCESS"
 
