@@ -11,6 +11,7 @@ import stat
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -370,11 +371,12 @@ def test_retention_deletes_old_backups_but_keeps_the_newest(setup: Setup, run_cl
         time.sleep(1.1)  # distinct second-resolution stems
     reports = sorted(setup.reports.glob("*.json"))
     assert len(reports) == 3
-    # Age the two oldest runs by ten days, as if they had run then.
+    # Age the two oldest runs to eleven and ten days ago (retention reads startedAt).
     aged = []
-    for path in reports[:2]:
+    for days, path in enumerate(reports[:2]):
         doc = json.loads(path.read_text())
-        doc["startedAt"] = doc["startedAt"].replace("2026-", "2025-")
+        old = datetime.now(UTC) - timedelta(days=11 - days)
+        doc["startedAt"] = old.strftime("%Y-%m-%dT%H:%M:%SZ")
         path.write_text(json.dumps(doc))
         aged.append(doc)
     foreign = setup.data / "someone_else.dump"
