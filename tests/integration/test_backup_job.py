@@ -26,6 +26,7 @@ from tests.support.pgcluster import (
     table_fingerprint,
     wait_for_lock_wait,
 )
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -248,7 +249,10 @@ def _start_slow_dump(setup: Setup, slow_db: str) -> tuple[subprocess.Popen[str],
     setup.write()
     proc = _start_run(setup)
     dump_pid = _wait_for_pg_dump(proc.pid)
-    time.sleep(0.5)
+    wait_until(
+        lambda: any(p.stat().st_size > 0 for p in setup.data.glob(".tmp-nightly.*")),
+        "the dump's temporary file to receive data",
+    )
     return proc, dump_pid
 
 

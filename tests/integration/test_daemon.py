@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import signal
@@ -10,7 +9,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,7 +19,8 @@ from db_backup.config import load
 from db_backup.daemon import Daemon
 from db_backup.systemd import Notifier
 from tests.conftest import CLI, Setup
-from tests.support.pgcluster import Cluster
+from tests.support.pgcluster import Cluster, locked_table
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -64,6 +64,39 @@ class NotifySocket:
             self.collect(min(0.5, deadline - time.monotonic()))
         raise AssertionError(f"no {key} datagram within {timeout} s; got {self.messages[-5:]}")
 
+    def wait_for_status(
+        self, predicate: Callable[[str], bool], what: str, count: int = 1, timeout: float = 60
+    ) -> str:
+        """Returns the `count`-th STATUS line received so far or later that satisfies `predicate`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            matching = [m["STATUS"] for _, m in self.messages if predicate(m.get("STATUS", ""))]
+            if len(matching) >= count:
+                return matching[count - 1]
+            if time.monotonic() >= deadline:
+                statuses = [m["STATUS"] for _, m in self.messages if "STATUS" in m]
+                raise AssertionError(f"no STATUS {what} within {timeout} s; got {statuses[-5:]}")
+            self.collect(min(0.5, deadline - time.monotonic()))
+
+    def drain(self) -> list[dict[str, str]]:
+        """Returns the datagrams already queued, without waiting for more.
+
+        A datagram sent on a local socket is queued before `send` returns, so after a call that
+        would have sent something, this shows whether it did.
+        """
+        got = []
+        self.sock.setblocking(False)
+        try:
+            while True:
+                raw = self.sock.recv(8192)
+                fields = dict(line.split("=", 1) for line in raw.decode().split("\n") if line)
+                self.messages.append((time.monotonic(), fields))
+                got.append(fields)
+        except BlockingIOError:
+            return got
+        finally:
+            self.sock.setblocking(True)
+
 
 @pytest.fixture
 def notify(tmp_path: Path) -> Iterator[NotifySocket]:
@@ -96,6 +129,11 @@ def stop_daemon(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, 
         proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=timeout)
     return proc.returncode, stderr
+
+
+def process_state(pid: int) -> str:
+    """Returns the one-letter state of process `pid` (R, S, T for stopped, ...)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
 def missed_state(setup: Setup, *jobs: str, minutes_ago: int = 10) -> None:
@@ -135,15 +173,16 @@ def wait_for_reports(setup: Setup, count: int, timeout: float = 60) -> list[dict
 def test_ready_status_watchdog_reload_and_stopping(setup: Setup, notify: NotifySocket) -> None:
     setup.job()["schedule"] = "0 3 * * *"
     setup.write()
+    started = time.monotonic()
     proc = start_daemon(setup, notify, watchdog_usec=1_000_000)
     try:
         ready = notify.wait_for("READY")
         assert ready["STATUS"].startswith("1 job(s); next nightly ")
-        notify.collect(3.2)
-        pings = [t for t, m in notify.messages if m.get("WATCHDOG") == "1"]
-        assert len(pings) >= 4, "WATCHDOG=1 expected about every 0.5 s with WATCHDOG_USEC=1s"
-        gaps = [b - a for a, b in itertools.pairwise(pings)]
-        assert max(gaps) < 1.0 and min(gaps) > 0.3
+        # The idle loop wakes for the watchdog (WATCHDOG_USEC=1 s: a ping every 0.5 s), not just
+        # every 30 s: four pings come within seconds, and never more than one per 0.5 s.
+        for _ in range(4):
+            notify.wait_for("WATCHDOG", timeout=10, value="1")
+        assert time.monotonic() - started >= 3 * 0.5
 
         # A good config: RELOADING with MONOTONIC_USEC, then READY with the new schedule.
         setup.job()["schedule"] = "15 4 * * *"
@@ -164,14 +203,13 @@ def test_ready_status_watchdog_reload_and_stopping(setup: Setup, notify: NotifyS
         )
         assert proc.poll() is None
 
-        # The loop is frozen: no more watchdog pings arrive.
-        notify.collect(0.2)
-        notify.unread.clear()
+        # Frozen and thawed (a paused VM, a debugger), the loop feeds the watchdog again.
         os.kill(proc.pid, signal.SIGSTOP)
-        frozen = notify.collect(2.0)
-        assert not [m for m in frozen if "WATCHDOG" in m]
+        wait_until(lambda: process_state(proc.pid) == "T", "the daemon to be stopped")
+        notify.drain()
+        notify.unread.clear()
         os.kill(proc.pid, signal.SIGCONT)
-        notify.wait_for("WATCHDOG", timeout=5)
+        notify.wait_for("WATCHDOG", timeout=10)
     finally:
         code, stderr = stop_daemon(proc)
     assert code == 0, stderr
@@ -190,20 +228,27 @@ def test_catch_up_runs_a_missed_job_once_not_per_missed_slot(
     proc = start_daemon(setup, notify)
     try:
         report = min(wait_for_reports(setup, 1), key=lambda r: r["startedAt"])
-        time.sleep(3)
-        # The job's own next slot (the next whole minute) may legitimately run within these
-        # 3 s; a second catch-up run would start before it.
-        started = datetime.fromisoformat(report["startedAt"].replace("Z", "+00:00"))
-        next_slot = started.replace(second=0, microsecond=0) + timedelta(minutes=1)
-        early = [
-            r
-            for r in setup.reports_json()
-            if datetime.fromisoformat(r["startedAt"].replace("Z", "+00:00")) < next_slot
-        ]
-        assert len(early) == 1, "catch-up ran more than once"
+        # The loop reaps a finished run and starts what is due in the same tick, then sends
+        # STATUS: a status that shows the run's result and nothing running proves the loop came
+        # round after the catch-up run without starting it again.
+        notify.wait_for_status(
+            lambda s: "last nightly SUCCESS 0:00 ago" in s and "running " not in s,
+            "after the catch-up run",
+        )
     finally:
         code, stderr = stop_daemon(proc)
     assert code == 0, stderr
+    # The job's own next slot (the next whole minute) may legitimately have run by now; a
+    # second catch-up run would have started before it (a run cut short by the stop has a
+    # report too).
+    started = datetime.fromisoformat(report["startedAt"].replace("Z", "+00:00"))
+    next_slot = started.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    early = [
+        r
+        for r in setup.reports_json()
+        if datetime.fromisoformat(r["startedAt"].replace("Z", "+00:00")) < next_slot
+    ]
+    assert len(early) == 1, "catch-up ran more than once"
     assert report["status"] == "SUCCESS" and report["trigger"] == "schedule"
     state = json.loads((setup.state / "state.json").read_text())
     assert state["nightly"]["last_status"] == "SUCCESS"
@@ -218,10 +263,14 @@ def test_no_catch_up_when_the_missed_slot_is_outside_the_window(
     write_state(setup, "nightly", minutes_ago=60 * 24 * 400)  # missed 1 Jan, long ago
     proc = start_daemon(setup, notify)
     try:
-        notify.wait_for("READY")
-        time.sleep(2)
+        ready = notify.wait_for("READY")
+        # A tick has run (it feeds the watchdog after starting what is due).
+        notify.wait_for("WATCHDOG")
     finally:
-        stop_daemon(proc)
+        code, stderr = stop_daemon(proc)
+    assert code == 0, stderr
+    assert "next nightly " in ready["STATUS"] and "-01-01 00:00" in ready["STATUS"]
+    assert "catching up a missed run" not in stderr and "job started" not in stderr
     assert not setup.reports.exists() or setup.reports_json() == []
 
 
@@ -284,17 +333,7 @@ def test_job_hung_past_its_timeout_is_killed_and_reported(
     setup: Setup, notify: NotifySocket, cluster: Cluster
 ) -> None:
     # Another session holds an exclusive lock: pg_dump waits for it, producing nothing.
-    locker = subprocess.Popen(
-        cluster.psql_argv(
-            "shop",
-            "-c",
-            "BEGIN; LOCK TABLE customers IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60);",
-        ),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        time.sleep(1)
+    with locked_table(cluster, "shop", "customers"):
         setup.job()["timeout_seconds"] = 3
         setup.job()["globals"] = False
         setup.write()
@@ -305,14 +344,6 @@ def test_job_hung_past_its_timeout_is_killed_and_reported(
             assert proc.poll() is None, "the daemon must keep running"
         finally:
             stop_daemon(proc)
-    finally:
-        locker.kill()
-        locker.wait()
-        # The server-side session would hold the lock until pg_sleep ends: end it now.
-        cluster.psql(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE query LIKE '%LOCK TABLE customers%' AND pid <> pg_backend_pid()"
-        )
     assert report["status"] == "FAILED"
     assert "timed out after 3 s" in report["errorMessage"]
     assert list(setup.data.iterdir()) == []
@@ -327,10 +358,18 @@ def test_failed_run_is_retried_with_its_own_report(setup: Setup, notify: NotifyS
     proc = start_daemon(setup, notify)
     try:
         reports = wait_for_reports(setup, 2, timeout=60)
-        time.sleep(3)
-        assert len(setup.reports_json()) == 2, "only one extra attempt was configured"
+        # A failed run is reaped, and its retry planned, in the tick that then sends STATUS:
+        # the second "failed, nothing running" status comes after the last retry decision.
+        notify.wait_for_status(
+            lambda s: "last nightly FAILED" in s and "running " not in s,
+            "after the retry failed",
+            count=2,
+        )
     finally:
-        stop_daemon(proc)
+        code, stderr = stop_daemon(proc)
+    assert code == 0, stderr
+    assert len(setup.reports_json()) == 2, "only one extra attempt was configured"
+    assert stderr.count("retry planned") == 1
     assert sorted(r["attempt"] for r in reports) == [1, 2]
     assert {r["trigger"] for r in reports} == {"schedule", "retry"}
     assert all(r["status"] == "FAILED" for r in reports)

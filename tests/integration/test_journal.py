@@ -386,8 +386,13 @@ journald_pid=$!
 trap 'kill "$journald_pid"' EXIT
 for _ in $(seq 1 100); do [ -S /run/systemd/journal/socket ] && break; sleep 0.05; done
 "$PYTHON" -c "$SENDER"
-sleep 0.5
-journalctl -D /run/log/journal -o json --all --no-pager SYSLOG_IDENTIFIER=db-backup
+# journald stores entries asynchronously: read until all three are there (or give up).
+for _ in $(seq 1 600); do
+    stored=$(journalctl -D /run/log/journal -o json --all --no-pager SYSLOG_IDENTIFIER=db-backup || true)
+    [ "$(printf '%s\n' "$stored" | grep -c MESSAGE)" -ge 3 ] && break
+    sleep 0.05
+done
+printf '%s\n' "$stored"
 """
 REAL_JOURNALD_SENDER = """
 import structlog
