@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -16,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from db_backup.config import load
-from db_backup.daemon import Daemon
+from db_backup.daemon import Clock, Daemon, utc_now
 from db_backup.systemd import Notifier
 from tests.conftest import CLI, Setup
-from tests.support.pgcluster import Cluster, locked_table
+from tests.support.pgcluster import Cluster, locked_table, wait_for_lock_wait
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -406,34 +405,60 @@ def test_wall_clock_jumps_run_a_due_job_once_and_never_rerun_it(setup: Setup) ->
     assert daemon.due["nightly"] > jumped
 
 
-def test_watchdog_is_not_fed_while_a_running_job_makes_no_progress(
-    setup: Setup, notify: NotifySocket
-) -> None:
-    from db_backup.daemon import Running
-    from db_backup.execute import CancelToken
+class SteppedMonotonic(Clock):
+    """The real wall clock, and a monotonic clock that moves only when the test steps it."""
 
+    def __init__(self) -> None:
+        self.seconds = 1000.0
+
+    def monotonic(self) -> float:
+        return self.seconds
+
+    def step(self, seconds: float) -> None:
+        self.seconds += seconds
+
+
+def test_watchdog_is_not_fed_while_a_real_dump_is_stalled_on_a_lock(
+    setup: Setup,
+    notify: NotifySocket,
+    cluster: Cluster,
+    slow_db: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    setup.job()["databases"] = slow_db
+    setup.job()["globals"] = False
+    setup.write()
+    missed_state(setup, "nightly")  # due at once
+    monkeypatch.setenv("WATCHDOG_USEC", "2000000")  # a ping per (stepped) second
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
     config = load(str(setup.path))
-    environ = {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "200000"}
-    daemon = Daemon(str(setup.path), config, Notifier(environ))
-    daemon.watchdog.interval = 0.1
-    daemon.state.load()
-    now = datetime.now(UTC)
-    daemon._schedule_all(now, catch_up=False)
-    stalled = Running(config.jobs[0], 1, now, CancelToken())
-    stalled.thread = threading.Thread(target=time.sleep, args=(3,))
-    stalled.thread.start()
-    daemon.running["nightly"] = stalled
-    daemon.tick(now)
-    assert any(m.get("WATCHDOG") == "1" for m in notify.collect(0.3)), (
-        "a progressing job is healthy"
+    clock = SteppedMonotonic()
+    daemon = Daemon(
+        str(setup.path), config, Notifier({"NOTIFY_SOCKET": str(notify.path)}), clock=clock
     )
-    stalled.last_progress = time.monotonic() - config.daemon.stall_seconds - 1
-    for _ in range(5):
-        time.sleep(0.12)
-        daemon.tick(datetime.now(UTC))
-    assert not [m for m in notify.collect(0.3) if "WATCHDOG" in m]
-    stalled.progress("nightly", "shop", 1024)  # bytes flow again: pings resume
-    time.sleep(0.12)
-    daemon.tick(datetime.now(UTC))
-    assert any(m.get("WATCHDOG") == "1" for m in notify.collect(0.3))
-    stalled.thread.join()
+    interval, stall = 1.0, config.daemon.stall_seconds
+
+    def tick_pings() -> bool:
+        """Steps a watchdog interval, runs one loop iteration, returns whether it pinged."""
+        clock.step(interval)
+        daemon.tick(utc_now())
+        return any(m.get("WATCHDOG") == "1" for m in notify.drain())
+
+    # A session holding ACCESS EXCLUSIVE on the table stalls the real pg_dump: no byte flows.
+    with locked_table(cluster, slow_db, "blob"):
+        daemon.start()
+        daemon.tick(utc_now())
+        running = daemon.running["nightly"]
+        wait_for_lock_wait(cluster, "db-backup/nightly")
+        assert tick_pings(), "a job that has not been quiet for stall_seconds is healthy"
+        clock.step(stall)
+        assert not daemon.healthy()
+        assert not tick_pings() and not tick_pings(), "the watchdog was fed during a stall"
+        assert running.bytes == 0 and "nightly" in daemon.running
+    # The lock is gone: bytes flow, and the loop feeds the watchdog again while the dump runs.
+    wait_until(lambda: running.bytes > 0, "the dump to produce bytes")
+    assert tick_pings()
+    assert "nightly" in daemon.running, "the dump ended before the check; use a bigger database"
+    assert daemon.shutdown() == 0
+    [report] = setup.reports_json()
+    assert report["status"] == "FAILED" and "daemon stopping" in report["errorMessage"]
