@@ -449,11 +449,21 @@ def test_restart_after_clock_jump_back_still_honours_the_stored_last_run() -> No
     assert due == utc(2024, 1, 3, 0, 30)
 
 
-def test_long_multi_zone_simulation_never_double_runs_or_skips_a_day(
+def changeovers(tz: ZoneInfo, first: datetime, last: datetime) -> list[datetime]:
+    """Returns the UTC midnights before each day on which `tz` changes its offset."""
+    days = [first + timedelta(days=n) for n in range((last - first).days)]
+    return [
+        d
+        for d in days
+        if d.astimezone(tz).utcoffset() != (d + timedelta(days=1)).astimezone(tz).utcoffset()
+    ]
+
+
+def test_multi_zone_simulation_never_double_runs_or_skips_a_day_around_any_changeover(
     simulate: Simulate, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Waking only when a run is due (instead of every 30 s) keeps eight months of simulated
-    # time fast; the tests above use the real cap.
+    # Waking only when a run is due (instead of every 30 s) keeps this fast; the tests above use
+    # the real cap. Between changeovers every day is alike, so each run spans a week around one.
     monkeypatch.setattr(daemon_module, "IDLE_MAX_SLEEP", 86400.0)
     # Santiago changes at midnight, Lord Howe by 30 minutes.
     zones = (
@@ -464,8 +474,13 @@ def test_long_multi_zone_simulation_never_double_runs_or_skips_a_day(
         ZoneInfo("Australia/Lord_Howe"),
     )
     for tz in zones:
-        for expr in ("30 2 * * *", "30 1 * * *", "0 3 * * *", "30 23 * * *", "0 0 * * *"):
-            daemon = simulate(expr, tz, utc(2024, 3, 1), utc(2024, 11, 15))
-            days = daemon.local_days()
-            assert set(days.values()) == {1}, (tz, expr)
-            assert len(days) == (max(days) - min(days)).days + 1, (tz, expr)
+        found = changeovers(tz, utc(2024, 1, 1), utc(2025, 1, 1))
+        assert len(found) == 2, (tz, found)
+        for changeover in found:
+            for expr in ("30 2 * * *", "30 1 * * *", "0 3 * * *", "30 23 * * *", "0 0 * * *"):
+                start, end = changeover - timedelta(days=3), changeover + timedelta(days=4)
+                daemon = simulate(expr, tz, start, end)
+                days = daemon.local_days()
+                assert set(days.values()) == {1}, (tz, expr, changeover)
+                assert len(days) == (max(days) - min(days)).days + 1, (tz, expr, changeover)
+                assert len(days) >= 6, (tz, expr, changeover)
