@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -20,7 +21,14 @@ import structlog
 
 from db_backup.config import Config, ConfigError, JobConfig, load
 from db_backup.execute import CancelToken
-from db_backup.job import JobBusy, JobSetupError, check_directories, describe_error, run_job
+from db_backup.job import (
+    JobBusy,
+    JobSetupError,
+    RunResult,
+    check_directories,
+    describe_error,
+    run_job,
+)
 from db_backup.report import FAILED, SUCCESS
 from db_backup.schedule import due_at_start, next_run_after, sleep_seconds_until
 from db_backup.state import StateStore
@@ -39,6 +47,25 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+class Clock:
+    """Where the loop reads the time and sleeps; tests drive the real loop with their own."""
+
+    def now(self) -> datetime:
+        """Returns the wall-clock time in UTC (schedules are computed from it)."""
+        return utc_now()
+
+    def monotonic(self) -> float:
+        """Returns the monotonic time in seconds (progress, watchdog and STATUS pacing)."""
+        return time.monotonic()
+
+    def wait(self, wake: threading.Event, seconds: float) -> None:
+        """Sleeps up to `seconds`, returning early when `wake` is set."""
+        wake.wait(seconds)
+
+
+JobRunner = Callable[..., RunResult]
+
+
 @dataclass
 class Running:
     """A job running in a worker thread, with what STATUS and the watchdog need to know."""
@@ -50,15 +77,19 @@ class Running:
     thread: threading.Thread | None = None
     database: str = ""
     bytes: int = 0
-    last_progress: float = field(default_factory=time.monotonic)
-    started_mono: float = field(default_factory=time.monotonic)
     outcome: str = ""  # SUCCESS, FAILED, or "" when it did not run (lock held elsewhere)
+    monotonic: Callable[[], float] = time.monotonic
+    last_progress: float = field(init=False)
+    started_mono: float = field(init=False)
     # database -> (bytes so far, monotonic start) of every dump of this job running now
     dumps: dict[str, tuple[int, float]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.last_progress = self.started_mono = self.monotonic()
+
     def progress(self, _job: str, database: str, size: int) -> None:
         """Records dump progress (called from worker threads); a negative size ends a dump."""
-        now = time.monotonic()
+        now = self.monotonic()
         self.last_progress = now
         if size < 0:
             self.dumps.pop(database, None)
@@ -72,12 +103,12 @@ class Running:
 
     def rate(self) -> float:
         """Returns the current database's dump rate in bytes per second."""
-        elapsed = time.monotonic() - self.started_mono
+        elapsed = self.monotonic() - self.started_mono
         return self.bytes / elapsed if elapsed > 0 else 0.0
 
     def describe(self) -> list[str]:
         """Returns `job/database size rate/s` for every dump running now (the job alone if none)."""
-        now = time.monotonic()
+        now = self.monotonic()
         if not self.dumps:
             return [f"running {self.job.name}/{self.database or self.job.name}"]
         return [
@@ -98,11 +129,20 @@ class Retry:
 class Daemon:
     """The scheduler loop; `run()` returns the process exit status."""
 
-    def __init__(self, config_path: str, config: Config, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self,
+        config_path: str,
+        config: Config,
+        notifier: Notifier | None = None,
+        clock: Clock | None = None,
+        runner: JobRunner = run_job,
+    ) -> None:
         self.config_path = config_path
         self.config = config
         self.notifier = notifier or Notifier()
-        self.watchdog = Watchdog(self.notifier)
+        self.clock = clock or Clock()
+        self.run_job = runner
+        self.watchdog = Watchdog(self.notifier, clock=self.clock.monotonic)
         self.state = StateStore(config.directories.state / "state.json")
         self.due: dict[str, datetime] = {}
         self.retries: dict[str, Retry] = {}
@@ -143,7 +183,7 @@ class Daemon:
                 job_state.last_status,
                 job_state.last_finished_utc or job_state.last_run_utc,
             )
-        self._schedule_all(utc_now(), catch_up=True)
+        self._schedule_all(self.clock.now(), catch_up=True)
 
     def run(self) -> int:
         """Runs until SIGTERM/SIGINT and returns 0 after running jobs were stopped and reported."""
@@ -158,8 +198,8 @@ class Daemon:
             if self._reload_requested:
                 self._reload_requested = False
                 self.reload()
-            self.tick(utc_now())
-            self._wake.wait(self._sleep_seconds(utc_now()))
+            self.tick(self.clock.now())
+            self.clock.wait(self._wake, self._sleep_seconds(self.clock.now()))
             self._wake.clear()
         return self.shutdown()
 
@@ -183,7 +223,7 @@ class Daemon:
     def healthy(self) -> bool:
         """Returns False when a running job produced no byte for `daemon.stall_seconds`."""
         limit = self.config.daemon.stall_seconds
-        now = time.monotonic()
+        now = self.clock.monotonic()
         return all(now - r.last_progress < limit for r in self.running.values())
 
     def _sleep_seconds(self, now: datetime) -> float:
@@ -200,7 +240,7 @@ class Daemon:
 
     def _start(self, job: JobConfig, attempt: int, now: datetime, trigger: str) -> None:
         token = CancelToken.for_job(job.timeout_seconds, parent=self.stop_token)
-        running = Running(job, attempt, now, token)
+        running = Running(job, attempt, now, token, monotonic=self.clock.monotonic)
         thread = threading.Thread(
             target=self._work, args=(running, trigger), name=f"job-{job.name}", daemon=True
         )
@@ -211,7 +251,7 @@ class Daemon:
 
     def _work(self, running: Running, trigger: str) -> None:
         try:
-            result = run_job(
+            result = self.run_job(
                 self.config,
                 running.job,
                 cancel=running.token,
@@ -299,7 +339,7 @@ class Daemon:
         else:
             self.config = new
             self.reload_error = ""
-            self._schedule_all(utc_now(), catch_up=False)
+            self._schedule_all(self.clock.now(), catch_up=False)
             log.info(
                 "config reloaded",
                 jobs=[j.name for j in new.jobs],
@@ -318,7 +358,7 @@ class Daemon:
             for running in self.running.values():
                 if running.thread is not None:
                     running.thread.join(timeout=5)
-        self._reap(utc_now())
+        self._reap(self.clock.now())
         log.info("daemon stopped")
         return 0
 
@@ -326,7 +366,7 @@ class Daemon:
 
     def status_text(self, now: datetime | None = None) -> str:
         """Returns the one-line STATUS: jobs, what runs, what is next, the last result."""
-        now = now or utc_now()
+        now = now or self.clock.now()
         parts = [f"{len(self.config.jobs)} job(s)"]
         if self.reload_error:
             parts.append(f"RELOAD FAILED, old config kept: {self.reload_error}")
@@ -345,10 +385,10 @@ class Daemon:
 
     def _update_status(self) -> None:
         text = self.status_text()
-        if text != self._last_status or time.monotonic() - self._last_status_sent > 60:
+        if text != self._last_status or self.clock.monotonic() - self._last_status_sent > 60:
             self.notifier.status(text)
             self._last_status = text
-            self._last_status_sent = time.monotonic()
+            self._last_status_sent = self.clock.monotonic()
 
 
 def _first_problem(exc: ConfigError) -> str:

@@ -7,9 +7,11 @@ import fcntl
 import json
 import os
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,14 @@ import pytest
 from db_backup import config, pg
 from db_backup.report import seed_field_problems
 from tests.conftest import BACKUP_PASSWORD, RunCli, Setup
-from tests.support.pgcluster import Cluster, free_port, table_fingerprint
+from tests.support.pgcluster import (
+    Cluster,
+    free_port,
+    locked_table,
+    table_fingerprint,
+    wait_for_lock_wait,
+)
+from tests.support.waiting import wait_until
 from tests.support.procs import start_run, wait_for_pg_dump
 
 pytestmark = pytest.mark.integration
@@ -215,7 +224,10 @@ def _start_slow_dump(setup: Setup, slow_db: str) -> tuple[subprocess.Popen[str],
     setup.write()
     proc = start_run(setup)
     dump_pid = wait_for_pg_dump(proc.pid)
-    time.sleep(0.5)
+    wait_until(
+        lambda: any(p.stat().st_size > 0 for p in setup.temporaries()),
+        "the dump's temporary file to receive data",
+    )
     return proc, dump_pid
 
 
@@ -301,24 +313,30 @@ def test_password_appears_in_no_artefact_log_or_command_line(
     setup.document["directories"]["logs"] = str(setup.root / "logs")
     (setup.root / "logs").mkdir()
     setup.write()
-    proc = start_run(setup)
-    dump_pid = wait_for_pg_dump(proc.pid)
-    cmdline = Path(f"/proc/{dump_pid}/cmdline").read_bytes().decode(errors="replace")
-    try:
+    # A lock held elsewhere stalls pg_dump after it logged in: its password file must exist
+    # (private) for exactly that long.
+    with locked_table(cluster, "shop", "customers"):
+        proc = start_run(setup)
+        dump_pid = wait_for_pg_dump(proc.pid)
+        wait_for_lock_wait(cluster, "db-backup/nightly")
+        cmdline = Path(f"/proc/{dump_pid}/cmdline").read_bytes().decode(errors="replace")
         environ = Path(f"/proc/{dump_pid}/environ").read_bytes().decode(errors="replace")
-    except OSError:
-        environ = ""
+        variables = dict(item.split("=", 1) for item in environ.split("\0") if "=" in item)
+        pgpass = Path(variables["PGPASSFILE"])
+        info = pgpass.stat()
+        assert stat.S_ISREG(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o600
+        assert stat.S_IMODE(pgpass.parent.stat().st_mode) == 0o700
+        assert pgpass.read_text().rstrip("\n").endswith(f":backup:{BACKUP_PASSWORD}")
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
     assert BACKUP_PASSWORD not in cmdline and BACKUP_PASSWORD not in environ
-    assert "PGPASSFILE=" in environ
+    assert not pgpass.exists(), "the password file outlived the run"
     everything = stdout + stderr
     for path in setup.root.rglob("*"):
         if path.is_file() and path != secret_file:
             everything += path.read_bytes().decode("utf-8", "replace")
     assert BACKUP_PASSWORD not in everything
     assert "backup finished" in everything  # the daily log file was written
-    assert not list(Path("/tmp").glob("db-backup-pgpass-*/pgpass")) or True  # removed per run
     [report] = setup.reports_json()
     assert report["status"] == "SUCCESS"
 
@@ -332,11 +350,12 @@ def test_retention_deletes_old_backups_but_keeps_the_newest(setup: Setup, run_cl
         time.sleep(1.1)  # distinct second-resolution stems
     reports = sorted(setup.reports.glob("*.json"))
     assert len(reports) == 3
-    # Age the two oldest runs by ten days, as if they had run then.
+    # Age the two oldest runs to eleven and ten days ago (retention reads startedAt).
     aged = []
-    for path in reports[:2]:
+    for days, path in enumerate(reports[:2]):
         doc = json.loads(path.read_text())
-        doc["startedAt"] = doc["startedAt"].replace("2026-", "2025-")
+        old = datetime.now(UTC) - timedelta(days=11 - days)
+        doc["startedAt"] = old.strftime("%Y-%m-%dT%H:%M:%SZ")
         path.write_text(json.dumps(doc))
         aged.append(doc)
     foreign = setup.data / "someone_else.dump"

@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import signal
 import socket
 import subprocess
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from db_backup.config import load
-from db_backup.daemon import Daemon
+from db_backup.daemon import Clock, Daemon, utc_now
 from db_backup.systemd import Notifier
 from tests.conftest import CLI, Setup
-from tests.support.pgcluster import Cluster
+from tests.support.pgcluster import Cluster, locked_table, wait_for_lock_wait
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -64,6 +63,39 @@ class NotifySocket:
             self.collect(min(0.5, deadline - time.monotonic()))
         raise AssertionError(f"no {key} datagram within {timeout} s; got {self.messages[-5:]}")
 
+    def wait_for_status(
+        self, predicate: Callable[[str], bool], what: str, count: int = 1, timeout: float = 60
+    ) -> str:
+        """Returns the `count`-th STATUS line received so far or later that satisfies `predicate`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            matching = [m["STATUS"] for _, m in self.messages if predicate(m.get("STATUS", ""))]
+            if len(matching) >= count:
+                return matching[count - 1]
+            if time.monotonic() >= deadline:
+                statuses = [m["STATUS"] for _, m in self.messages if "STATUS" in m]
+                raise AssertionError(f"no STATUS {what} within {timeout} s; got {statuses[-5:]}")
+            self.collect(min(0.5, deadline - time.monotonic()))
+
+    def drain(self) -> list[dict[str, str]]:
+        """Returns the datagrams already queued, without waiting for more.
+
+        A datagram sent on a local socket is queued before `send` returns, so after a call that
+        would have sent something, this shows whether it did.
+        """
+        got = []
+        self.sock.setblocking(False)
+        try:
+            while True:
+                raw = self.sock.recv(8192)
+                fields = dict(line.split("=", 1) for line in raw.decode().split("\n") if line)
+                self.messages.append((time.monotonic(), fields))
+                got.append(fields)
+        except BlockingIOError:
+            return got
+        finally:
+            self.sock.setblocking(True)
+
 
 @pytest.fixture
 def notify(tmp_path: Path) -> Iterator[NotifySocket]:
@@ -96,6 +128,11 @@ def stop_daemon(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, 
         proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=timeout)
     return proc.returncode, stderr
+
+
+def process_state(pid: int) -> str:
+    """Returns the one-letter state of process `pid` (R, S, T for stopped, ...)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
 def missed_state(setup: Setup, *jobs: str, minutes_ago: int = 10) -> None:
@@ -135,15 +172,16 @@ def wait_for_reports(setup: Setup, count: int, timeout: float = 60) -> list[dict
 def test_ready_status_watchdog_reload_and_stopping(setup: Setup, notify: NotifySocket) -> None:
     setup.job()["schedule"] = "0 3 * * *"
     setup.write()
+    started = time.monotonic()
     proc = start_daemon(setup, notify, watchdog_usec=1_000_000)
     try:
         ready = notify.wait_for("READY")
         assert ready["STATUS"].startswith("1 job(s); next nightly ")
-        notify.collect(3.2)
-        pings = [t for t, m in notify.messages if m.get("WATCHDOG") == "1"]
-        assert len(pings) >= 4, "WATCHDOG=1 expected about every 0.5 s with WATCHDOG_USEC=1s"
-        gaps = [b - a for a, b in itertools.pairwise(pings)]
-        assert max(gaps) < 1.0 and min(gaps) > 0.3
+        # The idle loop wakes for the watchdog (WATCHDOG_USEC=1 s: a ping every 0.5 s), not just
+        # every 30 s: four pings come within seconds, and never more than one per 0.5 s.
+        for _ in range(4):
+            notify.wait_for("WATCHDOG", timeout=10, value="1")
+        assert time.monotonic() - started >= 3 * 0.5
 
         # A good config: RELOADING with MONOTONIC_USEC, then READY with the new schedule.
         setup.job()["schedule"] = "15 4 * * *"
@@ -164,14 +202,13 @@ def test_ready_status_watchdog_reload_and_stopping(setup: Setup, notify: NotifyS
         )
         assert proc.poll() is None
 
-        # The loop is frozen: no more watchdog pings arrive.
-        notify.collect(0.2)
-        notify.unread.clear()
+        # Frozen and thawed (a paused VM, a debugger), the loop feeds the watchdog again.
         os.kill(proc.pid, signal.SIGSTOP)
-        frozen = notify.collect(2.0)
-        assert not [m for m in frozen if "WATCHDOG" in m]
+        wait_until(lambda: process_state(proc.pid) == "T", "the daemon to be stopped")
+        notify.drain()
+        notify.unread.clear()
         os.kill(proc.pid, signal.SIGCONT)
-        notify.wait_for("WATCHDOG", timeout=5)
+        notify.wait_for("WATCHDOG", timeout=10)
     finally:
         code, stderr = stop_daemon(proc)
     assert code == 0, stderr
@@ -190,20 +227,27 @@ def test_catch_up_runs_a_missed_job_once_not_per_missed_slot(
     proc = start_daemon(setup, notify)
     try:
         report = min(wait_for_reports(setup, 1), key=lambda r: r["startedAt"])
-        time.sleep(3)
-        # The job's own next slot (the next whole minute) may legitimately run within these
-        # 3 s; a second catch-up run would start before it.
-        started = datetime.fromisoformat(report["startedAt"].replace("Z", "+00:00"))
-        next_slot = started.replace(second=0, microsecond=0) + timedelta(minutes=1)
-        early = [
-            r
-            for r in setup.reports_json()
-            if datetime.fromisoformat(r["startedAt"].replace("Z", "+00:00")) < next_slot
-        ]
-        assert len(early) == 1, "catch-up ran more than once"
+        # The loop reaps a finished run and starts what is due in the same tick, then sends
+        # STATUS: a status that shows the run's result and nothing running proves the loop came
+        # round after the catch-up run without starting it again.
+        notify.wait_for_status(
+            lambda s: "last nightly SUCCESS 0:00 ago" in s and "running " not in s,
+            "after the catch-up run",
+        )
     finally:
         code, stderr = stop_daemon(proc)
     assert code == 0, stderr
+    # The job's own next slot (the next whole minute) may legitimately have run by now; a
+    # second catch-up run would have started before it (a run cut short by the stop has a
+    # report too).
+    started = datetime.fromisoformat(report["startedAt"].replace("Z", "+00:00"))
+    next_slot = started.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    early = [
+        r
+        for r in setup.reports_json()
+        if datetime.fromisoformat(r["startedAt"].replace("Z", "+00:00")) < next_slot
+    ]
+    assert len(early) == 1, "catch-up ran more than once"
     assert report["status"] == "SUCCESS" and report["trigger"] == "schedule"
     state = json.loads((setup.state / "state.json").read_text())
     assert state["nightly"]["last_status"] == "SUCCESS"
@@ -218,10 +262,14 @@ def test_no_catch_up_when_the_missed_slot_is_outside_the_window(
     write_state(setup, "nightly", minutes_ago=60 * 24 * 400)  # missed 1 Jan, long ago
     proc = start_daemon(setup, notify)
     try:
-        notify.wait_for("READY")
-        time.sleep(2)
+        ready = notify.wait_for("READY")
+        # A tick has run (it feeds the watchdog after starting what is due).
+        notify.wait_for("WATCHDOG")
     finally:
-        stop_daemon(proc)
+        code, stderr = stop_daemon(proc)
+    assert code == 0, stderr
+    assert "next nightly " in ready["STATUS"] and "-01-01 00:00" in ready["STATUS"]
+    assert "catching up a missed run" not in stderr and "job started" not in stderr
     assert not setup.reports.exists() or setup.reports_json() == []
 
 
@@ -284,17 +332,7 @@ def test_job_hung_past_its_timeout_is_killed_and_reported(
     setup: Setup, notify: NotifySocket, cluster: Cluster
 ) -> None:
     # Another session holds an exclusive lock: pg_dump waits for it, producing nothing.
-    locker = subprocess.Popen(
-        cluster.psql_argv(
-            "shop",
-            "-c",
-            "BEGIN; LOCK TABLE customers IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60);",
-        ),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        time.sleep(1)
+    with locked_table(cluster, "shop", "customers"):
         setup.job()["timeout_seconds"] = 3
         setup.job()["globals"] = False
         setup.write()
@@ -305,14 +343,6 @@ def test_job_hung_past_its_timeout_is_killed_and_reported(
             assert proc.poll() is None, "the daemon must keep running"
         finally:
             stop_daemon(proc)
-    finally:
-        locker.kill()
-        locker.wait()
-        # The server-side session would hold the lock until pg_sleep ends: end it now.
-        cluster.psql(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE query LIKE '%LOCK TABLE customers%' AND pid <> pg_backend_pid()"
-        )
     assert report["status"] == "FAILED"
     assert "timed out after 3 s" in report["errorMessage"]
     assert setup.data_files() == []
@@ -327,10 +357,18 @@ def test_failed_run_is_retried_with_its_own_report(setup: Setup, notify: NotifyS
     proc = start_daemon(setup, notify)
     try:
         reports = wait_for_reports(setup, 2, timeout=60)
-        time.sleep(3)
-        assert len(setup.reports_json()) == 2, "only one extra attempt was configured"
+        # A failed run is reaped, and its retry planned, in the tick that then sends STATUS:
+        # the second "failed, nothing running" status comes after the last retry decision.
+        notify.wait_for_status(
+            lambda s: "last nightly FAILED" in s and "running " not in s,
+            "after the retry failed",
+            count=2,
+        )
     finally:
-        stop_daemon(proc)
+        code, stderr = stop_daemon(proc)
+    assert code == 0, stderr
+    assert len(setup.reports_json()) == 2, "only one extra attempt was configured"
+    assert stderr.count("retry planned") == 1
     assert sorted(r["attempt"] for r in reports) == [1, 2]
     assert {r["trigger"] for r in reports} == {"schedule", "retry"}
     assert all(r["status"] == "FAILED" for r in reports)
@@ -367,34 +405,60 @@ def test_wall_clock_jumps_run_a_due_job_once_and_never_rerun_it(setup: Setup) ->
     assert daemon.due["nightly"] > jumped
 
 
-def test_watchdog_is_not_fed_while_a_running_job_makes_no_progress(
-    setup: Setup, notify: NotifySocket
-) -> None:
-    from db_backup.daemon import Running
-    from db_backup.execute import CancelToken
+class SteppedMonotonic(Clock):
+    """The real wall clock, and a monotonic clock that moves only when the test steps it."""
 
+    def __init__(self) -> None:
+        self.seconds = 1000.0
+
+    def monotonic(self) -> float:
+        return self.seconds
+
+    def step(self, seconds: float) -> None:
+        self.seconds += seconds
+
+
+def test_watchdog_is_not_fed_while_a_real_dump_is_stalled_on_a_lock(
+    setup: Setup,
+    notify: NotifySocket,
+    cluster: Cluster,
+    slow_db: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    setup.job()["databases"] = slow_db
+    setup.job()["globals"] = False
+    setup.write()
+    missed_state(setup, "nightly")  # due at once
+    monkeypatch.setenv("WATCHDOG_USEC", "2000000")  # a ping per (stepped) second
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
     config = load(str(setup.path))
-    environ = {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "200000"}
-    daemon = Daemon(str(setup.path), config, Notifier(environ))
-    daemon.watchdog.interval = 0.1
-    daemon.state.load()
-    now = datetime.now(UTC)
-    daemon._schedule_all(now, catch_up=False)
-    stalled = Running(config.jobs[0], 1, now, CancelToken())
-    stalled.thread = threading.Thread(target=time.sleep, args=(3,))
-    stalled.thread.start()
-    daemon.running["nightly"] = stalled
-    daemon.tick(now)
-    assert any(m.get("WATCHDOG") == "1" for m in notify.collect(0.3)), (
-        "a progressing job is healthy"
+    clock = SteppedMonotonic()
+    daemon = Daemon(
+        str(setup.path), config, Notifier({"NOTIFY_SOCKET": str(notify.path)}), clock=clock
     )
-    stalled.last_progress = time.monotonic() - config.daemon.stall_seconds - 1
-    for _ in range(5):
-        time.sleep(0.12)
-        daemon.tick(datetime.now(UTC))
-    assert not [m for m in notify.collect(0.3) if "WATCHDOG" in m]
-    stalled.progress("nightly", "shop", 1024)  # bytes flow again: pings resume
-    time.sleep(0.12)
-    daemon.tick(datetime.now(UTC))
-    assert any(m.get("WATCHDOG") == "1" for m in notify.collect(0.3))
-    stalled.thread.join()
+    interval, stall = 1.0, config.daemon.stall_seconds
+
+    def tick_pings() -> bool:
+        """Steps a watchdog interval, runs one loop iteration, returns whether it pinged."""
+        clock.step(interval)
+        daemon.tick(utc_now())
+        return any(m.get("WATCHDOG") == "1" for m in notify.drain())
+
+    # A session holding ACCESS EXCLUSIVE on the table stalls the real pg_dump: no byte flows.
+    with locked_table(cluster, slow_db, "blob"):
+        daemon.start()
+        daemon.tick(utc_now())
+        running = daemon.running["nightly"]
+        wait_for_lock_wait(cluster, "db-backup/nightly")
+        assert tick_pings(), "a job that has not been quiet for stall_seconds is healthy"
+        clock.step(stall)
+        assert not daemon.healthy()
+        assert not tick_pings() and not tick_pings(), "the watchdog was fed during a stall"
+        assert running.bytes == 0 and "nightly" in daemon.running
+    # The lock is gone: bytes flow, and the loop feeds the watchdog again while the dump runs.
+    wait_until(lambda: running.bytes > 0, "the dump to produce bytes")
+    assert tick_pings()
+    assert "nightly" in daemon.running, "the dump ended before the check; use a bigger database"
+    assert daemon.shutdown() == 0
+    [report] = setup.reports_json()
+    assert report["status"] == "FAILED" and "daemon stopping" in report["errorMessage"]

@@ -211,13 +211,24 @@ def test_stderr_fallback_uses_priority_prefix_when_stderr_is_the_journal(
     assert "<3>db-backup: disk full" in capsys.readouterr().err.splitlines()
 
 
-def test_unencodable_value_does_not_raise(journal_socket: JournalSocket) -> None:
+def test_unencodable_value_does_not_raise_and_the_line_goes_to_stderr(
+    journal_socket: JournalSocket,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     class Broken:
         def __str__(self) -> str:
             raise RuntimeError("boom")
 
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
     sender = JournalSender(journal_socket.path)
     assert sender.send("still logged", 6, {"bad": Broken()}) is False
+    assert capsys.readouterr().err.splitlines() == [
+        "db-backup: still logged (journal encoding failed: RuntimeError('boom'))"
+    ]
+    # Nothing half-encoded reached the journal; the next entry does.
+    assert sender.send("next", 6, {})
+    assert journal_socket.text()["MESSAGE"] == "next"
 
 
 # --- JOURNAL_STREAM ---------------------------------------------------------------------------
@@ -386,8 +397,13 @@ journald_pid=$!
 trap 'kill "$journald_pid"' EXIT
 for _ in $(seq 1 100); do [ -S /run/systemd/journal/socket ] && break; sleep 0.05; done
 "$PYTHON" -c "$SENDER"
-sleep 0.5
-journalctl -D /run/log/journal -o json --all --no-pager SYSLOG_IDENTIFIER=db-backup
+# journald stores entries asynchronously: read until all three are there (or give up).
+for _ in $(seq 1 600); do
+    stored=$(journalctl -D /run/log/journal -o json --all --no-pager SYSLOG_IDENTIFIER=db-backup || true)
+    [ "$(printf '%s\n' "$stored" | grep -c MESSAGE)" -ge 3 ] && break
+    sleep 0.05
+done
+printf '%s\n' "$stored"
 """
 REAL_JOURNALD_SENDER = """
 import structlog

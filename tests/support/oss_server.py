@@ -236,8 +236,8 @@ class TokenBucket:
             self._tokens = 0.0
             self._stamp = time.monotonic()
 
-    def take(self, amount: int, stop: threading.Event) -> None:
-        """Blocks until `amount` bytes may be read under the current rate.
+    def take(self, amount: int, stop: threading.Event) -> float:
+        """Blocks until `amount` bytes may be read under the current rate; returns the wait (s).
 
         Readers reserve tokens first and then sleep off their debt, so concurrent readers share
         the rate fairly without holding the lock while sleeping.
@@ -245,7 +245,7 @@ class TokenBucket:
         with self._lock:
             rate = self._rate
             if rate is None:
-                return
+                return 0.0
             now = time.monotonic()
             # Allow a burst of at most 1/10 s worth so that pacing stays smooth.
             self._tokens = min(self._tokens + (now - self._stamp) * rate, rate / 10)
@@ -254,6 +254,7 @@ class TokenBucket:
             wait = -self._tokens / rate if self._tokens < 0 else 0.0
         if wait > 0:
             stop.wait(wait)
+        return wait
 
 
 def _copy_file(source: int, destination: int, size: int) -> None:
@@ -535,7 +536,8 @@ class OssServer:
 
     @property
     def requests(self) -> list[dict[str, Any]]:
-        """Returns the request log: method, path, query, headers, operation, status."""
+        """Returns the request log: method, path, query, headers, operation, status, and
+        paced_seconds (how long the bandwidth limit held the request body back)."""
         with self._lock:
             return list(self._log)
 
@@ -645,6 +647,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._fault = None
         self._bytes_read = 0
         self._body_reader = None
+        self._entry: dict[str, Any] = {"paced_seconds": 0.0}
         split = urlsplit(self.path)
         raw_path = split.path
         query = dict(parse_qsl(split.query, keep_blank_values=True))
@@ -667,7 +670,9 @@ class _Handler(BaseHTTPRequestHandler):
             "operation": operation,
             "status": None,
             "time": time.time(),
+            "paced_seconds": 0.0,
         }
+        self._entry = entry
         state._record(entry)
         try:
             fault = state._take_fault(operation)
@@ -770,7 +775,7 @@ class _Handler(BaseHTTPRequestHandler):
                 if left_before_drop <= 0:
                     raise _DropConnection()
                 want = min(want, left_before_drop)
-            state.limiter.take(want, state._stop)
+            self._entry["paced_seconds"] += state.limiter.take(want, state._stop)
             data = self.rfile.read(want)
             if not data:
                 raise _ClientGone()

@@ -20,6 +20,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.waiting import wait_until
+
 
 def pg_bindir() -> Path:
     """Returns the newest /usr/lib/postgresql/<major>/bin that has initdb."""
@@ -171,6 +173,62 @@ def start_cluster(root: Path | None = None, port: int | None = None) -> Cluster:
                 raise
             time.sleep(0.2)
     return cluster
+
+
+@contextlib.contextmanager
+def locked_table(cluster: Cluster, database: str, table: str) -> Iterator[None]:
+    """Holds ACCESS EXCLUSIVE on `table` from another session for the block.
+
+    Returns once the lock is granted, so anything that reads the table (pg_dump) stalls on it for
+    real; on exit the holding session is terminated and the lock released.
+    """
+    application = f"test-locker-{os.getpid()}"
+    locker = subprocess.Popen(
+        cluster.psql_argv(
+            database,
+            "-c",
+            f"BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(600);",
+        ),
+        env={**os.environ, "PGAPPNAME": application},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(
+            lambda: (
+                cluster.psql(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                    f"WHERE a.application_name = '{application}' AND l.granted "
+                    f"AND l.mode = 'AccessExclusiveLock' AND l.relation = '{table}'::regclass",
+                    database,
+                )
+                == "1"
+            ),
+            f"the lock on {database}.{table}",
+        )
+        yield
+    finally:
+        cluster.psql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            f"WHERE application_name = '{application}'"
+        )
+        locker.kill()
+        locker.wait()
+
+
+def wait_for_lock_wait(cluster: Cluster, application_name: str, timeout: float = 60) -> None:
+    """Returns once a session named `application_name` is waiting for a lock (it is stalled)."""
+    wait_until(
+        lambda: (
+            cluster.psql(
+                "SELECT count(*) FROM pg_stat_activity "
+                f"WHERE application_name = '{application_name}' AND wait_event_type = 'Lock'"
+            )
+            != "0"
+        ),
+        f"{application_name} to wait for a lock",
+        timeout,
+    )
 
 
 @contextlib.contextmanager

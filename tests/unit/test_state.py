@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import stat
+import subprocess
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -84,20 +88,40 @@ def test_write_replaces_the_file_and_leaves_no_temporary_files(tmp_path: Path) -
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
+@contextlib.contextmanager
+def unwritable(directory: Path) -> Iterator[None]:
+    """Makes `directory` refuse new entries for the block, for root as well.
+
+    Root ignores permission bits, so as root the directory is made immutable (chattr +i).
+    """
+    if os.geteuid() != 0:
+        os.chmod(directory, 0o500)
+        try:
+            yield
+        finally:
+            os.chmod(directory, 0o700)
+        return
+    chattr = shutil.which("chattr")
+    if chattr is None:
+        pytest.skip("running as root without chattr: nothing makes a directory unwritable")
+    done = subprocess.run([chattr, "+i", str(directory)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"running as root on a file system without chattr +i: {done.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run([chattr, "-i", str(directory)], check=True)
+
+
 def test_failed_write_keeps_the_old_state_file(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
     store = StateStore(path)
     store.record("nightly", STARTED, "SUCCESS")
     before = path.read_bytes()
-    os.chmod(tmp_path, 0o500)
-    try:
-        if os.access(tmp_path, os.W_OK):
-            pytest.skip("running as root: directory permissions do not stop writes")
-        with pytest.raises(OSError):
-            store.record("nightly", STARTED + timedelta(days=1), "FAILED")
-    finally:
-        os.chmod(tmp_path, 0o700)
+    with unwritable(tmp_path), pytest.raises(OSError):
+        store.record("nightly", STARTED + timedelta(days=1), "FAILED")
     assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
     assert store.get("nightly") == JobState(STARTED, "SUCCESS")
 
 
