@@ -26,8 +26,8 @@ from tests.support.pgcluster import (
     table_fingerprint,
     wait_for_lock_wait,
 )
-from tests.support.waiting import wait_until
 from tests.support.procs import start_run, wait_for_pg_dump
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -21,8 +21,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from croniter import croniter
 import yaml
+from croniter import croniter
 
 from db_backup import daemon as daemon_module
 from db_backup.config import Config, JobConfig, loads
