@@ -25,13 +25,14 @@ import structlog
 from db_backup import pg
 from db_backup.config import Config, JobConfig
 from db_backup.execute import Cancelled, CancelToken, CommandError
+from db_backup.fsutil import describe_os_error
 from db_backup.report import FAILED, SUCCESS, Report, load_reports, utc_now, write_report
 from db_backup.report import stem as make_stem
 from db_backup.retention import Backup, backup_of, choose_expired
 from db_backup.secrets import SecretError, mask
 from db_backup.storage import make_targets
 from db_backup.storage.base import StorageError, StoredObject, Target
-from db_backup.storage.local import LocalTarget, describe_os_error
+from db_backup.storage.local import LocalTarget
 
 log = structlog.get_logger("db_backup.job")
 

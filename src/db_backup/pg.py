@@ -12,10 +12,11 @@ from pathlib import Path
 
 from db_backup.config import JobConfig
 from db_backup.execute import CancelToken, CommandError, StreamingChild, child_env, run
+from db_backup.fsutil import fsync_dir
 from db_backup.report import host_label
 from db_backup.secrets import resolve
 from db_backup.storage.base import StoredObject
-from db_backup.storage.local import fsync_dir, temp_name
+from db_backup.storage.local import temp_name
 
 __all__ = ["host_label"]
 

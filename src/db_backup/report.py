@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from db_backup.fsutil import write_atomically
 from db_backup.secrets import mask
-from db_backup.storage.local import write_atomically
 
 SCHEMA_VERSION = 1
 SUCCESS = "SUCCESS"

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import structlog
 
-from db_backup.storage.local import write_atomically
+from db_backup.fsutil import write_atomically
 
 log = structlog.get_logger(__name__)
 
