@@ -1,0 +1,109 @@
+"""Records of the standard library's `logging` (oss2, urllib3, ...) go through our pipeline."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from db_backup import logs
+from db_backup.secrets import register
+from db_backup.storage.base import StorageError
+from db_backup.storage.oss import OssSettings, OssTarget
+from tests.support import oss_fixtures
+from tests.support.oss_fixtures import (
+    OSS_ACCESS_KEY_ID,
+    OSS_ACCESS_KEY_SECRET,
+    OSS_BUCKET,
+    OSS_REGION,
+)
+from tests.support.oss_server import OssServer
+
+oss_server = oss_fixtures.oss_server
+
+
+@pytest.fixture
+def log_dir(tmp_path: Path) -> Iterator[Path]:
+    directory = tmp_path / "logs"
+    directory.mkdir()
+    try:
+        yield directory
+    finally:
+        logs.reset()
+
+
+def _file_events(directory: Path) -> list[dict[str, object]]:
+    (path,) = directory.glob("backup_*.log")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_oss2_error_record_reaches_the_log_file_and_stderr_as_structured_lines(
+    oss_server: OssServer, log_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logs.setup("info", log_dir, force="json")
+    settings = OssSettings(
+        endpoint=oss_server.endpoint,
+        bucket=OSS_BUCKET,
+        region=OSS_REGION,
+        access_key_id=OSS_ACCESS_KEY_ID,
+        access_key_secret=OSS_ACCESS_KEY_SECRET,
+        retries=0,
+    )
+    source = log_dir.parent / "small.sql"
+    source.write_bytes(b"select 1;\n")
+    oss_server.fail_request(503, operation="PutObject")
+    with pytest.raises(StorageError):
+        OssTarget(settings).put_file(source, "small.sql")
+
+    from_oss2 = [e for e in _file_events(log_dir) if e.get("logger") == "oss2.api"]
+    assert from_oss2, "oss2 logged nothing through the pipeline"
+    assert "503" in str(from_oss2[0]["event"]) and from_oss2[0]["level"] == "info"
+    stderr_lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert any(line.get("logger") == "oss2.api" for line in stderr_lines)
+
+
+def test_library_record_carrying_a_secret_is_masked_in_the_file_and_on_stderr(
+    log_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret = "library-logged-secret-9c1e"
+    register(secret)
+    logs.setup("info", log_dir, force="json")
+    logging.getLogger("oss2").warning("retrying with token %s", secret)
+
+    (event,) = [e for e in _file_events(log_dir) if e.get("logger") == "oss2"]
+    assert event["event"] == "retrying with token ***"
+    assert event["level"] == "warning"
+    stderr = capsys.readouterr().err
+    assert "retrying with token ***" in stderr
+    assert secret not in stderr
+    assert secret not in (next(log_dir.glob("backup_*.log"))).read_text(encoding="utf-8")
+
+
+def test_library_traceback_is_masked_like_the_message(
+    log_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret = "traceback-secret-77ab"
+    register(secret)
+    logs.setup("info", log_dir, force="json")
+    try:
+        raise ConnectionError(f"refused for {secret}")
+    except ConnectionError:
+        logging.getLogger("urllib3.connectionpool").exception("request failed")
+
+    (event,) = [e for e in _file_events(log_dir) if e.get("logger") == "urllib3.connectionpool"]
+    assert "ConnectionError: refused for ***" in str(event["exception"])
+    assert secret not in capsys.readouterr().err
+
+
+def test_library_records_below_the_configured_level_are_dropped(
+    log_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logs.setup("warning", log_dir, force="json")
+    logging.getLogger("oss2").info("start to put object")
+    logging.getLogger("oss2").error("put failed")
+    events = [e["event"] for e in _file_events(log_dir)]
+    assert events == ["put failed"]
+    assert "start to put object" not in capsys.readouterr().err
