@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -9,6 +10,7 @@ import threading
 import time
 import tracemalloc
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import oss2
@@ -208,6 +210,57 @@ def test_failed_tagging_removes_the_completed_object(oss_server: OssServer) -> N
     with pytest.raises(StorageError, match="tag sha256"):
         sink.commit("0" * 64)
     _assert_nothing_left(oss_server)
+
+
+@pytest.mark.parametrize(
+    "failing_part",
+    [pytest.param(3, id="last-part-sent-by-commit"), pytest.param(1, id="first-part-before")],
+)
+def test_a_commit_that_fails_on_a_part_aborts_the_upload_itself(
+    oss_server: OssServer, failing_part: int
+) -> None:
+    target = _target(oss_server, retries=0)
+    oss_server.fail_request(503, operation="UploadPart", nth=failing_part, times=100)
+    sink = target.open_stream(FILENAME)
+    with contextlib.suppress(StorageError):  # an early failure may already show in write()
+        sink.write(os.urandom(2 * PART + 5))  # two full parts; commit sends the last 5 bytes
+    with pytest.raises(StorageError, match="upload part"):
+        sink.commit("0" * 64)
+    # No abort() from the caller: the failed commit must not leave parts to be billed.
+    _assert_nothing_left(oss_server)
+    assert oss_server.requests_for("AbortMultipartUpload")
+    sink.abort()  # still safe, and nothing more to do
+    assert len(oss_server.requests_for("AbortMultipartUpload")) == 1
+
+
+def _start_upload(server: OssServer, key: str) -> str:
+    """Starts a multipart upload from outside the target (as a killed run leaves one)."""
+    bucket = oss2.Bucket(
+        oss2.Auth(OSS_ACCESS_KEY_ID, OSS_ACCESS_KEY_SECRET), server.endpoint, OSS_BUCKET
+    )
+    upload_id: str = bucket.init_multipart_upload(key).upload_id
+    bucket.upload_part(key, upload_id, 1, b"x" * 1000)
+    return upload_id
+
+
+def test_stale_uploads_of_this_program_are_aborted_and_nothing_else(
+    oss_server: OssServer,
+) -> None:
+    target = _target(oss_server)
+    ours = "postgres/backups/app_20261120T020000Z_db1.dump"
+    deeper = "postgres/backups/archive/app_20261120T020000Z_db1.dump"
+    elsewhere = "other/app_20261120T020000Z_db1.dump"
+    for key in (ours, deeper, elsewhere):
+        _start_upload(oss_server, key)
+    assert target.abort_stale_uploads(timedelta(days=1)) == []  # all younger than a day
+    assert len(oss_server.pending_uploads(OSS_BUCKET)) == 3
+
+    two_days_later = datetime.now(UTC) + timedelta(days=2)
+    aborted = target.abort_stale_uploads(timedelta(days=1), now=two_days_later)
+    assert aborted == [f"oss://{OSS_BUCKET}/{ours}"]
+    left = sorted(u.key for u in oss_server.pending_uploads(OSS_BUCKET))
+    assert left == sorted([deeper, elsewhere])
+    assert [r["status"] for r in oss_server.requests_for("AbortMultipartUpload")] == [204]
 
 
 def test_abort_midway_removes_parts_and_upload(oss_server: OssServer) -> None:

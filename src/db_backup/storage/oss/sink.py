@@ -16,6 +16,8 @@ is attached to the object as the object tag `sha256` after completion (see `SHA2
 metadata can only be given at initiation, when the digest is not known yet, and an in-place
 CopyObject to add it is limited to 1 GB and to restored objects for Archive classes on real OSS.
 
+Every way out of the sink other than a successful commit aborts the multipart upload, so no
+parts are left to be billed: a failed write (through `abort`), a failed commit (itself).
 """
 
 from __future__ import annotations
@@ -52,12 +54,12 @@ class SinkState(enum.Enum):
     COMPLETING = "completing"  # CompleteMultipartUpload sent: the object may exist
     COMPLETED = "completed"  # the object exists, its tag is not written yet
     COMMITTED = "committed"
-    FAILED = "failed"  # a commit failed
+    FAILED = "failed"  # a commit failed and cleaned up after itself
     ABORTED = "aborted"
 
 
 _UPLOADING = frozenset({SinkState.OPEN, SinkState.COMMITTING})
-_FINISHED = frozenset({SinkState.COMMITTED, SinkState.ABORTED})
+_FINISHED = frozenset({SinkState.COMMITTED, SinkState.FAILED, SinkState.ABORTED})
 
 
 @dataclass
@@ -202,21 +204,21 @@ class OssSink:
             raise error
 
     def commit(self, sha256_hex: str) -> StoredObject:
-        """Uploads the last part, completes the upload (CRC verified) and tags the sha256."""
-        self._raise_if_failed()
+        """Uploads the last part, completes the upload (CRC verified) and tags the sha256.
+
+        On any failure the upload is aborted (and an object the Complete made is deleted)
+        before the error is raised; a later `abort` has nothing left to do.
+        """
         state = self.state
         if state is not SinkState.OPEN:
             raise StorageError(f"oss: commit after {state.value} for {self.target.url(self.key)}")
         self._set_state(SinkState.COMMITTING)
         target = self.target
         try:
+            self._raise_if_failed()
             if self._buffered or not self._futures:
                 self._submit_part()
             parts = [future.result() for future in self._futures]
-        except StorageError:
-            self._set_state(SinkState.FAILED)
-            raise
-        try:
             # The parts go without their CRCs: oss2 would combine them itself in pure Python at
             # about 6 ms a part (48 s for 8,000 parts); `_complete` makes the same whole-object
             # check with the cached combine of `crc64`.
@@ -236,7 +238,7 @@ class OssSink:
                 self.key,
                 lambda: target.bucket.put_object_tagging(self.key, tagging),
             )
-        except StorageError:
+        except BaseException:
             self._cleanup_after_failed_commit()
             raise
         self._set_state(SinkState.COMMITTED)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -148,3 +150,40 @@ class OssTarget:
         result = self.call("delete", None, lambda: self.bucket.batch_delete_objects(keys))
         deleted: list[str] = result.deleted_keys
         return deleted
+
+    def abort_stale_uploads(
+        self, older_than: timedelta = timedelta(days=1), now: datetime | None = None
+    ) -> list[str]:
+        """Aborts multipart uploads of this program's that were left open; returns their URLs.
+
+        Only uploads of objects directly under the prefix (where this program writes, the same
+        scope retention uses) that were initiated more than `older_than` before `now` are
+        aborted: a SIGKILL can leave one, and its parts are billed until someone aborts it.
+        """
+        prefix = self.settings.prefix
+        cutoff = (now or datetime.now(UTC)) - older_than
+
+        def stale() -> list[tuple[str, str]]:
+            found = []
+            for upload in oss2.MultipartUploadIterator(self.bucket, prefix=prefix):
+                name = upload.key[len(prefix) :]
+                initiated = datetime.fromtimestamp(upload.initiation_date, UTC)
+                if name and "/" not in name and initiated < cutoff:
+                    found.append((upload.key, upload.upload_id))
+            return found
+
+        aborted = []
+        for key, upload_id in self.call("list multipart uploads", None, stale):
+            self.call(
+                "abort stale multipart upload",
+                key,
+                lambda: _abort_if_present(self.bucket, key, upload_id),  # noqa: B023
+            )
+            aborted.append(self.url(key))
+        return aborted
+
+
+def _abort_if_present(bucket: oss2.Bucket, key: str, upload_id: str) -> None:
+    """Aborts one multipart upload; one that is already gone counts as aborted."""
+    with contextlib.suppress(oss2.exceptions.NoSuchUpload):
+        bucket.abort_multipart_upload(key, upload_id)
