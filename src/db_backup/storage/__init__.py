@@ -32,7 +32,7 @@ def remote_target(config: Config) -> Target:
         from db_backup.storage.rclone import RcloneSettings, RcloneTarget
 
         if storage.rclone is None:
-            raise StorageError("rclone: storage.rclone is not configured")
+            raise StorageError("storage.rclone is not configured")
         rc = storage.rclone
         return RcloneTarget(
             RcloneSettings(remote=rc.remote, prefix=rc.prefix, config_file=rc.config_file)
@@ -48,7 +48,7 @@ def oss_settings(config: Config) -> OssSettings:
 
     oss = config.storage.oss
     if oss is None:
-        raise StorageError("oss: storage.oss is not configured")
+        raise StorageError("storage.oss is not configured")
     token = (
         resolve(oss.security_token, "storage.oss.security_token") if oss.security_token else None
     )

@@ -29,9 +29,7 @@ class LocalSink:
         try:
             fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
         except OSError as exc:
-            raise StorageError(
-                f"local: cannot create {describe_os_error(exc, self.temp)}"
-            ) from None
+            raise StorageError(f"cannot create {describe_os_error(exc, self.temp)}") from None
         self._file = os.fdopen(fd, "wb", buffering=0)
 
     def write(self, data: bytes) -> None:
@@ -43,7 +41,7 @@ class LocalSink:
                 view = view[n or 0 :]
             self._written += len(data)
         except OSError as exc:
-            raise StorageError(f"local: cannot write {describe_os_error(exc, self.temp)}") from None
+            raise StorageError(f"cannot write {describe_os_error(exc, self.temp)}") from None
 
     def commit(self, sha256_hex: str) -> StoredObject:
         """fsyncs and renames the temporary file to its final name; returns its path."""
@@ -54,9 +52,7 @@ class LocalSink:
             fsync_dir(self.final.parent)
         except OSError as exc:
             self.abort()
-            raise StorageError(
-                f"local: cannot finish {describe_os_error(exc, self.final)}"
-            ) from None
+            raise StorageError(f"cannot finish {describe_os_error(exc, self.final)}") from None
         return StoredObject(str(self.final), self._written, {"sha256": sha256_hex})
 
     def abort(self) -> None:
@@ -88,7 +84,7 @@ class LocalTarget:
                     sink.write(chunk)
         except OSError as exc:
             sink.abort()
-            raise StorageError(f"local: cannot read {describe_os_error(exc, path)}") from None
+            raise StorageError(f"cannot read {describe_os_error(exc, path)}") from None
         except StorageError:
             sink.abort()
             raise
@@ -107,7 +103,7 @@ class LocalTarget:
             except FileNotFoundError:
                 continue
             except OSError as exc:
-                raise StorageError(f"local: cannot delete {describe_os_error(exc, path)}") from None
+                raise StorageError(f"cannot delete {describe_os_error(exc, path)}") from None
             removed.append(str(path))
         return removed
 

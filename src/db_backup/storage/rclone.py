@@ -62,7 +62,7 @@ class RcloneTarget:
         try:
             return execute.run(self.argv(*args), env=execute.child_env(), timeout=timeout)
         except execute.CommandError as error:
-            raise StorageError(f"rclone: {what} failed for {where}: {error}") from None
+            raise StorageError(f"{what} failed for {where}: {error}") from None
 
     def open_stream(self, filename: str, size_hint: int | None = None) -> RcloneSink:
         """Starts `rclone rcat` to a temporary name next to `filename`."""
@@ -86,7 +86,7 @@ class RcloneTarget:
         except execute.CommandError as error:
             if "directory not found" in str(error):
                 return []
-            raise StorageError(f"rclone: lsf failed for {where}: {error}") from None
+            raise StorageError(f"lsf failed for {where}: {error}") from None
         return sorted(line for line in out.splitlines() if line)
 
     def delete(self, filenames: list[str]) -> list[str]:
@@ -105,7 +105,7 @@ class RcloneTarget:
         out = self.run("lsjson", where, "lsjson", "--files-only", where)
         entries = json.loads(out or "[]")
         if len(entries) != 1:
-            raise StorageError(f"rclone: {where} is missing after upload")
+            raise StorageError(f"{where} is missing after upload")
         return int(entries[0]["Size"])
 
 
@@ -131,7 +131,7 @@ class RcloneSink:
                 start_new_session=True,  # so abort can stop rclone and anything it started
             )
         except OSError as error:
-            raise StorageError(f"rclone: cannot start {target.binary}: {error}") from None
+            raise StorageError(f"cannot start {target.binary}: {error}") from None
         assert self._proc.stdin is not None and self._proc.stderr is not None
         self._stdin = self._proc.stdin
         self._stderr = execute.StderrTail(self._proc.stderr)
@@ -140,13 +140,13 @@ class RcloneSink:
         code = self._proc.poll()
         status = f"exited with status {code}" if code is not None else "failed"
         tail = self._stderr.text()
-        text = f"rclone: {what} {status} for {self.final_path}"
+        text = f"{what} {status} for {self.final_path}"
         return StorageError(f"{text}: {tail}" if tail else text)
 
     def write(self, data: bytes) -> None:
         """Passes `data` to rcat's stdin; raises StorageError when rcat has gone away."""
         if self._state != "open":
-            raise StorageError(f"rclone: write after {self._state} for {self.final_path}")
+            raise StorageError(f"write after {self._state} for {self.final_path}")
         try:
             self._stdin.write(data)
         except (BrokenPipeError, ValueError, OSError):
@@ -158,7 +158,7 @@ class RcloneSink:
     def commit(self, sha256_hex: str) -> StoredObject:
         """Ends rcat's input, checks its exit and the stored size, then moves to the final name."""
         if self._state != "open":
-            raise StorageError(f"rclone: commit after {self._state} for {self.final_path}")
+            raise StorageError(f"commit after {self._state} for {self.final_path}")
         self._state = "committing"
         try:
             with contextlib.suppress(BrokenPipeError, OSError):
@@ -168,7 +168,7 @@ class RcloneSink:
             stored = self.target.size_of(self.temp_name)
             if stored != self._written:
                 raise StorageError(
-                    f"rclone: {self.temp_path} holds {stored} bytes, {self._written} were sent"
+                    f"{self.temp_path} holds {stored} bytes, {self._written} were sent"
                 )
             self.target.run(
                 "moveto", self.final_path, "moveto", self.temp_path, self.final_path, timeout=None

@@ -22,13 +22,13 @@ def make_bucket(settings: OssSettings, pool_size: int | None = None) -> oss2.Buc
             auth = oss2.Auth(settings.access_key_id, settings.access_key_secret)
     elif settings.signature_version == "v4":
         if not settings.region:
-            raise StorageError(f"oss: signature v4 needs the region of bucket {settings.bucket}")
+            raise StorageError(f"signature v4 needs the region of bucket {settings.bucket}")
         provider = StaticCredentialsProvider(
             settings.access_key_id, settings.access_key_secret, token or ""
         )
         auth = oss2.ProviderAuthV4(provider)
     else:
-        raise StorageError(f"oss: unknown signature version {settings.signature_version!r}")
+        raise StorageError(f"unknown OSS signature version {settings.signature_version!r}")
     session = oss2.Session(pool_size=pool_size or max(settings.parallel_parts + 2, 4))
     return oss2.Bucket(
         auth,

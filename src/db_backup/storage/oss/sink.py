@@ -126,7 +126,7 @@ class OssSink:
         self._raise_if_failed()
         state = self.state
         if state is not SinkState.OPEN:
-            raise StorageError(f"oss: write after {state.value} for {self.target.url(self.key)}")
+            raise StorageError(f"write after {state.value} for {self.target.url(self.key)}")
         view = memoryview(data)
         while view:
             size = self.part_size
@@ -184,7 +184,7 @@ class OssSink:
             )
             if result.crc is None:
                 raise StorageError(
-                    f"oss: upload part {number}: OSS sent no CRC-64 for {target.url(self.key)}"
+                    f"upload part {number}: OSS sent no CRC-64 for {target.url(self.key)}"
                 )
             return _Uploaded(number, result.etag, len(data), int(result.crc))
         except StorageError as error:
@@ -211,7 +211,7 @@ class OssSink:
         """
         state = self.state
         if state is not SinkState.OPEN:
-            raise StorageError(f"oss: commit after {state.value} for {self.target.url(self.key)}")
+            raise StorageError(f"commit after {state.value} for {self.target.url(self.key)}")
         self._set_state(SinkState.COMMITTING)
         target = self.target
         try:

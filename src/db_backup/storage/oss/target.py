@@ -39,7 +39,7 @@ class OssTarget:
         retry_delay: float = 0.5,
     ) -> None:
         if settings.storage_class is not None and settings.storage_class not in STORAGE_CLASSES:
-            raise StorageError(f"oss: unknown storage class {settings.storage_class!r}")
+            raise StorageError(f"unknown OSS storage class {settings.storage_class!r}")
         for secret in (settings.access_key_secret, settings.security_token):
             if secret:
                 register(secret)  # masked wherever it might show up, however it was given
@@ -75,14 +75,18 @@ class OssTarget:
     def error(
         self, what: str, key: str | None, error: BaseException, attempts: int = 1
     ) -> StorageError:
-        """Returns a StorageError naming the target, the object and the cause, without secrets."""
+        """Returns a StorageError naming the operation, the object and the cause, without secrets.
+
+        The message does not start with the target's name: whoever collects the errors of
+        several targets puts it in front (the report keys them by name).
+        """
         where = (
             self.url(key)
             if key is not None
             else f"oss://{self.settings.bucket}/{self.settings.prefix}"
         )
         tries = f" after {attempts} attempts" if attempts > 1 else ""
-        return StorageError(mask(f"oss: {what}: {describe_oss_error(error)}{tries} for {where}"))
+        return StorageError(mask(f"{what}: {describe_oss_error(error)}{tries} for {where}"))
 
     def call(
         self, what: str, key: str | None, function: Callable[[], T], retries: int | None = None
