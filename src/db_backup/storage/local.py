@@ -8,9 +8,8 @@ import shutil
 from pathlib import Path
 
 from db_backup.fsutil import describe_os_error, fsync_dir
-from db_backup.storage.base import StorageError, StoredObject
+from db_backup.storage.base import TEMP_PREFIX, StorageError, StoredObject
 
-TEMP_PREFIX = ".tmp-"
 FILE_MODE = 0o600
 
 
