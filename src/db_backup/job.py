@@ -23,10 +23,11 @@ from typing import Any
 import structlog
 
 from db_backup import pg
+from db_backup.clock import utc_now
 from db_backup.config import Config, JobConfig
 from db_backup.execute import Cancelled, CancelToken, CommandError
 from db_backup.fsutil import describe_os_error
-from db_backup.report import FAILED, SUCCESS, Report, load_reports, utc_now, write_report
+from db_backup.report import FAILED, SUCCESS, Report, load_reports, write_report
 from db_backup.report import stem as make_stem
 from db_backup.retention import Backup, backup_of, choose_expired
 from db_backup.secrets import SecretError, mask
