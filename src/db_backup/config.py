@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -160,7 +160,6 @@ class Config:
     storage: StorageConfig
     daemon: DaemonConfig
     jobs: tuple[JobConfig, ...]
-    raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
     def job(self, name: str) -> JobConfig:
         """Returns the job called `name`; raises KeyError naming the known jobs."""
@@ -429,7 +428,6 @@ def _build(data: dict[str, Any], source: str) -> Config:
             stall_seconds=daemon["stall_seconds"],
         ),
         jobs=tuple(jobs),
-        raw=data,
     )
 
 

@@ -143,11 +143,6 @@ class StateStore:
         state = self.get(job)
         return None if state is None else state.last_run_utc
 
-    def jobs(self) -> dict[str, JobState]:
-        """Return a copy of all remembered job states."""
-        with self._lock:
-            return dict(self._jobs)
-
     def record(
         self,
         job: str,
