@@ -136,7 +136,6 @@ def run(
     *,
     env: Mapping[str, str] | None = None,
     timeout: float | None = 600,
-    input_bytes: bytes | None = None,
 ) -> str:
     """Runs a child to completion and returns its stdout; raises CommandError on failure."""
     program = os.path.basename(argv[0])
@@ -144,7 +143,6 @@ def run(
         done = subprocess.run(
             list(argv),
             env=dict(env) if env is not None else None,
-            input=input_bytes,
             capture_output=True,
             timeout=timeout,
             check=False,
