@@ -17,7 +17,6 @@ import oss2
 import pytest
 
 from db_backup.storage.base import StorageError
-from db_backup.storage.crc64 import crc64
 from db_backup.storage.oss import (
     SHA256_TAG,
     OssSettings,
@@ -28,6 +27,7 @@ from db_backup.storage.oss import (
     lifecycle_rule,
 )
 from tests.support import oss_fixtures
+from tests.support.crc64 import crc64
 from tests.support.oss_fixtures import (
     OSS_ACCESS_KEY_ID,
     OSS_ACCESS_KEY_SECRET,
