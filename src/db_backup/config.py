@@ -284,7 +284,8 @@ def _plain(error: jsonschema.ValidationError) -> str:
 
 def _rule_problems(data: dict[str, Any]) -> Iterable[str]:
     """Yields mistakes the schema cannot see: cron, zones, duplicates, storage that needs setup."""
-    storage = data.get("storage", {})
+    props = schema()["properties"]
+    storage = _defaults(props["storage"], data.get("storage"))
     seen: dict[str, int] = {}
     for index, job in enumerate(data["jobs"]):
         where = f"jobs[{index}]"
@@ -298,31 +299,31 @@ def _rule_problems(data: dict[str, Any]) -> Iterable[str]:
             tz_error = validate_timezone(job["timezone"])
             if tz_error:
                 yield f"At '{where}.timezone': {tz_error}"
-        dump = job.get("dump", {})
-        fmt = dump.get("format", "custom")
-        if dump.get("jobs", 1) > 1 and fmt != "directory":
+        dump = _defaults(props["jobs"]["items"]["properties"]["dump"], job.get("dump"))
+        fmt = dump["format"]
+        if dump["jobs"] > 1 and fmt != "directory":
             yield f"At '{where}.dump.jobs': parallel dump workers need format: directory"
-        mode = job.get("mode") or storage.get("mode", "both")
+        mode = job.get("mode") or storage["mode"]
         if fmt == "directory" and mode != "local":
             yield (
                 f"At '{where}.dump.format': the directory format is stored locally only; "
                 f"set mode: local on this job"
             )
         if mode in {"oss", "both"}:
-            tool = storage.get("tool", "oss2")
+            tool = storage["tool"]
             section = "oss" if tool == "oss2" else "rclone"
             if section not in storage:
                 yield (
                     f"At '{where}.mode': {mode!r} needs a 'storage.{section}' section "
                     f"(storage.tool is {tool})"
                 )
-    oss = storage.get("oss")
-    if oss:
-        if oss.get("signature_version", "v4") == "v4" and not oss.get("region"):
+    if storage.get("oss"):
+        oss = _defaults(props["storage"]["properties"]["oss"], storage["oss"])
+        if oss["signature_version"] == "v4" and not oss["region"]:
             yield "At 'storage.oss.region': signature_version v4 needs the bucket's region"
-        if oss.get("server_side_encryption") == "KMS" and not oss.get("kms_key_id"):
+        if oss["server_side_encryption"] == "KMS" and not oss["kms_key_id"]:
             yield "At 'storage.oss.kms_key_id': server_side_encryption KMS needs a key id"
-        prefix = oss.get("prefix", "postgres/backups/")
+        prefix = oss["prefix"]
         if prefix and not prefix.endswith("/"):
             yield f"At 'storage.oss.prefix': {prefix!r} must end with '/'"
     directories = data.get("directories", {})
