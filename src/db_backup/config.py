@@ -7,6 +7,7 @@ a config in one round. The result is a tree of frozen dataclasses with every def
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -357,25 +358,9 @@ def _build(data: dict[str, Any], source: str) -> Config:
     oss_config = None
     if storage.get("oss"):
         oss = _defaults(storage_schema["properties"]["oss"], storage["oss"])
+        # Every field is the schema key of the same name; only secret references are converted.
         oss_config = OssConfig(
-            endpoint=oss["endpoint"],
-            bucket=oss["bucket"],
-            prefix=oss["prefix"],
-            region=oss["region"],
-            signature_version=oss["signature_version"],
-            access_key_id=_required_secret(oss["access_key_id"]),
-            access_key_secret=_required_secret(oss["access_key_secret"]),
-            security_token=_secret(oss["security_token"]),
-            server_side_encryption=oss["server_side_encryption"],
-            kms_key_id=oss["kms_key_id"],
-            storage_class=oss["storage_class"],
-            connect_timeout_seconds=float(oss["connect_timeout_seconds"]),
-            read_timeout_seconds=float(oss["read_timeout_seconds"]),
-            retries=oss["retries"],
-            part_size_mib=oss["part_size_mib"],
-            parallel_parts=oss["parallel_parts"],
-            buffer_mib=oss["buffer_mib"],
-            bandwidth_limit_mbps=oss["bandwidth_limit_mbps"],
+            **{f.name: _secret_or_value(oss[f.name]) for f in dataclasses.fields(OssConfig)}
         )
     rclone_config = None
     if storage.get("rclone"):
@@ -430,6 +415,11 @@ def _build(data: dict[str, Any], source: str) -> Config:
         ),
         jobs=tuple(jobs),
     )
+
+
+def _secret_or_value(value: Any) -> Any:
+    """Returns a secret reference ({env|file|credential: name}) as a SecretRef, else the value."""
+    return _secret(value) if isinstance(value, dict) else value
 
 
 def _required_secret(value: dict[str, str]) -> SecretRef:

@@ -53,7 +53,7 @@ def _settings(server: OssServer, **overrides: object) -> OssSettings:
         access_key_secret=OSS_ACCESS_KEY_SECRET,
         part_size=PART,
         retries=3,
-        read_timeout=5,
+        read_timeout_seconds=5,
     )
     return replace(settings, **overrides)  # type: ignore[arg-type]
 
@@ -129,7 +129,7 @@ def test_transient_faults_are_retried_and_the_upload_succeeds(
     oss_server: OssServer, arm: object
 ) -> None:
     data = os.urandom(5 * PART + 1000)
-    target = _target(oss_server, read_timeout=1.0)
+    target = _target(oss_server, read_timeout_seconds=1.0)
     arm(oss_server)  # type: ignore[operator]
     stored, _ = _stream(target, data)
     assert oss_server.object_bytes(OSS_BUCKET, KEY) == data
@@ -317,7 +317,9 @@ def test_sts_token_is_sent(tmp_path: Path) -> None:
 def test_encryption_and_storage_class_are_set_at_initiation_only(
     oss_server: OssServer, sse: str | None, kms_key_id: str | None, storage_class: str | None
 ) -> None:
-    target = _target(oss_server, sse=sse, kms_key_id=kms_key_id, storage_class=storage_class)
+    target = _target(
+        oss_server, server_side_encryption=sse, kms_key_id=kms_key_id, storage_class=storage_class
+    )
     _stream(target, os.urandom(3 * PART))
     [init] = oss_server.requests_for("InitiateMultipartUpload")
     assert init["headers"].get("x-oss-server-side-encryption") == sse
@@ -333,7 +335,7 @@ def test_encryption_and_storage_class_are_set_at_initiation_only(
 
 
 def test_put_file_list_and_delete(oss_server: OssServer, tmp_path: Path) -> None:
-    target = _target(oss_server, sse="AES256", storage_class="IA")
+    target = _target(oss_server, server_side_encryption="AES256", storage_class="IA")
     names = ["a.dump", "a.dump.sha256", "b_globals.sql"]
     for name in names:
         path = tmp_path / name

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import dataclasses
+from typing import TYPE_CHECKING, Any
 
 from db_backup.config import Config, JobConfig
 from db_backup.secrets import resolve
@@ -13,6 +14,8 @@ if TYPE_CHECKING:
     from db_backup.storage.oss import OssSettings
 
 __all__ = ["StorageError", "Target", "make_targets", "oss_settings", "remote_target"]
+
+MIB = 1024 * 1024
 
 
 def make_targets(config: Config, job: JobConfig) -> list[Target]:
@@ -49,27 +52,24 @@ def oss_settings(config: Config) -> OssSettings:
     oss = config.storage.oss
     if oss is None:
         raise StorageError("storage.oss is not configured")
-    token = (
-        resolve(oss.security_token, "storage.oss.security_token") if oss.security_token else None
-    )
     limit = oss.bandwidth_limit_mbps
-    return OssSettings(
-        endpoint=oss.endpoint,
-        bucket=oss.bucket,
-        prefix=oss.prefix,
-        region=oss.region,
-        signature_version=oss.signature_version,
-        access_key_id=resolve(oss.access_key_id, "storage.oss.access_key_id"),
-        access_key_secret=resolve(oss.access_key_secret, "storage.oss.access_key_secret"),
-        security_token=token,
-        sse=oss.server_side_encryption,
-        kms_key_id=oss.kms_key_id,
-        storage_class=oss.storage_class,
-        connect_timeout=oss.connect_timeout_seconds,
-        read_timeout=oss.read_timeout_seconds,
-        retries=oss.retries,
-        part_size=oss.part_size_mib * 1024 * 1024,
-        parallel_parts=oss.parallel_parts,
-        buffer_size=oss.buffer_mib * 1024 * 1024,
-        bandwidth_limit=int(limit * 1_000_000 / 8) if limit else None,
-    )
+    # The secrets, and the settings the target wants in other units; every other field of
+    # OssSettings is the config key of the same name.
+    converted: dict[str, Any] = {
+        "access_key_id": resolve(oss.access_key_id, "storage.oss.access_key_id"),
+        "access_key_secret": resolve(oss.access_key_secret, "storage.oss.access_key_secret"),
+        "security_token": (
+            resolve(oss.security_token, "storage.oss.security_token")
+            if oss.security_token
+            else None
+        ),
+        "part_size": oss.part_size_mib * MIB,
+        "buffer_size": oss.buffer_mib * MIB,
+        "bandwidth_limit": int(limit * 1_000_000 / 8) if limit else None,
+    }
+    same = {
+        f.name: getattr(oss, f.name)
+        for f in dataclasses.fields(OssSettings)
+        if f.name not in converted
+    }
+    return OssSettings(**same, **converted)

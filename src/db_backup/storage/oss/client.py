@@ -35,7 +35,7 @@ def make_bucket(settings: OssSettings, pool_size: int | None = None) -> oss2.Buc
         settings.endpoint,
         settings.bucket,
         session=session,
-        connect_timeout=(settings.connect_timeout, settings.read_timeout),
+        connect_timeout=(settings.connect_timeout_seconds, settings.read_timeout_seconds),
         enable_crc=True,
         region=settings.region,
     )

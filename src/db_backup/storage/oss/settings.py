@@ -9,7 +9,13 @@ STORAGE_CLASSES = ("Standard", "IA", "Archive", "ColdArchive")
 
 @dataclass(frozen=True)
 class OssSettings:
-    """Everything the OSS target needs; secrets are already resolved values."""
+    """Everything the OSS target needs; secrets are already resolved values.
+
+    A field named like a key of `storage.oss` in the schema is filled from that key as it is
+    (`db_backup.storage.oss_settings`); only the secrets and the fields in other units (bytes,
+    bytes/s) are converted there by name. A new plain setting is a schema key, a field of
+    `config.OssConfig` and a field here, with the same name.
+    """
 
     endpoint: str
     bucket: str
@@ -19,11 +25,11 @@ class OssSettings:
     access_key_id: str = field(default="", repr=False)
     access_key_secret: str = field(default="", repr=False)
     security_token: str | None = field(default=None, repr=False)
-    sse: str | None = None  # None | "AES256" | "KMS"
+    server_side_encryption: str | None = None  # None | "AES256" | "KMS"
     kms_key_id: str | None = None
     storage_class: str | None = None  # Standard | IA | Archive | ColdArchive
-    connect_timeout: float = 10.0
-    read_timeout: float = 120.0
+    connect_timeout_seconds: float = 10.0
+    read_timeout_seconds: float = 120.0
     retries: int = 5
     part_size: int = 2 * 1024 * 1024
     parallel_parts: int = 2

@@ -59,9 +59,10 @@ class OssTarget:
     def object_headers(self) -> dict[str, str]:
         """Returns the headers a new object gets: SSE, KMS key id, storage class."""
         headers: dict[str, str] = {}
-        if self.settings.sse:
-            headers["x-oss-server-side-encryption"] = self.settings.sse
-            if self.settings.sse == "KMS" and self.settings.kms_key_id:
+        sse = self.settings.server_side_encryption
+        if sse:
+            headers["x-oss-server-side-encryption"] = sse
+            if sse == "KMS" and self.settings.kms_key_id:
                 headers["x-oss-server-side-encryption-key-id"] = self.settings.kms_key_id
         if self.settings.storage_class:
             headers["x-oss-storage-class"] = self.settings.storage_class
