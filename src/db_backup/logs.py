@@ -22,6 +22,7 @@ from db_backup.journal import JournalRenderer, JournalSender, stderr_is_journal
 from db_backup.secrets import mask
 
 _file_lock = threading.Lock()
+LIBRARY_MIN_LEVEL = logging.WARNING  # below DEBUG, libraries' INFO lines are noise
 
 
 def mask_secrets(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
@@ -78,11 +79,16 @@ class StdlibToStructlog(logging.Handler):
 
 
 def route_stdlib_logging(level: int) -> None:
-    """Makes the root `logging` logger send every record at `level` or above to structlog."""
+    """Makes the root `logging` logger send library records to structlog.
+
+    Only libraries log through `logging` here. They get WARNING and above, or everything when
+    `level` is DEBUG: oss2 logs every error answer at INFO (expected 404s too), which our own
+    lines already say better.
+    """
     root = logging.getLogger()
     _remove_bridge(root)
     root.addHandler(StdlibToStructlog())
-    root.setLevel(level)
+    root.setLevel(level if level <= logging.DEBUG else max(level, LIBRARY_MIN_LEVEL))
 
 
 def setup(

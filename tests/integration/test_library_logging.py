@@ -40,10 +40,10 @@ def _file_events(directory: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def test_oss2_error_record_reaches_the_log_file_and_stderr_as_structured_lines(
+def test_oss2_records_reach_the_log_file_and_stderr_as_structured_lines_at_debug(
     oss_server: OssServer, log_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    logs.setup("info", log_dir, force="json")
+    logs.setup("debug", log_dir, force="json")
     settings = OssSettings(
         endpoint=oss_server.endpoint,
         bucket=OSS_BUCKET,
@@ -60,7 +60,8 @@ def test_oss2_error_record_reaches_the_log_file_and_stderr_as_structured_lines(
 
     from_oss2 = [e for e in _file_events(log_dir) if e.get("logger") == "oss2.api"]
     assert from_oss2, "oss2 logged nothing through the pipeline"
-    assert "503" in str(from_oss2[0]["event"]) and from_oss2[0]["level"] == "info"
+    errors = [e for e in from_oss2 if "503" in str(e["event"])]
+    assert errors and errors[0]["level"] == "info"  # oss2 logs an error answer at INFO
     stderr_lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     assert any(line.get("logger") == "oss2.api" for line in stderr_lines)
 
@@ -98,12 +99,21 @@ def test_library_traceback_is_masked_like_the_message(
     assert secret not in capsys.readouterr().err
 
 
-def test_library_records_below_the_configured_level_are_dropped(
-    log_dir: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("level", ["info", "warning"])
+def test_library_info_chatter_is_dropped_unless_debugging(
+    log_dir: Path, capsys: pytest.CaptureFixture[str], level: str
 ) -> None:
-    logs.setup("warning", log_dir, force="json")
+    logs.setup(level, log_dir, force="json")
     logging.getLogger("oss2").info("start to put object")
+    logging.getLogger("oss2").warning("retrying")
     logging.getLogger("oss2").error("put failed")
     events = [e["event"] for e in _file_events(log_dir)]
-    assert events == ["put failed"]
+    assert events == ["retrying", "put failed"]
     assert "start to put object" not in capsys.readouterr().err
+
+
+def test_library_warnings_are_dropped_at_error_level(log_dir: Path) -> None:
+    logs.setup("error", log_dir, force="json")
+    logging.getLogger("oss2").warning("retrying")
+    logging.getLogger("oss2").error("put failed")
+    assert [e["event"] for e in _file_events(log_dir)] == ["put failed"]
