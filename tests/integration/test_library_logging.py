@@ -66,6 +66,33 @@ def test_oss2_records_reach_the_log_file_and_stderr_as_structured_lines_at_debug
     assert any(line.get("logger") == "oss2.api" for line in stderr_lines)
 
 
+def test_oss_retry_messages_are_structured_lines_in_the_file_and_on_stderr(
+    oss_server: OssServer, log_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logs.setup("info", log_dir, force="json")
+    settings = OssSettings(
+        endpoint=oss_server.endpoint,
+        bucket=OSS_BUCKET,
+        region=OSS_REGION,
+        access_key_id=OSS_ACCESS_KEY_ID,
+        access_key_secret=OSS_ACCESS_KEY_SECRET,
+        retries=2,
+    )
+    source = log_dir.parent / "small.sql"
+    source.write_bytes(b"select 1;\n")
+    oss_server.fail_request(503, operation="PutObject", times=1)
+    OssTarget(settings, retry_delay=0.01).put_file(source, "small.sql")
+
+    (retry,) = [e for e in _file_events(log_dir) if e["event"] == "oss request failed, retrying"]
+    assert retry["level"] == "warning" and retry["request"] == "upload"
+    assert "503" in str(retry["error"])
+    stderr = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [e["request"] for e in stderr if e["event"] == "oss request failed, retrying"] == [
+        "upload"
+    ]
+    assert OSS_ACCESS_KEY_SECRET not in json.dumps(stderr)
+
+
 def test_library_record_carrying_a_secret_is_masked_in_the_file_and_on_stderr(
     log_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
