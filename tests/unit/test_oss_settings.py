@@ -76,3 +76,24 @@ def test_every_oss_key_arrives_in_the_target_settings(monkeypatch: pytest.Monkey
         buffer_size=40 * 1024 * 1024,
         bandwidth_limit=10_000_000,
     )
+
+
+def test_the_target_settings_defaults_are_the_schema_defaults() -> None:
+    # OssSettings has defaults so that code and tests can build one directly; they must say
+    # what the schema says.
+    keys = schema()["properties"]["storage"]["properties"]["oss"]["properties"]
+    defaults = {
+        f.name: f.default
+        for f in dataclasses.fields(OssSettings)
+        if f.default is not dataclasses.MISSING
+    }
+    in_units = {"part_size": "part_size_mib", "buffer_size": "buffer_mib"}
+    for name, default in defaults.items():
+        if name in in_units:
+            assert default == keys[in_units[name]]["default"] * 1024 * 1024, name
+        elif name == "bandwidth_limit":
+            assert default is None and keys["bandwidth_limit_mbps"]["default"] is None
+        elif name in ("access_key_id", "access_key_secret"):
+            assert default == ""  # required in the config; no usable default
+        else:
+            assert default == keys[name]["default"], name
