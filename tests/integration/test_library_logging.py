@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from db_backup import logs
 from db_backup.secrets import register
@@ -144,3 +145,20 @@ def test_library_warnings_are_dropped_at_error_level(log_dir: Path) -> None:
     logging.getLogger("oss2").warning("retrying")
     logging.getLogger("oss2").error("put failed")
     assert [e["event"] for e in _file_events(log_dir)] == ["put failed"]
+
+
+def test_our_own_tracebacks_are_text_in_json_lines_and_masked(
+    log_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret = "own-traceback-secret-5d2f"
+    register(secret)
+    logs.setup("info", log_dir, force="json")
+    try:
+        raise RuntimeError(f"cannot use {secret}")
+    except RuntimeError:
+        structlog.get_logger("db_backup.test").exception("unexpected error")
+
+    (event,) = _file_events(log_dir)
+    assert str(event["exception"]).endswith("RuntimeError: cannot use ***")
+    assert "exc_info" not in event
+    assert secret not in capsys.readouterr().err
