@@ -56,24 +56,38 @@ class Directories:
     logs: Path | None
 
 
-@dataclass(frozen=True)
-class OssConfig:
+@dataclass(frozen=True, kw_only=True)
+class OssOptions:
+    """The `storage.oss` settings that reach the OSS target as the config gives them.
+
+    A new setting of that kind is a key in the schema and a field here, of the same name: the
+    config (`OssConfig`) and the target's settings (`storage.oss.OssSettings`) both inherit it.
+    The defaults are the schema's (a test holds them equal), for code that builds settings
+    without a config file.
+    """
+
     endpoint: str
     bucket: str
-    prefix: str
-    region: str | None
-    signature_version: str
+    prefix: str = "postgres/backups/"
+    region: str | None = None
+    signature_version: str = "v4"  # "v1" | "v4"
+    server_side_encryption: str | None = None  # None | "AES256" | "KMS"
+    kms_key_id: str | None = None
+    storage_class: str | None = None  # Standard | IA | Archive | ColdArchive
+    connect_timeout_seconds: float = 10.0
+    read_timeout_seconds: float = 120.0
+    retries: int = 5
+    parallel_parts: int = 2
+
+
+@dataclass(frozen=True, kw_only=True)
+class OssConfig(OssOptions):
+    """`storage.oss` as configured: secrets as references, sizes in the config's units."""
+
     access_key_id: SecretRef
     access_key_secret: SecretRef
     security_token: SecretRef | None
-    server_side_encryption: str | None
-    kms_key_id: str | None
-    storage_class: str | None
-    connect_timeout_seconds: float
-    read_timeout_seconds: float
-    retries: int
     part_size_mib: int
-    parallel_parts: int
     buffer_mib: int
     bandwidth_limit_mbps: float | None
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from db_backup.config import OssConfig, loads, schema
+from db_backup.config import OssConfig, OssOptions, loads, schema
 from db_backup.storage import oss_settings
 from db_backup.storage.oss import OssSettings
 
@@ -49,6 +49,15 @@ def test_only_settings_in_other_units_change_their_name_on_the_way_to_the_target
     target_fields = {f.name for f in dataclasses.fields(OssSettings)}
     assert config_fields - target_fields == {"part_size_mib", "buffer_mib", "bandwidth_limit_mbps"}
     assert target_fields - config_fields == {"part_size", "buffer_size", "bandwidth_limit"}
+
+
+def test_what_the_config_and_the_target_share_is_declared_once() -> None:
+    shared = {f.name for f in dataclasses.fields(OssConfig)} & {
+        f.name for f in dataclasses.fields(OssSettings)
+    }
+    secrets = {"access_key_id", "access_key_secret", "security_token"}
+    assert shared - secrets == {f.name for f in dataclasses.fields(OssOptions)}
+    assert issubclass(OssConfig, OssOptions) and issubclass(OssSettings, OssOptions)
 
 
 def test_every_oss_key_arrives_in_the_target_settings(monkeypatch: pytest.MonkeyPatch) -> None:

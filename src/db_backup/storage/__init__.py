@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from db_backup.config import Config, JobConfig
+from db_backup.config import Config, JobConfig, OssOptions
 from db_backup.secrets import resolve
 from db_backup.storage.base import StorageError, Target
 from db_backup.storage.local import LocalTarget
@@ -53,23 +53,19 @@ def oss_settings(config: Config) -> OssSettings:
     if oss is None:
         raise StorageError("storage.oss is not configured")
     limit = oss.bandwidth_limit_mbps
-    # The secrets, and the settings the target wants in other units; every other field of
-    # OssSettings is the config key of the same name.
-    converted: dict[str, Any] = {
-        "access_key_id": resolve(oss.access_key_id, "storage.oss.access_key_id"),
-        "access_key_secret": resolve(oss.access_key_secret, "storage.oss.access_key_secret"),
-        "security_token": (
+    # The settings both inherit from OssOptions pass as they are; the secrets are resolved and
+    # the sizes converted to the units the target works in.
+    plain = {f.name: getattr(oss, f.name) for f in dataclasses.fields(OssOptions)}
+    return OssSettings(
+        **plain,
+        access_key_id=resolve(oss.access_key_id, "storage.oss.access_key_id"),
+        access_key_secret=resolve(oss.access_key_secret, "storage.oss.access_key_secret"),
+        security_token=(
             resolve(oss.security_token, "storage.oss.security_token")
             if oss.security_token
             else None
         ),
-        "part_size": oss.part_size_mib * MIB,
-        "buffer_size": oss.buffer_mib * MIB,
-        "bandwidth_limit": int(limit * 1_000_000 / 8) if limit else None,
-    }
-    same = {
-        f.name: getattr(oss, f.name)
-        for f in dataclasses.fields(OssSettings)
-        if f.name not in converted
-    }
-    return OssSettings(**same, **converted)
+        part_size=oss.part_size_mib * MIB,
+        buffer_size=oss.buffer_mib * MIB,
+        bandwidth_limit=int(limit * 1_000_000 / 8) if limit else None,
+    )
