@@ -13,14 +13,9 @@ import structlog
 from db_backup import logs
 from db_backup.secrets import register
 from db_backup.storage.base import StorageError
-from db_backup.storage.oss import OssSettings, OssTarget
+from db_backup.storage.oss import OssTarget
 from tests.support import oss_fixtures
-from tests.support.oss_fixtures import (
-    OSS_ACCESS_KEY_ID,
-    OSS_ACCESS_KEY_SECRET,
-    OSS_BUCKET,
-    OSS_REGION,
-)
+from tests.support.oss_fixtures import OSS_ACCESS_KEY_SECRET, target_settings
 from tests.support.oss_server import OssServer
 
 oss_server = oss_fixtures.oss_server
@@ -41,23 +36,21 @@ def _file_events(directory: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
+def _put_small_file(server: OssServer, directory: Path, retries: int) -> None:
+    """Uploads a small file with one PutObject through the real target and oss2."""
+    settings = target_settings(server, retries=retries)
+    source = directory / "small.sql"
+    source.write_bytes(b"select 1;\n")
+    OssTarget(settings, retry_delay=0.01).put_file(source, "small.sql")
+
+
 def test_oss2_records_reach_the_log_file_and_stderr_as_structured_lines_at_debug(
     oss_server: OssServer, log_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     logs.setup("debug", log_dir, force="json")
-    settings = OssSettings(
-        endpoint=oss_server.endpoint,
-        bucket=OSS_BUCKET,
-        region=OSS_REGION,
-        access_key_id=OSS_ACCESS_KEY_ID,
-        access_key_secret=OSS_ACCESS_KEY_SECRET,
-        retries=0,
-    )
-    source = log_dir.parent / "small.sql"
-    source.write_bytes(b"select 1;\n")
     oss_server.fail_request(503, operation="PutObject")
     with pytest.raises(StorageError):
-        OssTarget(settings).put_file(source, "small.sql")
+        _put_small_file(oss_server, log_dir.parent, retries=0)
 
     from_oss2 = [e for e in _file_events(log_dir) if e.get("logger") == "oss2.api"]
     assert from_oss2, "oss2 logged nothing through the pipeline"
@@ -71,18 +64,8 @@ def test_oss_retry_messages_are_structured_lines_in_the_file_and_on_stderr(
     oss_server: OssServer, log_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     logs.setup("info", log_dir, force="json")
-    settings = OssSettings(
-        endpoint=oss_server.endpoint,
-        bucket=OSS_BUCKET,
-        region=OSS_REGION,
-        access_key_id=OSS_ACCESS_KEY_ID,
-        access_key_secret=OSS_ACCESS_KEY_SECRET,
-        retries=2,
-    )
-    source = log_dir.parent / "small.sql"
-    source.write_bytes(b"select 1;\n")
     oss_server.fail_request(503, operation="PutObject", times=1)
-    OssTarget(settings, retry_delay=0.01).put_file(source, "small.sql")
+    _put_small_file(oss_server, log_dir.parent, retries=2)
 
     (retry,) = [e for e in _file_events(log_dir) if e["event"] == "oss request failed, retrying"]
     assert retry["level"] == "warning" and retry["request"] == "upload"

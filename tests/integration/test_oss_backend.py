@@ -9,7 +9,6 @@ import random
 import threading
 import time
 import tracemalloc
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from tests.support.oss_fixtures import (
     OSS_ACCESS_KEY_SECRET,
     OSS_BUCKET,
     OSS_REGION,
+    target_settings,
 )
 from tests.support.oss_server import Credential, OssServer
 
@@ -45,17 +45,8 @@ KEY = f"postgres/backups/{FILENAME}"
 
 
 def _settings(server: OssServer, **overrides: object) -> OssSettings:
-    settings = OssSettings(
-        endpoint=server.endpoint,
-        bucket=OSS_BUCKET,
-        region=OSS_REGION,
-        access_key_id=OSS_ACCESS_KEY_ID,
-        access_key_secret=OSS_ACCESS_KEY_SECRET,
-        part_size=PART,
-        retries=3,
-        read_timeout_seconds=5,
-    )
-    return replace(settings, **overrides)  # type: ignore[arg-type]
+    defaults: dict[str, object] = {"part_size": PART, "retries": 3, "read_timeout_seconds": 5}
+    return target_settings(server, **{**defaults, **overrides})
 
 
 def _target(server: OssServer, **overrides: object) -> OssTarget:
