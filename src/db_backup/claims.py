@@ -25,7 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from db_backup.report import report_path, stem, utc_now
+from db_backup.clock import utc_now
+from db_backup.report import report_path, stem
 
 
 @dataclass

@@ -7,12 +7,13 @@ import json
 import signal
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import structlog
 
 from db_backup import __version__, logs
+from db_backup.clock import format_utc, parse_utc, to_the_second, utc_now
 from db_backup.config import Config, ConfigError, config_path, load
 from db_backup.secrets import SecretError
 
@@ -133,10 +134,9 @@ def _positive(text: str) -> int:
 
 def _parse_since(text: str) -> datetime:
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return parse_utc(text, naive_is_utc=True)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -280,14 +280,12 @@ def _cmd_next(config: Config, args: argparse.Namespace) -> int:
     except KeyError as exc:
         print(f"db-backup: {exc.args[0]}", file=sys.stderr)
         return EXIT_USAGE
-    now = datetime.now(UTC)
+    now = utc_now()
     for job in jobs:
         zone = job.zone()
         print(f"{job.name}  {job.schedule!r}  ({zone.key})")
         for moment in next_runs(job.schedule, zone, now, args.count):
-            print(
-                f"  {moment:%Y-%m-%d %H:%M %Z (%z)}  =  {moment.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}"
-            )
+            print(f"  {moment:%Y-%m-%d %H:%M %Z (%z)}  =  {format_utc(to_the_second(moment))}")
     return EXIT_OK
 
 

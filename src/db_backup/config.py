@@ -7,9 +7,10 @@ a config in one round. The result is a tree of frozen dataclasses with every def
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -55,24 +56,38 @@ class Directories:
     logs: Path | None
 
 
-@dataclass(frozen=True)
-class OssConfig:
+@dataclass(frozen=True, kw_only=True)
+class OssOptions:
+    """The `storage.oss` settings that reach the OSS target as the config gives them.
+
+    A new setting of that kind is a key in the schema and a field here, of the same name: the
+    config (`OssConfig`) and the target's settings (`storage.oss.OssSettings`) both inherit it.
+    The defaults are the schema's (a test holds them equal), for code that builds settings
+    without a config file.
+    """
+
     endpoint: str
     bucket: str
-    prefix: str
-    region: str | None
-    signature_version: str
+    prefix: str = "postgres/backups/"
+    region: str | None = None
+    signature_version: str = "v4"  # "v1" | "v4"
+    server_side_encryption: str | None = None  # None | "AES256" | "KMS"
+    kms_key_id: str | None = None
+    storage_class: str | None = None  # Standard | IA | Archive | ColdArchive
+    connect_timeout_seconds: float = 10.0
+    read_timeout_seconds: float = 120.0
+    retries: int = 5
+    parallel_parts: int = 2
+
+
+@dataclass(frozen=True, kw_only=True)
+class OssConfig(OssOptions):
+    """`storage.oss` as configured: secrets as references, sizes in the config's units."""
+
     access_key_id: SecretRef
     access_key_secret: SecretRef
     security_token: SecretRef | None
-    server_side_encryption: str | None
-    kms_key_id: str | None
-    storage_class: str | None
-    connect_timeout_seconds: float
-    read_timeout_seconds: float
-    retries: int
     part_size_mib: int
-    parallel_parts: int
     buffer_mib: int
     bandwidth_limit_mbps: float | None
 
@@ -162,7 +177,6 @@ class Config:
     storage: StorageConfig
     daemon: DaemonConfig
     jobs: tuple[JobConfig, ...]
-    raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
     def job(self, name: str) -> JobConfig:
         """Returns the job called `name`; raises KeyError naming the known jobs."""
@@ -411,8 +425,10 @@ def _rule_problems(data: dict[str, Any]) -> Iterable[str]:
 
     Runs on a document that may also break the schema: each rule looks only at values of the
     type it needs (the schema pass names the others), so one mistake never hides another.
+    Defaults come from the schema.
     """
-    storage = _mapping(data.get("storage"))
+    props = schema()["properties"]
+    storage = _defaults(props["storage"], _mapping(data.get("storage")))
     seen: dict[str, int] = {}
     jobs = data.get("jobs")
     for index, job in enumerate(jobs if isinstance(jobs, list) else []):
@@ -432,18 +448,18 @@ def _rule_problems(data: dict[str, Any]) -> Iterable[str]:
             tz_error = validate_timezone(job["timezone"])
             if tz_error:
                 yield f"At '{where}.timezone': {tz_error}"
-        dump = _mapping(job.get("dump"))
-        fmt = dump.get("format", "custom")
-        workers = dump.get("jobs", 1)
+        dump = _defaults(props["jobs"]["items"]["properties"]["dump"], _mapping(job.get("dump")))
+        fmt = dump["format"]
+        workers = dump["jobs"]
         if isinstance(workers, int) and workers > 1 and fmt != "directory":
             yield f"At '{where}.dump.jobs': parallel dump workers need format: directory"
-        mode = job.get("mode") or storage.get("mode", "both")
+        mode = job.get("mode") or storage["mode"]
         if fmt == "directory" and mode in {"oss", "both"}:
             yield (
                 f"At '{where}.dump.format': the directory format is stored locally only; "
                 f"set mode: local on this job"
             )
-        tool = storage.get("tool", "oss2")
+        tool = storage["tool"]
         if mode in {"oss", "both"} and tool in {"oss2", "rclone"}:
             section = "oss" if tool == "oss2" else "rclone"
             if section not in storage:
@@ -451,13 +467,13 @@ def _rule_problems(data: dict[str, Any]) -> Iterable[str]:
                     f"At '{where}.mode': {mode!r} needs a 'storage.{section}' section "
                     f"(storage.tool is {tool})"
                 )
-    oss = _mapping(storage.get("oss"))
-    if oss:
-        if oss.get("signature_version", "v4") == "v4" and not oss.get("region"):
+    if _mapping(storage.get("oss")):
+        oss = _defaults(props["storage"]["properties"]["oss"], storage["oss"])
+        if oss["signature_version"] == "v4" and not oss["region"]:
             yield "At 'storage.oss.region': signature_version v4 needs the bucket's region"
-        if oss.get("server_side_encryption") == "KMS" and not oss.get("kms_key_id"):
+        if oss["server_side_encryption"] == "KMS" and not oss["kms_key_id"]:
             yield "At 'storage.oss.kms_key_id': server_side_encryption KMS needs a key id"
-        prefix = oss.get("prefix", "postgres/backups/")
+        prefix = oss["prefix"]
         if prefix and isinstance(prefix, str) and not prefix.endswith("/"):
             yield f"At 'storage.oss.prefix': {prefix!r} must end with '/'"
     directories = _mapping(data.get("directories"))
@@ -496,25 +512,9 @@ def _build(data: dict[str, Any], source: str) -> Config:
     oss_config = None
     if storage.get("oss"):
         oss = _defaults(storage_schema["properties"]["oss"], storage["oss"])
+        # Every field is the schema key of the same name; only secret references are converted.
         oss_config = OssConfig(
-            endpoint=oss["endpoint"],
-            bucket=oss["bucket"],
-            prefix=oss["prefix"],
-            region=oss["region"],
-            signature_version=oss["signature_version"],
-            access_key_id=_required_secret(oss["access_key_id"]),
-            access_key_secret=_required_secret(oss["access_key_secret"]),
-            security_token=_secret(oss["security_token"]),
-            server_side_encryption=oss["server_side_encryption"],
-            kms_key_id=oss["kms_key_id"],
-            storage_class=oss["storage_class"],
-            connect_timeout_seconds=float(oss["connect_timeout_seconds"]),
-            read_timeout_seconds=float(oss["read_timeout_seconds"]),
-            retries=oss["retries"],
-            part_size_mib=oss["part_size_mib"],
-            parallel_parts=oss["parallel_parts"],
-            buffer_mib=oss["buffer_mib"],
-            bandwidth_limit_mbps=oss["bandwidth_limit_mbps"],
+            **{f.name: _secret_or_value(oss[f.name]) for f in dataclasses.fields(OssConfig)}
         )
     rclone_config = None
     if storage.get("rclone"):
@@ -570,8 +570,12 @@ def _build(data: dict[str, Any], source: str) -> Config:
             stall_seconds=daemon["stall_seconds"],
         ),
         jobs=tuple(jobs),
-        raw=data,
     )
+
+
+def _secret_or_value(value: Any) -> Any:
+    """Returns a secret reference ({env|file|credential: name}) as a SecretRef, else the value."""
+    return _secret(value) if isinstance(value, dict) else value
 
 
 def _required_secret(value: dict[str, str]) -> SecretRef:

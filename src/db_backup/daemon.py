@@ -15,10 +15,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import structlog
 
+from db_backup.clock import utc_now
 from db_backup.config import Config, ConfigError, JobConfig, load
 from db_backup.execute import CancelToken
 from db_backup.job import (
@@ -40,11 +41,6 @@ log = structlog.get_logger("db_backup.daemon")
 IDLE_MAX_SLEEP = 30.0  # wake at least this often to notice wall-clock jumps
 BUSY_MAX_SLEEP = 2.0  # while jobs run: refresh the bytes/rate in STATUS
 STOP_EXTEND_SECONDS = 30.0
-
-
-def utc_now() -> datetime:
-    """Returns the wall-clock time in UTC."""
-    return datetime.now(UTC)
 
 
 class Clock:

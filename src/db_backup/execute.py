@@ -172,15 +172,13 @@ def run(
     *,
     env: Mapping[str, str] | None = None,
     timeout: float | None = 600,
-    input_bytes: bytes | None = None,
 ) -> str:
     """Runs a child to completion and returns its stdout; raises CommandError on failure."""
     program = os.path.basename(argv[0])
     try:
         done = subprocess.run(
             list(argv),
-            env=dict(env) if env is not None else None,
-            input=input_bytes,
+            env=dict(env) if env is not None else child_env(),
             capture_output=True,
             timeout=timeout,
             check=False,
@@ -197,35 +195,72 @@ def run(
     return done.stdout.decode("utf-8", "replace")
 
 
-class StreamingChild:
-    """A child whose stdout is read in chunks while it runs (pg_dump feeding the sinks)."""
+class _Child:
+    """A running child in its own session; knows how to stop it and what it said on stderr."""
 
-    def __init__(self, argv: Sequence[str], env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, argv: Sequence[str], env: Mapping[str, str] | None, *, stdin: int, stdout: int
+    ) -> None:
         self.program = os.path.basename(argv[0])
         try:
             self._proc = subprocess.Popen(
                 list(argv),
-                env=dict(env) if env is not None else None,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
+                env=dict(env) if env is not None else child_env(),
+                stdin=stdin,
+                stdout=stdout,
                 stderr=subprocess.PIPE,
-                start_new_session=True,  # a Ctrl-C on the terminal reaches us, not pg_dump first
+                start_new_session=True,  # a Ctrl-C reaches us first; a stop reaches its children
             )
         except FileNotFoundError:
             raise CommandError(
                 self.program, None, "", f"{self.program} not found on PATH"
             ) from None
-        assert self._proc.stdout is not None and self._proc.stderr is not None
-        self._stdout_fd = self._proc.stdout.fileno()
-        # A 1 MiB pipe instead of 64 KiB: the child blocks and wakes us far less often.
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(self._stdout_fd, F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError as exc:
+            raise CommandError(
+                self.program, None, "", f"{self.program} could not be started: {exc.strerror}"
+            ) from None
+        assert self._proc.stderr is not None
         self._stderr = StderrTail(self._proc.stderr)
 
     @property
     def pid(self) -> int:
         """Returns the child's process id."""
         return self._proc.pid
+
+    def poll(self) -> int | None:
+        """Returns the exit status if the child has exited, else None."""
+        return self._proc.poll()
+
+    def stderr_tail(self) -> str:
+        """Returns the last lines the child wrote to stderr, secrets masked."""
+        return self._stderr.text()
+
+    def terminate(self, grace: float = TERMINATE_GRACE_SECONDS) -> None:
+        """Stops the child: SIGTERM, then SIGKILL if it is still there after `grace` seconds."""
+        if self._proc.poll() is not None:
+            return
+        try:
+            os.killpg(self._proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            self._proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.wait()
+
+
+class StreamingChild(_Child):
+    """A child whose stdout is read in chunks while it runs (pg_dump feeding the sinks)."""
+
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str] | None = None) -> None:
+        super().__init__(argv, env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+        assert self._proc.stdout is not None
+        self._stdout_fd = self._proc.stdout.fileno()
+        # A 1 MiB pipe instead of 64 KiB: the child blocks and wakes us far less often.
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(self._stdout_fd, F_SETPIPE_SZ, PIPE_SIZE)
 
     def chunks(self, size: int, cancel: CancelToken | None = None) -> Iterator[bytes]:
         """Yields stdout in pieces of at most `size` bytes until EOF; stops the child if cancelled."""
@@ -247,27 +282,43 @@ class StreamingChild:
         self._proc.stdout.close()
         return self._proc.wait()
 
-    def stderr_tail(self) -> str:
-        """Returns the last lines the child wrote to stderr, secrets masked."""
-        return self._stderr.text()
-
-    def terminate(self, grace: float = TERMINATE_GRACE_SECONDS) -> None:
-        """Stops the child: SIGTERM, then SIGKILL if it is still there after `grace` seconds."""
-        if self._proc.poll() is not None:
-            return
-        try:
-            os.killpg(self._proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        try:
-            self._proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._proc.pid, signal.SIGKILL)
-            self._proc.wait()
-
     def check(self) -> None:
         """Waits for exit and raises CommandError unless the child exited 0."""
         code = self.wait()
         if code != 0:
             raise CommandError(self.program, code, self.stderr_tail())
+
+
+class FeedingChild(_Child):
+    """A child that reads what we write to its stdin (rclone rcat uploading a dump)."""
+
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str] | None = None) -> None:
+        super().__init__(argv, env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        assert self._proc.stdin is not None
+        self._stdin = self._proc.stdin
+
+    def write(self, data: bytes) -> None:
+        """Writes `data` to the child's stdin; raises CommandError when the child has gone away."""
+        try:
+            self._stdin.write(data)
+        except (BrokenPipeError, ValueError, OSError):
+            code = self._proc.wait()
+            raise CommandError(self.program, code, self.stderr_tail()) from None
+
+    def finish(self) -> int:
+        """Closes the child's stdin (end of input) and returns its exit status."""
+        with contextlib.suppress(BrokenPipeError, ValueError, OSError):
+            self._stdin.close()
+        return self._proc.wait()
+
+    def check(self) -> None:
+        """Ends the input and raises CommandError unless the child exited 0."""
+        code = self.finish()
+        if code != 0:
+            raise CommandError(self.program, code, self.stderr_tail())
+
+    def terminate(self, grace: float = TERMINATE_GRACE_SECONDS) -> None:
+        """Closes the child's stdin, then stops it like any child."""
+        with contextlib.suppress(BrokenPipeError, ValueError, OSError):
+            self._stdin.close()
+        super().terminate(grace)

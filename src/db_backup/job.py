@@ -23,14 +23,16 @@ import structlog
 
 from db_backup import pg
 from db_backup.claims import Claim, claim_stem, stale_claims, unclaimed
+from db_backup.clock import utc_now
 from db_backup.config import Config, JobConfig
 from db_backup.execute import Cancelled, CancelToken, CommandError
-from db_backup.report import FAILED, SUCCESS, Report, load_reports, utc_now, write_report
+from db_backup.fsutil import describe_os_error
+from db_backup.report import FAILED, SUCCESS, Report, load_reports, write_report
 from db_backup.retention import Backup, NotABackup, backup_of, choose_expired
 from db_backup.secrets import SecretError, mask
 from db_backup.storage import make_targets
 from db_backup.storage.base import StorageError, StoredObject, Target
-from db_backup.storage.local import LocalTarget, describe_os_error
+from db_backup.storage.local import LocalTarget
 
 log = structlog.get_logger("db_backup.job")
 
@@ -503,9 +505,7 @@ def _dump_directory(
     """Dumps in directory format (-Fd -j N) through the local target's temporary directory."""
     local = next((t for t in targets if isinstance(t, LocalTarget)), None)
     failed = {
-        t.name: f"{t.name}: the directory format is stored locally only"
-        for t in targets
-        if t is not local
+        t.name: "the directory format is stored locally only" for t in targets if t is not local
     }
     if local is None:
         raise StorageError("the directory format needs the local target (storage mode local)")
@@ -540,7 +540,7 @@ def _stream_dump(
             except StorageError as exc:
                 failed[target.name] = str(exc)
         if not sinks:
-            raise StorageError("; ".join(failed.values()))
+            raise StorageError("; ".join(f"{n}: {e}" for n, e in failed.items()))
         child = pg.start_dump(job, env, database)
         digest = hashlib.sha256()
         size = 0
@@ -564,7 +564,7 @@ def _stream_dump(
                         )
                 if not sinks:
                     child.terminate()
-                    raise StorageError("; ".join(failed.values()))
+                    raise StorageError("; ".join(f"{n}: {e}" for n, e in failed.items()))
                 if progress is not None:
                     progress(job.name, database, size)
             child.check()

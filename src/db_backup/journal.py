@@ -18,18 +18,16 @@ import datetime as dt
 import errno
 import fcntl
 import json
-import logging
 import os
 import re
 import socket
 import struct
 import sys
 import traceback
-from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import structlog
-from structlog.typing import Processor
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 SYSLOG_IDENTIFIER = "db-backup"
@@ -312,70 +310,3 @@ class JournalRenderer:
             fields["EXCEPTION"] = trace.rstrip("\n")
             message = f"{message}\n{trace.rstrip()}"
         return message, priority, fields
-
-
-def priority_for_level(levelno: int) -> int:
-    """Return the syslog priority for a stdlib ``logging`` level number."""
-    if levelno >= logging.CRITICAL:
-        return LOG_CRIT
-    if levelno >= logging.ERROR:
-        return LOG_ERR
-    if levelno >= logging.WARNING:
-        return LOG_WARNING
-    if levelno >= logging.INFO:
-        return LOG_INFO
-    return LOG_DEBUG
-
-
-class JournalHandler(logging.Handler):
-    """A stdlib ``logging`` handler for third-party loggers (oss2, urllib3) writing to the journal.
-
-    The formatted record (traceback included) becomes MESSAGE; the logger name, code location and
-    traceback become ``LOGGER``, ``CODE_FILE``/``CODE_LINE``/``CODE_FUNC`` and ``EXCEPTION``.
-    """
-
-    def __init__(self, sender: JournalSender | None = None, level: int = logging.NOTSET) -> None:
-        """Send through ``sender`` (default: journald's standard socket)."""
-        super().__init__(level)
-        self.sender = sender if sender is not None else JournalSender()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        """Send one record; problems go to ``handleError`` like any stdlib handler."""
-        try:
-            fields: dict[str, object] = {
-                "LOGGER": record.name,
-                "CODE_FILE": record.pathname,
-                "CODE_LINE": record.lineno,
-                "CODE_FUNC": record.funcName,
-            }
-            if record.exc_info and record.exc_info[1] is not None:
-                trace = "".join(traceback.format_exception(*record.exc_info))
-                fields["EXCEPTION"] = trace.rstrip("\n")
-            self.sender.send(self.format(record), priority_for_level(record.levelno), fields)
-        except Exception:
-            self.handleError(record)
-
-
-def configure_journal_logging(
-    processors: Sequence[Processor] = (),
-    *,
-    level: int = logging.INFO,
-    socket_path: str = JOURNAL_SOCKET,
-    identifier: str = SYSLOG_IDENTIFIER,
-    cache_logger_on_first_use: bool = True,
-) -> JournalRenderer:
-    """Configure structlog to log to the journal: ``processors`` then ``JournalRenderer``.
-
-    ``processors`` are the caller's pre-processing steps (context vars, secret masking, call-site
-    info, ...); they must not render the event to a string. Returns the renderer so a caller can
-    reach its sender (for example to close it at exit).
-    """
-    renderer = JournalRenderer(JournalSender(socket_path, identifier))
-    chain: Iterable[Processor] = [*processors, renderer]
-    structlog.configure(
-        processors=list(chain),
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.ReturnLoggerFactory(),
-        cache_logger_on_first_use=cache_logger_on_first_use,
-    )
-    return renderer

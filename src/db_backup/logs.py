@@ -1,6 +1,8 @@
 """structlog set-up: journald native fields under systemd, console on a TTY, JSON lines otherwise.
 
-Secrets are masked by a processor, so no call site has to remember to.
+Secrets are masked by a processor, so no call site has to remember to. The standard library's
+`logging` (oss2, urllib3, any library) is routed into the same pipeline, so its records get the
+same masking, the journal fields and the daily log file instead of reaching stderr as plain text.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from typing import Any
 
 import structlog
 
-from db_backup.journal import JournalRenderer, stderr_is_journal
+from db_backup.journal import JournalRenderer, JournalSender, stderr_is_journal
 from db_backup.secrets import mask
 
 _file_lock = threading.Lock()
+LIBRARY_MIN_LEVEL = logging.WARNING  # below DEBUG, libraries' INFO lines are noise
 
 
 def mask_secrets(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
@@ -55,17 +58,57 @@ class DailyFile:
         return event_dict
 
 
-def setup(level: str = "info", log_dir: Path | None = None, force: str | None = None) -> str:
-    """Configures structlog for this process and returns the output kind chosen.
+class StdlibToStructlog(logging.Handler):
+    """A `logging` handler that hands every record to the structlog pipeline.
+
+    The record's message becomes the event, its logger name the `logger` field, and a traceback
+    is formatted (and masked) by the pipeline like one of ours.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Logs the record through structlog at its level; never raises into the library."""
+        try:
+            try:
+                event = record.getMessage()
+            except Exception:  # a library's bad format string must not lose the record
+                event = str(record.msg)
+            exc_info = record.exc_info if record.exc_info and record.exc_info[1] else None
+            structlog.get_logger().log(record.levelno, event, logger=record.name, exc_info=exc_info)
+        except Exception:
+            self.handleError(record)
+
+
+def route_stdlib_logging(level: int) -> None:
+    """Makes the root `logging` logger send library records to structlog.
+
+    Only libraries log through `logging` here. They get WARNING and above, or everything when
+    `level` is DEBUG: oss2 logs every error answer at INFO (expected 404s too), which our own
+    lines already say better.
+    """
+    root = logging.getLogger()
+    _remove_bridge(root)
+    root.addHandler(StdlibToStructlog())
+    root.setLevel(level if level <= logging.DEBUG else max(level, LIBRARY_MIN_LEVEL))
+
+
+def setup(
+    level: str = "info",
+    log_dir: Path | None = None,
+    force: str | None = None,
+    journal: JournalSender | None = None,
+) -> str:
+    """Configures structlog (and routes `logging` into it) and returns the output kind chosen.
 
     `force` (or $DB_BACKUP_LOG_FORMAT) picks "journal", "console" or "json"; by default the
     journal when stderr is connected to it, the console on a TTY, JSON lines otherwise.
+    `journal` is where journal entries go (default: journald's socket).
     """
     kind = force or os.environ.get("DB_BACKUP_LOG_FORMAT") or _detect()
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,  # the traceback becomes text the masking sees
         drop_none,
         mask_secrets,
     ]
@@ -73,9 +116,13 @@ def setup(level: str = "info", log_dir: Path | None = None, force: str | None = 
         processors.append(DailyFile(log_dir))
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     if kind == "journal":
-        processors.append(JournalRenderer())
+        processors.append(JournalRenderer(journal))
     elif kind == "console":
-        processors.append(structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
+        processors.append(
+            structlog.dev.ConsoleRenderer(
+                colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
+            )
+        )
     else:
         processors.append(structlog.processors.JSONRenderer(default=str, ensure_ascii=False))
     structlog.configure(
@@ -84,6 +131,7 @@ def setup(level: str = "info", log_dir: Path | None = None, force: str | None = 
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+    route_stdlib_logging(numeric)
     return kind
 
 
@@ -91,3 +139,17 @@ def _detect() -> str:
     if stderr_is_journal():
         return "journal"
     return "console" if sys.stderr.isatty() else "json"
+
+
+def reset() -> None:
+    """Undoes `setup`: structlog's defaults, and `logging` no longer routed into structlog."""
+    root = logging.getLogger()
+    _remove_bridge(root)
+    root.setLevel(logging.WARNING)
+    structlog.reset_defaults()
+
+
+def _remove_bridge(root: logging.Logger) -> None:
+    for handler in list(root.handlers):
+        if isinstance(handler, StdlibToStructlog):
+            root.removeHandler(handler)

@@ -16,8 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from db_backup.clock import format_utc, parse_utc, to_the_second, utc_now
+from db_backup.fsutil import fsync_dir, write_atomically
 from db_backup.secrets import mask
-from db_backup.storage.local import fsync_dir, write_atomically
 
 SCHEMA_VERSION = 1
 SUCCESS = "SUCCESS"
@@ -45,21 +46,6 @@ SEED_LOCAL_FIELDS: dict[str, type | tuple[type, ...]] = {
     "checksumSha256": str,
     "sizeBytes": int,
 }
-
-
-def utc_now() -> datetime:
-    """Returns the current time in UTC, to the second."""
-    return datetime.now(UTC).replace(microsecond=0)
-
-
-def iso(moment: datetime) -> str:
-    """Returns `moment` as the seed's ISO 8601 form, e.g. 2025-10-11T18:00:00Z."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_iso(text: str) -> datetime:
-    """Returns the UTC datetime of an ISO 8601 string as written by `iso`."""
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 
 
 def host_label() -> str:
@@ -117,14 +103,16 @@ class Report:
 
     def to_json(self) -> dict[str, Any]:
         """Returns the report document: the seed's fields first, additive fields after."""
-        finished = self.finished or utc_now()
+        # The seed's form has whole seconds; the duration is the difference of the two shown.
+        started = to_the_second(self.started)
+        finished = to_the_second(self.finished or utc_now())
         return {
             "database": self.database,
             "host": self.host,
             "port": str(self.port),
-            "startedAt": iso(self.started),
-            "finishedAt": iso(finished),
-            "durationSeconds": max(0, round((finished - self.started).total_seconds())),
+            "startedAt": format_utc(started),
+            "finishedAt": format_utc(finished),
+            "durationSeconds": max(0, round((finished - started).total_seconds())),
             "mode": self.mode,
             "tool": self.tool,
             "status": self.status,
@@ -231,7 +219,7 @@ class StoredReport:
     @property
     def started(self) -> datetime:
         """Returns when the run of this report started (UTC)."""
-        return parse_iso(self.document["startedAt"])
+        return parse_utc(self.document["startedAt"])
 
     @property
     def job(self) -> str:
@@ -261,7 +249,7 @@ def load_reports(reports_dir: Path) -> tuple[list[StoredReport], list[str]]:
             warnings.append(f"{path}: skipped, not a report ({'; '.join(problems[:3])})")
             continue
         try:
-            parse_iso(document["startedAt"])
+            parse_utc(document["startedAt"])
         except ValueError:
             warnings.append(f"{path}: skipped, startedAt is not a time")
             continue

@@ -18,34 +18,20 @@ import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import structlog
 
-from db_backup.storage.local import write_atomically
+from db_backup.clock import format_utc, parse_utc
+from db_backup.fsutil import write_atomically
 
 log = structlog.get_logger(__name__)
 
 Status = Literal["SUCCESS", "FAILED"]
 STATUSES: tuple[Status, ...] = ("SUCCESS", "FAILED")
 DEFAULT_STATE_FILE = Path("/var/lib/db-backup/state.json")
-
-
-def format_utc(moment: datetime) -> str:
-    """Return ``moment`` as ISO 8601 UTC with a ``Z`` suffix (microseconds only if present)."""
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise ValueError(f"timestamp must be timezone-aware, got naive {moment!r}")
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def parse_utc(text: str) -> datetime:
-    """Return the aware UTC datetime for an ISO 8601 timestamp that carries an offset."""
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        raise ValueError(f"timestamp {text!r} has no time zone")
-    return moment.astimezone(UTC)
 
 
 @dataclass(frozen=True)
@@ -156,11 +142,6 @@ class StateStore:
         """Return when ``job`` last started (UTC), or None if it never ran."""
         state = self.get(job)
         return None if state is None else state.last_run_utc
-
-    def jobs(self) -> dict[str, JobState]:
-        """Return a copy of all remembered job states."""
-        with self._lock:
-            return dict(self._jobs)
 
     def record(
         self,

@@ -268,7 +268,10 @@ def test_disk_full_gives_failed_report_and_no_partial_file(
         setup.job()["globals"] = False
         setup.write()
         done = run_cli("--config", str(setup.path), "run", "nightly")
-        assert_failed_cleanly(setup, done, "No space left on device", "file system is full")
+        report = assert_failed_cleanly(
+            setup, done, "No space left on device", "file system is full", "local: cannot write"
+        )
+        assert "local: local:" not in report["errorMessage"], "the target's name is said once"
         assert setup.data_files(small) == []
 
 

@@ -13,18 +13,16 @@ import struct
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import structlog
 
+from db_backup import logs
 from db_backup.journal import (
-    JournalHandler,
     JournalRenderer,
     JournalSender,
-    configure_journal_logging,
     field_name,
     stderr_is_journal,
 )
@@ -337,42 +335,18 @@ def test_exception_traceback_goes_to_message_and_exception_field(
     assert fields["EXCEPTION"].endswith("ValueError: bad value")
 
 
-def test_configure_journal_logging_routes_structlog_to_the_journal(
-    journal_socket: JournalSocket,
+def test_stdlib_logging_records_reach_the_journal_through_the_pipeline(
+    journal_socket: JournalSocket, tmp_path: Path
 ) -> None:
-    def add_host(
-        logger: object, method: str, event_dict: MutableMapping[str, Any]
-    ) -> MutableMapping[str, Any]:
-        event_dict["host"] = "db1"
-        return event_dict
-
-    try:
-        configure_journal_logging(
-            [add_host], level=20, socket_path=journal_socket.path, cache_logger_on_first_use=False
-        )
-        log = structlog.get_logger("db_backup.test")
-        log.debug("not sent")
-        log.warning("disk almost full", free_bytes=1024)
-        fields = journal_socket.text()
-        assert fields["MESSAGE"] == "disk almost full free_bytes=1024 host=db1"
-        assert fields["PRIORITY"] == "4"
-        assert fields["HOST"] == "db1"
-    finally:
-        structlog.reset_defaults()
-
-
-def test_stdlib_logging_records_reach_the_journal(journal_socket: JournalSocket) -> None:
     logger = logging.getLogger("oss2.test")
-    handler = JournalHandler(JournalSender(journal_socket.path))
-    logger.addHandler(handler)
-    logger.propagate = False
     try:
+        logs.setup("info", tmp_path, force="journal", journal=JournalSender(journal_socket.path))
+        logger.debug("not sent")
         logger.warning("retrying upload part %d", 7)
         fields = journal_socket.text()
         assert fields["MESSAGE"] == "retrying upload part 7"
         assert fields["PRIORITY"] == "4"
         assert fields["LOGGER"] == "oss2.test"
-        assert fields["CODE_FUNC"] == "test_stdlib_logging_records_reach_the_journal"
         try:
             raise OSError("connection reset")
         except OSError:
@@ -382,7 +356,7 @@ def test_stdlib_logging_records_reach_the_journal(journal_socket: JournalSocket)
         assert fields["MESSAGE"].startswith("upload failed\nTraceback")
         assert fields["EXCEPTION"].endswith("OSError: connection reset")
     finally:
-        logger.removeHandler(handler)
+        logs.reset()
 
 
 REAL_JOURNALD = "/lib/systemd/systemd-journald"

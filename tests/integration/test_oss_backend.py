@@ -2,33 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
+import threading
 import time
 import tracemalloc
-from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import oss2
 import pytest
 
 from db_backup.storage.base import StorageError
-from db_backup.storage.crc64 import crc64
 from db_backup.storage.oss import (
+    SHA256_TAG,
     OssSettings,
     OssTarget,
     apply_lifecycle,
     describe_lifecycle,
     get_lifecycle,
-    lifecycle_rule_xml,
+    lifecycle_rule,
 )
 from tests.support import oss_fixtures
+from tests.support.crc64 import crc64
 from tests.support.oss_fixtures import (
     OSS_ACCESS_KEY_ID,
     OSS_ACCESS_KEY_SECRET,
     OSS_BUCKET,
     OSS_REGION,
+    target_settings,
 )
 from tests.support.oss_server import Credential, OssServer
 
@@ -41,17 +45,8 @@ KEY = f"postgres/backups/{FILENAME}"
 
 
 def _settings(server: OssServer, **overrides: object) -> OssSettings:
-    settings = OssSettings(
-        endpoint=server.endpoint,
-        bucket=OSS_BUCKET,
-        region=OSS_REGION,
-        access_key_id=OSS_ACCESS_KEY_ID,
-        access_key_secret=OSS_ACCESS_KEY_SECRET,
-        part_size=PART,
-        retries=3,
-        read_timeout=5,
-    )
-    return replace(settings, **overrides)  # type: ignore[arg-type]
+    defaults: dict[str, object] = {"part_size": PART, "retries": 3, "read_timeout_seconds": 5}
+    return target_settings(server, **{**defaults, **overrides})
 
 
 def _target(server: OssServer, **overrides: object) -> OssTarget:
@@ -83,7 +78,7 @@ def test_stream_upload_round_trips_with_crc_and_sha256_tag(oss_server: OssServer
     assert extra["parts"] == len(data) // PART + 1
     assert extra["partSize"] == PART
     assert oss_server.object_bytes(OSS_BUCKET, KEY) == data
-    assert target.sha256_of(FILENAME) == sha
+    assert oss_server.objects(OSS_BUCKET)[KEY].tags == {SHA256_TAG: sha}
     assert oss_server.pending_uploads(OSS_BUCKET) == []
     bucket = oss2.Bucket(
         oss2.Auth(OSS_ACCESS_KEY_ID, OSS_ACCESS_KEY_SECRET), oss_server.endpoint, OSS_BUCKET
@@ -125,7 +120,7 @@ def test_transient_faults_are_retried_and_the_upload_succeeds(
     oss_server: OssServer, arm: object
 ) -> None:
     data = os.urandom(5 * PART + 1000)
-    target = _target(oss_server, read_timeout=1.0)
+    target = _target(oss_server, read_timeout_seconds=1.0)
     arm(oss_server)  # type: ignore[operator]
     stored, _ = _stream(target, data)
     assert oss_server.object_bytes(OSS_BUCKET, KEY) == data
@@ -208,6 +203,57 @@ def test_failed_tagging_removes_the_completed_object(oss_server: OssServer) -> N
     _assert_nothing_left(oss_server)
 
 
+@pytest.mark.parametrize(
+    "failing_part",
+    [pytest.param(3, id="last-part-sent-by-commit"), pytest.param(1, id="first-part-before")],
+)
+def test_a_commit_that_fails_on_a_part_aborts_the_upload_itself(
+    oss_server: OssServer, failing_part: int
+) -> None:
+    target = _target(oss_server, retries=0)
+    oss_server.fail_request(503, operation="UploadPart", nth=failing_part, times=100)
+    sink = target.open_stream(FILENAME)
+    with contextlib.suppress(StorageError):  # an early failure may already show in write()
+        sink.write(os.urandom(2 * PART + 5))  # two full parts; commit sends the last 5 bytes
+    with pytest.raises(StorageError, match="upload part"):
+        sink.commit("0" * 64)
+    # No abort() from the caller: the failed commit must not leave parts to be billed.
+    _assert_nothing_left(oss_server)
+    assert oss_server.requests_for("AbortMultipartUpload")
+    sink.abort()  # still safe, and nothing more to do
+    assert len(oss_server.requests_for("AbortMultipartUpload")) == 1
+
+
+def _start_upload(server: OssServer, key: str) -> str:
+    """Starts a multipart upload from outside the target (as a killed run leaves one)."""
+    bucket = oss2.Bucket(
+        oss2.Auth(OSS_ACCESS_KEY_ID, OSS_ACCESS_KEY_SECRET), server.endpoint, OSS_BUCKET
+    )
+    upload_id: str = bucket.init_multipart_upload(key).upload_id
+    bucket.upload_part(key, upload_id, 1, b"x" * 1000)
+    return upload_id
+
+
+def test_stale_uploads_of_this_program_are_aborted_and_nothing_else(
+    oss_server: OssServer,
+) -> None:
+    target = _target(oss_server)
+    ours = "postgres/backups/app_20261120T020000Z_db1.dump"
+    deeper = "postgres/backups/archive/app_20261120T020000Z_db1.dump"
+    elsewhere = "other/app_20261120T020000Z_db1.dump"
+    for key in (ours, deeper, elsewhere):
+        _start_upload(oss_server, key)
+    assert target.abort_stale_uploads(timedelta(days=1)) == []  # all younger than a day
+    assert len(oss_server.pending_uploads(OSS_BUCKET)) == 3
+
+    two_days_later = datetime.now(UTC) + timedelta(days=2)
+    aborted = target.abort_stale_uploads(timedelta(days=1), now=two_days_later)
+    assert aborted == [f"oss://{OSS_BUCKET}/{ours}"]
+    left = sorted(u.key for u in oss_server.pending_uploads(OSS_BUCKET))
+    assert left == sorted([deeper, elsewhere])
+    assert [r["status"] for r in oss_server.requests_for("AbortMultipartUpload")] == [204]
+
+
 def test_abort_midway_removes_parts_and_upload(oss_server: OssServer) -> None:
     target = _target(oss_server)
     sink = target.open_stream(FILENAME)
@@ -262,7 +308,9 @@ def test_sts_token_is_sent(tmp_path: Path) -> None:
 def test_encryption_and_storage_class_are_set_at_initiation_only(
     oss_server: OssServer, sse: str | None, kms_key_id: str | None, storage_class: str | None
 ) -> None:
-    target = _target(oss_server, sse=sse, kms_key_id=kms_key_id, storage_class=storage_class)
+    target = _target(
+        oss_server, server_side_encryption=sse, kms_key_id=kms_key_id, storage_class=storage_class
+    )
     _stream(target, os.urandom(3 * PART))
     [init] = oss_server.requests_for("InitiateMultipartUpload")
     assert init["headers"].get("x-oss-server-side-encryption") == sse
@@ -278,7 +326,7 @@ def test_encryption_and_storage_class_are_set_at_initiation_only(
 
 
 def test_put_file_list_and_delete(oss_server: OssServer, tmp_path: Path) -> None:
-    target = _target(oss_server, sse="AES256", storage_class="IA")
+    target = _target(oss_server, server_side_encryption="AES256", storage_class="IA")
     names = ["a.dump", "a.dump.sha256", "b_globals.sql"]
     for name in names:
         path = tmp_path / name
@@ -329,8 +377,6 @@ def test_lifecycle_is_applied_scoped_to_the_prefix(oss_server: OssServer) -> Non
     settings = _settings(oss_server)
     assert get_lifecycle(settings) == []
     assert describe_lifecycle([]) == "no lifecycle rules"
-    xml = lifecycle_rule_xml(settings)
-    assert "<Prefix>postgres/backups/</Prefix>" in xml and "<StorageClass>IA</StorageClass>" in xml
     bucket = oss2.Bucket(
         oss2.Auth(OSS_ACCESS_KEY_ID, OSS_ACCESS_KEY_SECRET), oss_server.endpoint, OSS_BUCKET
     )
@@ -352,53 +398,97 @@ def test_lifecycle_is_applied_scoped_to_the_prefix(oss_server: OssServer) -> Non
     text = describe_lifecycle(rules)
     assert "db-backup-postgres/backups/ [Enabled] postgres/backups/: to IA after 30 days" in text
     assert "delete after 90 days" in text
+    assert b"<Prefix>postgres/backups/</Prefix>" in (oss_server.lifecycle(OSS_BUCKET) or b"")
     with pytest.raises(ValueError):
-        lifecycle_rule_xml(settings, ia_after_days=100, expire_after_days=90)
+        lifecycle_rule(settings, ia_after_days=100, expire_after_days=90)
 
 
-def _feed(target: OssTarget, total: int, part: int) -> tuple[object, object]:
-    """Streams `total` bytes in 64 KiB writes, then commits; returns (sink, stored)."""
+class PartMeter:
+    """Watches a sink from outside: wraps the bucket's upload_part to see parts come and go.
+
+    `max_in_flight` is the most upload_part calls running at once; `max_outstanding` the most
+    bytes the sink had accepted through write() and OSS had not yet acknowledged, sampled each
+    time write() returns (the part being filled plus every part queued or uploading).
+    """
+
+    def __init__(self, target: OssTarget) -> None:
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self.max_in_flight = 0
+        self.acknowledged = 0
+        self.written = 0
+        self.max_outstanding = 0
+        upload_part = target.bucket.upload_part
+
+        def measured(*args: object, **kwargs: object) -> object:
+            data = args[3]
+            assert isinstance(data, bytes)
+            with self._lock:
+                self._in_flight += 1
+                self.max_in_flight = max(self.max_in_flight, self._in_flight)
+            try:
+                return upload_part(*args, **kwargs)
+            finally:
+                with self._lock:
+                    self._in_flight -= 1
+                    self.acknowledged += len(data)
+
+        target.bucket.upload_part = measured
+
+    def wrote(self, amount: int) -> None:
+        """Records that write() returned after taking `amount` more bytes."""
+        with self._lock:
+            self.written += amount
+            self.max_outstanding = max(self.max_outstanding, self.written - self.acknowledged)
+
+
+def _feed(target: OssTarget, total: int, part: int) -> tuple[PartMeter, object]:
+    """Streams `total` bytes in 64 KiB writes, then commits; returns (meter, stored)."""
+    meter = PartMeter(target)
     block = os.urandom(part)
     chunk = 64 * 1024
     sink = target.open_stream(FILENAME)
     for offset in range(0, total, chunk):
         start = offset % part
-        sink.write(block[start : start + chunk])
-    return sink, sink.commit("0" * 64)
+        piece = block[start : start + chunk]
+        sink.write(piece)
+        meter.wrote(len(piece))
+    return meter, sink.commit("0" * 64)
 
 
 def test_in_flight_parts_never_exceed_the_bound_for_200_mb(oss_server: OssServer) -> None:
     part = 1024 * 1024
     total = 200 * 1024 * 1024
     target = _target(oss_server, part_size=part, parallel_parts=2)
-    sink, stored = _feed(target, total, part)
+    meter, stored = _feed(target, total, part)
     assert stored.size_bytes == total  # type: ignore[attr-defined]
     assert stored.extra["parts"] == 200  # type: ignore[attr-defined]
-    assert sink.max_inflight_seen == 2  # type: ignore[attr-defined]
+    assert meter.max_in_flight == 2
     assert oss_server.objects(OSS_BUCKET)[KEY].size == total
 
 
-def _peak_of_feed(target: OssTarget, total: int, part: int) -> tuple[object, int]:
-    """Feeds `total` bytes under tracemalloc; returns (sink, peak traced bytes)."""
+def _peak_of_feed(target: OssTarget, total: int, part: int) -> tuple[PartMeter, int]:
+    """Feeds `total` bytes under tracemalloc; returns (meter, peak traced bytes)."""
     tracemalloc.start()
     try:
         tracemalloc.reset_peak()
-        sink, stored = _feed(target, total, part)
+        meter, stored = _feed(target, total, part)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert stored.size_bytes == total  # type: ignore[attr-defined]
-    return sink, peak
+    return meter, peak
 
 
 @pytest.mark.parametrize("buffer_parts", [3, 8])
 def test_memory_peak_is_bounded_by_the_buffer(oss_server: OssServer, buffer_parts: int) -> None:
     part = 1024 * 1024
     target = _target(oss_server, part_size=part, parallel_parts=2, buffer_size=buffer_parts * part)
-    sink, peak = _peak_of_feed(target, 32 * part, part)
-    # The parts held (waiting or uploading) plus the one being filled fit in the buffer...
-    assert sink.max_held_seen <= (buffer_parts - 1) * part  # type: ignore[attr-defined]
-    assert sink.max_inflight_seen <= 2  # type: ignore[attr-defined]
+    meter, peak = _peak_of_feed(target, 32 * part, part)
+    # The bytes not yet acknowledged (the part being filled, parts waiting and uploading) fit
+    # in the buffer...
+    assert meter.max_outstanding <= buffer_parts * part
+    assert meter.max_in_flight <= 2
     # ...and the process's traced peak is that plus the test's 1 MiB block and oss2's buffers.
     assert peak < buffer_parts * part + 3 * part, f"peak {peak / part:.1f} MiB"
 
@@ -406,6 +496,7 @@ def test_memory_peak_is_bounded_by_the_buffer(oss_server: OssServer, buffer_part
 def test_a_buffer_smaller_than_the_connections_need_is_raised(oss_server: OssServer) -> None:
     part = 1024 * 1024
     target = _target(oss_server, part_size=part, parallel_parts=2, buffer_size=part)
-    sink, peak = _peak_of_feed(target, 16 * part, part)
-    assert sink.max_held_seen <= 2 * part  # type: ignore[attr-defined]
+    meter, peak = _peak_of_feed(target, 16 * part, part)
+    assert meter.max_outstanding <= 3 * part  # room for both connections and the part filling
+    assert meter.max_in_flight == 2
     assert peak < 3 * part + 3 * part, f"peak {peak / part:.1f} MiB"

@@ -10,8 +10,8 @@ import oss2
 import pytest
 from oss2.models import BucketLifecycle, LifecycleExpiration, LifecycleRule, PartInfo
 
-from db_backup.storage.crc64 import CHECK_VALUE, crc64
 from tests.support import oss_fixtures
+from tests.support.crc64 import CHECK_VALUE, crc64
 from tests.support.oss_fixtures import (
     OSS_ACCESS_KEY_ID,
     OSS_ACCESS_KEY_SECRET,

@@ -73,7 +73,7 @@ def test_failing_rcat_raises_with_stderr_tail(tmp_path: Path) -> None:
         for _ in range(200):
             sink.write(b"x" * 65536)
         sink.commit("0" * 64)
-    assert "rclone: rcat exited with status" in str(error.value)
+    assert "rcat exited with status" in str(error.value)
     assert "nosuchremote" in str(error.value)
     sink.abort()
 

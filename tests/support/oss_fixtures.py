@@ -15,13 +15,14 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import oss2
 import pytest
 
+from db_backup.storage.oss import OssSettings
 from tests.support.oss_server import Credential, OssServer
 
 OSS_BUCKET = "db-backup-test"
@@ -126,6 +127,18 @@ def oss_server(tmp_path: Path) -> Iterator[OssServer]:
         yield server
     finally:
         server.stop()
+
+
+def target_settings(server: OssServer, **overrides: Any) -> OssSettings:
+    """Returns OSS target settings for the loopback server's bucket, with `overrides`."""
+    settings = OssSettings(
+        endpoint=server.endpoint,
+        bucket=OSS_BUCKET,
+        region=OSS_REGION,
+        access_key_id=OSS_ACCESS_KEY_ID,
+        access_key_secret=OSS_ACCESS_KEY_SECRET,
+    )
+    return replace(settings, **overrides)
 
 
 @pytest.fixture

@@ -50,7 +50,8 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 from xml.etree import ElementTree
 
-from db_backup.storage.crc64 import Crc64, crc64_combine
+from db_backup.storage.crc64 import crc64_combine
+from tests.support.crc64 import Crc64
 
 MIN_PART_SIZE = 100 * 1024
 MAX_PART_NUMBER = 10_000

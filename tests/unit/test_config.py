@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from db_backup import config as config_module
 from db_backup.config import ConfigError, load, loads, schema
 
 REPO = Path(__file__).resolve().parents[2]
@@ -358,3 +360,14 @@ def test_keys_that_are_not_strings_are_reported_not_a_crash() -> None:
     assert f"At 'None': unknown key ({known})" in found
     assert any(p.startswith("At 'jobs[0].x': unknown key") for p in found)
     assert "At 'jobs[0].databases': required key is missing" in found
+
+
+def test_cross_field_rules_take_their_defaults_from_the_schema(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The rules read the storage mode's default from the schema, not from a copy of it: with
+    # `local` as the schema's default, a job without a mode needs no remote section.
+    changed = copy.deepcopy(schema())
+    changed["properties"]["storage"]["properties"]["mode"]["default"] = "local"
+    monkeypatch.setattr(config_module, "schema", lambda: changed)
+    assert loads(MINIMAL).jobs[0].mode == "local"

@@ -25,6 +25,16 @@ def sample() -> Report:
     return report
 
 
+def test_times_with_fractions_show_whole_seconds_and_a_matching_duration() -> None:
+    report = sample()
+    report.started = datetime(2025, 10, 11, 18, 0, 0, 900_000, tzinfo=UTC)
+    report.finished = datetime(2025, 10, 11, 18, 0, 2, 100_000, tzinfo=UTC)
+    doc = report.to_json()
+    assert doc["startedAt"] == "2025-10-11T18:00:00Z"
+    assert doc["finishedAt"] == "2025-10-11T18:00:02Z"
+    assert doc["durationSeconds"] == 2  # finishedAt - startedAt, as a reader computes it
+
+
 def test_seed_example_fields_and_types() -> None:
     doc = sample().to_json()
     assert seed_field_problems(doc) == []

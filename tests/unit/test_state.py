@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from db_backup.state import JobState, StateStore, format_utc, parse_utc
+from db_backup.clock import format_utc, parse_utc
+from db_backup.state import JobState, StateStore
 
 STARTED = datetime(2024, 10, 27, 0, 30, tzinfo=UTC)
 FINISHED = datetime(2024, 10, 27, 0, 41, 7, 250000, tzinfo=UTC)
@@ -181,3 +182,8 @@ def test_timestamp_helpers_round_trip() -> None:
     assert parse_utc("2024-10-27T08:30:00+08:00") == STARTED
     with pytest.raises(ValueError):
         parse_utc("2024-10-27T00:30:00")
+    assert parse_utc("2024-10-27T00:30:00", naive_is_utc=True) == STARTED
+    assert format_utc(STARTED) == "2024-10-27T00:30:00Z"  # the report's form: no fraction
+    assert parse_utc(format_utc(FINISHED)) == FINISHED
+    with pytest.raises(ValueError):
+        format_utc(STARTED.replace(tzinfo=None))

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
-from db_backup.config import Config, JobConfig
+from db_backup.config import Config, JobConfig, OssOptions
 from db_backup.secrets import resolve
 from db_backup.storage.base import StorageError, Target
 from db_backup.storage.local import LocalTarget
@@ -13,6 +14,8 @@ if TYPE_CHECKING:
     from db_backup.storage.oss import OssSettings
 
 __all__ = ["StorageError", "Target", "make_targets", "oss_settings", "remote_target"]
+
+MIB = 1024 * 1024
 
 
 def make_targets(config: Config, job: JobConfig) -> list[Target]:
@@ -32,7 +35,7 @@ def remote_target(config: Config) -> Target:
         from db_backup.storage.rclone import RcloneSettings, RcloneTarget
 
         if storage.rclone is None:
-            raise StorageError("rclone: storage.rclone is not configured")
+            raise StorageError("storage.rclone is not configured")
         rc = storage.rclone
         return RcloneTarget(
             RcloneSettings(remote=rc.remote, prefix=rc.prefix, config_file=rc.config_file)
@@ -48,28 +51,21 @@ def oss_settings(config: Config) -> OssSettings:
 
     oss = config.storage.oss
     if oss is None:
-        raise StorageError("oss: storage.oss is not configured")
-    token = (
-        resolve(oss.security_token, "storage.oss.security_token") if oss.security_token else None
-    )
+        raise StorageError("storage.oss is not configured")
     limit = oss.bandwidth_limit_mbps
+    # The settings both inherit from OssOptions pass as they are; the secrets are resolved and
+    # the sizes converted to the units the target works in.
+    plain = {f.name: getattr(oss, f.name) for f in dataclasses.fields(OssOptions)}
     return OssSettings(
-        endpoint=oss.endpoint,
-        bucket=oss.bucket,
-        prefix=oss.prefix,
-        region=oss.region,
-        signature_version=oss.signature_version,
+        **plain,
         access_key_id=resolve(oss.access_key_id, "storage.oss.access_key_id"),
         access_key_secret=resolve(oss.access_key_secret, "storage.oss.access_key_secret"),
-        security_token=token,
-        sse=oss.server_side_encryption,
-        kms_key_id=oss.kms_key_id,
-        storage_class=oss.storage_class,
-        connect_timeout=oss.connect_timeout_seconds,
-        read_timeout=oss.read_timeout_seconds,
-        retries=oss.retries,
-        part_size=oss.part_size_mib * 1024 * 1024,
-        parallel_parts=oss.parallel_parts,
-        buffer_size=oss.buffer_mib * 1024 * 1024,
+        security_token=(
+            resolve(oss.security_token, "storage.oss.security_token")
+            if oss.security_token
+            else None
+        ),
+        part_size=oss.part_size_mib * MIB,
+        buffer_size=oss.buffer_mib * MIB,
         bandwidth_limit=int(limit * 1_000_000 / 8) if limit else None,
     )

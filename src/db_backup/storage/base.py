@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+# Every temporary name a backend gives a file while it is being written starts with this, so
+# that listings for retention can leave it out.
+TEMP_PREFIX = ".tmp-"
+
 
 class StorageError(Exception):
     """A backend could not store, list or delete; the message names the target and the cause."""

@@ -1,40 +1,13 @@
-"""CRC-64/ECMA-182 as Aliyun OSS reports it in `x-oss-hash-crc64ecma`.
+"""Combining CRC-64/ECMA-182 values as Aliyun OSS reports them in `x-oss-hash-crc64ecma`.
 
 Parameters (the "CRC-64/XZ" variant): polynomial 0x42F0E1EBA9EA3693, reflected, initial value 0,
-final xor all ones. The check value of b"123456789" is 0x995DC9BBDF1939FA. The table-driven core
-comes from crcmod (a dependency of oss2, with a C extension); combining two CRCs without the data
-uses the GF(2) matrix method so a server can join part CRCs the way OSS does.
+final xor all ones. oss2 computes the CRC of each part (with crcmod); combining two CRCs without
+the data uses the GF(2) matrix method, so the whole object's CRC is known from its parts'.
 """
 
 from __future__ import annotations
 
-import crcmod
-
-_POLY = 0x142F0E1EBA9EA3693
-_XOROUT = 0xFFFFFFFFFFFFFFFF
-_REFLECTED_POLY = 0xC96C5795D7870F42  # 0x42F0E1EBA9EA3693 bit-reversed, for combine
-
-_crc64_fun = crcmod.mkCrcFun(_POLY, initCrc=0, rev=True, xorOut=_XOROUT)
-
-CHECK_VALUE = 0x995DC9BBDF1939FA
-
-
-def crc64(data: bytes, crc: int = 0) -> int:
-    """Returns the CRC-64/ECMA-182 of `data`, continuing from a previous result `crc`."""
-    return int(_crc64_fun(data, crc))
-
-
-class Crc64:
-    """Accumulates a CRC-64/ECMA-182 over data fed in pieces; `.value` is the CRC so far."""
-
-    def __init__(self) -> None:
-        self.value = 0
-        self.length = 0
-
-    def update(self, data: bytes) -> None:
-        """Folds the next piece of data into the running CRC."""
-        self.value = crc64(data, self.value)
-        self.length += len(data)
+_REFLECTED_POLY = 0xC96C5795D7870F42  # 0x42F0E1EBA9EA3693 bit-reversed
 
 
 def _gf2_times(matrix: list[int], vector: int) -> int:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
+from db_backup.fsutil import describe_os_error, fsync_dir
 from db_backup.storage.base import StorageError, StoredObject
 
 # Files being written live in this directory inside the data directory (same file system, so
@@ -34,55 +33,6 @@ def is_plain_name(name: object) -> bool:
     )
 
 
-def fsync_dir(directory: Path) -> None:
-    """Makes a rename in `directory` durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomically(path: Path, data: bytes, mode: int) -> None:
-    """Replaces `path` with `data` so a reader sees the old file or the whole new one.
-
-    Temporary file in the same directory, explicit mode (the unit's UMask would otherwise
-    decide), fsync, rename, fsync of the directory.
-    """
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    fsync_dir(path.parent)
-
-
-def describe_os_error(exc: OSError, path: Path | str) -> str:
-    """Returns a message naming the path and the cause, with a hint for the usual ones."""
-    hint = ""
-    if exc.errno == errno.ENOSPC:
-        hint = " (the file system is full)"
-    elif exc.errno in {errno.EACCES, errno.EPERM, errno.EROFS}:
-        hint = f" (user {_user()} may not write there)"
-    return f"{path}: {exc.strerror or exc}{hint}"
-
-
-def _user() -> str:
-    try:
-        import pwd
-
-        return pwd.getpwuid(os.geteuid()).pw_name
-    except (KeyError, ImportError):
-        return str(os.geteuid())
-
-
 class LocalSink:
     """Writes one dump to a temporary file; commit fsyncs and renames it to its final name."""
 
@@ -94,9 +44,7 @@ class LocalSink:
             self.temp.parent.mkdir(mode=0o700, exist_ok=True)
             fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
         except OSError as exc:
-            raise StorageError(
-                f"local: cannot create {describe_os_error(exc, self.temp)}"
-            ) from None
+            raise StorageError(f"cannot create {describe_os_error(exc, self.temp)}") from None
         self._file = os.fdopen(fd, "wb", buffering=0)
 
     def write(self, data: bytes) -> None:
@@ -108,7 +56,7 @@ class LocalSink:
                 view = view[n or 0 :]
             self._written += len(data)
         except OSError as exc:
-            raise StorageError(f"local: cannot write {describe_os_error(exc, self.temp)}") from None
+            raise StorageError(f"cannot write {describe_os_error(exc, self.temp)}") from None
 
     def commit(self, sha256_hex: str) -> StoredObject:
         """fsyncs and renames the temporary file to its final name; returns its path."""
@@ -119,9 +67,7 @@ class LocalSink:
             fsync_dir(self.final.parent)
         except OSError as exc:
             self.abort()
-            raise StorageError(
-                f"local: cannot finish {describe_os_error(exc, self.final)}"
-            ) from None
+            raise StorageError(f"cannot finish {describe_os_error(exc, self.final)}") from None
         return StoredObject(str(self.final), self._written, {"sha256": sha256_hex})
 
     def abort(self) -> None:
@@ -153,7 +99,7 @@ class LocalTarget:
                     sink.write(chunk)
         except OSError as exc:
             sink.abort()
-            raise StorageError(f"local: cannot read {describe_os_error(exc, path)}") from None
+            raise StorageError(f"cannot read {describe_os_error(exc, path)}") from None
         except StorageError:
             sink.abort()
             raise
@@ -172,7 +118,7 @@ class LocalTarget:
         removed = []
         for filename in filenames:
             if not is_plain_name(filename):
-                raise StorageError(f"local: refusing to delete {filename!r}: not a plain file name")
+                raise StorageError(f"refusing to delete {filename!r}: not a plain file name")
             path = self.directory / filename
             try:
                 if path.is_dir() and not path.is_symlink():
@@ -182,7 +128,7 @@ class LocalTarget:
             except FileNotFoundError:
                 continue
             except OSError as exc:
-                raise StorageError(f"local: cannot delete {describe_os_error(exc, path)}") from None
+                raise StorageError(f"cannot delete {describe_os_error(exc, path)}") from None
             removed.append(str(path))
         return removed
 
@@ -224,9 +170,7 @@ class LocalDirectorySink:
             self.path.parent.mkdir(mode=0o700, exist_ok=True)
             shutil.rmtree(self.path, ignore_errors=True)
         except OSError as exc:
-            raise StorageError(
-                f"local: cannot create {describe_os_error(exc, self.path)}"
-            ) from None
+            raise StorageError(f"cannot create {describe_os_error(exc, self.path)}") from None
 
     def commit(self) -> tuple[StoredObject, str]:
         """Checksums and fsyncs every file, renames the directory; returns it and its manifest."""
@@ -250,9 +194,7 @@ class LocalDirectorySink:
             fsync_dir(self.final.parent)
         except OSError as exc:
             self.abort()
-            raise StorageError(
-                f"local: cannot finish {describe_os_error(exc, self.final)}"
-            ) from None
+            raise StorageError(f"cannot finish {describe_os_error(exc, self.final)}") from None
         text = "".join(manifest)
         sha256 = hashlib.sha256(text.encode()).hexdigest()
         return StoredObject(str(self.final), size, {"manifestSha256": sha256}), text

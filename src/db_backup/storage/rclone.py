@@ -3,28 +3,22 @@
 `rclone rcat` uploads what arrives on its stdin to a temporary name (`.tmp-<name>.<random>`,
 hidden from `list_names`); only commit moves it to the final name (`rclone moveto`), after
 rcat exited 0 and the stored size matched, so a half-uploaded file never looks like a backup.
-Every child gets an argv list, never a shell string, and errors carry the stderr tail.
+Every child is started through `db_backup.execute` (argv list, own session, stderr tail, the\nsame stop sequence as pg_dump's).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
-import os
-import signal
-import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
+
 from db_backup import execute
-from db_backup.storage.base import StorageError, StoredObject
+from db_backup.storage.base import TEMP_PREFIX, StorageError, StoredObject
 
-log = logging.getLogger(__name__)
-
-TEMP_PREFIX = ".tmp-"
-TERMINATE_GRACE_SECONDS = 10.0
+log = structlog.get_logger("db_backup.storage.rclone")
 
 
 @dataclass(frozen=True)
@@ -35,6 +29,17 @@ class RcloneSettings:
     prefix: str = "postgres/backups/"
     config_file: str | None = None
     extra_args: tuple[str, ...] = ()
+
+
+# What rclone may inherit besides the common allow-list: its own settings (RCLONE_*, which is
+# also how an operator passes RCLONE_CONFIG_PASS), proxies and CA bundles it needs to connect.
+RCLONE_ENV_PREFIXES = ("RCLONE_", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy",
+                       "https_proxy", "no_proxy", "SSL_CERT_")  # fmt: skip
+
+
+def _rclone_env() -> dict[str, str]:
+    """Returns the environment of an rclone child."""
+    return execute.child_env(inherit_prefixes=RCLONE_ENV_PREFIXES)
 
 
 class RcloneTarget:
@@ -60,9 +65,9 @@ class RcloneTarget:
     def run(self, what: str, where: str, *args: str, timeout: float | None = 600) -> str:
         """Runs one rclone command to completion; raises StorageError naming `where`."""
         try:
-            return execute.run(self.argv(*args), env=execute.child_env(), timeout=timeout)
+            return execute.run(self.argv(*args), env=_rclone_env(), timeout=timeout)
         except execute.CommandError as error:
-            raise StorageError(f"rclone: {what} failed for {where}: {error}") from None
+            raise StorageError(f"{what} failed for {where}: {error}") from None
 
     def open_stream(self, filename: str, size_hint: int | None = None) -> RcloneSink:
         """Starts `rclone rcat` to a temporary name next to `filename`."""
@@ -82,11 +87,11 @@ class RcloneTarget:
         """Lists every file name directly under the prefix, temporary ones included."""
         where = f"{self.settings.remote}:{self.settings.prefix}"
         try:
-            out = execute.run(self.argv("lsf", "--files-only", where), env=execute.child_env())
+            out = execute.run(self.argv("lsf", "--files-only", where), env=_rclone_env())
         except execute.CommandError as error:
             if "directory not found" in str(error):
                 return []
-            raise StorageError(f"rclone: lsf failed for {where}: {error}") from None
+            raise StorageError(f"lsf failed for {where}: {error}") from None
         return sorted(line for line in out.splitlines() if line)
 
     def delete(self, filenames: list[str]) -> list[str]:
@@ -105,7 +110,7 @@ class RcloneTarget:
         out = self.run("lsjson", where, "lsjson", "--files-only", where)
         entries = json.loads(out or "[]")
         if len(entries) != 1:
-            raise StorageError(f"rclone: {where} is missing after upload")
+            raise StorageError(f"{where} is missing after upload")
         return int(entries[0]["Size"])
 
 
@@ -120,55 +125,44 @@ class RcloneSink:
         self.final_path = target.path(filename)
         self._written = 0
         self._state = "open"
-        argv = target.argv("rcat", self.temp_path)
         try:
-            self._proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                env=execute.child_env(),
-                start_new_session=True,  # so abort can stop rclone and anything it started
+            self._rcat = execute.FeedingChild(
+                target.argv("rcat", self.temp_path), env=_rclone_env()
             )
-        except OSError as error:
-            raise StorageError(f"rclone: cannot start {target.binary}: {error}") from None
-        assert self._proc.stdin is not None and self._proc.stderr is not None
-        self._stdin = self._proc.stdin
-        self._stderr = execute.StderrTail(self._proc.stderr)
+        except execute.CommandError as error:
+            raise StorageError(f"cannot start rcat for {self.final_path}: {error}") from None
 
-    def _failure(self, what: str) -> StorageError:
-        code = self._proc.poll()
+    def _failure(self, error: execute.CommandError) -> StorageError:
+        code = error.returncode
         status = f"exited with status {code}" if code is not None else "failed"
-        tail = self._stderr.text()
-        text = f"rclone: {what} {status} for {self.final_path}"
-        return StorageError(f"{text}: {tail}" if tail else text)
+        text = f"rcat {status} for {self.final_path}"
+        return StorageError(f"{text}: {error.stderr_tail}" if error.stderr_tail else text)
 
     def write(self, data: bytes) -> None:
         """Passes `data` to rcat's stdin; raises StorageError when rcat has gone away."""
         if self._state != "open":
-            raise StorageError(f"rclone: write after {self._state} for {self.final_path}")
+            raise StorageError(f"write after {self._state} for {self.final_path}")
         try:
-            self._stdin.write(data)
-        except (BrokenPipeError, ValueError, OSError):
-            self._proc.wait()
+            self._rcat.write(data)
+        except execute.CommandError as error:
             self._state = "failed"
-            raise self._failure("rcat") from None
+            raise self._failure(error) from None
         self._written += len(data)
 
     def commit(self, sha256_hex: str) -> StoredObject:
         """Ends rcat's input, checks its exit and the stored size, then moves to the final name."""
         if self._state != "open":
-            raise StorageError(f"rclone: commit after {self._state} for {self.final_path}")
+            raise StorageError(f"commit after {self._state} for {self.final_path}")
         self._state = "committing"
         try:
-            with contextlib.suppress(BrokenPipeError, OSError):
-                self._stdin.close()
-            if self._proc.wait() != 0:
-                raise self._failure("rcat")
+            try:
+                self._rcat.check()
+            except execute.CommandError as error:
+                raise self._failure(error) from None
             stored = self.target.size_of(self.temp_name)
             if stored != self._written:
                 raise StorageError(
-                    f"rclone: {self.temp_path} holds {stored} bytes, {self._written} were sent"
+                    f"{self.temp_path} holds {stored} bytes, {self._written} were sent"
                 )
             self.target.run(
                 "moveto", self.final_path, "moveto", self.temp_path, self.final_path, timeout=None
@@ -188,24 +182,10 @@ class RcloneSink:
             return
         self._state = "aborted"
         try:
-            self._stop_rcat()
+            self._rcat.terminate()
             self._delete_temp()
         except Exception as error:  # abort must never raise
-            log.error("rclone: aborting %s failed: %s", self.temp_path, error)
-
-    def _stop_rcat(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            self._stdin.close()
-        if self._proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self._proc.pid, signal.SIGTERM)
-        try:
-            self._proc.wait(timeout=TERMINATE_GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._proc.pid, signal.SIGKILL)
-            self._proc.wait()
+            log.error("could not abort the rclone upload", path=self.temp_path, error=str(error))
 
     def _delete_temp(self) -> None:
         """Deletes the temporary file if it exists; logs instead of raising."""
@@ -213,4 +193,4 @@ class RcloneSink:
             if self.temp_name in self.target.list_all():
                 self.target.run("deletefile", self.temp_path, "deletefile", self.temp_path)
         except StorageError as error:
-            log.error("%s", error)
+            log.error("could not delete the temporary file", path=self.temp_path, error=str(error))

@@ -1,0 +1,58 @@
+"""File helpers every part uses: atomic replacement, durable renames, readable OS errors."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from pathlib import Path
+
+
+def fsync_dir(directory: Path) -> None:
+    """Makes a rename in `directory` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path: Path, data: bytes, mode: int) -> None:
+    """Replaces `path` with `data` so a reader sees the old file or the whole new one.
+
+    Temporary file in the same directory, explicit mode (the unit's UMask would otherwise
+    decide), fsync, rename, fsync of the directory.
+    """
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    fsync_dir(path.parent)
+
+
+def describe_os_error(exc: OSError, path: Path | str) -> str:
+    """Returns a message naming the path and the cause, with a hint for the usual ones."""
+    hint = ""
+    if exc.errno == errno.ENOSPC:
+        hint = " (the file system is full)"
+    elif exc.errno in {errno.EACCES, errno.EPERM, errno.EROFS}:
+        hint = f" (user {_user()} may not write there)"
+    return f"{path}: {exc.strerror or exc}{hint}"
+
+
+def _user() -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (KeyError, ImportError):
+        return str(os.geteuid())
