@@ -307,7 +307,29 @@ class _Run:
             shutil.rmtree(self.staging, ignore_errors=True)
 
     def remove_leftovers(self) -> None:
-        """Removes what killed runs of this job created under names no report ever named."""
+        """Removes what killed runs of this job created under names no report ever named.
+
+        Also aborts this program's multipart uploads that a SIGKILL left open more than a day
+        ago (their parts are billed until someone does); a failure here is logged, never fatal.
+        """
+        for target in self.targets:
+            abort_stale = getattr(target, "abort_stale_uploads", None)
+            if abort_stale is None:
+                continue
+            try:
+                aborted = abort_stale()
+            except StorageError as exc:
+                log.warning(
+                    "could not list stale multipart uploads",
+                    job=self.job.name,
+                    target=target.name,
+                    error=mask(str(exc)),
+                )
+                continue
+            if aborted:
+                log.warning(
+                    "aborted stale multipart uploads", job=self.job.name, uploads=aborted
+                )
         reports = self.config.directories.reports
         for stale in stale_claims(self.config.directories.state, self.job.name):
             if (reports / f"{stale.stem}.json").exists():

@@ -19,11 +19,13 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import oss2
 import pytest
 
 from tests.conftest import BACKUP_PASSWORD, RunCli, Setup
 from tests.integration.test_backup_job import tcp_login, tmpfs, visible
 from tests.integration.test_job_remote import OSS_ENV, keys, use_oss
+from tests.support.oss_fixtures import OSS_ACCESS_KEY_ID, OSS_ACCESS_KEY_SECRET, OSS_BUCKET
 from tests.support.oss_server import OssServer
 from tests.support.pgcluster import Cluster
 from tests.support.procs import environ_of, start_run, wait_for_pg_dump
@@ -372,3 +374,24 @@ def test_run_killed_after_its_dump_was_committed_is_cleaned_up_by_the_next_run(
     [report] = setup.reports_json()
     dumps = [k for k in keys(server) if k.endswith(".dump")]
     assert dumps == [report["remote"]["urls"][0].split("/", 3)[3]]
+
+
+def test_each_run_aborts_this_programs_stale_multipart_uploads(
+    setup: Setup, server: OssServer, run_cli: RunCli
+) -> None:
+    use_oss(setup, server)
+    key = "postgres/backups/shop_20200101T000000Z_h.dump"
+    bucket = oss2.Bucket(
+        oss2.Auth(OSS_ACCESS_KEY_ID, OSS_ACCESS_KEY_SECRET), server.endpoint, OSS_BUCKET
+    )
+    upload_id = bucket.init_multipart_upload(key).upload_id
+    bucket.upload_part(key, upload_id, 1, b"x" * 1000)
+    fresh = bucket.init_multipart_upload("postgres/backups/running-elsewhere.dump").upload_id
+    for upload in server.pending_uploads(OSS_BUCKET):
+        if upload.upload_id == upload_id:
+            upload.initiated -= 2 * 86400  # as a run SIGKILLed two days ago left it
+    done = run_cli("--config", str(setup.path), "run", "nightly", env=OSS_ENV)
+    assert done.returncode == 0, done.stderr
+    assert "aborted stale multipart uploads" in done.stderr
+    left = [u.upload_id for u in server.pending_uploads(OSS_BUCKET)]
+    assert left == [fresh], "only the stale upload goes; a young one may belong to a live run"
