@@ -142,6 +142,7 @@ class JobConfig:
     timeout_seconds: int | None
     retry: RetryPolicy
     catch_up: bool
+    row_counts: str = "exact"  # exact | estimate | off
 
     @property
     def discovers_databases(self) -> bool:
@@ -412,6 +413,8 @@ def _build(data: dict[str, Any], source: str) -> Config:
                 timeout_seconds=job["timeout_seconds"],
                 retry=RetryPolicy(retry["attempts"], retry["delay_seconds"]),
                 catch_up=job["catch_up"],
+                # YAML 1.1 reads a bare `off` as false; the schema allows both for "off".
+                row_counts=job["row_counts"] or "off",
             )
         )
     return Config(

@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from db_backup import pg
+from db_backup import pg, rowcounts
 from db_backup.config import Config, JobConfig
 from db_backup.execute import Cancelled, CancelToken, CommandError
 from db_backup.report import FAILED, SUCCESS, Report, load_reports, utc_now, write_report
@@ -246,7 +246,8 @@ class _Run:
                 if not first and any(t.name == "local" for t in self.targets):
                     report.globals_file = str(self.config.directories.data / self.globals_name)
                 report.artefacts.append(self.globals_name)
-            self.dump(database, report, stored)
+            with rowcounts.snapshot_for_dump(self.job, self.env, database) as snap:
+                self.dump(database, report, stored, snap)
         except Cancelled as exc:
             report.error_message = f"stopped during the dump: {exc}"
             _remove_partial(self.targets, stored, report)
@@ -281,13 +282,26 @@ class _Run:
             raise StorageError("; ".join(f"{n}: {r['error']}" for n, r in report.targets.items()))
         self.globals_name = name
 
-    def dump(self, database: str, report: Report, stored: dict[str, list[str]]) -> None:
+    def dump(
+        self,
+        database: str,
+        report: Report,
+        stored: dict[str, list[str]],
+        snap: rowcounts.DumpSnapshot,
+    ) -> None:
         """Streams one pg_dump to every target and fills in the report's per-target results."""
         job = self.job
         dump_name = f"{report.stem}{pg.extension(job.dump.format)}"
+        snapshot = snap.snapshot_id  # pg_dump imports it: the counts match the dump
         if job.dump.format == "directory":
             sha256, size, committed, checksum_text = pg.dump_directory(
-                job, self.env, database, self.config.directories.data, dump_name, self.cancel
+                job,
+                self.env,
+                database,
+                self.config.directories.data,
+                dump_name,
+                self.cancel,
+                snapshot,
             )
             results: dict[str, StoredObject | str] = {"local": committed}
         else:
@@ -297,9 +311,10 @@ class _Run:
             if any(t.name != "local" for t in live):
                 hint = pg.database_size(job, self.env, database)
             sha256, size, results = _stream_dump(
-                job, self.env, live, database, dump_name, self.cancel, self.progress, hint
+                job, self.env, live, database, dump_name, self.cancel, self.progress, hint, snapshot
             )
             checksum_text = f"{sha256}  {dump_name}\n"
+        snap.record(report, self.cancel)
         report.sha256 = sha256
         report.size_bytes = size
         report.artefacts.insert(0, dump_name)
@@ -387,6 +402,7 @@ def _stream_dump(
     cancel: CancelToken,
     progress: ProgressCallback | None,
     size_hint: int | None = None,
+    snapshot: str | None = None,
 ) -> tuple[str, int, dict[str, StoredObject | str]]:
     """Feeds pg_dump's stdout to sha256 and every target's sink in one pass."""
     outcomes: dict[str, StoredObject | str] = {}
@@ -399,7 +415,7 @@ def _stream_dump(
                 outcomes[target.name] = str(exc)
         if not sinks:
             raise StorageError("; ".join(str(v) for v in outcomes.values()))
-        child = pg.start_dump(job, env, database)
+        child = pg.start_dump(job, env, database, snapshot)
         digest = hashlib.sha256()
         size = 0
         try:

@@ -105,6 +105,9 @@ class Report:
     trigger: str = "manual"
     retention_deleted: list[str] = field(default_factory=list)
     artefacts: list[str] = field(default_factory=list)  # file names, the same on every target
+    row_counts: str | None = None  # exact | estimate | off | failed; None: the dump did not end
+    tables: dict[str, int | None] | None = None  # format('%I.%I', schema, table) -> rows
+    row_counts_error: str = ""
     hostname: str = field(default_factory=socket.gethostname)
 
     @property
@@ -147,6 +150,9 @@ class Report:
             "targets": {name: dict(result) for name, result in self.targets.items()},
             "retention": {"deleted": list(self.retention_deleted)},
             "artefacts": [*self.artefacts, f"{self.stem}.json"],
+            "rowCounts": self.row_counts,
+            "tables": dict(self.tables) if self.tables is not None else None,
+            "rowCountsError": mask(self.row_counts_error),
         }
 
 
