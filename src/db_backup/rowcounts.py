@@ -25,16 +25,20 @@ import contextlib
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
 import structlog
-from psycopg import sql
 
 from db_backup.config import JobConfig
 from db_backup.execute import CancelToken
 from db_backup.report import Report
 from db_backup.secrets import mask
+
+if TYPE_CHECKING:
+    import psycopg
+
+# psycopg is imported where a connection is made: importing it costs a few hundred ms, which
+# commands that never count (status, check-config, row_counts: off) should not pay.
 
 log = structlog.get_logger("db_backup.rowcounts")
 
@@ -97,6 +101,8 @@ def connect_kwargs(
     host, port and user from the job, never a password: `password=""` keeps an inherited
     $PGPASSWORD out, as the children's environment does, and the password file is used.
     """
+    import psycopg
+
     kwargs: dict[str, Any] = {}
     for option in psycopg.pq.Conninfo.get_defaults():
         if option.envvar is not None:
@@ -132,6 +138,8 @@ def list_tables(conn: psycopg.Connection[Any]) -> list[tuple[str, str, str, floa
 
 def count_rows(conn: psycopg.Connection[Any], schema: str, table: str) -> int:
     """Returns count(*) of the table's own rows (ONLY: not those of inheritance children)."""
+    from psycopg import sql
+
     query = sql.SQL("SELECT count(*) FROM ONLY {}.{}").format(
         sql.Identifier(schema), sql.Identifier(table)
     )
@@ -191,6 +199,8 @@ class DumpSnapshot:
         return RowCounts(FAILED, None, reason)
 
     def _estimate(self) -> RowCounts:
+        import psycopg
+
         try:
             with psycopg.connect(
                 **connect_kwargs(self.job, self.env, self.database), autocommit=True
@@ -200,6 +210,8 @@ class DumpSnapshot:
             return self._fail(f"estimates not read: {describe(exc)}", "row counts not recorded")
 
     def _export(self) -> None:
+        import psycopg
+
         try:
             conn = psycopg.connect(**connect_kwargs(self.job, self.env, self.database))
         except psycopg.Error as exc:
@@ -266,6 +278,8 @@ class DumpSnapshot:
         self.result(cancel).record(report)
 
     def _stop(self) -> None:
+        import psycopg
+
         if self._conn is not None and self._thread is not None and self._thread.is_alive():
             with contextlib.suppress(psycopg.Error):
                 self._conn.cancel()
