@@ -278,12 +278,13 @@ class DumpSnapshot:
         self.result(cancel).record(report)
 
     def _stop(self) -> None:
+        if self._conn is None or self._thread is None or not self._thread.is_alive():
+            return
         import psycopg
 
-        if self._conn is not None and self._thread is not None and self._thread.is_alive():
-            with contextlib.suppress(psycopg.Error):
-                self._conn.cancel()
-            self._thread.join(CANCEL_JOIN_SECONDS)
+        with contextlib.suppress(psycopg.Error):
+            self._conn.cancel()
+        self._thread.join(CANCEL_JOIN_SECONDS)
 
     def close(self) -> None:
         """Stops counting if it still runs and ends the exporting transaction."""

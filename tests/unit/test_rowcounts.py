@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -118,3 +120,18 @@ def test_report_carries_counts_mode_and_reason() -> None:
         None,
         "counting failed: boom",
     )
+
+
+def test_commands_that_do_not_count_never_import_psycopg() -> None:
+    # Importing psycopg costs a few hundred ms; status, check-config and `off` must not pay it.
+    code = (
+        "import sys\n"
+        "from db_backup import cli, job, rowcounts\n"
+        "from db_backup.config import loads\n"
+        f"j = loads({JOB + '    row_counts: off' + chr(10)!r}).jobs[0]\n"
+        "with rowcounts.snapshot_for_dump(j, {}, 'shop') as snap:\n"
+        "    snap.result()\n"
+        "print('psycopg' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
