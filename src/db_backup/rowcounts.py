@@ -156,14 +156,18 @@ def exact_counts(conn: psycopg.Connection[Any]) -> dict[str, int | None]:
     Each count runs in a savepoint that is rolled back, which releases its table lock at once:
     counting never holds a lock beyond the one table it is reading, and never holds as many
     locks as pg_dump does (a second full set could exhaust max_locks_per_transaction). The
-    transaction, and with it the snapshot, stays.
+    transaction, and with it the snapshot, stays. On an autocommit connection (a restored
+    database, say) each count is a transaction of its own and no savepoint is needed.
     """
     counts: dict[str, int | None] = {}
+    in_transaction = not conn.autocommit
     for key, schema, table, _ in list_tables(conn):
-        conn.execute("SAVEPOINT db_backup_row_count")
+        if in_transaction:
+            conn.execute("SAVEPOINT db_backup_row_count")
         counts[key] = count_rows(conn, schema, table)
-        conn.execute("ROLLBACK TO SAVEPOINT db_backup_row_count")
-        conn.execute("RELEASE SAVEPOINT db_backup_row_count")
+        if in_transaction:
+            conn.execute("ROLLBACK TO SAVEPOINT db_backup_row_count")
+            conn.execute("RELEASE SAVEPOINT db_backup_row_count")
     return counts
 
 
