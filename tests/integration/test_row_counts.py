@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from db_backup import rowcounts
 from tests.conftest import BACKUP_PASSWORD, CLI, RunCli, Setup
 from tests.support.pgcluster import Cluster
 
@@ -209,6 +210,12 @@ def test_names_with_quotes_dots_newlines_and_unicode_get_unambiguous_keys(
     }
     restore_any(cluster, report, "rc_names_restored")
     assert live_counts(cluster, "rc_names_restored") == report["tables"]
+    # A drill can count a restored database with the same keys (autocommit, no savepoints).
+    restored = (
+        f"host={cluster.socket_dir} port={cluster.port} user=postgres dbname=rc_names_restored"
+    )
+    with psycopg.connect(restored, autocommit=True) as conn:
+        assert rowcounts.exact_counts(conn) == report["tables"]
     document = Path(setup.reports / f"{Path(report['local']['file']).stem}.json").read_text()
     assert "line\\nbreak" in document  # a JSON string escape, not a raw newline
 
