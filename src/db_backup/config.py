@@ -159,6 +159,7 @@ class JobConfig:
     retry: RetryPolicy
     catch_up: bool
     parallel_databases: int
+    row_counts: str = "exact"  # exact | estimate | off
 
     @property
     def discovers_databases(self) -> bool:
@@ -552,6 +553,8 @@ def _build(data: dict[str, Any], source: str) -> Config:
                 retry=RetryPolicy(retry["attempts"], retry["delay_seconds"]),
                 catch_up=job["catch_up"],
                 parallel_databases=job["parallel_databases"],
+                # YAML 1.1 reads a bare `off` as false; the schema allows both for "off".
+                row_counts=job["row_counts"] or "off",
             )
         )
     return Config(

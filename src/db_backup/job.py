@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from db_backup import pg
+from db_backup import pg, rowcounts
 from db_backup.claims import Claim, claim_stem, stale_claims, unclaimed
 from db_backup.clock import utc_now
 from db_backup.config import Config, JobConfig
@@ -327,9 +327,7 @@ class _Run:
                 )
                 continue
             if aborted:
-                log.warning(
-                    "aborted stale multipart uploads", job=self.job.name, uploads=aborted
-                )
+                log.warning("aborted stale multipart uploads", job=self.job.name, uploads=aborted)
         reports = self.config.directories.reports
         for stale in stale_claims(self.config.directories.state, self.job.name):
             if (reports / f"{stale.stem}.json").exists():
@@ -397,8 +395,11 @@ class _Run:
                 self.cancel.raise_if_cancelled()
                 if self.globals_error:
                     raise JobSetupError(self.globals_error)
-                with dump_slot(self.config, self.job.name, self.cancel):
-                    self.dump(database, report, stored, claim)
+                with (
+                    dump_slot(self.config, self.job.name, self.cancel),
+                    rowcounts.snapshot_for_dump(self.job, self.env, database) as snap,
+                ):
+                    self.dump(database, report, stored, claim, snap)
             except Cancelled as exc:
                 report.error_message = f"stopped during the dump: {exc}"
                 _remove_partial(self.targets, stored, report)
@@ -425,7 +426,12 @@ class _Run:
         log.info("globals dumped", job=self.job.name, bytes=path.stat().st_size)
 
     def dump(
-        self, database: str, report: Report, stored: dict[str, list[str]], claim: Claim
+        self,
+        database: str,
+        report: Report,
+        stored: dict[str, list[str]],
+        claim: Claim,
+        snap: rowcounts.DumpSnapshot,
     ) -> None:
         """Streams one pg_dump to every target, then its globals and .sha256; fills the report."""
         job = self.job
@@ -434,16 +440,28 @@ class _Run:
         checksum_name = f"{dump_name}.sha256"
         names = [n for n in (dump_name, globals_name, checksum_name) if n]
         claim.intend({target.name: names for target in self.targets})
+        snapshot = snap.snapshot_id  # pg_dump imports it: the counts match the dump
         if job.dump.format == "directory":
-            outcome = _dump_directory(job, self.env, self.targets, database, dump_name, self.cancel)
+            outcome = _dump_directory(
+                job, self.env, self.targets, database, dump_name, self.cancel, snapshot
+            )
         else:
             # Remotes with a part limit size their parts from the database's size.
             hint = None
             if any(t.name != "local" for t in self.targets):
                 hint = pg.database_size(job, self.env, database)
             outcome = _stream_dump(
-                job, self.env, self.targets, database, dump_name, self.cancel, self.progress, hint
+                job,
+                self.env,
+                self.targets,
+                database,
+                dump_name,
+                self.cancel,
+                self.progress,
+                hint,
+                snapshot,
             )
+        snap.record(report, self.cancel)
         report.sha256 = outcome.sha256
         report.size_bytes = outcome.size
         checksum_path = self.staging / checksum_name
@@ -523,6 +541,7 @@ def _dump_directory(
     database: str,
     dump_name: str,
     cancel: CancelToken,
+    snapshot: str | None = None,
 ) -> StreamOutcome:
     """Dumps in directory format (-Fd -j N) through the local target's temporary directory."""
     local = next((t for t in targets if isinstance(t, LocalTarget)), None)
@@ -533,7 +552,7 @@ def _dump_directory(
         raise StorageError("the directory format needs the local target (storage mode local)")
     sink = local.open_directory(dump_name)
     try:
-        pg.dump_to_directory(job, env, database, sink.path, cancel)
+        pg.dump_to_directory(job, env, database, sink.path, cancel, snapshot)
         stored, manifest = sink.commit()
     except BaseException:
         sink.abort()
@@ -551,6 +570,7 @@ def _stream_dump(
     cancel: CancelToken,
     progress: ProgressCallback | None,
     size_hint: int | None = None,
+    snapshot: str | None = None,
 ) -> StreamOutcome:
     """Feeds pg_dump's stdout to sha256 and every target's sink in one pass."""
     failed: dict[str, str] = {}
@@ -563,7 +583,7 @@ def _stream_dump(
                 failed[target.name] = str(exc)
         if not sinks:
             raise StorageError("; ".join(f"{n}: {e}" for n, e in failed.items()))
-        child = pg.start_dump(job, env, database)
+        child = pg.start_dump(job, env, database, snapshot)
         digest = hashlib.sha256()
         size = 0
         try:

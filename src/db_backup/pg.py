@@ -142,8 +142,13 @@ def database_size(job: JobConfig, env: dict[str, str], database: str) -> int | N
         return None
 
 
-def dump_argv(job: JobConfig, database: str, output: Path | None = None) -> list[str]:
-    """Returns the pg_dump argv for `database` (stdout unless `output` is given)."""
+def dump_argv(
+    job: JobConfig, database: str, output: Path | None = None, snapshot: str | None = None
+) -> list[str]:
+    """Returns the pg_dump argv for `database` (stdout unless `output` is given).
+
+    `snapshot` is an id from pg_export_snapshot() that pg_dump imports instead of taking its own.
+    """
     argv = ["pg_dump", *_conn_args(job), f"--format={FORMAT_FLAGS[job.dump.format]}"]
     if job.dump.format != "plain":
         argv.append(f"--compress={job.dump.compression}")
@@ -151,13 +156,17 @@ def dump_argv(job: JobConfig, database: str, output: Path | None = None) -> list
         argv.append(f"--jobs={job.dump.jobs}")
     if output is not None:
         argv.append(f"--file={output}")
+    if snapshot is not None:
+        argv.append(f"--snapshot={snapshot}")
     argv.append(_dbname_arg(database))
     return argv
 
 
-def start_dump(job: JobConfig, env: dict[str, str], database: str) -> StreamingChild:
-    """Starts pg_dump writing `database` to its stdout."""
-    return StreamingChild(dump_argv(job, database), env=env)
+def start_dump(
+    job: JobConfig, env: dict[str, str], database: str, snapshot: str | None = None
+) -> StreamingChild:
+    """Starts pg_dump writing `database` to its stdout (in `snapshot`, when given)."""
+    return StreamingChild(dump_argv(job, database, snapshot=snapshot), env=env)
 
 
 def dump_globals(job: JobConfig, env: dict[str, str], path: Path) -> None:
@@ -174,10 +183,15 @@ def dump_globals(job: JobConfig, env: dict[str, str], path: Path) -> None:
 
 
 def dump_to_directory(
-    job: JobConfig, env: dict[str, str], database: str, path: Path, cancel: CancelToken
+    job: JobConfig,
+    env: dict[str, str],
+    database: str,
+    path: Path,
+    cancel: CancelToken,
+    snapshot: str | None = None,
 ) -> None:
     """Runs pg_dump in directory format (-Fd -j N) into `path` (which must not exist yet)."""
-    child = StreamingChild(dump_argv(job, database, path), env=env)
+    child = StreamingChild(dump_argv(job, database, path, snapshot), env=env)
     try:
         for _ in child.chunks(64 * 1024, cancel):
             pass

@@ -94,6 +94,9 @@ class Report:
     retention_deleted: list[str] = field(default_factory=list)
     retention_error: str = ""
     artefacts: list[str] = field(default_factory=list)  # file names, the same on every target
+    row_counts: str | None = None  # exact | estimate | off | failed; None: the dump did not end
+    tables: dict[str, int | None] | None = None  # format('%I.%I', schema, table) -> rows
+    row_counts_error: str = ""
     hostname: str = field(default_factory=socket.gethostname)
 
     @property
@@ -141,6 +144,9 @@ class Report:
                 "error": mask(self.retention_error),
             },
             "artefacts": [*self.artefacts, f"{self.stem}.json"],
+            "rowCounts": self.row_counts,
+            "tables": dict(self.tables) if self.tables is not None else None,
+            "rowCountsError": mask(self.row_counts_error),
         }
 
 
