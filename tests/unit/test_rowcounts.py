@@ -79,14 +79,20 @@ def test_counting_connects_like_pg_dump_with_the_password_file_never_a_password(
 
 def test_off_mode_opens_no_connection_and_gives_no_snapshot() -> None:
     # The host does not resolve: any connection attempt would fail and say so.
-    off = job("    row_counts: off\n    connection: {host: no-such-host.invalid}\n")
+    off = loads(
+        JOB.replace("host: db.example", "host: no-such-host.invalid") + "    row_counts: off\n"
+    ).jobs[0]
     with rowcounts.snapshot_for_dump(off, {}, "shop") as snap:
         assert snap.snapshot_id is None
         assert snap.result() == rowcounts.RowCounts("off")
 
 
 def test_an_unreachable_server_gives_no_snapshot_and_failed_counts() -> None:
-    bad = job("    connection: {host: /nonexistent-socket-dir, connect_timeout_seconds: 2}\n")
+    bad = loads(
+        JOB.replace("host: db.example", "host: /nonexistent-socket-dir").replace(
+            "connect_timeout_seconds: 7", "connect_timeout_seconds: 2"
+        )
+    ).jobs[0]
     with rowcounts.snapshot_for_dump(bad, {}, "shop") as snap:
         assert snap.snapshot_id is None  # pg_dump takes its own snapshot (and fails on its own)
         result = snap.result()
