@@ -1,4 +1,5 @@
-"""The `db-backup` command: check-config, run, status, next, daemon, oss-lifecycle."""
+"""The `db-backup` command: check-config, run, status, next, daemon, oss-lifecycle, restore,
+verify, drill."""
 
 from __future__ import annotations
 
@@ -67,7 +68,39 @@ def _parser() -> argparse.ArgumentParser:
     lifecycle.add_argument("--apply", action="store_true", help="set the rule on the bucket")
     lifecycle.add_argument("--ia-after-days", type=_positive, default=30)
     lifecycle.add_argument("--expire-after-days", type=_positive, default=90)
+    _add_restore_parser(sub)
     return parser
+
+
+def _add_restore_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    restore = sub.add_parser(
+        "restore",
+        help="restore a backup (checksum verified first)",
+        description="Restores one backup: SOURCE is a report file (.json), a report id, a dump "
+        "path or an oss://bucket/key URL; without SOURCE, the newest successful backup of "
+        "--job and --database.",
+    )
+    restore.add_argument("source", nargs="?", help="report file, report id, dump path, oss:// URL")
+    restore.add_argument("--job", help="job of the backup (and whose connection to restore to)")
+    restore.add_argument("--database", help="database of the backup (with --job, no SOURCE)")
+    restore.add_argument("--to-database", help="restore under this name (default: the original)")
+    restore.add_argument(
+        "--clean", action="store_true", help="restore over an existing database (drop its objects)"
+    )
+    restore.add_argument(
+        "--globals", action="store_true", help="restore roles and tablespaces first"
+    )
+    restore.add_argument(
+        "--no-tablespaces", action="store_true", help="leave tablespaces out (all objects default)"
+    )
+    restore.add_argument(
+        "-j", "--jobs", type=_positive, default=2, help="pg_restore parallel jobs (default 2)"
+    )
+    restore.add_argument("--from-oss", action="store_true", help="use the OSS copy, not local")
+    restore.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    restore.add_argument("--host", help="target server (default: the job's connection)")
+    restore.add_argument("--port", type=_positive, help="target port")
+    restore.add_argument("--username", help="target role (a superuser for --globals)")
 
 
 def _positive(text: str) -> int:
@@ -113,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_daemon(path)
     if args.command == "oss-lifecycle":
         return _cmd_lifecycle(config, args)
+    if args.command == "restore":
+        return _cmd_restore(config, args)
     raise AssertionError(args.command)  # pragma: no cover - argparse rejects others
 
 
@@ -230,6 +265,83 @@ def _cmd_lifecycle(config: Config, args: argparse.Namespace) -> int:
         print(f"db-backup: {exc}", file=sys.stderr)
         return EXIT_FAILED
     print(describe_lifecycle(rules))
+    return EXIT_OK
+
+
+def _cmd_restore(config: Config, args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from db_backup.execute import CancelToken
+    from db_backup.restore import (
+        DEFAULT_CONNECTION,
+        RestoreError,
+        RestoreOptions,
+        resolve_source,
+        restore,
+        server_env,
+    )
+
+    log = structlog.get_logger("db_backup.cli")
+    cancel = CancelToken()
+
+    def stop(signum: int, _frame: object) -> None:
+        cancel.cancel(f"received {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    options = RestoreOptions(
+        target_database=args.to_database,
+        clean=args.clean,
+        globals=args.globals,
+        jobs=args.jobs,
+        dry_run=args.dry_run,
+        skip_tablespaces=args.no_tablespaces,
+        prefer_remote=args.from_oss,
+    )
+    try:
+        source = resolve_source(
+            config,
+            args.source,
+            job=args.job,
+            database=args.database,
+            prefer_remote=args.from_oss,
+        )
+        job_name = args.job or str((source.report or {}).get("job", ""))
+        job = next((j for j in config.jobs if j.name == job_name), None)
+        if job is None and not job_name and len(config.jobs) == 1:
+            job = config.jobs[0]  # one job: its server is the one meant
+        connection = job.connection if job is not None else DEFAULT_CONNECTION
+        if args.host is not None or args.port is not None or args.username is not None:
+            moved = args.host is not None or args.port is not None
+            # The job's password belongs to the job's server: never offer it to another one.
+            connection = dataclasses.replace(
+                connection,
+                host=args.host or connection.host,
+                port=args.port or connection.port,
+                user=args.username or connection.user,
+                password=None if moved else connection.password,
+            )
+        with server_env(config, connection, job) as server:
+            result = restore(config, source, server, options, cancel=cancel, say=print)
+    except RestoreError as exc:
+        log.error("restore failed", source=args.source, error=str(exc))
+        print(f"db-backup: restore failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except SecretError as exc:
+        print(f"db-backup: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if options.dry_run:
+        print("plan (nothing was changed):")
+        for number, step in enumerate(result.steps, 1):
+            print(f"  {number}. {step}")
+        return EXIT_OK
+    log.info(
+        "restore finished",
+        source=result.source,
+        database=result.database,
+        sha256=result.sha256,
+        duration_s=round(result.seconds, 3),
+    )
     return EXIT_OK
 
 
