@@ -359,7 +359,11 @@ def test_readme_manual_restore_guide_works_step_by_step(
     shutil.chown(workdir, "postgres", "postgres")
     steps = readme_manual_steps()
     assert any("sha256sum -c" in s for s in steps) and any("pg_restore" in s for s in steps)
-    env = {"PATH": f"{fresh.bindir}:/usr/sbin:/usr/bin:/sbin:/bin", "PGPORT": str(fresh.port), "HOME": "/tmp"}
+    env = {
+        "PATH": f"{fresh.bindir}:/usr/sbin:/usr/bin:/sbin:/bin",
+        "PGPORT": str(fresh.port),
+        "HOME": "/tmp",
+    }
     for step in steps:
         command = (
             step.replace("/data/db-backups/data", str(setup.data))
