@@ -69,6 +69,21 @@ def _parser() -> argparse.ArgumentParser:
     lifecycle.add_argument("--ia-after-days", type=_positive, default=30)
     lifecycle.add_argument("--expire-after-days", type=_positive, default=90)
     _add_restore_parser(sub)
+    verify = sub.add_parser(
+        "verify", help="check stored backups against their reports (sha256, size, CRC-64)"
+    )
+    verify.add_argument("--job", help="only this job")
+    verify.add_argument("--database", help="only this database")
+    verify.add_argument("--latest", action="store_true", help="only the newest per job/database")
+    verify.add_argument(
+        "--remote", action="store_true", help="also check the OSS objects (HEAD, no download)"
+    )
+    verify.add_argument(
+        "--deep",
+        action="store_true",
+        help="download the OSS objects and hash them (implies --remote)",
+    )
+    verify.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -148,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_lifecycle(config, args)
     if args.command == "restore":
         return _cmd_restore(config, args)
+    if args.command == "verify":
+        return _cmd_verify(config, args)
     raise AssertionError(args.command)  # pragma: no cover - argparse rejects others
 
 
@@ -343,6 +360,46 @@ def _cmd_restore(config: Config, args: argparse.Namespace) -> int:
         duration_s=round(result.seconds, 3),
     )
     return EXIT_OK
+
+
+def _cmd_verify(config: Config, args: argparse.Namespace) -> int:
+    from db_backup.verify import render, verify
+
+    log = structlog.get_logger("db_backup.cli")
+    results = verify(
+        config,
+        job=args.job,
+        database=args.database,
+        latest=args.latest,
+        remote=args.remote or args.deep,
+        deep=args.deep,
+    )
+    bad = [r for r in results if not r.ok]
+    if args.json:
+        document = {
+            "ok": bool(results) and not bad,
+            "checked": len(results),
+            "problems": len(bad),
+            "results": [r.to_json() for r in results],
+        }
+        print(json.dumps(document, indent=2, ensure_ascii=False))
+    elif results:
+        print(render(results))
+    if not results:
+        print(
+            "db-backup: no stored successful backup matches; nothing was verified", file=sys.stderr
+        )
+        return EXIT_FAILED
+    for result in bad:
+        log.error(
+            "verify found a problem",
+            job=result.job,
+            database=result.database,
+            target=result.target,
+            location=result.location,
+            error="; ".join(result.problems),
+        )
+    return EXIT_FAILED if bad else EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -328,7 +328,7 @@ class Fetched:
     size: int
 
 
-def _read_checksum_file(path: Path, dump_name: str) -> str:
+def read_checksum_file(path: Path, dump_name: str) -> str:
     """Returns the sha256 a one-file `.sha256` names for `dump_name`."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -429,7 +429,7 @@ def fetch(
         expectations.append((source.expected_sha256, f"the report {source.report_file}".strip()))
     if checksum_path is not None:
         expectations.append(
-            (_read_checksum_file(checksum_path, source.dump_name), str(checksum_path))
+            (read_checksum_file(checksum_path, source.dump_name), str(checksum_path))
         )
     if not expectations:
         raise RestoreError(
