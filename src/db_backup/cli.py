@@ -84,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
         help="download the OSS objects and hash them (implies --remote)",
     )
     verify.add_argument("--json", action="store_true", help="machine-readable output")
+    drill = sub.add_parser(
+        "drill",
+        help="restore the newest backups of a job into a throwaway cluster and check them",
+    )
+    drill.add_argument("job", help="job name from the config")
+    drill.add_argument("--json", action="store_true", help="print the drill reports as JSON")
     return parser
 
 
@@ -147,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             names = ", ".join(j.name for j in config.jobs)
             print(f"{path}: OK ({len(config.jobs)} job(s): {names})")
         return EXIT_OK
-    log_dir = config.directories.logs if args.command in {"run", "daemon"} else None
+    log_dir = config.directories.logs if args.command in {"run", "daemon", "drill"} else None
     logs.setup(args.log_level, log_dir, args.log_format)
     if args.command == "run":
         return _cmd_run(config, args)
@@ -165,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_restore(config, args)
     if args.command == "verify":
         return _cmd_verify(config, args)
+    if args.command == "drill":
+        return _cmd_drill(config, args)
     raise AssertionError(args.command)  # pragma: no cover - argparse rejects others
 
 
@@ -229,16 +237,22 @@ def _cmd_status(config: Config, args: argparse.Namespace) -> int:
     )
     for warning in page.warnings:
         print(f"db-backup: warning: {warning}", file=sys.stderr)
+    from db_backup.drill import latest_drills, render_drills
+
+    drills = latest_drills(config, args.job)
     if args.json:
         document = {
             "page": page.page,
             "pages": page.pages,
             "total": page.total,
             "reports": page.rows,
+            "drills": drills,
         }
         print(json.dumps(document, indent=2, ensure_ascii=False))
     else:
         print(render_table(page))
+        if drills:
+            print(render_drills(drills))
     return EXIT_OK
 
 
@@ -400,6 +414,40 @@ def _cmd_verify(config: Config, args: argparse.Namespace) -> int:
             error="; ".join(result.problems),
         )
     return EXIT_FAILED if bad else EXIT_OK
+
+
+def _cmd_drill(config: Config, args: argparse.Namespace) -> int:
+    from db_backup.drill import render_drills, run_drill
+    from db_backup.execute import CancelToken
+    from db_backup.job import JobBusy, JobSetupError
+
+    cancel = CancelToken()
+
+    def stop(signum: int, _frame: object) -> None:
+        cancel.cancel(f"received {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        job = config.job(args.job)
+    except KeyError as exc:
+        print(f"db-backup: {exc.args[0]}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        result = run_drill(config, job, cancel=cancel)
+    except JobBusy as exc:
+        print(f"db-backup: {exc}", file=sys.stderr)
+        return EXIT_BUSY
+    except JobSetupError as exc:
+        print(f"db-backup: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps(result.reports, indent=2, ensure_ascii=False))
+    else:
+        print(render_drills(result.reports))
+        for path in result.paths:
+            print(path)
+    return EXIT_OK if result.ok else EXIT_FAILED
 
 
 if __name__ == "__main__":  # pragma: no cover

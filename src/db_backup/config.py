@@ -304,6 +304,7 @@ def _rule_problems(data: dict[str, Any]) -> Iterable[str]:
         if dump.get("jobs", 1) > 1 and fmt != "directory":
             yield f"At '{where}.dump.jobs': parallel dump workers need format: directory"
         mode = job.get("mode") or storage.get("mode", "both")
+        yield from _drill_problems(where, job.get("drill") or {}, mode)
         if fmt == "directory" and mode != "local":
             yield (
                 f"At '{where}.dump.format': the directory format is stored locally only; "
@@ -331,6 +332,17 @@ def _rule_problems(data: dict[str, Any]) -> Iterable[str]:
         value = directories.get(key)
         if value and not os.path.isabs(value):
             yield f"At 'directories.{key}': {value!r} must be an absolute path"
+
+
+def _drill_problems(where: str, drill: dict[str, Any], mode: str) -> Iterable[str]:
+    """Yields the mistakes in a job's `drill` section that the schema cannot see."""
+    cron_error = validate_cron(drill.get("schedule", "0 4 * * 0"))
+    if cron_error:
+        yield f"At '{where}.drill.schedule': {cron_error}"
+    if drill.get("target") == "server" and not drill.get("server"):
+        yield f"At '{where}.drill.server': target: server needs the server's connection"
+    if drill.get("source") == "oss" and mode == "local":
+        yield f"At '{where}.drill.source': the job stores locally only (mode: local)"
 
 
 def _defaults(schema_node: dict[str, Any], given: dict[str, Any] | None) -> dict[str, Any]:

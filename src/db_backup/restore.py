@@ -522,8 +522,13 @@ def psql_script(
     script: str,
     variables: dict[str, str] | None = None,
     timeout: float | None = 600,
+    nul_separated: bool = False,
 ) -> str:
-    """Runs a SQL script (stdin, ON_ERROR_STOP) with psql variables; returns unaligned output."""
+    """Runs a SQL script (stdin, ON_ERROR_STOP) with psql variables; returns unaligned output.
+
+    With `nul_separated`, fields and rows are separated by NUL bytes (names may hold any
+    other character, newlines and `|` included).
+    """
     from db_backup.execute import run
 
     argv = [
@@ -536,6 +541,8 @@ def psql_script(
         "--quiet",
         "--set=ON_ERROR_STOP=1",
     ]
+    if nul_separated:
+        argv += ["--field-separator-zero", "--record-separator-zero"]
     for name, value in (variables or {}).items():
         argv.append(f"--set={name}={value}")
     argv += ["--file", "-"]
