@@ -270,7 +270,7 @@ def test_drill_killed_mid_restore_leaves_nothing_after_the_next_run(
     while time.monotonic() < deadline and not restoring:
         restoring = [
             pid
-            for pid in postgres_processes_under(drill_dir / "nightly" / "download")
+            for pid in postgres_processes_under(drill_dir / "nightly" / "cluster" / "sock")
             if b"pg_restore" in Path(f"/proc/{pid}/cmdline").read_bytes()
         ]
         time.sleep(0.1)
@@ -343,4 +343,5 @@ def test_daemon_scheduler_runs_a_due_drill_and_not_beside_a_backup(
         thread.join(timeout=300)
     [report] = drill_reports(setup)
     assert report["status"] == "SUCCESS" and report["trigger"] == "schedule"
-    assert scheduler.next_due() is not None and scheduler.next_due() > due
+    after = scheduler.next_due()
+    assert after is not None and after > due
