@@ -23,7 +23,9 @@ from typing import Any
 import pytest
 
 from db_backup.config import load
+from db_backup.daemon import Daemon
 from db_backup.drill import DrillScheduler
+from db_backup.systemd import Notifier
 from tests.conftest import CLI, RunCli, Setup
 from tests.integration import test_restore
 from tests.integration.test_restore import OSS_ENV, use_oss
@@ -345,3 +347,37 @@ def test_daemon_scheduler_runs_a_due_drill_and_not_beside_a_backup(
     assert report["status"] == "SUCCESS" and report["trigger"] == "schedule"
     after = scheduler.next_due()
     assert after is not None and after > due
+
+
+def test_daemon_runs_scheduled_drills_but_never_beside_a_backup_of_the_job(
+    setup: Setup, cluster: Cluster, run_cli: RunCli, drill_dir: Path
+) -> None:
+    setup.job()["databases"] = "crm"
+    setup.job()["catch_up"] = False
+    enable_drill(setup, drill_dir, schedule="* * * * *")
+    backup_all(setup, run_cli, cluster)
+    config = load(str(setup.path))
+    daemon = Daemon(str(setup.path), config, Notifier({}))
+    daemon.start()
+    due = daemon.drills.next_due()
+    assert due is not None
+    daemon.due["nightly"] = due  # the backup falls due at the same moment: it goes first
+    daemon.tick(due)
+    assert "nightly" in daemon.running and daemon.drills.busy() == set()
+    thread = daemon.running["nightly"].thread
+    assert thread is not None
+    thread.join(timeout=120)
+    daemon.tick(due + timedelta(seconds=1))  # the backup is over: now the drill starts
+    assert daemon.drills.busy() == {"nightly"} and "nightly" not in daemon.running
+    daemon.due["nightly"] = due  # a backup due while the drill runs waits for it
+    daemon.tick(due + timedelta(seconds=2))
+    assert "nightly" not in daemon.running
+    for drill_thread in daemon.drills.threads.values():
+        drill_thread.join(timeout=300)
+    [report] = drill_reports(setup)
+    newest = max(setup.reports_json(), key=lambda r: r["startedAt"])
+    assert report["status"] == "SUCCESS" and report["backupReportId"] == newest["id"]
+    daemon.tick(due + timedelta(seconds=3))
+    assert "nightly" in daemon.running
+    daemon._stop_signal = "SIGTERM"
+    assert daemon.shutdown() == 0
