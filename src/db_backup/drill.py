@@ -331,6 +331,9 @@ def stop_and_remove(root: Path, bindir: Path | None, run_as: str | None) -> bool
                     timeout=90,
                 )
         _kill_postmaster(pid_file, data)
+    # Backends of an immediate shutdown may still be finishing a write: wait for every process
+    # working in the data directory (postgres chdirs into it) before deleting it.
+    _wait_for_processes_in(data)
     marker = root / SOCKET_MARKER
     if marker.exists():
         with contextlib.suppress(OSError):
@@ -340,8 +343,40 @@ def stop_and_remove(root: Path, bindir: Path | None, run_as: str | None) -> bool
                 "db-backup-drill-"
             ):
                 shutil.rmtree(sock, ignore_errors=True)
-    shutil.rmtree(root, ignore_errors=True)
-    return True
+    for _ in range(50):
+        shutil.rmtree(root, ignore_errors=True)
+        if not root.exists():
+            return True
+        time.sleep(0.2)
+    raise DrillError(f"{root}: could not be removed (what is still writing there?)")
+
+
+def _processes_in(directory: Path) -> list[int]:
+    """Returns the pids of processes whose working directory is `directory` or below it."""
+    found = []
+    prefix = str(directory)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cwd = os.readlink(entry / "cwd")
+            except OSError:
+                continue
+            if cwd == prefix or cwd.startswith(prefix + "/"):
+                found.append(int(entry.name))
+    return found
+
+
+def _wait_for_processes_in(directory: Path, seconds: float = 10.0) -> None:
+    """Waits until no process works in `directory`; kills what is left after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while (pids := _processes_in(directory)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while _processes_in(directory) and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _pg_ctl_for(data: Path) -> Path | None:
@@ -505,8 +540,15 @@ class _Drill:
         return self.settings.directory / self.job.name
 
     def execute(self) -> DrillResult:
-        for what in cleanup_leftovers(self.config, self.job, self.settings):
-            log.warning("removed what an interrupted drill left", job=self.job.name, removed=what)
+        try:
+            for what in cleanup_leftovers(self.config, self.job, self.settings):
+                log.warning(
+                    "removed what an interrupted drill left", job=self.job.name, removed=what
+                )
+        except (DrillError, CommandError, SecretError, OSError) as exc:
+            message = f"could not remove what an interrupted drill left: {mask(str(exc))}"
+            self.write(self.failed_document("*", message))
+            return self.result
         backups = newest_backups(self.config, self.job.name)
         if not backups:
             self.write(
@@ -517,9 +559,8 @@ class _Drill:
         try:
             with self.target(backups[0]) as (server, cluster):
                 for stored in backups:
+                    self.cancel.raise_if_cancelled()  # the rest get FAILED reports below
                     self.write(self.drill_one(server, stored, cluster is not None))
-                    if self.cancel.is_cancelled():
-                        break
         except (DrillError, CommandError, SecretError, OSError, Cancelled) as exc:
             message = mask(str(exc)) if not isinstance(exc, Cancelled) else f"stopped: {exc}"
             done = {r["database"] for r in self.result.reports}
@@ -536,11 +577,15 @@ class _Drill:
     def target(self, first: StoredReport) -> Iterator[tuple[Server, ThrowawayCluster | None]]:
         """Yields the server to restore into: a throwaway cluster, or the configured one."""
         settings = self.settings
+        made_parent = not settings.directory.exists()
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         if os.geteuid() == 0 and settings.target == "cluster":
-            # initdb and the server run as `run_as`, inside this directory.
+            # initdb and the server run as `run_as`, inside this directory; a drill directory
+            # made by root now must stay usable by the service, which runs as that user.
             owner = _user_entry(settings.run_as)
             os.chown(self.root, owner.pw_uid, owner.pw_gid)
+            if made_parent:
+                os.chown(settings.directory, owner.pw_uid, owner.pw_gid)
         if settings.target == "server":
             assert settings.server is not None  # the config rules require it
             marker = settings.directory / f"{self.job.name}.{SCRATCH_MARKER}"

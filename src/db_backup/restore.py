@@ -36,6 +36,7 @@ from db_backup.execute import Cancelled, CancelToken, CommandError, StreamingChi
 from db_backup.report import SUCCESS, load_reports, seed_field_problems
 from db_backup.secrets import mask
 from db_backup.storage.base import StorageError
+from db_backup.storage.local import describe_os_error
 
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -812,9 +813,7 @@ def restore(
         return RestoreResult(
             database, source.description, "", False, 0.0, plan(source, server, options)
         )
-    temp_root = workdir or config.directories.state / "restore"
-    temp_root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    scratch = Path(tempfile.mkdtemp(prefix="download-", dir=temp_root))
+    scratch = _download_dir(workdir or config.directories.state / "restore", source)
     try:
         fetched = fetch(config, source, scratch, cancel, want_globals=options.globals)
         say(f"verified sha256 {fetched.sha256} of {source.description}")
@@ -851,6 +850,19 @@ def restore(
         ) from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _download_dir(parent: Path, source: BackupSource) -> Path:
+    """Returns a private directory for downloads (an empty one for local sources: unused)."""
+    try:
+        parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return Path(tempfile.mkdtemp(prefix="download-", dir=parent))
+    except OSError as exc:
+        if not source.remote_keys:
+            # A local dump needs no download directory: a user who may not write to the
+            # state directory can still restore from a path.
+            return Path(tempfile.mkdtemp(prefix="db-backup-restore-"))
+        raise RestoreError(f"no place to download to: {describe_os_error(exc, parent)}") from None
 
 
 def _prepare_database(
