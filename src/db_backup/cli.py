@@ -1,4 +1,5 @@
-"""The `db-backup` command: check-config, run, status, next, daemon, oss-lifecycle."""
+"""The `db-backup` command: check-config, run, status, next, daemon, oss-lifecycle, restore,
+verify, drill."""
 
 from __future__ import annotations
 
@@ -89,6 +90,28 @@ def _parser() -> argparse.ArgumentParser:
     lifecycle.add_argument("--apply", action="store_true", help="set the rule on the bucket")
     lifecycle.add_argument("--ia-after-days", type=_positive, default=30)
     lifecycle.add_argument("--expire-after-days", type=_positive, default=90)
+    _add_restore_parser(sub)
+    verify = sub.add_parser(
+        "verify", help="check stored backups against their reports (sha256, size, CRC-64)"
+    )
+    verify.add_argument("--job", help="only this job")
+    verify.add_argument("--database", help="only this database")
+    verify.add_argument("--latest", action="store_true", help="only the newest per job/database")
+    verify.add_argument(
+        "--remote", action="store_true", help="also check the OSS objects (HEAD, no download)"
+    )
+    verify.add_argument(
+        "--deep",
+        action="store_true",
+        help="download the OSS objects and hash them (implies --remote)",
+    )
+    verify.add_argument("--json", action="store_true", help="machine-readable output")
+    drill = sub.add_parser(
+        "drill",
+        help="restore the newest backups of a job into a throwaway cluster and check them",
+    )
+    drill.add_argument("job", help="job name from the config")
+    drill.add_argument("--json", action="store_true", help="print the drill reports as JSON")
     return parser
 
 
@@ -125,6 +148,37 @@ def _subparser_class(common: argparse.ArgumentParser) -> type[argparse.ArgumentP
     return SubParser
 
 
+def _add_restore_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    restore = sub.add_parser(
+        "restore",
+        help="restore a backup (checksum verified first)",
+        description="Restores one backup: SOURCE is a report file (.json), a report id, a dump "
+        "path or an oss://bucket/key URL; without SOURCE, the newest successful backup of "
+        "--job and --database.",
+    )
+    restore.add_argument("source", nargs="?", help="report file, report id, dump path, oss:// URL")
+    restore.add_argument("--job", help="job of the backup (and whose connection to restore to)")
+    restore.add_argument("--database", help="database of the backup (with --job, no SOURCE)")
+    restore.add_argument("--to-database", help="restore under this name (default: the original)")
+    restore.add_argument(
+        "--clean", action="store_true", help="restore over an existing database (drop its objects)"
+    )
+    restore.add_argument(
+        "--globals", action="store_true", help="restore roles and tablespaces first"
+    )
+    restore.add_argument(
+        "--no-tablespaces", action="store_true", help="leave tablespaces out (all objects default)"
+    )
+    restore.add_argument(
+        "-j", "--jobs", type=_positive, default=2, help="pg_restore parallel jobs (default 2)"
+    )
+    restore.add_argument("--from-oss", action="store_true", help="use the OSS copy, not local")
+    restore.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    restore.add_argument("--host", help="target server (default: the job's connection)")
+    restore.add_argument("--port", type=_positive, help="target port")
+    restore.add_argument("--username", help="target role (a superuser for --globals)")
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -150,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.command == "check-config":
         return _cmd_check_config(config, path, args)
-    log_dir = config.directories.logs if args.command in {"run", "daemon"} else None
+    log_dir = config.directories.logs if args.command in {"run", "daemon", "drill"} else None
     logs.setup(args.log_level, log_dir, args.log_format)
     if args.command == "run":
         return _cmd_run(config, args)
@@ -164,6 +218,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_daemon(path)
     if args.command == "oss-lifecycle":
         return _cmd_lifecycle(config, args)
+    if args.command == "restore":
+        return _cmd_restore(config, args)
+    if args.command == "verify":
+        return _cmd_verify(config, args)
+    if args.command == "drill":
+        return _cmd_drill(config, args)
     raise AssertionError(args.command)  # pragma: no cover - argparse rejects others
 
 
@@ -259,16 +319,22 @@ def _cmd_status(config: Config, args: argparse.Namespace) -> int:
         return EXIT_FAILED
     for warning in page.warnings:
         print(f"db-backup: warning: {warning}", file=sys.stderr)
+    from db_backup.drill import latest_drills, render_drills
+
+    drills = latest_drills(config, args.job)
     if args.json:
         document = {
             "page": page.page,
             "pages": page.pages,
             "total": page.total,
             "reports": page.rows,
+            "drills": drills,
         }
         print(json.dumps(document, indent=2, ensure_ascii=False))
     else:
         print(render_table(page))
+        if drills:
+            print(render_drills(drills))
     return EXIT_OK
 
 
@@ -311,6 +377,157 @@ def _cmd_lifecycle(config: Config, args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(describe_lifecycle(rules))
     return EXIT_OK
+
+
+def _cmd_restore(config: Config, args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from db_backup.execute import CancelToken
+    from db_backup.restore import (
+        DEFAULT_CONNECTION,
+        RestoreError,
+        RestoreOptions,
+        resolve_source,
+        restore,
+        server_env,
+    )
+
+    log = structlog.get_logger("db_backup.cli")
+    cancel = CancelToken()
+
+    def stop(signum: int, _frame: object) -> None:
+        cancel.cancel(f"received {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    options = RestoreOptions(
+        target_database=args.to_database,
+        clean=args.clean,
+        globals=args.globals,
+        jobs=args.jobs,
+        dry_run=args.dry_run,
+        skip_tablespaces=args.no_tablespaces,
+        prefer_remote=args.from_oss,
+    )
+    try:
+        source = resolve_source(
+            config,
+            args.source,
+            job=args.job,
+            database=args.database,
+            prefer_remote=args.from_oss,
+        )
+        job_name = args.job or str((source.report or {}).get("job", ""))
+        job = next((j for j in config.jobs if j.name == job_name), None)
+        if job is None and not job_name and len(config.jobs) == 1:
+            job = config.jobs[0]  # one job: its server is the one meant
+        connection = job.connection if job is not None else DEFAULT_CONNECTION
+        if args.host is not None or args.port is not None or args.username is not None:
+            moved = args.host is not None or args.port is not None
+            # The job's password belongs to the job's server: never offer it to another one.
+            connection = dataclasses.replace(
+                connection,
+                host=args.host or connection.host,
+                port=args.port or connection.port,
+                user=args.username or connection.user,
+                password=None if moved else connection.password,
+            )
+        with server_env(config, connection, job) as server:
+            result = restore(config, source, server, options, cancel=cancel, say=print)
+    except RestoreError as exc:
+        log.error("restore failed", source=args.source, error=str(exc))
+        print(f"db-backup: restore failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except SecretError as exc:
+        print(f"db-backup: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if options.dry_run:
+        print("plan (nothing was changed):")
+        for number, step in enumerate(result.steps, 1):
+            print(f"  {number}. {step}")
+        return EXIT_OK
+    log.info(
+        "restore finished",
+        source=result.source,
+        database=result.database,
+        sha256=result.sha256,
+        duration_s=round(result.seconds, 3),
+    )
+    return EXIT_OK
+
+
+def _cmd_verify(config: Config, args: argparse.Namespace) -> int:
+    from db_backup.verify import render, verify
+
+    log = structlog.get_logger("db_backup.cli")
+    results = verify(
+        config,
+        job=args.job,
+        database=args.database,
+        latest=args.latest,
+        remote=args.remote or args.deep,
+        deep=args.deep,
+    )
+    bad = [r for r in results if not r.ok]
+    if args.json:
+        document = {
+            "ok": bool(results) and not bad,
+            "checked": len(results),
+            "problems": len(bad),
+            "results": [r.to_json() for r in results],
+        }
+        print(json.dumps(document, indent=2, ensure_ascii=False))
+    elif results:
+        print(render(results))
+    if not results:
+        print(
+            "db-backup: no stored successful backup matches; nothing was verified", file=sys.stderr
+        )
+        return EXIT_FAILED
+    for result in bad:
+        log.error(
+            "verify found a problem",
+            job=result.job,
+            database=result.database,
+            target=result.target,
+            location=result.location,
+            error="; ".join(result.problems),
+        )
+    return EXIT_FAILED if bad else EXIT_OK
+
+
+def _cmd_drill(config: Config, args: argparse.Namespace) -> int:
+    from db_backup.drill import render_drills, run_drill
+    from db_backup.execute import CancelToken
+    from db_backup.job import JobBusy, JobSetupError
+
+    cancel = CancelToken()
+
+    def stop(signum: int, _frame: object) -> None:
+        cancel.cancel(f"received {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        job = config.job(args.job)
+    except KeyError as exc:
+        print(f"db-backup: {exc.args[0]}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        result = run_drill(config, job, cancel=cancel)
+    except JobBusy as exc:
+        print(f"db-backup: {exc}", file=sys.stderr)
+        return EXIT_BUSY
+    except JobSetupError as exc:
+        print(f"db-backup: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps(result.reports, indent=2, ensure_ascii=False))
+    else:
+        print(render_drills(result.reports))
+        for path in result.paths:
+            print(path)
+    return EXIT_OK if result.ok else EXIT_FAILED
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,7 +10,7 @@ import contextlib
 import dataclasses
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -160,6 +160,8 @@ class JobConfig:
     catch_up: bool
     parallel_databases: int
     row_counts: str = "exact"  # exact | estimate | off
+    # The validated `drill` section as written (drill.drill_settings fills in the defaults).
+    drill: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def discovers_databases(self) -> bool:
@@ -455,6 +457,7 @@ def _rule_problems(data: dict[str, Any]) -> Iterable[str]:
         if isinstance(workers, int) and workers > 1 and fmt != "directory":
             yield f"At '{where}.dump.jobs': parallel dump workers need format: directory"
         mode = job.get("mode") or storage["mode"]
+        yield from _drill_problems(where, _mapping(job.get("drill")), mode)
         if fmt == "directory" and mode in {"oss", "both"}:
             yield (
                 f"At '{where}.dump.format': the directory format is stored locally only; "
@@ -487,6 +490,17 @@ def _rule_problems(data: dict[str, Any]) -> Iterable[str]:
 def _mapping(value: object) -> dict[str, Any]:
     """Returns `value` if it is a mapping, else an empty one (the schema pass reports it)."""
     return value if isinstance(value, dict) else {}
+
+
+def _drill_problems(where: str, drill: dict[str, Any], mode: str) -> Iterable[str]:
+    """Yields the mistakes in a job's `drill` section that the schema cannot see."""
+    cron_error = validate_cron(drill.get("schedule", "0 4 * * 0"))
+    if cron_error:
+        yield f"At '{where}.drill.schedule': {cron_error}"
+    if drill.get("target") == "server" and not drill.get("server"):
+        yield f"At '{where}.drill.server': target: server needs the server's connection"
+    if drill.get("source") == "oss" and mode == "local":
+        yield f"At '{where}.drill.source': the job stores locally only (mode: local)"
 
 
 def _defaults(schema_node: dict[str, Any], given: dict[str, Any] | None) -> dict[str, Any]:
@@ -555,6 +569,7 @@ def _build(data: dict[str, Any], source: str) -> Config:
                 parallel_databases=job["parallel_databases"],
                 # YAML 1.1 reads a bare `off` as false; the schema allows both for "off".
                 row_counts=job["row_counts"] or "off",
+                drill=dict(job.get("drill") or {}),
             )
         )
     return Config(

@@ -21,6 +21,7 @@ import structlog
 
 from db_backup.clock import utc_now
 from db_backup.config import Config, ConfigError, JobConfig, load
+from db_backup.drill import DrillScheduler
 from db_backup.execute import CancelToken
 from db_backup.job import (
     JobBusy,
@@ -141,6 +142,7 @@ class Daemon:
         self.watchdog = Watchdog(self.notifier, clock=self.clock.monotonic)
         self.state = StateStore(config.directories.state / "state.json")
         self.due: dict[str, datetime] = {}
+        self.drills = DrillScheduler()  # restore drills (drill.schedule), beside the jobs
         self.retries: dict[str, Retry] = {}
         self.running: dict[str, Running] = {}
         self.last: dict[str, tuple[str, datetime]] = {}
@@ -202,8 +204,11 @@ class Daemon:
     def tick(self, now: datetime) -> None:
         """One loop iteration: reap finished jobs, start due ones, feed the watchdog, STATUS."""
         self._reap(now)
+        drilling = self.drills.busy()  # a job whose drill runs starts once the drill is done
         for job in self.config.jobs:
             if job.name in self.running or len(self.running) >= self.config.daemon.max_parallel:
+                continue
+            if job.name in drilling:
                 continue
             retry = self.retries.get(job.name)
             if retry is not None and now >= retry.due:
@@ -213,6 +218,7 @@ class Daemon:
                 self.retries.pop(job.name, None)
                 self.due[job.name] = next_run_after(job.schedule, job.zone(), now, now)
                 self._start(job, 1, now, trigger="schedule")
+        self.drills.tick(self.config, now, set(self.running))
         self.watchdog.maybe_ping(self.healthy())
         self._update_status()
 
@@ -228,6 +234,8 @@ class Daemon:
         if watchdog_cap is not None:
             cap = min(cap, watchdog_cap)
         upcoming = [*self.due.values(), *(r.due for r in self.retries.values())]
+        if self.drills.next_due() is not None:
+            upcoming.append(self.drills.next_due())  # type: ignore[arg-type]
         if not upcoming:
             return cap
         return max(0.05, sleep_seconds_until(min(upcoming), now, cap))
@@ -312,6 +320,7 @@ class Daemon:
                 log.info("catching up a missed run", job=job.name, missed=due[job.name].isoformat())
         self.due = due
         self.retries = {k: v for k, v in self.retries.items() if k in due}
+        self.drills.schedule(self.config, now)
 
     # --- reload and stop ---------------------------------------------------------------------
 
@@ -349,6 +358,7 @@ class Daemon:
         log.info("daemon stopping", running=list(self.running), signal=self._stop_signal)
         self.notifier.stopping(f"stopping; {len(self.running)} job(s) being stopped")
         self.stop_token.cancel(reason)
+        self.drills.stop(reason)
         while any(r.thread is not None and r.thread.is_alive() for r in self.running.values()):
             self.notifier.extend_timeout(STOP_EXTEND_SECONDS)
             for running in self.running.values():

@@ -172,13 +172,18 @@ def run(
     *,
     env: Mapping[str, str] | None = None,
     timeout: float | None = 600,
+    input_bytes: bytes | None = None,
 ) -> str:
-    """Runs a child to completion and returns its stdout; raises CommandError on failure."""
+    """Runs a child to completion and returns its stdout; raises CommandError on failure.
+
+    `input_bytes` is written to its stdin (e.g. a SQL script for psql -f -).
+    """
     program = os.path.basename(argv[0])
     try:
         done = subprocess.run(
             list(argv),
             env=dict(env) if env is not None else child_env(),
+            input=input_bytes,
             capture_output=True,
             timeout=timeout,
             check=False,

@@ -12,7 +12,13 @@ from .conftest import BootContainer, Container, deb_version, install_deb
 
 CONFIG = "/etc/db-backup/config.yaml"
 UNIT_DIR = "/etc/systemd/system"
-REQUIRED_UNITS = ("db-backup.service", "db-backup@.service", "db-backup@.timer")
+REQUIRED_UNITS = (
+    "db-backup.service",
+    "db-backup@.service",
+    "db-backup@.timer",
+    "db-backup-drill@.service",
+    "db-backup-drill@.timer",
+)
 BACKUP_MARKER = "/data/db-backups/data/e2e-marker.dump"
 REPORT_MARKER = "/data/db-backups/reports/e2e-marker.json"
 

@@ -20,7 +20,13 @@ from pathlib import Path
 import pytest
 
 UNITS_DIR = Path(__file__).resolve().parents[2] / "systemd"
-UNIT_FILES = ("db-backup.service", "db-backup@.service", "db-backup@.timer")
+UNIT_FILES = (
+    "db-backup.service",
+    "db-backup@.service",
+    "db-backup@.timer",
+    "db-backup-drill@.service",
+    "db-backup-drill@.timer",
+)
 # Highest accepted `systemd-analyze security` exposure (0.0 best .. 10.0 worst). The shipped units
 # score 1.4 with systemd 252; a change that weakens the sandbox has to raise this on purpose.
 MAX_EXPOSURE = 1.4
@@ -95,6 +101,8 @@ def values(name: str, section: str, key: str) -> list[str]:
         ("db-backup.service",),
         ("db-backup@nightly.service",),
         ("db-backup@nightly.timer",),
+        ("db-backup-drill@nightly.service",),
+        ("db-backup-drill@nightly.timer",),
     ],
 )
 def test_unit_verifies_cleanly(root: Path, units: tuple[str, ...]) -> None:
@@ -117,7 +125,9 @@ def test_verify_would_catch_a_missing_executable(root: Path) -> None:
     assert "/usr/bin/db-backup is not executable" in result.stderr
 
 
-@pytest.mark.parametrize("unit", ["db-backup.service", "db-backup@nightly.service"])
+@pytest.mark.parametrize(
+    "unit", ["db-backup.service", "db-backup@nightly.service", "db-backup-drill@nightly.service"]
+)
 def test_hardening_exposure_stays_low(root: Path, unit: str) -> None:
     result = analyze("security", "--offline=yes", f"--root={root}", unit)
     assert result.returncode == 0, result.stderr
@@ -145,7 +155,9 @@ def test_daemon_unit_has_the_promised_settings() -> None:
     assert values(unit, "Service", "RemoveIPC") == []  # would wipe the PostgreSQL server's IPC
 
 
-@pytest.mark.parametrize("unit", ["db-backup.service", "db-backup@.service"])
+@pytest.mark.parametrize(
+    "unit", ["db-backup.service", "db-backup@.service", "db-backup-drill@.service"]
+)
 def test_units_carry_the_hardening(unit: str) -> None:
     expected = {
         "ProtectSystem": "strict",
@@ -172,3 +184,15 @@ def test_instance_unit_runs_one_job_and_timer_is_persistent() -> None:
     assert values("db-backup@.timer", "Timer", "OnCalendar") == ["daily"]
     assert values("db-backup@.timer", "Timer", "Persistent") == ["true"]
     assert values("db-backup@.timer", "Install", "WantedBy") == ["timers.target"]
+
+
+def test_drill_unit_runs_one_drill_as_postgres_and_its_timer_is_weekly() -> None:
+    unit = "db-backup-drill@.service"
+    assert values(unit, "Service", "Type") == ["oneshot"]
+    assert values(unit, "Service", "ExecStart") == ["/usr/bin/db-backup drill %i"]
+    # initdb refuses root: as postgres the throwaway cluster is made without runuser.
+    assert values(unit, "Service", "User") == ["postgres"]
+    assert values(unit, "Service", "StateDirectory") == ["db-backup"]
+    assert values("db-backup-drill@.timer", "Timer", "OnCalendar") == ["weekly"]
+    assert values("db-backup-drill@.timer", "Timer", "Persistent") == ["true"]
+    assert values("db-backup-drill@.timer", "Install", "WantedBy") == ["timers.target"]
