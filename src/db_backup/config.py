@@ -160,6 +160,7 @@ class Config:
     storage: StorageConfig
     daemon: DaemonConfig
     jobs: tuple[JobConfig, ...]
+    run_as: str | None = "postgres"  # the user a root-started db-backup becomes; None: stay root
     raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
     def job(self, name: str) -> JobConfig:
@@ -429,6 +430,7 @@ def _build(data: dict[str, Any], source: str) -> Config:
             stall_seconds=daemon["stall_seconds"],
         ),
         jobs=tuple(jobs),
+        run_as=data.get("run_as", props["run_as"]["default"]),
         raw=data,
     )
 
