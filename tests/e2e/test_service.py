@@ -49,11 +49,12 @@ def journal_after(ct: Container, cursor: str, priority: str | None = None) -> st
 
 def wait_journal(ct: Container, cursor: str, text: str, timeout: float = 30) -> str:
     """Wait until an entry of the unit after ``cursor`` contains ``text``; return the entries."""
-    return wait_for(
-        lambda: (entries := journal_after(ct, cursor)) and text in entries and entries,
-        timeout,
-        what=f"{text!r} in the journal of {UNIT}",
-    )
+
+    def entries_with_text() -> str | None:
+        entries = journal_after(ct, cursor)
+        return entries if text in entries else None
+
+    return wait_for(entries_with_text, timeout, what=f"{text!r} in the journal of {UNIT}")
 
 
 def test_service_is_active_after_install_with_a_status_line_naming_the_next_run(
@@ -68,11 +69,12 @@ def test_service_is_active_after_install_with_a_status_line_naming_the_next_run(
     slot = re.search(r"^\s+(\d{4}-\d\d-\d\d \d\d:\d\d \S+) \(", upcoming, flags=re.M)
     assert slot, upcoming
     expected = f"next nightly {slot.group(1)}"
-    status_text = wait_for(
-        lambda: (text := service.unit_property(UNIT, "StatusText")) and expected in text and text,
-        30,
-        what=f"a STATUS= line with {expected!r}",
-    )
+
+    def status_naming_the_next_run() -> str | None:
+        text = service.unit_property(UNIT, "StatusText")
+        return text if expected in text else None
+
+    status_text = wait_for(status_naming_the_next_run, 30, what=f"a STATUS= line with {expected!r}")
     print(f"StatusText={status_text}")
     assert status_text.startswith("1 job(s); "), status_text
     assert "RELOAD FAILED" not in status_text
