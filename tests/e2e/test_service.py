@@ -39,11 +39,9 @@ def journal_cursor(ct: Container) -> str:
     return match.group(1)
 
 
-def journal_after(ct: Container, cursor: str, priority: str | None = None) -> str:
-    """Return the unit's journal entries after ``cursor`` (optionally at ``priority`` or worse)."""
+def journal_after(ct: Container, cursor: str) -> str:
+    """Return the unit's journal entries after ``cursor``."""
     argv = ["journalctl", "-u", UNIT, "--no-pager", "-q", f"--after-cursor={cursor}"]
-    if priority:
-        argv += ["-p", priority]
     return ct.exec(argv, check=False).stdout
 
 
@@ -92,14 +90,10 @@ def test_reload_with_broken_config_keeps_the_old_one_running(service: Container)
         service.exec(["chgrp", "postgres", CONFIG])
         reload = service.systemctl("reload", UNIT, check=False)
         print(f"reload with a broken config: exit {reload.returncode}\n{reload.stderr}")
-        entries = wait_journal(service, cursor, "jobs[0].schedule")
+        # The journal says that the reload failed, and why (the mistake and its place).
+        wait_journal(service, cursor, "Reload failed for db-backup.service")
+        entries = wait_journal(service, cursor, "At 'jobs[0].schedule'")
         print(entries)
-        errors = wait_for(
-            lambda: journal_after(service, cursor, priority="err").strip(),
-            30,
-            what="an error-level journal entry about the failed reload",
-        )
-        print(errors)
         print_status(service)
         assert reload.returncode != 0, "systemctl reload should report the broken config"
         assert service.is_active(UNIT) == "active"
