@@ -185,9 +185,9 @@ def _cmd_reload(args: argparse.Namespace) -> int:
         print(f"db-backup: reload: no process {args.pid} (is the daemon running?)", file=sys.stderr)
         return EXIT_FAILED
     if "daemon" not in words or not any(os.path.basename(w) == "db-backup" for w in words):
+        # Its command line is not shown: another program's arguments may hold a secret.
         print(
-            f"db-backup: reload: process {args.pid} is not a db-backup daemon "
-            f"({' '.join(words)[:200]}); nothing sent",
+            f"db-backup: reload: process {args.pid} is not a db-backup daemon; nothing sent",
             file=sys.stderr,
         )
         return EXIT_FAILED
