@@ -103,6 +103,7 @@ def write_config(root: Path) -> Path:
     sock_dir = root / "sock"
     sock_dir.mkdir()
     config = {
+        "run_as": None,  # the benchmark's directories belong to whoever runs it
         "directories": {
             "data": str(root / "data"),
             "reports": str(root / "reports"),

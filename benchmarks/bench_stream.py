@@ -415,6 +415,7 @@ class Bench:
         """Writes the db-backup config of variant (c) and returns its path."""
         assert self.cluster is not None
         config = {
+            "run_as": None,  # the benchmark's directories belong to whoever runs it
             "directories": {
                 "data": str(job_dir / "data"),
                 "reports": str(job_dir / "reports"),

@@ -4,9 +4,12 @@
 #   packaging/rootfs.sh base          build the cached base once (reused while its stamp matches)
 #   packaging/rootfs.sh copy DEST     ensure the base, then make a throwaway working copy at DEST
 #
-# The base is a debootstrapped bookworm with systemd (so systemd-nspawn --boot works), python3 and
-# PostgreSQL already installed (a "main" cluster that starts on boot), which is what the .deb needs
-# to install and the daemon needs to start. Tests never touch the base: they boot a copy.
+# The base is a minimal debootstrapped bookworm (--variant=minbase) with only what the harness
+# needs to boot it under systemd-nspawn (systemd, systemd-sysv, dbus) and PostgreSQL (a "main"
+# cluster that starts on boot). Nothing else: everything db-backup needs at run time (python3,
+# postgresql-client, ...) must come from the Depends: of the .deb, which apt resolves from the
+# mirror when a test installs it, so an undeclared dependency fails in this tier as it would on
+# a minimal host. Tests never touch the base: they boot a copy.
 #
 # Environment:
 #   DB_BACKUP_E2E_CACHE    cache directory (default /var/cache/db-backup-e2e); the base is
@@ -19,9 +22,14 @@ CACHE=${DB_BACKUP_E2E_CACHE:-/var/cache/db-backup-e2e}
 BASE=${DB_BACKUP_E2E_ROOTFS:-$CACHE/rootfs-base}
 SUITE=bookworm
 # Bump when the recipe below changes, so cached bases built by an older recipe are rebuilt.
-RECIPE=5
-INCLUDE=systemd,systemd-sysv,dbus,ca-certificates,procps,python3,less
+RECIPE=7
+# The mirror is plain http (apt verifies signatures), so not even ca-certificates is needed.
+INCLUDE=systemd,systemd-sysv,dbus
 EXTRA_PACKAGES=(postgresql)
+# Downloaded into apt's cache but NOT installed: what installing the .deb pulls in through its
+# Depends (python3) and what a test adds (sudo), so that each container's `apt-get install` does
+# not fetch them again. A Depends missing from the .deb still leaves them uninstalled.
+PREFETCH=(python3 sudo)
 
 log() { printf 'rootfs: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -52,7 +60,7 @@ host_mirror() {
     printf '%s\n' "${uri:-http://deb.debian.org/debian}"
 }
 
-stamp_value() { printf 'recipe=%s suite=%s include=%s extra=%s\n' "$RECIPE" "$SUITE" "$INCLUDE" "${EXTRA_PACKAGES[*]}"; }
+stamp_value() { printf 'recipe=%s suite=%s include=%s extra=%s prefetch=%s\n' "$RECIPE" "$SUITE" "$INCLUDE" "${EXTRA_PACKAGES[*]}" "${PREFETCH[*]}"; }
 
 build_base() {
     local mirror
@@ -78,12 +86,18 @@ build_base() {
     t0=$SECONDS
     # --register=no --keep-unit: the host has no systemd/machined to register a scope with.
     systemd-nspawn --quiet --register=no --keep-unit --pipe -D "$tmp" -E DEBIAN_FRONTEND=noninteractive \
-        /bin/sh -ec "apt-get update -q && apt-get install -y -q --no-install-recommends ${EXTRA_PACKAGES[*]} && apt-get clean" >&2
-    log "installing ${EXTRA_PACKAGES[*]} took $((SECONDS - t0)) s"
+        /bin/sh -ec "apt-get update -q && apt-get install -y -q --no-install-recommends ${EXTRA_PACKAGES[*]} && apt-get clean
+                     apt-get install -y -q --no-install-recommends --download-only ${PREFETCH[*]}" >&2
+    log "installing ${EXTRA_PACKAGES[*]} (and downloading ${PREFETCH[*]}) took $((SECONDS - t0)) s"
     # postgresql's postinst only warns when it cannot create the cluster; a base without one
     # would make every test fail later in a confusing way.
     compgen -G "$tmp/etc/postgresql/*/main/postgresql.conf" >/dev/null \
         || die "PostgreSQL's main cluster was not created in the base (see the output above)"
+    # The point of a minimal base: the .deb's Depends (or a test) must install these.
+    local absent
+    for absent in usr/bin/python3 bin/kill usr/bin/sudo; do
+        [[ ! -e $tmp/$absent ]] || die "/$absent is installed in the base, which must stay minimal"
+    done
 
     # The containers share the host's network: PostgreSQL in two containers (or one container
     # and the host) would fight over 127.0.0.1:5432. Unix socket only; db-backup connects

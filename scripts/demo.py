@@ -37,6 +37,8 @@ def main() -> int:
         config = DEMO / "config.yaml"
         config.write_text(
             f"""# written by scripts/demo.py
+# The demo's directories belong to whoever runs it, root included: stay that user.
+run_as: null
 directories:
   data: {DEMO}/backups/data
   reports: {DEMO}/backups/reports

@@ -82,6 +82,8 @@ def setup(tmp_path: Path, cluster: Cluster) -> Setup:
     """A local-mode config with one job `nightly` dumping `shop` over the cluster's socket."""
     data, reports, state = tmp_path / "data", tmp_path / "reports", tmp_path / "state"
     document: dict[str, Any] = {
+        # Tests run as root against root-owned temporary directories: stay root.
+        "run_as": None,
         "directories": {"data": str(data), "reports": str(reports), "state": str(state)},
         "storage": {"mode": "local"},
         "jobs": [

@@ -1,10 +1,12 @@
-"""The `db-backup` command: check-config, run, status, next, daemon, oss-lifecycle, restore,
-verify, drill."""
+"""The `db-backup` command: check-config, run, status, next, daemon, reload, oss-lifecycle,
+restore, verify, drill."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import pwd
 import signal
 import sys
 from collections.abc import Sequence
@@ -83,6 +85,15 @@ def _parser() -> argparse.ArgumentParser:
     nxt.add_argument("-n", "--count", type=_positive, default=5, help="runs per job (default 5)")
 
     sub.add_parser("daemon", help="run the scheduler (what db-backup.service starts)")
+
+    reload = sub.add_parser(
+        "reload",
+        help="validate the config, then tell a running daemon to reload it (SIGHUP); "
+        "what `systemctl reload db-backup` runs",
+    )
+    reload.add_argument(
+        "--pid", type=_positive, required=True, help="the daemon's process id ($MAINPID)"
+    )
 
     lifecycle = sub.add_parser(
         "oss-lifecycle", help="show, or with --apply set, the OSS lifecycle rule on the prefix"
@@ -202,6 +213,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"db-backup: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    refusal = become_run_as_user(config)
+    if refusal is not None:
+        print(f"db-backup: {refusal}", file=sys.stderr)
+        return EXIT_CONFIG
     if args.command == "check-config":
         return _cmd_check_config(config, path, args)
     log_dir = config.directories.logs if args.command in {"run", "daemon", "drill"} else None
@@ -216,6 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from db_backup.daemon import run_daemon
 
         return run_daemon(path)
+    if args.command == "reload":
+        return _cmd_reload(args)
     if args.command == "oss-lifecycle":
         return _cmd_lifecycle(config, args)
     if args.command == "restore":
@@ -225,6 +242,74 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "drill":
         return _cmd_drill(config, args)
     raise AssertionError(args.command)  # pragma: no cover - argparse rejects others
+
+
+def become_run_as_user(config: Config) -> str | None:
+    """Makes a root process the config's `run_as` user; returns why it cannot, or None.
+
+    Like `runuser -u USER`: supplementary groups, gid, then uid (the order that keeps the right
+    to change the next one), HOME/USER/LOGNAME, and the service's umask, so that a manual
+    `sudo db-backup run` uses the same peer authentication and ~/.pgpass as the service and
+    leaves only files the service (User=postgres) can use. Any other user, and root with
+    `run_as: null`, stays as it is.
+    """
+    if os.geteuid() != 0 or config.run_as is None:
+        return None
+    try:
+        account = pwd.getpwnam(config.run_as)
+    except KeyError:
+        return (
+            f"run_as: there is no user {config.run_as!r} on this host. Create it, run db-backup "
+            f"as the user that owns the backups (runuser -u <user> -- db-backup ...), or set "
+            f"run_as: null in {config.source} to run as root"
+        )
+    if account.pw_uid == 0:
+        return None
+    try:
+        os.initgroups(account.pw_name, account.pw_gid)
+        os.setgid(account.pw_gid)
+        os.setuid(account.pw_uid)
+    except OSError as exc:
+        return f"run_as: cannot become user {account.pw_name!r}: {exc.strerror}"
+    if os.getuid() != account.pw_uid or os.geteuid() != account.pw_uid:  # pragma: no cover
+        return f"run_as: still running as uid {os.geteuid()} after switching to {account.pw_name!r}"
+    os.environ.update(HOME=account.pw_dir, USER=account.pw_name, LOGNAME=account.pw_name)
+    os.umask(0o077)  # UMask= of the units: files made by hand match those the service makes
+    # pg_dumpall finds pg_dump through the working directory, which must stay reachable
+    # (sudo from /root leaves one the new user cannot enter).
+    if not os.access(".", os.R_OK | os.X_OK):
+        for directory in (account.pw_dir, "/"):
+            try:
+                os.chdir(directory)
+                break
+            except OSError:
+                continue
+    return None
+
+
+def _cmd_reload(args: argparse.Namespace) -> int:
+    """Sends SIGHUP to the daemon `args.pid` (the config was validated by `main` already)."""
+    try:
+        with open(f"/proc/{args.pid}/cmdline", "rb") as handle:
+            words = [w.decode(errors="replace") for w in handle.read().split(b"\0") if w]
+    except OSError:
+        print(f"db-backup: reload: no process {args.pid} (is the daemon running?)", file=sys.stderr)
+        return EXIT_FAILED
+    if "daemon" not in words or not any(os.path.basename(w) == "db-backup" for w in words):
+        # Its command line is not shown: another program's arguments may hold a secret.
+        print(
+            f"db-backup: reload: process {args.pid} is not a db-backup daemon; nothing sent",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    try:
+        os.kill(args.pid, signal.SIGHUP)
+    except OSError as exc:
+        print(
+            f"db-backup: reload: cannot signal process {args.pid}: {exc.strerror}", file=sys.stderr
+        )
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def _cmd_run(config: Config, args: argparse.Namespace) -> int:

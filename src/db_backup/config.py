@@ -180,6 +180,7 @@ class Config:
     storage: StorageConfig
     daemon: DaemonConfig
     jobs: tuple[JobConfig, ...]
+    run_as: str | None = "postgres"  # the user a root-started db-backup becomes; None: stay root
 
     def job(self, name: str) -> JobConfig:
         """Returns the job called `name`; raises KeyError naming the known jobs."""
@@ -588,6 +589,7 @@ def _build(data: dict[str, Any], source: str) -> Config:
             stall_seconds=daemon["stall_seconds"],
         ),
         jobs=tuple(jobs),
+        run_as=data.get("run_as", props["run_as"]["default"]),
     )
 
 

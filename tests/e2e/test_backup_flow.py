@@ -164,19 +164,25 @@ def test_timer_run_is_excluded_while_the_daemon_runs_the_job_then_stop_is_clean(
     flow.systemctl("start", "db-backup@slow.timer")
 
     def timer_service_done() -> bool:
-        result = flow.unit_property("db-backup@slow.service", "Result")
-        state = flow.unit_property("db-backup@slow.service", "ActiveState")
-        return (
-            state in {"failed", "inactive"}
-            and result != ""
-            and flow.unit_property("db-backup@slow.service", "ExecMainStartTimestampMonotonic")
-            not in {"", "0"}
-        )
+        # One `systemctl show` reads the properties together: read one by one, they could mix
+        # the state before the start with a start time after it.
+        shown = flow.systemctl(
+            "show", "-p", "ActiveState", "-p", "ExecMainExitTimestampMonotonic",
+            "db-backup@slow.service",
+        ).stdout  # fmt: skip
+        props = dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
+        return props.get("ActiveState") in {"failed", "inactive"} and props.get(
+            "ExecMainExitTimestampMonotonic"
+        ) not in {None, "", "0"}
 
-    wait_for(timer_service_done, 60, what="the timer's run of the slow job")
-    timer_log = flow.exec(["journalctl", "-u", "db-backup@slow.service", "--no-pager"]).stdout
+    wait_for(timer_service_done, 60, what="the timer's run of the slow job to exit")
+
+    def timer_log_with_the_refusal() -> str | None:
+        log = flow.exec(["journalctl", "-u", "db-backup@slow.service", "--no-pager"]).stdout
+        return log if "job 'slow' is already running" in log else None
+
+    timer_log = wait_for(timer_log_with_the_refusal, 30, what="the timer run's refusal logged")
     print(timer_log)
-    assert "job 'slow' is already running" in timer_log
     assert flow.unit_property("db-backup@slow.service", "ExecMainStatus") == "75"
     assert slow_running(), "the daemon's run must go on undisturbed"
 
