@@ -161,6 +161,7 @@ def _cmd_run(config: Config, args: argparse.Namespace) -> int:
 
 
 def _cmd_status(config: Config, args: argparse.Namespace) -> int:
+    from db_backup.report_index import default_path
     from db_backup.status import StatusQuery, query, render_table
 
     page = query(
@@ -174,6 +175,7 @@ def _cmd_status(config: Config, args: argparse.Namespace) -> int:
             limit=args.limit,
             page=args.page,
         ),
+        default_path(config.directories.state),
     )
     for warning in page.warnings:
         print(f"db-backup: warning: {warning}", file=sys.stderr)

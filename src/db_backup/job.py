@@ -22,12 +22,12 @@ from typing import Any
 
 import structlog
 
-from db_backup import pg
+from db_backup import pg, report_index
 from db_backup.config import Config, JobConfig
 from db_backup.execute import Cancelled, CancelToken, CommandError
-from db_backup.report import FAILED, SUCCESS, Report, load_reports, utc_now, write_report
+from db_backup.report import FAILED, SUCCESS, Report, utc_now, write_report
 from db_backup.report import stem as make_stem
-from db_backup.retention import Backup, backup_of, choose_expired
+from db_backup.retention import Backup, choose_expired
 from db_backup.secrets import SecretError, mask
 from db_backup.storage import make_targets
 from db_backup.storage.base import StorageError, StoredObject, Target
@@ -516,9 +516,8 @@ def apply_retention(
     config: Config, job: JobConfig, current: Report, targets: list[Target]
 ) -> list[str]:
     """Deletes this job's expired backups of `current.database`; returns what was removed."""
-    reports, _ = load_reports(config.directories.reports)
-    own = [r for r in reports if r.job == job.name and r.document["database"] == current.database]
-    backups = [backup_of(r) for r in own]
+    index = report_index.default_path(config.directories.state)
+    backups = report_index.backups(config.directories.reports, index, job.name, current.database)
     backups.append(_current_backup(current))
     expired, still_named = choose_expired(
         backups, days=job.retention.days, keep_last=job.retention.keep_last, now=utc_now()

@@ -211,8 +211,34 @@ class StoredReport:
         return str(self.document.get("job", ""))
 
 
+def parse_report(raw: bytes) -> tuple[dict[str, Any] | None, str]:
+    """Returns (document, "") for a valid report's bytes, else (None, why it is skipped).
+
+    The text is decoded as `Path.read_text` does (UTF-8, universal newlines), so the reasons
+    are the same whether a report is read by `load_reports` or by the report index.
+    """
+    try:
+        text = raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+        document = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, f"skipped, not readable JSON ({exc})"
+    if not isinstance(document, dict):
+        return None, "skipped, not a report (top level is not an object)"
+    problems = seed_field_problems(document)
+    if problems:
+        return None, f"skipped, not a report ({'; '.join(problems[:3])})"
+    try:
+        parse_iso(document["startedAt"])
+    except ValueError:
+        return None, "skipped, startedAt is not a time"
+    return document, ""
+
+
 def load_reports(reports_dir: Path) -> tuple[list[StoredReport], list[str]]:
-    """Returns the reports in `reports_dir`, newest first, and a warning per skipped file."""
+    """Returns the reports in `reports_dir`, newest first, and a warning per skipped file.
+
+    Reads every file; `report_index` gives the same answers from an index.
+    """
     reports: list[StoredReport] = []
     warnings: list[str] = []
     try:
@@ -221,21 +247,13 @@ def load_reports(reports_dir: Path) -> tuple[list[StoredReport], list[str]]:
         return [], [f"{reports_dir}: cannot list: {exc.strerror}"]
     for path in paths:
         try:
-            document = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raw = path.read_bytes()
+        except OSError as exc:
             warnings.append(f"{path}: skipped, not readable JSON ({exc})")
             continue
-        if not isinstance(document, dict):
-            warnings.append(f"{path}: skipped, not a report (top level is not an object)")
-            continue
-        problems = seed_field_problems(document)
-        if problems:
-            warnings.append(f"{path}: skipped, not a report ({'; '.join(problems[:3])})")
-            continue
-        try:
-            parse_iso(document["startedAt"])
-        except ValueError:
-            warnings.append(f"{path}: skipped, startedAt is not a time")
+        document, problem = parse_report(raw)
+        if document is None:
+            warnings.append(f"{path}: {problem}")
             continue
         reports.append(StoredReport(path, document))
     reports.sort(key=lambda r: (r.started, r.path.name), reverse=True)

@@ -1,0 +1,504 @@
+"""An index of the reports directory, so `status` and retention need not parse every report.
+
+The JSON reports stay the source of truth; the index (SQLite, stdlib `sqlite3`, default
+``/var/lib/db-backup/reports-index.sqlite3`` beside the state file) is a cache of what `status`
+and retention need from each report: job, database, status, start time and the file names
+retention may delete. Every use begins with a listing of the reports directory with one stat per
+file (inode, size, mtime, ctime): a report that appeared, changed or disappeared since the index
+last saw it is re-read (or dropped) before the answer is given, so the index never answers from
+a file that is not there as it is now. Only the changed files are parsed.
+
+- Missing, corrupt (not a database, malformed), of another index format or db-backup version, or
+  built for another reports directory: the index is rebuilt from the reports.
+- Concurrent users (a daemon run, a manual run, an operator's `status`) are serialised by
+  SQLite's own locking; changes go in one transaction, so a process killed at any line leaves the
+  old index or the new one (SQLite's rollback journal), never a mix.
+- A report whose ctime is under `RACY_SECONDS` old may still change within the file system's
+  timestamp granularity without changing its stat; it is indexed but re-read next time (git's
+  "racily clean" rule).
+- Who cannot write the index (an operator without access to the state directory) gets the same
+  answers from an in-memory index built for that one call: correct, only as slow as a full read.
+- Malformed reports are remembered with the reason they are skipped, and give the same warnings
+  as `report.load_reports`; an unreadable file (permissions) is not remembered, since another
+  user may read it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from db_backup import __version__
+from db_backup.report import SUCCESS, StoredReport, parse_iso, parse_report
+from db_backup.retention import Backup, backup_of
+
+log = structlog.get_logger(__name__)
+
+INDEX_NAME = "reports-index.sqlite3"
+INDEX_FORMAT = "1"
+RACY_SECONDS = 2.0
+BUSY_TIMEOUT_S = 30.0
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
+
+Signature = tuple[int, int, int, int]  # inode, size, mtime_ns, ctime_ns
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS reports (
+    name BLOB PRIMARY KEY,      -- file name, os.fsencode
+    ino INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
+    racy INTEGER NOT NULL,      -- 1: re-read on next use (changed too recently to trust its stat)
+    problem BLOB,               -- why the file is skipped, NULL for a report
+    job BLOB,
+    database BLOB,
+    status BLOB,
+    started_us INTEGER,         -- startedAt, microseconds since the epoch (UTC)
+    files BLOB                  -- retention's file names, NUL-separated
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS reports_by_job ON reports (job, database, started_us);
+"""
+_COLUMNS = (
+    "name, ino, size, mtime_ns, ctime_ns, racy, problem, job, database, status, started_us, files"
+)
+Row = tuple[bytes, int, int, int, int, int, bytes | None, bytes, bytes, bytes, int, bytes]
+
+
+def default_path(state_dir: Path) -> Path:
+    """Returns where the index of the reports lives, given the state directory."""
+    return state_dir / INDEX_NAME
+
+
+def encode(text: str) -> bytes:
+    """Returns text as stored in the index (UTF-8; JSON may carry lone surrogates)."""
+    return text.encode("utf-8", "surrogatepass")
+
+
+def decode(data: bytes) -> str:
+    """Returns the text of an index column written by `encode`."""
+    return data.decode("utf-8", "surrogatepass")
+
+
+def micros(moment: datetime) -> int:
+    """Returns an aware datetime as integer microseconds since the epoch (exact)."""
+    return (moment - EPOCH) // timedelta(microseconds=1)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What the index knows of one report: the retention view plus status' filter columns."""
+
+    name: str
+    job: str
+    database: str
+    status: str
+    started: datetime
+    files: tuple[str, ...]
+
+    def backup(self) -> Backup:
+        """Returns retention's view of this report."""
+        return Backup(
+            key=self.name,
+            database=self.database,
+            started=self.started,
+            successful=self.status == SUCCESS,
+            files=self.files,
+        )
+
+
+@dataclass
+class Snapshot:
+    """The index as it matches the reports directory at one moment, inside one transaction."""
+
+    reports_dir: Path
+    conn: sqlite3.Connection
+    transient: dict[bytes, str] = field(default_factory=dict)  # unreadable now: name -> why
+    listing_error: str = ""
+
+    def warnings(self) -> list[str]:
+        """Returns a warning per skipped file, in file name order, as `load_reports` gives."""
+        if self.listing_error:
+            return [self.listing_error]
+        skipped = dict(self.transient)
+        for name, problem in self.conn.execute(
+            "SELECT name, problem FROM reports WHERE problem IS NOT NULL"
+        ):
+            skipped[bytes(name)] = decode(problem)
+        return [
+            f"{self.reports_dir / os.fsdecode(name)}: {skipped[name]}"
+            for name in sorted(skipped, key=os.fsdecode)
+        ]
+
+    def entries(self, where: str = "", params: tuple[Any, ...] = ()) -> list[Entry]:
+        """Returns the valid reports matching an SQL condition, newest first."""
+        condition = f"AND ({where})" if where else ""
+        rows = self.conn.execute(
+            "SELECT name, job, database, status, started_us, files FROM reports "
+            f"WHERE problem IS NULL {condition} ORDER BY started_us DESC, name DESC",
+            params,
+        )
+        return [
+            Entry(
+                name=os.fsdecode(bytes(name)),
+                job=decode(job),
+                database=decode(database),
+                status=decode(status),
+                started=EPOCH + timedelta(microseconds=started_us),
+                files=tuple(os.fsdecode(f) for f in bytes(files).split(b"\0") if f),
+            )
+            for name, job, database, status, started_us, files in rows
+        ]
+
+    def page(
+        self, where: str, params: tuple[Any, ...], *, latest: bool, limit: int, offset: int
+    ) -> tuple[int, list[str]]:
+        """Returns (how many match, the file names of one page), newest first.
+
+        `latest` keeps only the newest matching report per job and database.
+        """
+        condition = f"AND ({where})" if where else ""
+        matching = f"SELECT name, started_us FROM reports WHERE problem IS NULL {condition}"
+        if latest:
+            matching = (
+                "SELECT name, started_us FROM (SELECT name, started_us, row_number() OVER "
+                "(PARTITION BY job, database ORDER BY started_us DESC, name DESC) AS rank "
+                f"FROM reports WHERE problem IS NULL {condition}) WHERE rank = 1"
+            )
+        (total,) = self.conn.execute(f"SELECT count(*) FROM ({matching})", params).fetchone()
+        names = self.conn.execute(
+            f"{matching} ORDER BY started_us DESC, name DESC LIMIT ? OFFSET ?",
+            (*params, limit, offset),
+        )
+        return total, [os.fsdecode(name) for name, _ in names]
+
+    def backups(self, job: str, database: str) -> list[Backup]:
+        """Returns retention's view of every report of `job` and `database`."""
+        found = self.entries("job = ? AND database = ?", (encode(job), encode(database)))
+        return [entry.backup() for entry in found]
+
+
+def backups(reports_dir: Path, index_path: Path | None, job: str, database: str) -> list[Backup]:
+    """Returns retention's view of `job`'s reports of `database`, read through the index."""
+    with snapshot(reports_dir, index_path) as snap:
+        return snap.backups(job, database)
+
+
+# --- keeping the index in step with the directory -------------------------------------------
+
+
+def _listing(reports_dir: Path) -> dict[bytes, Signature | None]:
+    """Returns every `*.json` name in the directory with its stat (None: stat failed)."""
+    found: dict[bytes, Signature | None] = {}
+    with os.scandir(reports_dir) as entries:
+        for entry in entries:
+            if not entry.name.endswith(".json"):
+                continue
+            try:
+                st = entry.stat()
+            except OSError:
+                found[os.fsencode(entry.name)] = None
+                continue
+            found[os.fsencode(entry.name)] = (
+                st.st_ino,
+                st.st_size,
+                st.st_mtime_ns,
+                st.st_ctime_ns,
+            )
+    return found
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    """One file read for the index: its row, or (row None) a reason it cannot be remembered."""
+
+    signature: Signature | None
+    row: Row | None
+    transient: str = ""
+
+
+def _read(reports_dir: Path, name: bytes) -> _Parsed:
+    """Reads one report (stat taken before the read, so a later change shows as a new stat)."""
+    path = reports_dir / os.fsdecode(name)
+    try:
+        with open(path, "rb") as handle:
+            st = os.fstat(handle.fileno())
+            raw = handle.read()
+    except OSError as exc:
+        return _Parsed(None, None, f"skipped, not readable JSON ({exc})")
+    signature = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    racy = int(time.time_ns() - st.st_ctime_ns < RACY_SECONDS * 1e9)
+    document, problem = parse_report(raw)
+    if document is None:
+        row: Row = (name, *signature, racy, encode(problem), b"", b"", b"", 0, b"")
+        return _Parsed(signature, row)
+    backup = backup_of(StoredReport(path, document))
+    files = b"\0".join(os.fsencode(f) for f in backup.files if f and "\0" not in f)
+    row = (
+        name,
+        *signature,
+        racy,
+        None,
+        encode(str(document.get("job", ""))),
+        encode(document["database"]),
+        encode(document["status"]),
+        micros(parse_iso(document["startedAt"])),
+        files,
+    )
+    return _Parsed(signature, row)
+
+
+def _stored(conn: sqlite3.Connection) -> dict[bytes, tuple[Signature, bool, Row]]:
+    """Returns what the index holds: name -> (stat signature, racy, row)."""
+    found: dict[bytes, tuple[Signature, bool, Row]] = {}
+    for row in conn.execute(f"SELECT {_COLUMNS} FROM reports"):
+        found[row[0]] = ((row[1], row[2], row[3], row[4]), bool(row[5]), tuple(row))
+    return found
+
+
+@dataclass
+class _Plan:
+    """What must change in the index to match a listing."""
+
+    delete: list[bytes] = field(default_factory=list)
+    upsert: list[Row] = field(default_factory=list)
+    settle: list[Row] = field(default_factory=list)  # same content, no longer too recent
+    transient: dict[bytes, str] = field(default_factory=dict)
+
+    @property
+    def writes(self) -> bool:
+        """Returns whether the index differs from the directory in content."""
+        return bool(self.delete or self.upsert)
+
+
+def _content(row: Row) -> tuple[Any, ...]:
+    return row[:5] + row[6:]
+
+
+def _plan(
+    reports_dir: Path,
+    listing: dict[bytes, Signature | None],
+    stored: dict[bytes, tuple[Signature, bool, Row]],
+    cache: dict[bytes, _Parsed],
+) -> _Plan:
+    """Returns the changes that bring `stored` in line with `listing`; reads what changed."""
+    plan = _Plan(delete=[name for name in stored if name not in listing])
+    for name, signature in listing.items():
+        held = stored.get(name)
+        if held is not None and held[0] == signature and not held[1]:
+            continue
+        parsed = cache.get(name)
+        if parsed is None or parsed.signature is None or parsed.signature != signature:
+            parsed = cache[name] = _read(reports_dir, name)
+        if parsed.row is None:
+            plan.transient[name] = parsed.transient
+            if held is not None:
+                plan.delete.append(name)
+        elif held is None or _content(held[2]) != _content(parsed.row):
+            plan.upsert.append(parsed.row)
+        elif held[2] != parsed.row:
+            plan.settle.append(parsed.row)
+    return plan
+
+
+def _apply(conn: sqlite3.Connection, plan: _Plan) -> None:
+    conn.executemany("DELETE FROM reports WHERE name = ?", [(n,) for n in plan.delete])
+    marks = ", ".join("?" * len(_COLUMNS.split(",")))
+    conn.executemany(
+        f"INSERT OR REPLACE INTO reports ({_COLUMNS}) VALUES ({marks})",
+        [*plan.upsert, *plan.settle],
+    )
+
+
+def _meta_wanted(reports_dir: Path) -> dict[str, str]:
+    return {
+        "format": INDEX_FORMAT,
+        "version": __version__,
+        "reports_dir": os.fsdecode(os.path.abspath(reports_dir)),
+    }
+
+
+def _meta_matches(conn: sqlite3.Connection, reports_dir: Path) -> bool:
+    try:
+        found = dict(conn.execute("SELECT key, value FROM meta"))
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return False
+        raise
+    return found == _meta_wanted(reports_dir)
+
+
+def _reset(conn: sqlite3.Connection, reports_dir: Path) -> None:
+    """Empties the index and stamps it for this format, version and reports directory."""
+    conn.execute("DROP TABLE IF EXISTS reports")
+    conn.execute("DROP TABLE IF EXISTS meta")
+    for statement in _SCHEMA.split(";"):  # no ";" inside: execute() runs one statement
+        if statement.strip():
+            conn.execute(statement)
+    conn.executemany("INSERT INTO meta VALUES (?, ?)", _meta_wanted(reports_dir).items())
+
+
+class Unlistable(Exception):
+    """The reports directory exists but cannot be listed; the message is the warning."""
+
+
+def _sync(conn: sqlite3.Connection, reports_dir: Path, writable: bool) -> Snapshot:
+    """Brings the index in line with the directory and leaves its transaction open.
+
+    Changed files are parsed before the write lock is taken; the changes are then applied
+    against what the index holds under the lock, so it matches the listing exactly whatever
+    another process wrote in between. With nothing to write, the answer comes from a read
+    transaction. Raises `sqlite3.OperationalError` when a needed write is impossible
+    (read-only, locked), `Unlistable` when the directory cannot be listed.
+    """
+    try:
+        listing = _listing(reports_dir)
+    except FileNotFoundError:
+        listing = {}  # not created yet: no reports, as a full read finds
+    except OSError as exc:
+        raise Unlistable(f"{reports_dir}: cannot list: {exc.strerror}") from None
+    cache: dict[bytes, _Parsed] = {}
+    conn.execute("BEGIN")
+    if _meta_matches(conn, reports_dir):
+        plan = _plan(reports_dir, listing, _stored(conn), cache)
+        if not plan.writes and not (writable and plan.settle):
+            return Snapshot(reports_dir, conn, plan.transient)
+    if not writable:
+        raise sqlite3.OperationalError("the index is out of date and this user cannot update it")
+    conn.rollback()
+    conn.execute("BEGIN IMMEDIATE")
+    if not _meta_matches(conn, reports_dir):
+        _reset(conn, reports_dir)
+    plan = _plan(reports_dir, listing, _stored(conn), cache)
+    _apply(conn, plan)
+    return Snapshot(reports_dir, conn, plan.transient)
+
+
+# --- opening ----------------------------------------------------------------------------------
+
+
+def _create(path: Path) -> None:
+    """Creates an empty index file, mode 0640, owned like its directory when we are root.
+
+    The daemon (user postgres) and an operator's `status` (root) share the file: one root
+    created must stay writable for the daemon.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640)
+    except FileExistsError:
+        return
+    try:
+        if os.geteuid() == 0:
+            parent = path.parent.stat()
+            os.fchown(fd, parent.st_uid, parent.st_gid)
+    finally:
+        os.close(fd)
+
+
+def _connect(path: Path, writable: bool) -> sqlite3.Connection:
+    mode = "rw" if writable else "ro"
+    conn = sqlite3.connect(
+        f"{path.as_uri()}?mode={mode}",
+        uri=True,
+        timeout=BUSY_TIMEOUT_S,
+        isolation_level=None,  # transactions are explicit
+        check_same_thread=False,
+    )
+    conn.execute("PRAGMA journal_mode=DELETE")  # no -wal/-shm files whose owner could differ
+    return conn
+
+
+def _remove(path: Path) -> None:
+    for victim in (path, path.with_name(path.name + "-journal")):
+        with contextlib.suppress(FileNotFoundError):
+            victim.unlink()
+
+
+def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code in {_SQLITE_CORRUPT, _SQLITE_NOTADB} or "malformed" in str(exc)
+
+
+def _open_synced(path: Path, reports_dir: Path) -> Snapshot:
+    """Returns a snapshot from the index file; rebuilds a corrupt file once."""
+    for attempt in (1, 2):
+        conn: sqlite3.Connection | None = None
+        try:
+            writable = True
+            try:
+                _create(path)
+                conn = _connect(path, writable=True)
+            except (OSError, sqlite3.OperationalError):
+                writable = False
+                conn = _connect(path, writable=False)
+            return _sync(conn, reports_dir, writable)
+        except sqlite3.DatabaseError as exc:
+            if conn is not None:
+                conn.close()
+            if attempt == 1 and _is_corrupt(exc) and not isinstance(exc, sqlite3.OperationalError):
+                log.warning("report index corrupt, rebuilding it", index=str(path), error=str(exc))
+                _remove(path)
+                continue
+            raise
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _in_memory(reports_dir: Path) -> Snapshot:
+    """Returns a snapshot built in memory from a full read of the directory."""
+    conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    conn.execute("BEGIN")
+    _reset(conn, reports_dir)
+    conn.commit()
+    return _sync(conn, reports_dir, writable=True)
+
+
+@contextlib.contextmanager
+def snapshot(reports_dir: Path, index_path: Path | None) -> Iterator[Snapshot]:
+    """Yields the reports as they are now, through the index at `index_path` when usable.
+
+    Without an index path, or when the index cannot be used (no access, locked for longer than
+    `BUSY_TIMEOUT_S`), the snapshot is built in memory from a full read: same answers, slower.
+    """
+    snap: Snapshot | None = None
+    try:
+        if index_path is not None:
+            try:
+                snap = _open_synced(index_path, reports_dir)
+            except (OSError, sqlite3.Error) as exc:
+                log.warning(
+                    "report index not usable, reading every report",
+                    index=str(index_path),
+                    error=str(exc),
+                )
+        if snap is None:
+            snap = _in_memory(reports_dir)
+    except Unlistable as exc:
+        conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        _reset(conn, reports_dir)
+        snap = Snapshot(reports_dir, conn, listing_error=str(exc))
+    try:
+        yield snap
+        if snap.conn.in_transaction:
+            snap.conn.commit()
+    finally:
+        if snap.conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                snap.conn.rollback()
+        snap.conn.close()
