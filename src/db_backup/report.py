@@ -229,7 +229,7 @@ def parse_report(raw: bytes) -> tuple[dict[str, Any] | None, str]:
         return None, f"skipped, not a report ({'; '.join(problems[:3])})"
     try:
         parse_iso(document["startedAt"])
-    except ValueError:
+    except (ValueError, OverflowError):  # e.g. year 1 with a positive offset
         return None, "skipped, startedAt is not a time"
     return document, ""
 

@@ -26,6 +26,7 @@ a file that is not there as it is now. Only the changed files are parsed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sqlite3
 import time
@@ -157,7 +158,7 @@ class Snapshot:
                 database=decode(database),
                 status=decode(status),
                 started=EPOCH + timedelta(microseconds=started_us),
-                files=tuple(os.fsdecode(f) for f in bytes(files).split(b"\0") if f),
+                files=tuple(decode(f) for f in files.split(b"\0") if f),
             )
             for name, job, database, status, started_us, files in rows
         ]
@@ -245,7 +246,7 @@ def _read(reports_dir: Path, name: bytes) -> _Parsed:
         row: Row = (name, *signature, racy, encode(problem), b"", b"", b"", 0, b"")
         return _Parsed(signature, row)
     backup = backup_of(StoredReport(path, document))
-    files = b"\0".join(os.fsencode(f) for f in backup.files if f and "\0" not in f)
+    files = b"\0".join(encode(f) for f in backup.files)  # plain names: no NUL
     row = (
         name,
         *signature,
@@ -330,23 +331,41 @@ def _meta_wanted(reports_dir: Path) -> dict[str, str]:
     }
 
 
-def _meta_matches(conn: sqlite3.Connection, reports_dir: Path) -> bool:
+def _schema_of(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
+    return sorted(conn.execute("SELECT type, name, coalesce(sql, '') FROM sqlite_master"))
+
+
+@functools.cache
+def _expected_schema() -> list[tuple[str, str, str]]:
+    conn = sqlite3.connect(":memory:", isolation_level=None)
     try:
-        found = dict(conn.execute("SELECT key, value FROM meta"))
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
-            return False
-        raise
+        _create_tables(conn)
+        return _schema_of(conn)
+    finally:
+        conn.close()
+
+
+def _meta_matches(conn: sqlite3.Connection, reports_dir: Path) -> bool:
+    """Returns whether the index has our tables, format and version, for this directory."""
+    if _schema_of(conn) != _expected_schema():
+        return False  # empty, an older layout, or altered by hand
+    found = dict(conn.execute("SELECT key, value FROM meta"))
     return found == _meta_wanted(reports_dir)
+
+
+def _create_tables(conn: sqlite3.Connection) -> None:
+    for statement in _SCHEMA.split(";"):  # no ";" inside: execute() runs one statement
+        if statement.strip():
+            conn.execute(statement)
 
 
 def _reset(conn: sqlite3.Connection, reports_dir: Path) -> None:
     """Empties the index and stamps it for this format, version and reports directory."""
-    conn.execute("DROP TABLE IF EXISTS reports")
-    conn.execute("DROP TABLE IF EXISTS meta")
-    for statement in _SCHEMA.split(";"):  # no ";" inside: execute() runs one statement
-        if statement.strip():
-            conn.execute(statement)
+    for kind, name, _ in _schema_of(conn):
+        if kind in {"table", "view"} and not name.startswith("sqlite_"):
+            quoted = name.replace('"', '""')
+            conn.execute(f'DROP {kind.upper()} IF EXISTS "{quoted}"')
+    _create_tables(conn)
     conn.executemany("INSERT INTO meta VALUES (?, ?)", _meta_wanted(reports_dir).items())
 
 

@@ -47,15 +47,19 @@ def choose_expired(
 
 
 def backup_of(report: StoredReport) -> Backup:
-    """Returns the retention view of a stored report."""
+    """Returns the retention view of a stored report.
+
+    Reports are input (hand-edited, written by another version): only plain file names are
+    kept, so a report cannot make retention delete outside the directories it manages, and a
+    field of the wrong type is ignored instead of stopping retention.
+    """
     doc = report.document
-    files = [report.path.name, *doc.get("artefacts", [])]
-    for location in (doc["local"].get("file"), doc["local"].get("globalsFile")):
-        if location:
+    artefacts = doc.get("artefacts", [])
+    files = [report.path.name, *(artefacts if isinstance(artefacts, list) else [])]
+    local = doc["local"]
+    for location in (local.get("file"), local.get("globalsFile"), local.get("checksumFile")):
+        if isinstance(location, str) and location:
             files.append(location.rsplit("/", 1)[-1])
-    checksum = doc["local"].get("checksumFile")
-    if checksum:
-        files.append(checksum.rsplit("/", 1)[-1])
     for url in doc["remote"].get("urls", []):
         files.append(url.rsplit("/", 1)[-1])
     return Backup(
@@ -63,5 +67,15 @@ def backup_of(report: StoredReport) -> Backup:
         database=doc["database"],
         started=report.started,
         successful=doc["status"] == SUCCESS,
-        files=tuple(dict.fromkeys(files)),
+        files=tuple(dict.fromkeys(name for name in files if is_plain_file_name(name))),
+    )
+
+
+def is_plain_file_name(name: object) -> bool:
+    """Returns whether `name` is a file name in one directory (no path, no NUL, not . or ..)."""
+    return (
+        isinstance(name, str)
+        and name not in {"", ".", ".."}
+        and "/" not in name
+        and "\0" not in name
     )
