@@ -517,7 +517,16 @@ def apply_retention(
 ) -> list[str]:
     """Deletes this job's expired backups of `current.database`; returns what was removed."""
     index = report_index.default_path(config.directories.state)
-    backups = report_index.backups(config.directories.reports, index, job.name, current.database)
+    retention = job.retention
+    backups = report_index.retention_backups(
+        config.directories.reports,
+        index,
+        job.name,
+        current.database,
+        days=retention.days,
+        keep_last=retention.keep_last,
+        now=utc_now(),  # not later than choose_expired's
+    )
     backups.append(_current_backup(current))
     expired, still_named = choose_expired(
         backups, days=job.retention.days, keep_last=job.retention.keep_last, now=utc_now()

@@ -71,6 +71,12 @@ CREATE TABLE IF NOT EXISTS reports (
     files BLOB                  -- retention's file names, NUL-separated
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS reports_by_job ON reports (job, database, started_us);
+CREATE TABLE IF NOT EXISTS report_files (
+    name BLOB NOT NULL,         -- the report
+    file BLOB NOT NULL,         -- a file name it names (retention's view)
+    PRIMARY KEY (name, file)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS report_files_by_file ON report_files (file);
 """
 _COLUMNS = (
     "name, ino, size, mtime_ns, ctime_ns, racy, problem, job, database, status, started_us, files"
@@ -143,13 +149,15 @@ class Snapshot:
             for name in sorted(skipped, key=os.fsdecode)
         ]
 
-    def entries(self, where: str = "", params: tuple[Any, ...] = ()) -> list[Entry]:
-        """Returns the valid reports matching an SQL condition, newest first."""
+    def entries(
+        self, where: str = "", params: tuple[Any, ...] = (), limit: int = -1
+    ) -> list[Entry]:
+        """Returns the valid reports matching an SQL condition, newest first (at most `limit`)."""
         condition = f"AND ({where})" if where else ""
         rows = self.conn.execute(
             "SELECT name, job, database, status, started_us, files FROM reports "
-            f"WHERE problem IS NULL {condition} ORDER BY started_us DESC, name DESC",
-            params,
+            f"WHERE problem IS NULL {condition} ORDER BY started_us DESC, name DESC LIMIT ?",
+            (*params, limit),
         )
         return [
             Entry(
@@ -190,11 +198,63 @@ class Snapshot:
         found = self.entries("job = ? AND database = ?", (encode(job), encode(database)))
         return [entry.backup() for entry in found]
 
+    def retention_view(
+        self, job: str, database: str, *, cutoff: datetime, keep_last: int
+    ) -> list[Backup]:
+        """Returns the reports of `job` and `database` that retention's choice depends on.
+
+        `retention.choose_expired` gives the same expired backups and, for their files, the
+        same "still named" answer from this list as from every report of the database, as
+        long as its `now - days` is not earlier than `cutoff`: the list holds every report
+        started before `cutoff` (the only ones that can expire), the newest `keep_last`
+        successful ones (which decide what is protected), and any newer report naming a file
+        of an old one. So a retention step reads a handful of rows, not the whole history.
+        """
+        key = (encode(job), encode(database))
+        limit = micros(cutoff)
+        old = self.entries("job = ? AND database = ? AND started_us < ?", (*key, limit))
+        newest = self.entries(
+            "job = ? AND database = ? AND status = ? AND started_us >= ?",
+            (*key, encode(SUCCESS), limit),
+            limit=keep_last,
+        )
+        sharing = self.entries(
+            "job = ? AND database = ? AND started_us >= ? AND name IN (SELECT f.name FROM "
+            "report_files AS f JOIN report_files AS o ON o.file = f.file JOIN reports AS r ON "
+            "r.name = o.name WHERE r.job = ? AND r.database = ? AND r.started_us < ? "
+            "AND r.problem IS NULL)",
+            (*key, limit, *key, limit),
+        )
+        found = {entry.name: entry for entry in (*old, *newest, *sharing)}
+        # In the order of a full read: choose_expired breaks ties of startedAt by list order.
+        ordered = sorted(found.values(), key=lambda e: (e.started, e.name), reverse=True)
+        return [entry.backup() for entry in ordered]
+
 
 def backups(reports_dir: Path, index_path: Path | None, job: str, database: str) -> list[Backup]:
-    """Returns retention's view of `job`'s reports of `database`, read through the index."""
+    """Returns retention's view of every report of `job` and `database`, through the index."""
     with snapshot(reports_dir, index_path) as snap:
         return snap.backups(job, database)
+
+
+def retention_backups(
+    reports_dir: Path,
+    index_path: Path | None,
+    job: str,
+    database: str,
+    *,
+    days: int,
+    keep_last: int,
+    now: datetime,
+) -> list[Backup]:
+    """Returns what `choose_expired(..., days, keep_last, now=later)` needs (see `retention_view`).
+
+    `now` must not be later than the `now` given to `choose_expired`.
+    """
+    with snapshot(reports_dir, index_path) as snap:
+        return snap.retention_view(
+            job, database, cutoff=now - timedelta(days=days), keep_last=keep_last
+        )
 
 
 # --- keeping the index in step with the directory -------------------------------------------
@@ -261,12 +321,19 @@ def _read(reports_dir: Path, name: bytes) -> _Parsed:
     return _Parsed(signature, row)
 
 
-def _stored(conn: sqlite3.Connection) -> dict[bytes, tuple[Signature, bool, Row]]:
-    """Returns what the index holds: name -> (stat signature, racy, row)."""
-    found: dict[bytes, tuple[Signature, bool, Row]] = {}
-    for row in conn.execute(f"SELECT {_COLUMNS} FROM reports"):
-        found[row[0]] = ((row[1], row[2], row[3], row[4]), bool(row[5]), tuple(row))
-    return found
+def _stored(conn: sqlite3.Connection) -> dict[bytes, tuple[Signature, bool]]:
+    """Returns what the index holds: name -> (stat signature, racy)."""
+    return {
+        name: ((ino, size, mtime_ns, ctime_ns), bool(racy))
+        for name, ino, size, mtime_ns, ctime_ns, racy in conn.execute(
+            "SELECT name, ino, size, mtime_ns, ctime_ns, racy FROM reports"
+        )
+    }
+
+
+def _stored_row(conn: sqlite3.Connection, name: bytes) -> Row | None:
+    found = conn.execute(f"SELECT {_COLUMNS} FROM reports WHERE name = ?", (name,)).fetchone()
+    return None if found is None else tuple(found)
 
 
 @dataclass
@@ -289,12 +356,13 @@ def _content(row: Row) -> tuple[Any, ...]:
 
 
 def _plan(
+    conn: sqlite3.Connection,
     reports_dir: Path,
     listing: dict[bytes, Signature | None],
-    stored: dict[bytes, tuple[Signature, bool, Row]],
     cache: dict[bytes, _Parsed],
 ) -> _Plan:
-    """Returns the changes that bring `stored` in line with `listing`; reads what changed."""
+    """Returns the changes that bring the index in line with `listing`; reads what changed."""
+    stored = _stored(conn)
     plan = _Plan(delete=[name for name in stored if name not in listing])
     for name, signature in listing.items():
         held = stored.get(name)
@@ -307,20 +375,33 @@ def _plan(
             plan.transient[name] = parsed.transient
             if held is not None:
                 plan.delete.append(name)
-        elif held is None or _content(held[2]) != _content(parsed.row):
+            continue
+        before = None if held is None else _stored_row(conn, name)
+        if before is None or _content(before) != _content(parsed.row):
             plan.upsert.append(parsed.row)
-        elif held[2] != parsed.row:
+        elif before != parsed.row:
             plan.settle.append(parsed.row)
     return plan
 
 
 def _apply(conn: sqlite3.Connection, plan: _Plan) -> None:
-    conn.executemany("DELETE FROM reports WHERE name = ?", [(n,) for n in plan.delete])
+    rows = [*plan.upsert, *plan.settle]
+    gone = [(name,) for name in plan.delete] + [(row[0],) for row in rows]
+    conn.executemany("DELETE FROM reports WHERE name = ?", gone)
+    conn.executemany("DELETE FROM report_files WHERE name = ?", gone)
     marks = ", ".join("?" * len(_COLUMNS.split(",")))
+    conn.executemany(f"INSERT INTO reports ({_COLUMNS}) VALUES ({marks})", rows)
     conn.executemany(
-        f"INSERT OR REPLACE INTO reports ({_COLUMNS}) VALUES ({marks})",
-        [*plan.upsert, *plan.settle],
+        "INSERT OR IGNORE INTO report_files (name, file) VALUES (?, ?)",
+        [(row[0], file) for row in rows if row[6] is None for file in row[11].split(b"\0") if file],
     )
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
 
 
 def _meta_wanted(reports_dir: Path) -> dict[str, str]:
@@ -328,6 +409,9 @@ def _meta_wanted(reports_dir: Path) -> dict[str, str]:
         "format": INDEX_FORMAT,
         "version": __version__,
         "reports_dir": os.fsdecode(os.path.abspath(reports_dir)),
+        # Written without fsync (synchronous=OFF): safe against a killed process, not against
+        # an OS crash, which always means a new boot; so an index from another boot is rebuilt.
+        "boot_id": _boot_id(),
     }
 
 
@@ -391,7 +475,7 @@ def _sync(conn: sqlite3.Connection, reports_dir: Path, writable: bool) -> Snapsh
     cache: dict[bytes, _Parsed] = {}
     conn.execute("BEGIN")
     if _meta_matches(conn, reports_dir):
-        plan = _plan(reports_dir, listing, _stored(conn), cache)
+        plan = _plan(conn, reports_dir, listing, cache)
         if not plan.writes and not (writable and plan.settle):
             return Snapshot(reports_dir, conn, plan.transient)
     if not writable:
@@ -400,7 +484,7 @@ def _sync(conn: sqlite3.Connection, reports_dir: Path, writable: bool) -> Snapsh
     conn.execute("BEGIN IMMEDIATE")
     if not _meta_matches(conn, reports_dir):
         _reset(conn, reports_dir)
-    plan = _plan(reports_dir, listing, _stored(conn), cache)
+    plan = _plan(conn, reports_dir, listing, cache)
     _apply(conn, plan)
     return Snapshot(reports_dir, conn, plan.transient)
 
@@ -437,6 +521,7 @@ def _connect(path: Path, writable: bool) -> sqlite3.Connection:
         check_same_thread=False,
     )
     conn.execute("PRAGMA journal_mode=DELETE")  # no -wal/-shm files whose owner could differ
+    conn.execute("PRAGMA synchronous=OFF")  # a cache: see _meta_wanted for why this is safe
     return conn
 
 
