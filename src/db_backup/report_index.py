@@ -29,6 +29,7 @@ import contextlib
 import functools
 import os
 import sqlite3
+import struct
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -52,16 +53,14 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
 
-Signature = tuple[int, int, int, int]  # inode, size, mtime_ns, ctime_ns
+Signature = bytes  # inode, size, mtime_ns, ctime_ns packed with _SIGNATURE
+_SIGNATURE = struct.Struct("<Qqqq")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS reports (
     name BLOB PRIMARY KEY,      -- file name, os.fsencode
-    ino INTEGER NOT NULL,
-    size INTEGER NOT NULL,
-    mtime_ns INTEGER NOT NULL,
-    ctime_ns INTEGER NOT NULL,
+    sig BLOB NOT NULL,          -- inode, size, mtime_ns, ctime_ns when it was read
     racy INTEGER NOT NULL,      -- 1: re-read on next use (changed too recently to trust its stat)
     problem BLOB,               -- why the file is skipped, NULL for a report
     job BLOB,
@@ -78,10 +77,8 @@ CREATE TABLE IF NOT EXISTS report_files (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS report_files_by_file ON report_files (file);
 """
-_COLUMNS = (
-    "name, ino, size, mtime_ns, ctime_ns, racy, problem, job, database, status, started_us, files"
-)
-Row = tuple[bytes, int, int, int, int, int, bytes | None, bytes, bytes, bytes, int, bytes]
+_COLUMNS = "name, sig, racy, problem, job, database, status, started_us, files"
+Row = tuple[bytes, bytes, int, bytes | None, bytes, bytes, bytes, int, bytes]
 
 
 def default_path(state_dir: Path) -> Path:
@@ -260,24 +257,20 @@ def retention_backups(
 # --- keeping the index in step with the directory -------------------------------------------
 
 
+def _signature(st: os.stat_result) -> Signature:
+    return _SIGNATURE.pack(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 def _listing(reports_dir: Path) -> dict[bytes, Signature | None]:
     """Returns every `*.json` name in the directory with its stat (None: stat failed)."""
     found: dict[bytes, Signature | None] = {}
-    with os.scandir(reports_dir) as entries:
+    with os.scandir(os.fsencode(reports_dir)) as entries:  # bytes: names as stored
         for entry in entries:
-            if not entry.name.endswith(".json"):
-                continue
-            try:
-                st = entry.stat()
-            except OSError:
-                found[os.fsencode(entry.name)] = None
-                continue
-            found[os.fsencode(entry.name)] = (
-                st.st_ino,
-                st.st_size,
-                st.st_mtime_ns,
-                st.st_ctime_ns,
-            )
+            if entry.name.endswith(b".json"):
+                try:
+                    found[entry.name] = _signature(entry.stat())
+                except OSError:
+                    found[entry.name] = None
     return found
 
 
@@ -299,17 +292,17 @@ def _read(reports_dir: Path, name: bytes) -> _Parsed:
             raw = handle.read()
     except OSError as exc:
         return _Parsed(None, None, f"skipped, not readable JSON ({exc})")
-    signature = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    signature = _signature(st)
     racy = int(time.time_ns() - st.st_ctime_ns < RACY_SECONDS * 1e9)
     document, problem = parse_report(raw)
     if document is None:
-        row: Row = (name, *signature, racy, encode(problem), b"", b"", b"", 0, b"")
+        row: Row = (name, signature, racy, encode(problem), b"", b"", b"", 0, b"")
         return _Parsed(signature, row)
     backup = backup_of(StoredReport(path, document))
     files = b"\0".join(encode(f) for f in backup.files)  # plain names: no NUL
     row = (
         name,
-        *signature,
+        signature,
         racy,
         None,
         encode(str(document.get("job", ""))),
@@ -321,14 +314,11 @@ def _read(reports_dir: Path, name: bytes) -> _Parsed:
     return _Parsed(signature, row)
 
 
-def _stored(conn: sqlite3.Connection) -> dict[bytes, tuple[Signature, bool]]:
-    """Returns what the index holds: name -> (stat signature, racy)."""
-    return {
-        name: ((ino, size, mtime_ns, ctime_ns), bool(racy))
-        for name, ino, size, mtime_ns, ctime_ns, racy in conn.execute(
-            "SELECT name, ino, size, mtime_ns, ctime_ns, racy FROM reports"
-        )
-    }
+def _stored(conn: sqlite3.Connection) -> tuple[dict[bytes, Signature], set[bytes]]:
+    """Returns what the index holds: name -> stat signature, and the names to re-read."""
+    signatures: dict[bytes, Signature] = dict(conn.execute("SELECT name, sig FROM reports"))
+    racy = {name for (name,) in conn.execute("SELECT name FROM reports WHERE racy")}
+    return signatures, racy
 
 
 def _stored_row(conn: sqlite3.Connection, name: bytes) -> Row | None:
@@ -352,31 +342,28 @@ class _Plan:
 
 
 def _content(row: Row) -> tuple[Any, ...]:
-    return row[:5] + row[6:]
+    return row[:2] + row[3:]  # all but the racy flag
 
 
 def _plan(
     conn: sqlite3.Connection,
     reports_dir: Path,
     listing: dict[bytes, Signature | None],
-    cache: dict[bytes, _Parsed],
 ) -> _Plan:
     """Returns the changes that bring the index in line with `listing`; reads what changed."""
-    stored = _stored(conn)
-    plan = _Plan(delete=[name for name in stored if name not in listing])
-    for name, signature in listing.items():
-        held = stored.get(name)
-        if held is not None and held[0] == signature and not held[1]:
-            continue
-        parsed = cache.get(name)
-        if parsed is None or parsed.signature is None or parsed.signature != signature:
-            parsed = cache[name] = _read(reports_dir, name)
+    stored, racy = _stored(conn)
+    if listing == stored and not racy:
+        return _Plan()  # the common case, compared in C
+    plan = _Plan(delete=sorted(stored.keys() - listing.keys()))
+    changed = {name for name, _ in listing.items() - stored.items()}
+    for name in sorted(changed | (racy & listing.keys())):
+        parsed = _read(reports_dir, name)
         if parsed.row is None:
             plan.transient[name] = parsed.transient
-            if held is not None:
+            if name in stored:
                 plan.delete.append(name)
             continue
-        before = None if held is None else _stored_row(conn, name)
+        before = _stored_row(conn, name) if name in stored else None
         if before is None or _content(before) != _content(parsed.row):
             plan.upsert.append(parsed.row)
         elif before != parsed.row:
@@ -393,7 +380,13 @@ def _apply(conn: sqlite3.Connection, plan: _Plan) -> None:
     conn.executemany(f"INSERT INTO reports ({_COLUMNS}) VALUES ({marks})", rows)
     conn.executemany(
         "INSERT OR IGNORE INTO report_files (name, file) VALUES (?, ?)",
-        [(row[0], file) for row in rows if row[6] is None for file in row[11].split(b"\0") if file],
+        [
+            (row[0], file)
+            for row in rows
+            if row[3] is None  # a report, not a skipped file
+            for file in row[8].split(b"\0")  # files
+            if file
+        ],
     )
 
 
@@ -460,32 +453,29 @@ class Unlistable(Exception):
 def _sync(conn: sqlite3.Connection, reports_dir: Path, writable: bool) -> Snapshot:
     """Brings the index in line with the directory and leaves its transaction open.
 
-    Changed files are parsed before the write lock is taken; the changes are then applied
-    against what the index holds under the lock, so it matches the listing exactly whatever
-    another process wrote in between. With nothing to write, the answer comes from a read
-    transaction. Raises `sqlite3.OperationalError` when a needed write is impossible
-    (read-only, locked), `Unlistable` when the directory cannot be listed.
+    A writer takes SQLite's write lock first (readers go on), so the changes apply to what
+    the index holds at that moment and it matches the listing exactly. A read-only user gets
+    an answer only when nothing needs writing. Raises `sqlite3.OperationalError` when a needed
+    write is impossible (read-only, locked), `Unlistable` when the directory cannot be listed.
     """
+    conn.execute("BEGIN IMMEDIATE" if writable else "BEGIN")
     try:
         listing = _listing(reports_dir)
     except FileNotFoundError:
         listing = {}  # not created yet: no reports, as a full read finds
     except OSError as exc:
         raise Unlistable(f"{reports_dir}: cannot list: {exc.strerror}") from None
-    cache: dict[bytes, _Parsed] = {}
-    conn.execute("BEGIN")
-    if _meta_matches(conn, reports_dir):
-        plan = _plan(conn, reports_dir, listing, cache)
-        if not plan.writes and not (writable and plan.settle):
-            return Snapshot(reports_dir, conn, plan.transient)
-    if not writable:
-        raise sqlite3.OperationalError("the index is out of date and this user cannot update it")
-    conn.rollback()
-    conn.execute("BEGIN IMMEDIATE")
     if not _meta_matches(conn, reports_dir):
+        if not writable:
+            raise sqlite3.OperationalError(
+                "the index is out of date and this user cannot rebuild it"
+            )
         _reset(conn, reports_dir)
-    plan = _plan(conn, reports_dir, listing, cache)
-    _apply(conn, plan)
+    plan = _plan(conn, reports_dir, listing)
+    if writable:
+        _apply(conn, plan)
+    elif plan.writes:
+        raise sqlite3.OperationalError("the index is out of date and this user cannot update it")
     return Snapshot(reports_dir, conn, plan.transient)
 
 
