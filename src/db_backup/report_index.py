@@ -278,7 +278,6 @@ def _listing(reports_dir: Path) -> dict[bytes, Signature | None]:
 class _Parsed:
     """One file read for the index: its row, or (row None) a reason it cannot be remembered."""
 
-    signature: Signature | None
     row: Row | None
     transient: str = ""
 
@@ -291,13 +290,13 @@ def _read(reports_dir: Path, name: bytes) -> _Parsed:
             st = os.fstat(handle.fileno())
             raw = handle.read()
     except OSError as exc:
-        return _Parsed(None, None, f"skipped, not readable JSON ({exc})")
+        return _Parsed(None, f"skipped, not readable JSON ({exc})")
     signature = _signature(st)
     racy = int(time.time_ns() - st.st_ctime_ns < RACY_SECONDS * 1e9)
     document, problem = parse_report(raw)
     if document is None:
         row: Row = (name, signature, racy, encode(problem), b"", b"", b"", 0, b"")
-        return _Parsed(signature, row)
+        return _Parsed(row)
     backup = backup_of(StoredReport(path, document))
     files = b"\0".join(encode(f) for f in backup.files)  # plain names: no NUL
     row = (
@@ -311,7 +310,7 @@ def _read(reports_dir: Path, name: bytes) -> _Parsed:
         micros(parse_iso(document["startedAt"])),
         files,
     )
-    return _Parsed(signature, row)
+    return _Parsed(row)
 
 
 def _stored(conn: sqlite3.Connection) -> tuple[dict[bytes, Signature], set[bytes]]:
@@ -531,13 +530,12 @@ def _open_synced(path: Path, reports_dir: Path) -> Snapshot:
     for attempt in (1, 2):
         conn: sqlite3.Connection | None = None
         try:
-            writable = True
-            try:
+            with contextlib.suppress(OSError):
                 _create(path)
-                conn = _connect(path, writable=True)
-            except (OSError, sqlite3.OperationalError):
-                writable = False
-                conn = _connect(path, writable=False)
+            # Writing needs the file and, for the rollback journal, its directory. Who may not
+            # write still gets answers from the index while it is up to date.
+            writable = os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
+            conn = _connect(path, writable)
             return _sync(conn, reports_dir, writable)
         except sqlite3.DatabaseError as exc:
             if conn is not None:
