@@ -16,8 +16,11 @@ a file that is not there as it is now. Only the changed files are parsed.
 - A report whose ctime is under `RACY_SECONDS` old may still change within the file system's
   timestamp granularity without changing its stat; it is indexed but re-read next time (git's
   "racily clean" rule).
-- Who cannot write the index (an operator without access to the state directory) gets the same
-  answers from an in-memory index built for that one call: correct, only as slow as a full read.
+- Who cannot write the index reads it while it is up to date; otherwise (or without access to
+  the state directory at all) the answers come from an in-memory index built for that one call:
+  the same answers, only as slow as a full read.
+- Written without fsync (`synchronous=OFF`): a killed process loses nothing the OS has, and an
+  OS crash means a new boot, after which the index is rebuilt (the boot id is in its metadata).
 - Malformed reports are remembered with the reason they are skipped, and give the same warnings
   as `report.load_reports`; an unreadable file (permissions) is not remembered, since another
   user may read it.
