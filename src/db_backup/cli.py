@@ -9,9 +9,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-import structlog
-
-from db_backup import __version__, logs
+from db_backup import __version__
 from db_backup.config import Config, ConfigError, config_path, load
 from db_backup.secrets import SecretError
 
@@ -99,12 +97,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             names = ", ".join(j.name for j in config.jobs)
             print(f"{path}: OK ({len(config.jobs)} job(s): {names})")
         return EXIT_OK
+    if args.command == "status":
+        return _cmd_status(config, args)  # logs nothing: no structlog to import and set up
+    from db_backup import logs
+
     log_dir = config.directories.logs if args.command in {"run", "daemon"} else None
     logs.setup(args.log_level, log_dir, args.log_format)
     if args.command == "run":
         return _cmd_run(config, args)
-    if args.command == "status":
-        return _cmd_status(config, args)
     if args.command == "next":
         return _cmd_next(config, args)
     if args.command == "daemon":
@@ -117,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _cmd_run(config: Config, args: argparse.Namespace) -> int:
+    import structlog
+
     from db_backup.execute import CancelToken
     from db_backup.job import JobBusy, JobSetupError, run_job
 
@@ -177,7 +179,7 @@ def _cmd_status(config: Config, args: argparse.Namespace) -> int:
         ),
         default_path(config.directories.state),
     )
-    for warning in page.warnings:
+    for warning in [*page.notes, *page.warnings]:
         print(f"db-backup: warning: {warning}", file=sys.stderr)
     if args.json:
         document = {

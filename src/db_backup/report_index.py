@@ -34,19 +34,26 @@ import os
 import sqlite3
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from db_backup import __version__
 from db_backup.report import SUCCESS, StoredReport, parse_iso, parse_report
 from db_backup.retention import Backup, backup_of
 
-log = structlog.get_logger(__name__)
+Warn = Callable[[str, dict[str, str]], None]  # event, fields
+
+
+def log_warning(event: str, fields: dict[str, str]) -> None:
+    """Logs a warning through structlog, imported only now: `status` does not otherwise need it
+    (its import is about a third of the command's start-up CPU) and passes its own `warn`."""
+    import structlog
+
+    structlog.get_logger(__name__).warning(event, **fields)
+
 
 INDEX_NAME = "reports-index.sqlite3"
 INDEX_FORMAT = "1"
@@ -528,7 +535,7 @@ def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
     return code in {_SQLITE_CORRUPT, _SQLITE_NOTADB} or "malformed" in str(exc)
 
 
-def _open_synced(path: Path, reports_dir: Path) -> Snapshot:
+def _open_synced(path: Path, reports_dir: Path, warn: Warn) -> Snapshot:
     """Returns a snapshot from the index file; rebuilds a corrupt file once."""
     for attempt in (1, 2):
         conn: sqlite3.Connection | None = None
@@ -544,7 +551,7 @@ def _open_synced(path: Path, reports_dir: Path) -> Snapshot:
             if conn is not None:
                 conn.close()
             if attempt == 1 and _is_corrupt(exc) and not isinstance(exc, sqlite3.OperationalError):
-                log.warning("report index corrupt, rebuilding it", index=str(path), error=str(exc))
+                warn("report index corrupt, rebuilding it", {"index": str(path), "error": str(exc)})
                 _remove(path)
                 continue
             raise
@@ -565,22 +572,24 @@ def _in_memory(reports_dir: Path) -> Snapshot:
 
 
 @contextlib.contextmanager
-def snapshot(reports_dir: Path, index_path: Path | None) -> Iterator[Snapshot]:
+def snapshot(
+    reports_dir: Path, index_path: Path | None, warn: Warn = log_warning
+) -> Iterator[Snapshot]:
     """Yields the reports as they are now, through the index at `index_path` when usable.
 
     Without an index path, or when the index cannot be used (no access, locked for longer than
     `BUSY_TIMEOUT_S`), the snapshot is built in memory from a full read: same answers, slower.
+    `warn` is told when the index was rebuilt or not used.
     """
     snap: Snapshot | None = None
     try:
         if index_path is not None:
             try:
-                snap = _open_synced(index_path, reports_dir)
+                snap = _open_synced(index_path, reports_dir, warn)
             except (OSError, sqlite3.Error) as exc:
-                log.warning(
+                warn(
                     "report index not usable, reading every report",
-                    index=str(index_path),
-                    error=str(exc),
+                    {"index": str(index_path), "error": str(exc)},
                 )
         if snap is None:
             snap = _in_memory(reports_dir)

@@ -6,7 +6,7 @@ their JSON files, the source of truth.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ class StatusPage:
     page: int
     pages: int
     warnings: list[str]
+    notes: list[str] = field(default_factory=list)  # about the index (rebuilt, not usable)
 
 
 def query(reports_dir: Path, q: StatusQuery, index_path: Path | None = None) -> StatusPage:
@@ -56,7 +57,13 @@ def query(reports_dir: Path, q: StatusQuery, index_path: Path | None = None) -> 
     if q.since is not None:
         conditions.append("started_us >= ?")
         params.append(micros(q.since))
-    with snapshot(reports_dir, index_path) as snap:
+    notes: list[str] = []
+
+    def note(event: str, fields: dict[str, str]) -> None:
+        details = ", ".join(f"{key}={value}" for key, value in fields.items())
+        notes.append(f"{event} ({details})")
+
+    with snapshot(reports_dir, index_path, note) as snap:
         warnings = snap.warnings()
         total, names = snap.page(
             " AND ".join(conditions),
@@ -77,7 +84,7 @@ def query(reports_dir: Path, q: StatusQuery, index_path: Path | None = None) -> 
             continue
         rows.append({**document, "reportFile": str(path)})
     pages = max(1, -(-total // q.limit))
-    return StatusPage(rows, total, q.page, pages, warnings)
+    return StatusPage(rows, total, q.page, pages, warnings, notes)
 
 
 def human_size(size: int) -> str:
