@@ -79,7 +79,7 @@ CREATE TABLE IF NOT EXISTS reports (
     started_us INTEGER,         -- startedAt, microseconds since the epoch (UTC)
     files BLOB                  -- retention's file names, NUL-separated
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS reports_by_job ON reports (job, database, started_us);
+CREATE INDEX IF NOT EXISTS reports_by_job ON reports (job, database, started_us, name);
 CREATE TABLE IF NOT EXISTS report_files (
     name BLOB NOT NULL,         -- the report
     file BLOB NOT NULL,         -- a file name it names (retention's view)
@@ -187,16 +187,24 @@ class Snapshot:
         """
         condition = f"AND ({where})" if where else ""
         matching = f"SELECT name, started_us FROM reports WHERE problem IS NULL {condition}"
+        counted, params_twice = matching, params
         if latest:
-            matching = (
-                "SELECT name, started_us FROM (SELECT name, started_us, row_number() OVER "
-                "(PARTITION BY job, database ORDER BY started_us DESC, name DESC) AS rank "
-                f"FROM reports WHERE problem IS NULL {condition}) WHERE rank = 1"
+            # Per (job, database), the newest matching report, found through reports_by_job;
+            # in the inner query the unqualified columns of `where` are those of `s`.
+            counted = (
+                f"SELECT DISTINCT job, database FROM reports WHERE problem IS NULL {condition}"
             )
-        (total,) = self.conn.execute(f"SELECT count(*) FROM ({matching})", params).fetchone()
+            newest = (
+                "SELECT (SELECT s.name FROM reports AS s WHERE s.job = g.job AND s.database = "
+                f"g.database AND s.problem IS NULL {condition} ORDER BY s.started_us DESC, "
+                f"s.name DESC LIMIT 1) FROM ({counted}) AS g"
+            )
+            matching = f"SELECT name, started_us FROM reports WHERE name IN ({newest})"
+            params_twice = (*params, *params)
+        (total,) = self.conn.execute(f"SELECT count(*) FROM ({counted})", params).fetchone()
         names = self.conn.execute(
             f"{matching} ORDER BY started_us DESC, name DESC LIMIT ? OFFSET ?",
-            (*params, limit, offset),
+            (*params_twice, limit, offset),
         )
         return total, [os.fsdecode(name) for name, _ in names]
 
