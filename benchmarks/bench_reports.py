@@ -327,7 +327,7 @@ def render(
         f"Floor: `db-backup status` over an empty reports directory takes {fmt(floor)} wall, "
         f"{fmt(CPU['floor'])} CPU (interpreter start, imports, config validation). Where it goes (`python -X importtime`, cumulative, "
         "medians; jsonschema, yaml and croniter serve the config validation every command does, "
-        "structlog the logging; oss2 is not imported by `status`):",
+        "sqlite3 the index; structlog and oss2 are not imported by `status`):",
         "",
         "| Part | Time |",
         "|---|---:|",
