@@ -575,8 +575,8 @@ def cluster_ready(bench: Bench, scale: float) -> bool:
     return True
 
 
-def build_dataset(bench: Bench, scale: float) -> None:
-    """Creates database `bench` at `scale` and `bench_2x` with every table doubled."""
+def build_dataset(bench: Bench, scale: float, *, doubled: bool = True) -> None:
+    """Creates database `bench` at `scale` and (if `doubled`) `bench_2x` with every table doubled."""
     cluster = bench.cluster
     assert cluster is not None
     for database in (DB_2X, DB_1X):
@@ -609,6 +609,9 @@ def build_dataset(bench: Bench, scale: float) -> None:
         list(pool.map(one, statements))
     cluster.psql("VACUUM (FREEZE, ANALYZE)", DB_1X)
     print(f"  {DB_1X} built in {time.monotonic() - started:.0f} s", file=sys.stderr)
+    if not doubled:
+        cluster.psql(f"INSERT INTO bench_meta (scale) VALUES ({scale!r})", DB_1X)
+        return
     cluster.psql(f"CREATE DATABASE {DB_2X} TEMPLATE {DB_1X}")
 
     def double(table: str) -> None:

@@ -13,9 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-import structlog
-
-from db_backup import __version__, logs
+from db_backup import __version__
 from db_backup.clock import format_utc, parse_utc, to_the_second, utc_now
 from db_backup.config import Config, ConfigError, config_path, load
 from db_backup.secrets import SecretError
@@ -219,12 +217,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.command == "check-config":
         return _cmd_check_config(config, path, args)
+    if args.command == "status":
+        return _cmd_status(config, args)  # logs nothing: no structlog to import and set up
+    from db_backup import logs
+
     log_dir = config.directories.logs if args.command in {"run", "daemon", "drill"} else None
     logs.setup(args.log_level, log_dir, args.log_format)
     if args.command == "run":
         return _cmd_run(config, args)
-    if args.command == "status":
-        return _cmd_status(config, args)
     if args.command == "next":
         return _cmd_next(config, args)
     if args.command == "daemon":
@@ -313,6 +313,8 @@ def _cmd_reload(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(config: Config, args: argparse.Namespace) -> int:
+    import structlog
+
     from db_backup.execute import CancelToken
     from db_backup.job import JobBusy, JobSetupError, run_job
 
@@ -384,6 +386,7 @@ def _cmd_check_config(config: Config, path: str, args: argparse.Namespace) -> in
 
 
 def _cmd_status(config: Config, args: argparse.Namespace) -> int:
+    from db_backup.report_index import default_path
     from db_backup.status import StatusError, StatusQuery, query, render_table
 
     try:
@@ -398,11 +401,12 @@ def _cmd_status(config: Config, args: argparse.Namespace) -> int:
                 limit=args.limit,
                 page=args.page,
             ),
+            default_path(config.directories.state),
         )
     except StatusError as exc:
         print(f"db-backup: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    for warning in page.warnings:
+    for warning in [*page.notes, *page.warnings]:
         print(f"db-backup: warning: {warning}", file=sys.stderr)
     from db_backup.drill import latest_drills, render_drills
 
@@ -466,6 +470,8 @@ def _cmd_lifecycle(config: Config, args: argparse.Namespace) -> int:
 
 def _cmd_restore(config: Config, args: argparse.Namespace) -> int:
     import dataclasses
+
+    import structlog
 
     from db_backup.execute import CancelToken
     from db_backup.restore import (
@@ -542,6 +548,8 @@ def _cmd_restore(config: Config, args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(config: Config, args: argparse.Namespace) -> int:
+    import structlog
+
     from db_backup.verify import render, verify
 
     log = structlog.get_logger("db_backup.cli")

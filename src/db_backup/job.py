@@ -16,19 +16,20 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from db_backup import pg, rowcounts
+from db_backup import pg, report_index, rowcounts
 from db_backup.claims import Claim, claim_stem, stale_claims, unclaimed
 from db_backup.clock import utc_now
 from db_backup.config import Config, JobConfig
 from db_backup.execute import Cancelled, CancelToken, CommandError
 from db_backup.fsutil import describe_os_error
-from db_backup.report import FAILED, SUCCESS, Report, load_reports, write_report
-from db_backup.retention import Backup, NotABackup, backup_of, choose_expired
+from db_backup.report import FAILED, SUCCESS, Report, write_report
+from db_backup.retention import Backup, choose_expired
 from db_backup.secrets import SecretError, mask
 from db_backup.storage import make_targets
 from db_backup.storage.base import StorageError, StoredObject, Target
@@ -717,24 +718,22 @@ def apply_retention(
     config: Config, job: JobConfig, current: Report, targets: list[Target]
 ) -> list[str]:
     """Deletes this job's expired backups of `current.database`; returns what was removed."""
-    reports, _ = load_reports(config.directories.reports)
     current_key = f"{current.stem}.json"
-    backups = [_current_backup(current)]
-    for stored_report in reports:
-        document = stored_report.document
-        if stored_report.job != job.name or document["database"] != current.database:
-            continue
-        if stored_report.path.name == current_key:
-            continue
-        try:
-            backups.append(backup_of(stored_report))
-        except NotABackup as exc:
-            log.warning(
-                "retention skipped a malformed report",
-                job=job.name,
-                file=str(stored_report.path),
-                reason=str(exc),
-            )
+    retention = job.retention
+    with report_index.snapshot(
+        config.directories.reports, report_index.default_path(config.directories.state)
+    ) as snap:
+        for warning in snap.warnings():
+            log.warning("retention skipped a malformed report", job=job.name, reason=warning)
+        view = snap.retention_view(
+            job.name,
+            current.database,
+            cutoff=utc_now() - timedelta(days=retention.days),  # not later than choose_expired's
+            keep_last=retention.keep_last,
+        )
+    # The current report is already written (report first, then prune): take it as it is now.
+    backups = [b for b in view if b.key != current_key]
+    backups.append(_current_backup(current))
     expired, still_named = choose_expired(
         backups, days=job.retention.days, keep_last=job.retention.keep_last, now=utc_now()
     )

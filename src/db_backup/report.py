@@ -233,8 +233,49 @@ class StoredReport:
         return str(self.document.get("job", ""))
 
 
+def parse_report(raw: bytes) -> tuple[dict[str, Any] | None, str]:
+    """Returns (document, "") for a valid report's bytes, else (None, why it is skipped).
+
+    The text is decoded as `Path.read_text` does (UTF-8, universal newlines), so the reasons
+    are the same whether a report is read by `load_reports` or by the report index.
+    """
+    try:
+        text = raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+        document = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, f"skipped, not readable JSON ({exc})"
+    if not isinstance(document, dict):
+        return None, "skipped, not a report (top level is not an object)"
+    problems = seed_field_problems(document)
+    if problems:
+        return None, f"skipped, not a report ({'; '.join(problems[:3])})"
+    try:
+        parse_utc(document["startedAt"])
+    except (ValueError, OverflowError):  # e.g. year 1 with a positive offset
+        return None, "skipped, startedAt is not a time"
+    problem = _file_field_problem(document)
+    if problem:
+        return None, f"skipped, not a report ({problem})"
+    return document, ""
+
+
+def _file_field_problem(document: dict[str, Any]) -> str:
+    """Returns what is wrong with the fields naming files (retention reads them), or ""."""
+    artefacts = document.get("artefacts", [])
+    if not isinstance(artefacts, list) or not all(isinstance(a, str) for a in artefacts):
+        return "artefacts is not a list of file names"
+    local = document["local"]
+    for key in ("file", "globalsFile", "checksumFile"):
+        if not isinstance(local.get(key, ""), str):
+            return f"local.{key} is not a string"
+    return ""
+
+
 def load_reports(reports_dir: Path) -> tuple[list[StoredReport], list[str]]:
-    """Returns the reports in `reports_dir`, newest first, and a warning per skipped file."""
+    """Returns the reports in `reports_dir`, newest first, and a warning per skipped file.
+
+    Reads every file; `report_index` gives the same answers from an index.
+    """
     reports: list[StoredReport] = []
     warnings: list[str] = []
     try:
@@ -243,21 +284,13 @@ def load_reports(reports_dir: Path) -> tuple[list[StoredReport], list[str]]:
         return [], [f"{reports_dir}: cannot list: {exc.strerror}"]
     for path in paths:
         try:
-            document = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raw = path.read_bytes()
+        except OSError as exc:
             warnings.append(f"{path}: skipped, not readable JSON ({exc})")
             continue
-        if not isinstance(document, dict):
-            warnings.append(f"{path}: skipped, not a report (top level is not an object)")
-            continue
-        problems = seed_field_problems(document)
-        if problems:
-            warnings.append(f"{path}: skipped, not a report ({'; '.join(problems[:3])})")
-            continue
-        try:
-            parse_utc(document["startedAt"])
-        except ValueError:
-            warnings.append(f"{path}: skipped, startedAt is not a time")
+        document, problem = parse_report(raw)
+        if document is None:
+            warnings.append(f"{path}: {problem}")
             continue
         reports.append(StoredReport(path, document))
     reports.sort(key=lambda r: (r.started, r.path.name), reverse=True)

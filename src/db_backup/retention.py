@@ -53,12 +53,8 @@ def choose_expired(
 OWN_SUFFIX = re.compile(r"\.json|(?:\.dump|\.sql|\.dump\.d|_globals\.sql)(?:\.sha256)?")
 
 
-class NotABackup(ValueError):
-    """A report that retention cannot use; the message says why (the report is left alone)."""
-
-
 def backup_of(report: StoredReport) -> Backup:
-    """Returns the retention view of a stored report; raises NotABackup for a malformed one.
+    """Returns the retention view of a stored report.
 
     Only plain file names that belong to the report's own stem (`<stem>.dump`, `<stem>.dump.sha256`,
     `<stem>_globals.sql`, ...) are ever candidates: a name with a directory part, "..", or another
@@ -68,15 +64,11 @@ def backup_of(report: StoredReport) -> Backup:
     own_stem = report.path.name.removesuffix(".json")
     listed: list[object] = [report.path.name]
     artefacts = doc.get("artefacts", [])
-    if not isinstance(artefacts, list):
-        raise NotABackup(f"artefacts is {type(artefacts).__name__}, not a list")
-    listed.extend(artefacts)
+    listed.extend(artefacts if isinstance(artefacts, list) else [])
     local = doc["local"]
     for key in ("file", "globalsFile", "checksumFile"):
         location = local.get(key)
-        if location:
-            if not isinstance(location, str):
-                raise NotABackup(f"local.{key} is {type(location).__name__}, not a string")
+        if isinstance(location, str) and location:
             listed.append(location.rsplit("/", 1)[-1])
     for url in doc["remote"].get("urls", []):
         listed.append(url.rsplit("/", 1)[-1])

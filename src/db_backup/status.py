@@ -1,14 +1,19 @@
-"""`db-backup status`: the reports directory seen from the host, like the platform sees it."""
+"""`db-backup status`: the reports directory seen from the host, like the platform sees it.
+
+Which reports match comes from the report index (`report_index`); the rows shown are read from
+their JSON files, the source of truth.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from db_backup.report import StoredReport, load_reports
+from db_backup.report import parse_report
+from db_backup.report_index import encode, micros, snapshot
 
 
 class StatusError(Exception):
@@ -37,26 +42,56 @@ class StatusPage:
     page: int
     pages: int
     warnings: list[str]
+    notes: list[str] = field(default_factory=list)  # about the index (rebuilt, not usable)
 
 
-def query(reports_dir: Path, q: StatusQuery) -> StatusPage:
+def query(reports_dir: Path, q: StatusQuery, index_path: Path | None = None) -> StatusPage:
     """Returns the page of reports matching `q`: latest per job and database unless `history`.
 
-    Raises StatusError when the directory cannot be listed: "0 reports" would be a lie.
+    `index_path` is the report index to use (None: read every report, in memory). Raises
+    StatusError when the directory cannot be listed: "0 reports" would be a lie.
     """
     _check_readable(reports_dir)
-    reports, warnings = load_reports(reports_dir)
-    matching = [r for r in reports if _matches(r, q)]
-    if not q.history:
-        latest: dict[tuple[str, str], StoredReport] = {}
-        for report in matching:  # newest first, so the first seen is the latest
-            latest.setdefault((report.job, report.document["database"]), report)
-        matching = list(latest.values())
-    total = len(matching)
+    conditions: list[str] = []
+    params: list[Any] = []
+    for column, value in (("job", q.job), ("database", q.database)):
+        if value is not None:
+            conditions.append(f"{column} = ?")
+            params.append(encode(value))
+    if q.status is not None:
+        conditions.append("status = ?")
+        params.append(encode(q.status.upper()))
+    if q.since is not None:
+        conditions.append("started_us >= ?")
+        params.append(micros(q.since))
+    notes: list[str] = []
+
+    def note(event: str, fields: dict[str, str]) -> None:
+        details = ", ".join(f"{key}={value}" for key, value in fields.items())
+        notes.append(f"{event} ({details})")
+
+    with snapshot(reports_dir, index_path, note) as snap:
+        warnings = snap.warnings()
+        total, names = snap.page(
+            " AND ".join(conditions),
+            tuple(params),
+            latest=not q.history,
+            limit=q.limit,
+            offset=(q.page - 1) * q.limit,
+        )
+    rows = []
+    for name in names:
+        path = reports_dir / name
+        try:
+            document, problem = parse_report(path.read_bytes())
+        except OSError as exc:
+            document, problem = None, f"skipped, not readable JSON ({exc})"
+        if document is None:  # changed since the index was read
+            warnings.append(f"{path}: {problem}")
+            continue
+        rows.append({**document, "reportFile": str(path)})
     pages = max(1, -(-total // q.limit))
-    start = (q.page - 1) * q.limit
-    rows = [_row(r) for r in matching[start : start + q.limit]]
-    return StatusPage(rows, total, q.page, pages, warnings)
+    return StatusPage(rows, total, q.page, pages, warnings, notes)
 
 
 def _check_readable(reports_dir: Path) -> None:
@@ -73,21 +108,6 @@ def _check_readable(reports_dir: Path) -> None:
         raise StatusError(
             f"cannot read the reports directory {reports_dir}: {exc.strerror}"
         ) from None
-
-
-def _matches(report: StoredReport, q: StatusQuery) -> bool:
-    doc = report.document
-    return (
-        (q.job is None or report.job == q.job)
-        and (q.database is None or doc["database"] == q.database)
-        and (q.status is None or doc["status"] == q.status.upper())
-        and (q.since is None or report.started >= q.since)
-    )
-
-
-def _row(report: StoredReport) -> dict[str, Any]:
-    doc = report.document
-    return {**doc, "reportFile": str(report.path)}
 
 
 def human_size(size: int) -> str:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
-from db_backup.retention import Backup, choose_expired
+from db_backup.report import StoredReport
+from db_backup.retention import Backup, backup_of, choose_expired
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -60,3 +62,34 @@ def test_a_file_still_named_by_a_kept_backup_is_reported_as_kept() -> None:
     ]
     expired, still_named = choose_expired(backups, days=7, keep_last=1, now=NOW)
     assert keys(expired) == {"old"} and shared in still_named and "old.dump" not in still_named
+
+
+def test_hand_edited_report_names_only_plain_files_for_retention() -> None:
+    document = {
+        "database": "shop",
+        "startedAt": "2026-11-01T00:00:00Z",
+        "status": "SUCCESS",
+        "local": {
+            "file": "/data/db-backups/data/shop_1.dump",
+            "globalsFile": 7,
+            "checksumFile": "../../etc/shadow",
+        },
+        "remote": {"urls": ["oss://bucket/postgres/backups/shop_1.dump", "oss://bucket/.."]},
+        "artefacts": ["shop_1.dump.sha256", "../../etc/passwd", "a\0b", 5, ".", "", None],
+    }
+    backup = backup_of(StoredReport(Path("/reports/shop_1.json"), document))
+    assert backup.files == ("shop_1.json", "shop_1.dump.sha256", "shop_1.dump", "shadow")
+    assert all("/" not in name and name not in {".", ".."} for name in backup.files)
+
+
+def test_artefacts_that_are_not_a_list_are_ignored_not_a_traceback() -> None:
+    document = {
+        "database": "shop",
+        "startedAt": "2026-11-01T00:00:00Z",
+        "status": "FAILED",
+        "local": {"file": ""},
+        "remote": {"urls": []},
+        "artefacts": "shop_1.dump",
+    }
+    backup = backup_of(StoredReport(Path("/reports/shop_1.json"), document))
+    assert backup.files == ("shop_1.json",) and not backup.successful
