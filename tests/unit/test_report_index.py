@@ -26,7 +26,7 @@ import pytest
 from db_backup import report_index
 from db_backup.report import Report, StoredReport, load_reports, stem, write_report
 from db_backup.retention import Backup, backup_of, choose_expired
-from db_backup.status import StatusQuery, query
+from db_backup.status import StatusError, StatusQuery, query
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 JOBS = ["hourly", "nightly", "", "ünïcode"]
@@ -400,7 +400,11 @@ def test_status_says_when_it_rebuilt_a_corrupt_index(populated: tuple[Path, Path
 
 def test_missing_index_and_missing_reports_directory(tmp_path: Path) -> None:
     index = tmp_path / "state" / report_index.INDEX_NAME
-    page = query(tmp_path / "no-reports-yet", StatusQuery(), index)
+    # A reports directory that is not there is said, not shown as "0 reports".
+    with pytest.raises(StatusError, match="does not exist"):
+        query(tmp_path / "no-reports-yet", StatusQuery(), index)
+    (tmp_path / "empty").mkdir()
+    page = query(tmp_path / "empty", StatusQuery(), index)
     assert (page.total, page.rows, page.warnings) == (0, [], [])
     assert index.exists() and oct(index.stat().st_mode & 0o777) == "0o640"
 
