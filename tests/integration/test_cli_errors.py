@@ -19,6 +19,7 @@ EX_CONFIG = 78
 EX_TEMPFAIL = 75
 
 GOOD = {
+    "run_as": None,  # root stays root: the test directories belong to root
     "storage": {"mode": "local"},
     "jobs": [{"name": "nightly", "schedule": "0 2 * * *", "databases": "shop"}],
 }
@@ -33,7 +34,7 @@ def write_config(directory: Path, document: dict, name: str = "config.yaml") -> 
 def with_directories(root: Path, document: dict) -> dict:
     """Returns `document` with every directory under `root`."""
     dirs = {k: str(root / k) for k in ("data", "reports", "state")}
-    return {"directories": dirs, **document}
+    return {"directories": dirs, "run_as": None, **document}
 
 
 # --- the config file itself --------------------------------------------------------------------
