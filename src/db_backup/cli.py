@@ -95,6 +95,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"db-backup: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "check-config":
+        from db_backup.crypto import recipient_problems
+
+        # Beyond the schema: age itself checks every recipient (the bech32 checksum, the key).
+        problems = recipient_problems(config)
+        if problems:
+            print(f"db-backup: {ConfigError(path, problems)}", file=sys.stderr)
+            return EXIT_CONFIG
         if not args.quiet:
             names = ", ".join(j.name for j in config.jobs)
             print(f"{path}: OK ({len(config.jobs)} job(s): {names})")

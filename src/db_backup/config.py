@@ -129,6 +129,15 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True)
+class AgeEncryption:
+    """Client-side encryption with age: the recipients to encrypt to, the identity to decrypt."""
+
+    recipients: tuple[str, ...]
+    recipients_file: Path | None
+    identity: SecretRef | None
+
+
+@dataclass(frozen=True)
 class JobConfig:
     name: str
     schedule: str
@@ -144,6 +153,7 @@ class JobConfig:
     retry: RetryPolicy
     catch_up: bool
     parallel_databases: int
+    encryption: AgeEncryption | None = None  # effective: the job's own, else storage's
 
     @property
     def discovers_databases(self) -> bool:
@@ -311,6 +321,18 @@ def _rule_problems(data: dict[str, Any]) -> Iterable[str]:
                 f"At '{where}.dump.format': the directory format is stored locally only; "
                 f"set mode: local on this job"
             )
+        encryption = _effective_encryption(job, storage)
+        if encryption is not None:
+            if fmt == "directory":
+                yield (
+                    f"At '{where}.dump.format': the directory format cannot be encrypted; "
+                    "use format custom (or plain), or set encryption: false on this job"
+                )
+            if job.get("encryption") and not _has_recipients(job["encryption"]):
+                yield (
+                    f"At '{where}.encryption.age': needs at least one recipient "
+                    "(recipients or recipients_file)"
+                )
         if mode in {"oss", "both"}:
             tool = storage.get("tool", "oss2")
             section = "oss" if tool == "oss2" else "rclone"
@@ -319,6 +341,8 @@ def _rule_problems(data: dict[str, Any]) -> Iterable[str]:
                     f"At '{where}.mode': {mode!r} needs a 'storage.{section}' section "
                     f"(storage.tool is {tool})"
                 )
+    if storage.get("encryption") and not _has_recipients(storage["encryption"]):
+        yield "At 'storage.encryption.age': needs at least one recipient (recipients or recipients_file)"
     oss = storage.get("oss")
     if oss:
         if oss.get("signature_version", "v4") == "v4" and not oss.get("region"):
@@ -333,6 +357,32 @@ def _rule_problems(data: dict[str, Any]) -> Iterable[str]:
         value = directories.get(key)
         if value and not os.path.isabs(value):
             yield f"At 'directories.{key}': {value!r} must be an absolute path"
+
+
+def _effective_encryption(job: dict[str, Any], storage: dict[str, Any]) -> dict[str, Any] | None:
+    """Returns the encryption mapping that applies to a raw job (its own, else storage's)."""
+    own = job.get("encryption")
+    if own is False:
+        return None
+    found = own or storage.get("encryption")
+    return found if isinstance(found, dict) else None
+
+
+def _has_recipients(encryption: dict[str, Any]) -> bool:
+    age = encryption.get("age") or {}
+    return bool(age.get("recipients") or age.get("recipients_file"))
+
+
+def _encryption(raw: dict[str, Any] | None) -> AgeEncryption | None:
+    if not raw:
+        return None
+    age = raw["age"]
+    recipients_file = age.get("recipients_file")
+    return AgeEncryption(
+        recipients=tuple(age.get("recipients") or ()),
+        recipients_file=Path(recipients_file) if recipients_file else None,
+        identity=_secret(age.get("identity")),
+    )
 
 
 def _defaults(schema_node: dict[str, Any], given: dict[str, Any] | None) -> dict[str, Any]:
@@ -415,6 +465,7 @@ def _build(data: dict[str, Any], source: str) -> Config:
                 retry=RetryPolicy(retry["attempts"], retry["delay_seconds"]),
                 catch_up=job["catch_up"],
                 parallel_databases=job["parallel_databases"],
+                encryption=_encryption(_effective_encryption(job, storage)),
             )
         )
     return Config(

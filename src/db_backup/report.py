@@ -108,6 +108,8 @@ class Report:
     retention_deleted: list[str] = field(default_factory=list)
     retention_error: str = ""
     artefacts: list[str] = field(default_factory=list)  # file names, the same on every target
+    # None: not encrypted; else method, recipient fingerprints and the plaintext's checksums.
+    encryption: dict[str, Any] | None = None
     hostname: str = field(default_factory=socket.gethostname)
 
     @property
@@ -153,6 +155,7 @@ class Report:
                 "error": mask(self.retention_error),
             },
             "artefacts": [*self.artefacts, f"{self.stem}.json"],
+            "encryption": dict(self.encryption) if self.encryption is not None else None,
         }
 
 
