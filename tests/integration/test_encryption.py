@@ -27,7 +27,9 @@ from tests.support.procs import start_run, wait_for_pg_dump
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("age") is None, reason="age is not installed (apt install age)"),
+    pytest.mark.skipif(
+        shutil.which("age") is None, reason="age is not installed (apt install age)"
+    ),
 ]
 
 
@@ -245,7 +247,9 @@ def test_tampered_encrypted_dump_is_detected_with_a_clear_error(
             crypto.verify_decryption(stored, identity)
     for caught in (during_restore, verified):
         message = str(caught.value)
-        assert message.startswith(f"cannot decrypt {stored.name}: the file is damaged or was altered")
+        assert message.startswith(
+            f"cannot decrypt {stored.name}: the file is damaged or was altered"
+        )
         assert "failed to decrypt and authenticate payload chunk" in message
 
 
@@ -317,9 +321,9 @@ def watch(directories: list[Path], stop: threading.Event, seen: dict[str, Sample
                 plaintext = content.startswith(crypto.PGDMP) or b"CREATE ROLE" in content
                 previous = seen.get(str(path))
                 if previous is None or plaintext or len(content) > len(previous.head):
-                    seen[str(path)] = Sample(path, content[:64], plaintext or bool(
-                        previous and previous.plaintext
-                    ))
+                    seen[str(path)] = Sample(
+                        path, content[:64], plaintext or bool(previous and previous.plaintext)
+                    )
         time.sleep(0.005)
 
 
@@ -408,9 +412,7 @@ def test_check_config_has_age_check_every_recipient(
     assert done.returncode == 1
     assert "At 'storage.encryption.age': age refuses the recipients" in done.stderr
     assert "invalid checksum" in done.stderr
-    assert (
-        f"At 'jobs[1].encryption.age': {recipients_file} line 4 is a private key" in done.stderr
-    )
+    assert f"At 'jobs[1].encryption.age': {recipients_file} line 4 is a private key" in done.stderr
     assert keys[2].secret not in done.stderr
     setup.document["storage"]["encryption"] = {"age": {"recipients": [good]}}
     recipients_file.write_text(f"{keys[1].recipient}\n")
