@@ -60,3 +60,25 @@ def test_a_file_still_named_by_a_kept_backup_is_reported_as_kept() -> None:
     ]
     expired, still_named = choose_expired(backups, days=7, keep_last=1, now=NOW)
     assert keys(expired) == {"old"} and shared in still_named and "old.dump" not in still_named
+
+
+def test_encrypted_names_of_the_own_stem_are_owned_and_others_are_not() -> None:
+    from db_backup.retention import owned_by
+
+    stem = "shop_20261123T020000Z_host"
+    for suffix in (
+        ".dump.age",
+        ".dump.age.sha256",
+        "_globals.sql.age",
+        ".sql.age",
+        ".sql.age.sha256",
+    ):
+        assert owned_by(stem + suffix, stem), suffix
+    for name in (
+        f"{stem}.age",
+        f"{stem}.dump.age.bak",
+        f"{stem}.json.age",
+        f"other_{stem}.dump.age",
+        f"../{stem}.dump.age",
+    ):
+        assert not owned_by(name, stem), name
