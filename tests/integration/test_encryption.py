@@ -240,9 +240,11 @@ def test_tampered_encrypted_dump_is_detected_with_a_clear_error(
     assert check.returncode != 0
     with crypto.identity_file(keys[0].ref) as identity:
         crypto.check_identity(identity, report, stored)  # the header is intact
-        with pytest.raises(crypto.EncryptionError) as during_restore:
-            with crypto.decrypted(stored, identity) as plaintext:
-                restore_from_fd(cluster, plaintext.fd, "shop_tampered")
+        with (
+            pytest.raises(crypto.EncryptionError) as during_restore,
+            crypto.decrypted(stored, identity) as plaintext,
+        ):
+            restore_from_fd(cluster, plaintext.fd, "shop_tampered")
         with pytest.raises(crypto.EncryptionError) as verified:
             crypto.verify_decryption(stored, identity)
     for caught in (during_restore, verified):
@@ -287,13 +289,15 @@ def test_globals_file_is_encrypted_and_decrypts_to_the_roles(
     assert report["encryption"]["globalsSha256"] == hashlib.sha256(data).hexdigest()
     with crypto.identity_file(keys[0].ref) as identity:
         crypto.check_identity(identity, report, globals_file, magic=b"--")
-        with crypto.decrypted(
-            globals_file,
-            identity,
-            expected_sha256=report["encryption"]["globalsPlaintextSha256"],
-        ) as plaintext:
-            with os.fdopen(os.dup(plaintext.fd), "rb") as reader:
-                sql = reader.read().decode()
+        with (
+            crypto.decrypted(
+                globals_file,
+                identity,
+                expected_sha256=report["encryption"]["globalsPlaintextSha256"],
+            ) as plaintext,
+            os.fdopen(os.dup(plaintext.fd), "rb") as reader,
+        ):
+            sql = reader.read().decode()
     assert "CREATE ROLE backup;" in sql and "SCRAM-SHA-256" in sql
 
 
@@ -452,7 +456,27 @@ def test_identity_file_holds_only_the_key_in_a_private_directory_and_is_removed(
         assert crypto.identity_recipients(identity) == [keys[1].recipient]
     not_a_key = tmp_path / "not-a-key"
     not_a_key.write_text("hunter2\n")
-    with pytest.raises(crypto.EncryptionError) as caught:
-        with crypto.identity_file(SecretRef("file", str(not_a_key))):
-            pass
+    with (
+        pytest.raises(crypto.EncryptionError) as caught,
+        crypto.identity_file(SecretRef("file", str(not_a_key))),
+    ):
+        pass
     assert "holds no age identity" in str(caught.value) and "hunter2" not in str(caught.value)
+
+
+def test_a_failing_pg_dump_under_encryption_reports_pg_dumps_error_and_stores_nothing(
+    setup: Setup, run_cli: RunCli, keys: list[AgeKey]
+) -> None:
+    setup.job()["databases"] = ["shop", "no_such_db"]
+    encrypt_to(setup, keys[0])
+    done = run_cli("--config", str(setup.path), "run", "nightly")
+    assert done.returncode == 1
+    reports = {r["database"]: r for r in setup.reports_json()}
+    assert reports["shop"]["status"] == "SUCCESS"
+    failed = reports["no_such_db"]
+    assert failed["status"] == "FAILED"
+    assert failed["errorMessage"].startswith("pg_dump exited with status 1")
+    assert 'database "no_such_db" does not exist' in failed["errorMessage"]
+    assert failed["local"]["file"] == ""
+    assert [name for name in failed["artefacts"] if not name.endswith(".json")] == []
+    assert not [p for p in setup.data_files() if p.name.startswith("no_such_db")]
