@@ -13,6 +13,7 @@ What restore, verify and drill use: `identity_file` (the identity as a private f
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import re
@@ -321,8 +322,6 @@ def decrypted(
     child = FilterChild(argv, env=child_env(), with_stdin=not isinstance(source, Path))
     read_fd, write_fd = os.pipe()
     with contextlib.suppress(OSError):
-        import fcntl
-
         fcntl.fcntl(write_fd, F_SETPIPE_SZ, PIPE_SIZE)
     result = Decryption(read_fd)
     digest = hashlib.sha256()
