@@ -343,6 +343,7 @@ def _rule_problems(data: dict[str, Any]) -> Iterable[str]:
                 )
     if storage.get("encryption") and not _has_recipients(storage["encryption"]):
         yield "At 'storage.encryption.age': needs at least one recipient (recipients or recipients_file)"
+    yield from _identity_problems(data)
     oss = storage.get("oss")
     if oss:
         if oss.get("signature_version", "v4") == "v4" and not oss.get("region"):
@@ -357,6 +358,32 @@ def _rule_problems(data: dict[str, Any]) -> Iterable[str]:
         value = directories.get(key)
         if value and not os.path.isabs(value):
             yield f"At 'directories.{key}': {value!r} must be an absolute path"
+
+
+def _identity_problems(data: dict[str, Any]) -> Iterable[str]:
+    """Yields an identity file kept beside the backups: whoever has the backups has the key."""
+    dirs_schema = schema()["properties"]["directories"]["properties"]
+    directories = data.get("directories", {})
+    kept = {
+        key: Path(directories.get(key) or dirs_schema[key]["default"])
+        for key in ("data", "reports")
+    }
+    places: list[tuple[str, Any]] = [
+        ("storage.encryption", data.get("storage", {}).get("encryption"))
+    ]
+    places += [
+        (f"jobs[{i}].encryption", job.get("encryption")) for i, job in enumerate(data["jobs"])
+    ]
+    for where, encryption in places:
+        identity = ((encryption or {}).get("age") or {}).get("identity") or {}
+        if "file" not in identity or not os.path.isabs(identity["file"]):
+            continue
+        for key, directory in kept.items():
+            if Path(identity["file"]).is_relative_to(directory):
+                yield (
+                    f"At '{where}.age.identity': the identity is inside directories.{key}; keep "
+                    "the private key away from the backups (a systemd credential is best)"
+                )
 
 
 def _effective_encryption(job: dict[str, Any], storage: dict[str, Any]) -> dict[str, Any] | None:

@@ -269,3 +269,30 @@ jobs:
         "At 'jobs[2].encryption.age': needs at least one recipient (recipients or recipients_file)",
         "At 'storage.encryption.age': needs at least one recipient (recipients or recipients_file)",
     ]
+
+
+def test_an_identity_file_beside_the_backups_is_refused() -> None:
+    found = problems(f"""
+directories: {{data: /srv/backups/data}}
+storage:
+  mode: local
+  encryption:
+    age:
+      recipients: [{RECIPIENT}]
+      identity: {{file: /srv/backups/data/key.txt}}
+jobs:
+  - name: a
+    schedule: "0 2 * * *"
+    databases: a
+    encryption: {{age: {{recipients: [{RECIPIENT}], identity: {{file: /data/db-backups/reports/k}}}}}}
+  - name: b
+    schedule: "0 2 * * *"
+    databases: a
+    encryption: {{age: {{recipients: [{RECIPIENT}], identity: {{file: /etc/db-backup/age.key}}}}}}
+""")
+    assert found == [
+        "At 'storage.encryption.age.identity': the identity is inside directories.data; keep the "
+        "private key away from the backups (a systemd credential is best)",
+        "At 'jobs[0].encryption.age.identity': the identity is inside directories.reports; keep "
+        "the private key away from the backups (a systemd credential is best)",
+    ]
