@@ -142,8 +142,10 @@ def render(command: str, size: int, runs: list[Measurement], scale: float) -> st
         "",
         "How it was measured: wall time from fork to wait4() of `db-backup run`; peak RSS is the "
         "VmHWM of the db-backup process itself (age and pg_dump are its children and not "
-        "included; age streams in 64 KiB chunks and its own RSS is a few MiB); CPU incl. "
-        "children is wait4()'s user + sys of db-backup, pg_dump and age.",
+        "included; age streams in 64 KiB chunks; its own peak RSS is about 5 MiB by `/usr/bin/time -f %M`); CPU incl. "
+        "children is wait4()'s user + sys of db-backup, pg_dump and age. The machine is shared "
+        "(see the load average above): the spread of the wall times is mostly other work; the "
+        "CPU columns are the steadier measure of what encryption costs.",
     ]
     return "\n".join(lines)
 
