@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -480,3 +481,24 @@ def test_a_failing_pg_dump_under_encryption_reports_pg_dumps_error_and_stores_no
     assert failed["local"]["file"] == ""
     assert [name for name in failed["artefacts"] if not name.endswith(".json")] == []
     assert not [p for p in setup.data_files() if p.name.startswith("no_such_db")]
+
+
+def test_stopping_an_encrypted_run_stops_age_and_pg_dump_and_leaves_no_file(
+    setup: Setup, keys: list[AgeKey], slow_db: str
+) -> None:
+    setup.job()["databases"] = slow_db
+    setup.job()["globals"] = False
+    encrypt_to(setup, keys[0])
+    run = start_run(setup)
+    dump_pid = wait_for_pg_dump(run.pid)
+    age_pid = wait_for_child(run.pid, "age", exclude=dump_pid)
+    time.sleep(0.5)
+    run.send_signal(signal.SIGTERM)
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 1, stderr
+    [report] = setup.reports_json()
+    assert report["status"] == "FAILED"
+    assert report["errorMessage"] == "stopped during the dump: received SIGTERM"
+    assert setup.data_files() == []
+    for pid in (dump_pid, age_pid):
+        assert not Path(f"/proc/{pid}").exists(), f"child {pid} outlived the run"
