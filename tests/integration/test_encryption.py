@@ -502,3 +502,32 @@ def test_stopping_an_encrypted_run_stops_age_and_pg_dump_and_leaves_no_file(
     assert setup.data_files() == []
     for pid in (dump_pid, age_pid):
         assert not Path(f"/proc/{pid}").exists(), f"child {pid} outlived the run"
+
+
+def test_plain_format_is_encrypted_as_sql_age_and_restores_through_psql(
+    setup: Setup, cluster: Cluster, run_cli: RunCli, keys: list[AgeKey]
+) -> None:
+    setup.job()["dump"] = {"format": "plain"}
+    encrypt_to(setup, keys[0])
+    assert run_cli("--config", str(setup.path), "run", "nightly").returncode == 0
+    report = only_report(setup)
+    stored = Path(report["local"]["file"])
+    assert stored.name.endswith(".sql.age")
+    data = stored.read_bytes()
+    assert data.startswith(crypto.HEADER) and b"CREATE TABLE" not in data
+    cluster.psql('DROP DATABASE IF EXISTS "shop_plain_age"')
+    cluster.psql('CREATE DATABASE "shop_plain_age"')
+    with crypto.identity_file(keys[0].ref) as identity:
+        crypto.check_identity(identity, report, stored, magic=b"--")
+        with crypto.decrypted(
+            stored, identity, expected_sha256=report["encryption"]["plaintextSha256"]
+        ) as plaintext:
+            done = subprocess.run(
+                [*cluster.psql_argv("shop_plain_age"), "-v", "ON_ERROR_STOP=1", "-q", "-f", "-"],
+                stdin=plaintext.fd,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+    assert done.returncode == 0, done.stderr
+    assert table_fingerprint(cluster, "shop_plain_age") == table_fingerprint(cluster, "shop")
