@@ -95,12 +95,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"db-backup: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "check-config":
-        from db_backup.crypto import recipient_problems
+        from db_backup.crypto import check_config
 
-        # Beyond the schema: age itself checks every recipient (the bech32 checksum, the key).
-        problems = recipient_problems(config)
-        if problems:
-            print(f"db-backup: {ConfigError(path, problems)}", file=sys.stderr)
+        try:  # beyond the schema: age itself checks every recipient (checksum, key)
+            check_config(config)
+        except ConfigError as exc:
+            print(f"db-backup: {exc}", file=sys.stderr)
             return EXIT_CONFIG
         if not args.quiet:
             names = ", ".join(j.name for j in config.jobs)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from db_backup.config import AgeEncryption, Config, SecretRef
+from db_backup.config import AgeEncryption, Config, ConfigError, SecretRef
 from db_backup.execute import (
     F_SETPIPE_SZ,
     PIPE_SIZE,
@@ -148,6 +148,16 @@ def recipient_problems(config: Config) -> list[str]:
         else:
             checked[job.encryption] = ""
     return list(dict.fromkeys(problems))
+
+
+def check_config(config: Config) -> None:
+    """Raises ConfigError (like a schema mistake) when age refuses a recipient of `config`.
+
+    For check-config, the daemon's start and every reload: a key age refuses is a bad config.
+    """
+    problems = recipient_problems(config)
+    if problems:
+        raise ConfigError(config.source, problems)
 
 
 def encryption_summary(recipients: list[str]) -> dict[str, Any]:

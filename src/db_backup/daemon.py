@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 import structlog
 
 from db_backup.config import Config, ConfigError, JobConfig, load
+from db_backup.crypto import check_config as check_encryption
 from db_backup.execute import CancelToken
 from db_backup.job import JobBusy, JobSetupError, check_directories, describe_error, run_job
 from db_backup.report import FAILED, SUCCESS
@@ -284,6 +285,7 @@ class Daemon:
         self.notifier.reloading()
         try:
             new = load(self.config_path)
+            check_encryption(new)
             for job in new.jobs:
                 check_directories(new, job)
         except (ConfigError, JobSetupError) as exc:
@@ -354,6 +356,7 @@ def run_daemon(config_path: str) -> int:
     """Entry point of `db-backup daemon`: returns 1 if it cannot start, 0 after a clean stop."""
     try:
         config = load(config_path)
+        check_encryption(config)
     except ConfigError as exc:
         print(f"db-backup: {exc}", file=sys.stderr)
         return 1

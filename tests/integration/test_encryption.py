@@ -531,3 +531,39 @@ def test_plain_format_is_encrypted_as_sql_age_and_restores_through_psql(
             )
     assert done.returncode == 0, done.stderr
     assert table_fingerprint(cluster, "shop_plain_age") == table_fingerprint(cluster, "shop")
+
+
+def test_daemon_refuses_a_recipient_age_rejects_at_start_and_on_reload(
+    setup: Setup, keys: list[AgeKey], tmp_path: Path
+) -> None:
+    from tests.integration.test_daemon import NotifySocket, start_daemon, stop_daemon
+
+    good = keys[0].recipient
+    bad_checksum = good[:-1] + ("q" if good[-1] != "q" else "p")
+    notify = NotifySocket(tmp_path / "notify.sock")
+    try:
+        encrypt_to(setup, keys[1])
+        setup.document["storage"]["encryption"]["age"]["recipients"].append(bad_checksum)
+        setup.write()
+        refused = start_daemon(setup, notify)
+        _, stderr = refused.communicate(timeout=60)
+        assert refused.returncode == 1
+        assert "At 'storage.encryption.age': age refuses the recipients" in stderr
+
+        encrypt_to(setup, keys[0])
+        proc = start_daemon(setup, notify)
+        try:
+            notify.wait_for("READY")
+            encrypt_to(setup, keys[1])
+            setup.document["storage"]["encryption"]["age"]["recipients"].append(bad_checksum)
+            setup.write()
+            proc.send_signal(signal.SIGHUP)
+            notify.wait_for("RELOADING")
+            after = notify.wait_for("READY")
+            assert "RELOAD FAILED, old config kept" in after["STATUS"]
+            assert proc.poll() is None
+        finally:
+            _, stderr = stop_daemon(proc)
+        assert "config reload refused" in stderr and "invalid checksum" in stderr
+    finally:
+        notify.sock.close()
