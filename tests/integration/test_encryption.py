@@ -483,7 +483,7 @@ def test_a_failing_pg_dump_under_encryption_reports_pg_dumps_error_and_stores_no
     assert not [p for p in setup.data_files() if p.name.startswith("no_such_db")]
 
 
-def test_stopping_an_encrypted_run_stops_age_and_pg_dump_and_leaves_no_file(
+def test_an_encrypted_run_claims_its_age_names_and_a_stop_ends_age_and_pg_dump_cleanly(
     setup: Setup, keys: list[AgeKey], slow_db: str
 ) -> None:
     setup.job()["databases"] = slow_db
@@ -493,6 +493,12 @@ def test_stopping_an_encrypted_run_stops_age_and_pg_dump_and_leaves_no_file(
     dump_pid = wait_for_pg_dump(run.pid)
     age_pid = wait_for_child(run.pid, "age", exclude=dump_pid)
     time.sleep(0.5)
+    # What a killed run would leave is found by its claim: it names the stored (.age) names.
+    [claim_file] = [p for p in (setup.state / "claims").iterdir() if not p.name.startswith(".")]
+    claim = json.loads(claim_file.read_text())
+    assert claim["targets"] == {
+        "local": [f"{claim['stem']}.dump.age", f"{claim['stem']}.dump.age.sha256"]
+    }
     run.send_signal(signal.SIGTERM)
     _, stderr = run.communicate(timeout=120)
     assert run.returncode == 1, stderr
