@@ -354,8 +354,13 @@ def test_no_plaintext_file_appears_in_the_data_state_or_bucket_during_an_encrypt
     only_report(setup)
     assert not [s.path for s in seen.values() if s.plaintext]
     # The watcher really saw the dump while it was being written, and the staged globals.
-    temporaries = [s for s in seen.values() if ".db-backup-tmp" in s.path.parts]
-    assert temporaries and all(s.head.startswith(crypto.HEADER) for s in temporaries)
+    temporaries = [
+        s
+        for s in seen.values()
+        if ".db-backup-tmp" in s.path.parts and s.path.name.endswith((".dump.age", ".sql.age"))
+    ]
+    assert any(s.path.name.endswith(".dump.age") for s in temporaries)
+    assert all(s.head.startswith(crypto.HEADER) for s in temporaries)
     assert any(s.path.name == "globals.sql.age" for s in seen.values())
     assert any(s.path.is_relative_to(oss_server.root) for s in seen.values())
 
