@@ -131,23 +131,19 @@ def start_encryption(recipients: list[str]) -> FilterChild:
 def recipient_problems(config: Config) -> list[str]:
     """Returns check-config's lines for recipients that age refuses or files it cannot read."""
     problems: list[str] = []
-    checked: dict[AgeEncryption, str] = {}
+    checked: set[AgeEncryption] = set()  # jobs inheriting storage.encryption share one check
+    raw_jobs = config.raw.get("jobs", [])
     for index, job in enumerate(config.jobs):
-        if job.encryption is None:
+        if job.encryption is None or job.encryption in checked:
             continue
-        raw_jobs = config.raw.get("jobs", [])
+        checked.add(job.encryption)
         own = index < len(raw_jobs) and bool(raw_jobs[index].get("encryption"))
         where = f"jobs[{index}].encryption.age" if own else "storage.encryption.age"
-        if job.encryption in checked:
-            continue
         try:
             check_recipients(recipients_of(job.encryption))
         except EncryptionError as exc:
-            checked[job.encryption] = str(exc)
             problems.append(f"At '{where}': {exc}")
-        else:
-            checked[job.encryption] = ""
-    return list(dict.fromkeys(problems))
+    return problems
 
 
 def check_config(config: Config) -> None:
