@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := postgresql postgresql-client rclone debootstrap systemd-container util-linux
+APT_PACKAGES := postgresql postgresql-client rclone age debootstrap systemd-container util-linux
 
 .PHONY: help venv deps demo demo-clean lint test test-unit test-integration test-e2e deb bench clean
 

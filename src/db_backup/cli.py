@@ -216,6 +216,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"db-backup: {refusal}", file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "check-config":
+        from db_backup.crypto import check_config as check_encryption
+
+        try:  # beyond the schema: age itself checks every recipient (checksum, key)
+            check_encryption(config)
+        except ConfigError as exc:
+            print(f"db-backup: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
         return _cmd_check_config(config, path, args)
     if args.command == "status":
         return _cmd_status(config, args)  # logs nothing: no structlog to import and set up

@@ -144,6 +144,15 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True)
+class AgeEncryption:
+    """Client-side encryption with age: the recipients to encrypt to, the identity to decrypt."""
+
+    recipients: tuple[str, ...]
+    recipients_file: Path | None
+    identity: SecretRef | None
+
+
+@dataclass(frozen=True)
 class JobConfig:
     name: str
     schedule: str
@@ -162,6 +171,8 @@ class JobConfig:
     row_counts: str = "exact"  # exact | estimate | off
     # The validated `drill` section as written (drill.drill_settings fills in the defaults).
     drill: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    encryption: AgeEncryption | None = None  # effective: the job's own, else storage's
+    own_encryption: bool = False  # whether `encryption` is the job's own section
 
     @property
     def discovers_databases(self) -> bool:
@@ -466,6 +477,18 @@ def _rule_problems(data: dict[str, Any]) -> Iterable[str]:
                 f"At '{where}.dump.format': the directory format is stored locally only; "
                 f"set mode: local on this job"
             )
+        encryption = _effective_encryption(job, storage)
+        if encryption is not None:
+            if fmt == "directory":
+                yield (
+                    f"At '{where}.dump.format': the directory format cannot be encrypted; "
+                    "use format custom (or plain), or set encryption: false on this job"
+                )
+            if job.get("encryption") and not _has_recipients(job["encryption"]):
+                yield (
+                    f"At '{where}.encryption.age': needs at least one recipient "
+                    "(recipients or recipients_file)"
+                )
         tool = storage["tool"]
         if mode in {"oss", "both"} and tool in {"oss2", "rclone"}:
             section = "oss" if tool == "oss2" else "rclone"
@@ -474,6 +497,9 @@ def _rule_problems(data: dict[str, Any]) -> Iterable[str]:
                     f"At '{where}.mode': {mode!r} needs a 'storage.{section}' section "
                     f"(storage.tool is {tool})"
                 )
+    if storage.get("encryption") and not _has_recipients(storage["encryption"]):
+        yield "At 'storage.encryption.age': needs at least one recipient (recipients or recipients_file)"
+    yield from _identity_problems(data)
     if _mapping(storage.get("oss")):
         oss = _defaults(props["storage"]["properties"]["oss"], storage["oss"])
         if oss["signature_version"] == "v4" and not oss["region"]:
@@ -504,6 +530,61 @@ def _drill_problems(where: str, drill: dict[str, Any], mode: str) -> Iterable[st
         yield f"At '{where}.drill.server': target: server needs the server's connection"
     if drill.get("source") == "oss" and mode == "local":
         yield f"At '{where}.drill.source': the job stores locally only (mode: local)"
+
+
+def _identity_problems(data: dict[str, Any]) -> Iterable[str]:
+    """Yields an identity file kept beside the backups: whoever has the backups has the key."""
+    dirs_schema = schema()["properties"]["directories"]["properties"]
+    directories = _mapping(data.get("directories"))
+    kept = {
+        key: Path(directories.get(key) or dirs_schema[key]["default"])
+        for key in ("data", "reports")
+    }
+    places: list[tuple[str, Any]] = [
+        ("storage.encryption", _mapping(data.get("storage")).get("encryption"))
+    ]
+    jobs = data.get("jobs")
+    places += [
+        (f"jobs[{i}].encryption", _mapping(job).get("encryption"))
+        for i, job in enumerate(jobs if isinstance(jobs, list) else [])
+    ]
+    for where, encryption in places:
+        identity = _mapping(_mapping(_mapping(encryption).get("age")).get("identity"))
+        file = identity.get("file")
+        if not isinstance(file, str) or not os.path.isabs(file):
+            continue
+        for key, directory in kept.items():
+            if Path(file).is_relative_to(directory):
+                yield (
+                    f"At '{where}.age.identity': the identity is inside directories.{key}; keep "
+                    "the private key away from the backups (a systemd credential is best)"
+                )
+
+
+def _effective_encryption(job: dict[str, Any], storage: dict[str, Any]) -> dict[str, Any] | None:
+    """Returns the encryption mapping that applies to a raw job (its own, else storage's)."""
+    own = job.get("encryption")
+    if own is False:
+        return None
+    found = own or storage.get("encryption")
+    return found if isinstance(found, dict) else None
+
+
+def _has_recipients(encryption: object) -> bool:
+    age = _mapping(_mapping(encryption).get("age"))
+    return bool(age.get("recipients") or age.get("recipients_file"))
+
+
+def _encryption(raw: dict[str, Any] | None) -> AgeEncryption | None:
+    if not raw:
+        return None
+    age = raw["age"]
+    recipients_file = age.get("recipients_file")
+    return AgeEncryption(
+        recipients=tuple(age.get("recipients") or ()),
+        recipients_file=Path(recipients_file) if recipients_file else None,
+        identity=_secret(age.get("identity")),
+    )
 
 
 def _defaults(schema_node: dict[str, Any], given: dict[str, Any] | None) -> dict[str, Any]:
@@ -573,6 +654,8 @@ def _build(data: dict[str, Any], source: str) -> Config:
                 # YAML 1.1 reads a bare `off` as false; the schema allows both for "off".
                 row_counts=job["row_counts"] or "off",
                 drill=dict(job.get("drill") or {}),
+                encryption=_encryption(_effective_encryption(job, storage)),
+                own_encryption=bool(job.get("encryption")),
             )
         )
     return Config(

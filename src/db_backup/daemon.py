@@ -21,6 +21,7 @@ import structlog
 
 from db_backup.clock import utc_now
 from db_backup.config import Config, ConfigError, JobConfig, load
+from db_backup.crypto import check_config as check_encryption
 from db_backup.drill import DrillScheduler
 from db_backup.execute import CancelToken
 from db_backup.job import (
@@ -329,6 +330,7 @@ class Daemon:
         self.notifier.reloading()
         try:
             new = load(self.config_path)
+            check_encryption(new)
             for job in new.jobs:
                 check_directories(new, job)
         except ConfigError as exc:
@@ -416,6 +418,7 @@ def run_daemon(config_path: str) -> int:
     """Entry point of `db-backup daemon`: 78 on a bad config, 1 if it cannot start, 0 at stop."""
     try:
         config = load(config_path)
+        check_encryption(config)
     except ConfigError as exc:
         print(f"db-backup: {exc}", file=sys.stderr)
         return 78  # EX_CONFIG, as the other commands; the unit does not restart on it

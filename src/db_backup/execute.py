@@ -16,7 +16,8 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import NoReturn
 
 from db_backup.secrets import is_secret, mask
 
@@ -267,6 +268,11 @@ class StreamingChild(_Child):
         with contextlib.suppress(OSError):
             fcntl.fcntl(self._stdout_fd, F_SETPIPE_SZ, PIPE_SIZE)
 
+    @property
+    def stdout_fd(self) -> int:
+        """Returns the file descriptor of the child's stdout (for a FilterChild to pump)."""
+        return self._stdout_fd
+
     def chunks(self, size: int, cancel: CancelToken | None = None) -> Iterator[bytes]:
         """Yields stdout in pieces of at most `size` bytes until EOF; stops the child if cancelled."""
         while True:
@@ -327,3 +333,170 @@ class FeedingChild(_Child):
         with contextlib.suppress(BrokenPipeError, ValueError, OSError):
             self._stdin.close()
         super().terminate(grace)
+
+
+class FilterChild:
+    """A child that transforms a byte stream (age): we write its stdin and read its stdout.
+
+    `pump` moves a source child's stdout through it in one thread with select(), so neither
+    side can block the other: bytes are read from the source only when the filter took the
+    previous ones, and the filter's output is drained whenever it is ready. With
+    `with_stdin=False` the child reads its input itself (a file named in argv; see `output`).
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        *,
+        with_stdin: bool = True,
+    ) -> None:
+        self.program = os.path.basename(argv[0])
+        try:
+            self._proc = subprocess.Popen(
+                list(argv),
+                env=dict(env) if env is not None else child_env(),
+                stdin=subprocess.PIPE if with_stdin else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+        except FileNotFoundError:
+            raise CommandError(
+                self.program, None, "", f"{self.program} not found on PATH"
+            ) from None
+        assert self._proc.stdout is not None and self._proc.stderr is not None
+        self.stdout_fd = self._proc.stdout.fileno()
+        self.stdin_fd = self._proc.stdin.fileno() if self._proc.stdin is not None else -1
+        for fd in (self.stdout_fd, self.stdin_fd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
+        if self.stdin_fd >= 0:
+            os.set_blocking(self.stdin_fd, False)
+        self._stderr = StderrTail(self._proc.stderr)
+
+    @property
+    def pid(self) -> int:
+        """Returns the child's process id."""
+        return self._proc.pid
+
+    def pump(
+        self,
+        source_fd: int,
+        size: int,
+        cancel: CancelToken | None = None,
+        observe_input: Callable[[bytes], None] | None = None,
+    ) -> Iterator[bytes]:
+        """Feeds `source_fd` (to EOF) into the child and yields its output until it ends.
+
+        `observe_input` sees every input chunk first (the plaintext's checksum). Raises
+        CommandError when the child stops reading or ends its output before the input ended,
+        Cancelled (after stopping the child) when `cancel` fires.
+        """
+        pending = memoryview(b"")
+        source_open = True
+        while True:
+            if cancel is not None and cancel.is_cancelled():
+                self.terminate()
+                raise Cancelled(cancel.reason)
+            readable = [self.stdout_fd]
+            if source_open and not pending:
+                readable.append(source_fd)
+            writable = [self.stdin_fd] if pending else []
+            ready_read, ready_write, _ = select.select(readable, writable, [], 0.5)
+            if source_fd in ready_read:
+                data = os.read(source_fd, size)
+                if data:
+                    if observe_input is not None:
+                        observe_input(data)
+                    pending = memoryview(data)
+                else:
+                    source_open = False
+                    self.close_stdin()
+            if ready_write:
+                try:
+                    written = os.write(self.stdin_fd, pending)
+                except BlockingIOError:
+                    written = 0
+                except BrokenPipeError:
+                    self.fail(f"{self.program} stopped reading its input")
+                pending = pending[written:]
+                if not pending and not source_open:
+                    self.close_stdin()
+            if self.stdout_fd in ready_read:
+                out = os.read(self.stdout_fd, size)
+                if not out:
+                    if source_open or pending:
+                        self.fail(f"{self.program} ended its output before its input ended")
+                    return
+                yield out
+
+    def output(self, size: int, cancel: CancelToken | None = None) -> Iterator[bytes]:
+        """Yields the child's stdout until EOF (when it reads its input itself)."""
+        while True:
+            if cancel is not None and cancel.is_cancelled():
+                self.terminate()
+                raise Cancelled(cancel.reason)
+            ready, _, _ = select.select([self.stdout_fd], [], [], 0.5)
+            if not ready:
+                continue
+            out = os.read(self.stdout_fd, size)
+            if not out:
+                return
+            yield out
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Returns the child's exit status, or None if it still runs after `timeout` seconds."""
+        try:
+            return self._proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def close_stdin(self) -> None:
+        """Tells the child its input ended (EOF)."""
+        if self._proc.stdin is not None and not self._proc.stdin.closed:
+            with contextlib.suppress(OSError):
+                self._proc.stdin.close()
+
+    def stderr_tail(self) -> str:
+        """Returns the last lines the child wrote to stderr, secrets masked."""
+        return self._stderr.text()
+
+    def terminate(self, grace: float = TERMINATE_GRACE_SECONDS) -> None:
+        """Stops the child: SIGTERM, then SIGKILL after `grace` seconds; closes our pipe ends."""
+        self.close_stdin()
+        if self._proc.poll() is None:
+            try:
+                os.killpg(self._proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            else:
+                try:
+                    self._proc.wait(timeout=grace)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(self._proc.pid, signal.SIGKILL)
+                    self._proc.wait()
+        assert self._proc.stdout is not None
+        self._proc.stdout.close()
+
+    def check(self) -> None:
+        """Waits for exit and raises CommandError unless the child exited 0."""
+        self.close_stdin()
+        assert self._proc.stdout is not None
+        self._proc.stdout.close()
+        code = self._proc.wait()
+        if code != 0:
+            raise CommandError(self.program, code, self.stderr_tail())
+
+    def fail(self, what: str) -> NoReturn:
+        """Raises CommandError: the child's own failure if it exited non-zero, else `what`."""
+        self.close_stdin()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._proc.wait(timeout=2.0)  # it is usually on its way out: let it say why
+        self.terminate(grace=2.0)
+        code = self._proc.returncode
+        if code:
+            raise CommandError(self.program, code, self.stderr_tail())
+        raise CommandError(self.program, code, self.stderr_tail(), what)

@@ -22,11 +22,12 @@ from typing import Any
 
 import structlog
 
-from db_backup import pg, report_index, rowcounts
+from db_backup import crypto, pg, report_index, rowcounts
 from db_backup.claims import Claim, claim_stem, stale_claims, unclaimed
 from db_backup.clock import utc_now
 from db_backup.config import Config, JobConfig
-from db_backup.execute import Cancelled, CancelToken, CommandError
+from db_backup.crypto import EncryptionError
+from db_backup.execute import Cancelled, CancelToken, CommandError, StreamingChild
 from db_backup.fsutil import describe_os_error
 from db_backup.report import FAILED, SUCCESS, Report, write_report
 from db_backup.retention import Backup, choose_expired
@@ -52,7 +53,15 @@ class JobSetupError(Exception):
 
 
 # Errors a run expects and reports in words; anything else is a bug, reported all the same.
-EXPECTED_ERRORS = (JobSetupError, SecretError, CommandError, StorageError, Cancelled, OSError)
+EXPECTED_ERRORS = (
+    JobSetupError,
+    SecretError,
+    CommandError,
+    StorageError,
+    EncryptionError,
+    Cancelled,
+    OSError,
+)
 
 
 def describe_error(exc: BaseException, where: Path | str = "") -> str:
@@ -202,6 +211,8 @@ class StreamOutcome:
     stored: dict[str, StoredObject] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     checksum_text: str = ""
+    plaintext_sha256: str = ""  # when encrypted: of pg_dump's output (sha256/size: stored bytes)
+    plaintext_size: int = 0
 
 
 @dataclass
@@ -223,6 +234,8 @@ class _Run:
     versions: tuple[str, str] = ("", "")
     globals_staged: Path | None = None  # this run's pg_dumpall output, stored per database
     globals_error: str = ""
+    recipients: list[str] = field(default_factory=list)  # age public keys; empty: no encryption
+    globals_checksums: dict[str, str] = field(default_factory=dict)  # when encrypted
     reported: set[str] = field(default_factory=set)
 
     @property
@@ -267,6 +280,7 @@ class _Run:
             attempt=self.attempt,
             pg_dump_version=self.versions[0],
             server_version=self.versions[1],
+            encryption=crypto.encryption_summary(self.recipients) if self.recipients else None,
         )
 
     def execute(self) -> None:
@@ -280,6 +294,10 @@ class _Run:
                 log.warning("removed temporary file of an interrupted run", job=job.name, file=path)
             shutil.rmtree(self.staging, ignore_errors=True)  # left by a killed run of this job
             self.staging.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if job.encryption is not None:
+                # Before anything is dumped: a refused key must not leave a run half done.
+                self.recipients = crypto.recipients_of(job.encryption)
+                crypto.check_recipients(self.recipients)
             with pg.connection_env(job, self.private) as env:
                 self.env = env
                 self.targets = make_targets(self.config, job)
@@ -415,11 +433,24 @@ class _Run:
             if self.progress is not None:
                 self.progress(self.job.name, database, DUMP_DONE)
 
+    def globals_name(self, stem: str) -> str:
+        """Returns the stored name of the globals file of `stem` (`.age` when encrypted)."""
+        return crypto.stored_name(f"{stem}_globals.sql", bool(self.recipients))
+
     def dump_globals(self) -> None:
-        """Runs pg_dumpall --globals-only once per run into the staging directory."""
-        path = self.staging / "globals.sql"
+        """Runs pg_dumpall --globals-only once per run into the staging directory.
+
+        Encrypted, the output goes through age on its way to the file: the password hashes
+        it holds never touch the disk in the clear.
+        """
+        path = self.staging / crypto.stored_name("globals.sql", bool(self.recipients))
         try:
-            pg.dump_globals(self.job, self.env, path)
+            if self.recipients:
+                child = pg.start_globals(self.job, self.env)
+                plain, stored = _encrypt_to_file(child, self.recipients, path, self.cancel)
+                self.globals_checksums = {"globalsPlaintextSha256": plain, "globalsSha256": stored}
+            else:
+                pg.dump_globals(self.job, self.env, path)
         except CommandError as exc:
             self.globals_error = f"globals (pg_dumpall --globals-only) failed: {exc}"
             return
@@ -436,13 +467,18 @@ class _Run:
     ) -> None:
         """Streams one pg_dump to every target, then its globals and .sha256; fills the report."""
         job = self.job
-        dump_name = f"{report.stem}{pg.extension(job.dump.format)}"
-        globals_name = f"{report.stem}_globals.sql" if self.globals_staged else ""
+        encrypted = bool(self.recipients)
+        dump_name = crypto.stored_name(f"{report.stem}{pg.extension(job.dump.format)}", encrypted)
+        globals_name = self.globals_name(report.stem) if self.globals_staged else ""
         checksum_name = f"{dump_name}.sha256"
         names = [n for n in (dump_name, globals_name, checksum_name) if n]
         claim.intend({target.name: names for target in self.targets})
         snapshot = snap.snapshot_id  # pg_dump imports it: the counts match the dump
         if job.dump.format == "directory":
+            if encrypted:
+                raise JobSetupError(
+                    "the directory format cannot be encrypted (check-config says so)"
+                )
             outcome = _dump_directory(
                 job, self.env, self.targets, database, dump_name, self.cancel, snapshot
             )
@@ -461,10 +497,17 @@ class _Run:
                 self.progress,
                 hint,
                 snapshot,
+                self.recipients,
             )
         snap.record(report, self.cancel)
         report.sha256 = outcome.sha256
         report.size_bytes = outcome.size
+        if report.encryption is not None:
+            report.encryption.update(
+                plaintextSha256=outcome.plaintext_sha256,
+                plaintextSizeBytes=outcome.plaintext_size,
+                **(self.globals_checksums if self.globals_staged else {}),
+            )
         checksum_path = self.staging / checksum_name
         checksum_path.write_text(outcome.checksum_text, encoding="utf-8")
         for target in self.targets:
@@ -495,7 +538,7 @@ class _Run:
         try:
             globals_obj = None
             if self.globals_staged is not None:
-                globals_name = f"{report.stem}_globals.sql"
+                globals_name = self.globals_name(report.stem)
                 globals_obj = target.put_file(self.globals_staged, globals_name)
                 names.append(globals_name)
             checksum_obj = target.put_file(checksum_path, checksum_path.name)
@@ -572,8 +615,13 @@ def _stream_dump(
     progress: ProgressCallback | None,
     size_hint: int | None = None,
     snapshot: str | None = None,
+    recipients: list[str] | None = None,
 ) -> StreamOutcome:
-    """Feeds pg_dump's stdout to sha256 and every target's sink in one pass."""
+    """Feeds pg_dump's stdout to sha256 and every target's sink in one pass.
+
+    With `recipients`, the stream goes through `age --encrypt` first: the sinks (and the
+    checksum) see only ciphertext, and the plaintext's checksum is kept beside it.
+    """
     failed: dict[str, str] = {}
     sinks = {}
     try:
@@ -584,11 +632,30 @@ def _stream_dump(
                 failed[target.name] = str(exc)
         if not sinks:
             raise StorageError("; ".join(f"{n}: {e}" for n, e in failed.items()))
-        child = pg.start_dump(job, env, database, snapshot)
+        plain = hashlib.sha256()
+        plain_size = 0
+
+        def observe(data: bytes) -> None:
+            nonlocal plain_size
+            plain.update(data)
+            plain_size += len(data)
+
+        encryptor = crypto.start_encryption(recipients) if recipients else None
+        try:
+            child = pg.start_dump(job, env, database, snapshot)
+        except BaseException:
+            if encryptor is not None:
+                encryptor.terminate()
+            raise
         digest = hashlib.sha256()
         size = 0
         try:
-            for chunk in child.chunks(CHUNK_SIZE, cancel):
+            stream = (
+                encryptor.pump(child.stdout_fd, CHUNK_SIZE, cancel, observe)
+                if encryptor is not None
+                else child.chunks(CHUNK_SIZE, cancel)
+            )
+            for chunk in stream:
                 digest.update(chunk)
                 size += len(chunk)
                 for name, sink in list(sinks.items()):
@@ -611,14 +678,20 @@ def _stream_dump(
                 if progress is not None:
                     progress(job.name, database, size)
             child.check()
+            if encryptor is not None:
+                encryptor.check()
         except BaseException:
             child.terminate()
+            if encryptor is not None:
+                encryptor.terminate()
             raise
         log.debug("dump stream ended", job=job.name, database=database, bytes=size)
         sha256 = digest.hexdigest()
         outcome = StreamOutcome(
             sha256, size, failed=failed, checksum_text=f"{sha256}  {dump_name}\n"
         )
+        if encryptor is not None:
+            outcome.plaintext_sha256, outcome.plaintext_size = plain.hexdigest(), plain_size
         # Commit every target at once: the local fsync overlaps the upload's last parts.
         with ThreadPoolExecutor(max_workers=len(sinks), thread_name_prefix="commit") as pool:
             futures = {name: pool.submit(sink.commit, sha256) for name, sink in sinks.items()}
@@ -633,6 +706,30 @@ def _stream_dump(
     finally:
         for sink in sinks.values():
             sink.abort()
+
+
+def _encrypt_to_file(
+    child: StreamingChild, recipients: list[str], path: Path, cancel: CancelToken
+) -> tuple[str, str]:
+    """Encrypts `child`'s stdout with age into a new 0600 file; returns (plain, stored) sha256."""
+    plain, stored = hashlib.sha256(), hashlib.sha256()
+    encryptor = None
+    try:
+        encryptor = crypto.start_encryption(recipients)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            for chunk in encryptor.pump(child.stdout_fd, CHUNK_SIZE, cancel, plain.update):
+                stored.update(chunk)
+                out.write(chunk)
+        child.check()
+        encryptor.check()
+    except BaseException:
+        child.terminate()
+        if encryptor is not None:
+            encryptor.terminate()
+        path.unlink(missing_ok=True)
+        raise
+    return plain.hexdigest(), stored.hexdigest()
 
 
 def _remove_partial(targets: list[Target], stored: dict[str, list[str]], report: Report) -> None:

@@ -169,17 +169,23 @@ def start_dump(
     return StreamingChild(dump_argv(job, database, snapshot=snapshot), env=env)
 
 
+def globals_argv(job: JobConfig, path: Path | None = None) -> list[str]:
+    """Returns the pg_dumpall --globals-only argv (stdout unless `path` is given)."""
+    argv = ["pg_dumpall", *_conn_args(job), "--globals-only", "--dbname=dbname=postgres"]
+    if path is not None:
+        argv.append(f"--file={path}")
+    return argv
+
+
 def dump_globals(job: JobConfig, env: dict[str, str], path: Path) -> None:
     """Writes roles and tablespaces (pg_dumpall --globals-only) to `path`, mode 0600."""
-    argv = [
-        "pg_dumpall",
-        *_conn_args(job),
-        "--globals-only",
-        "--dbname=dbname=postgres",
-        f"--file={path}",
-    ]
     path.touch(mode=0o600)
-    run(argv, env=env)
+    run(globals_argv(job, path), env=env)
+
+
+def start_globals(job: JobConfig, env: dict[str, str]) -> StreamingChild:
+    """Starts pg_dumpall --globals-only writing to its stdout (to be encrypted on the way)."""
+    return StreamingChild(globals_argv(job), env=env)
 
 
 def dump_to_directory(

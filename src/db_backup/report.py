@@ -97,6 +97,8 @@ class Report:
     row_counts: str | None = None  # exact | estimate | off | failed; None: the dump did not end
     tables: dict[str, int | None] | None = None  # format('%I.%I', schema, table) -> rows
     row_counts_error: str = ""
+    # None: not encrypted; else method, recipient fingerprints and the plaintext's checksums.
+    encryption: dict[str, Any] | None = None
     hostname: str = field(default_factory=socket.gethostname)
 
     @property
@@ -147,6 +149,7 @@ class Report:
             "rowCounts": self.row_counts,
             "tables": dict(self.tables) if self.tables is not None else None,
             "rowCountsError": mask(self.row_counts_error),
+            "encryption": dict(self.encryption) if self.encryption is not None else None,
         }
 
 

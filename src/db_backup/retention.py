@@ -49,15 +49,15 @@ def choose_expired(
 
 
 # What this program appends to a stem: the report, the dump (custom, plain or directory format),
-# the globals file, each possibly with its .sha256.
-OWN_SUFFIX = re.compile(r"\.json|(?:\.dump|\.sql|\.dump\.d|_globals\.sql)(?:\.sha256)?")
+# the globals file, each possibly encrypted (.age) and possibly with its .sha256.
+OWN_SUFFIX = re.compile(r"\.json|(?:\.dump|\.sql|\.dump\.d|_globals\.sql)(?:\.age)?(?:\.sha256)?")
 
 
 def backup_of(report: StoredReport) -> Backup:
     """Returns the retention view of a stored report.
 
     Only plain file names that belong to the report's own stem (`<stem>.dump`, `<stem>.dump.sha256`,
-    `<stem>_globals.sql`, ...) are ever candidates: a name with a directory part, "..", or another
+    `<stem>_globals.sql`, `<stem>.dump.age`, ...) are ever candidates: a name with a directory part, "..", or another
     backup's stem, whoever wrote it into the report, is ignored.
     """
     doc = report.document

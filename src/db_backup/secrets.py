@@ -41,6 +41,40 @@ def resolve(ref: SecretRef, purpose: str) -> str:
     return value
 
 
+def resolve_text(ref: SecretRef, purpose: str, max_bytes: int = 64 * 1024) -> str:
+    """Returns the whole secret `ref` points to (every line of a file), registering nothing.
+
+    For multi-line secrets (an age key file: comments, then the key); the caller registers
+    the parts that are secret. Errors name the reference, never the content.
+    """
+    if ref.kind == "env":
+        value = os.environ.get(ref.name)
+        if value is None:
+            raise SecretError(f"{purpose}: environment variable {ref.name} is not set")
+        return value
+    if ref.kind == "credential":
+        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            raise SecretError(
+                f"{purpose}: credential {ref.name!r} needs $CREDENTIALS_DIRECTORY "
+                "(set LoadCredential= in the unit)"
+            )
+        path = Path(directory) / ref.name
+    else:
+        path = Path(ref.name)
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(max_bytes)
+    except OSError as exc:
+        raise SecretError(f"{purpose}: cannot read {path}: {exc.strerror}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SecretError(
+            f"{purpose}: {path} is not UTF-8 text (invalid byte at offset {exc.start})"
+        ) from None
+
+
 def register(value: str) -> None:
     """Adds `value` to the strings that `mask` hides."""
     if len(value) >= 3:

@@ -371,3 +371,99 @@ def test_cross_field_rules_take_their_defaults_from_the_schema(
     changed["properties"]["storage"]["properties"]["mode"]["default"] = "local"
     monkeypatch.setattr(config_module, "schema", lambda: changed)
     assert loads(MINIMAL).jobs[0].mode == "local"
+
+
+RECIPIENT = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"
+LOCAL = "\nstorage:\n  mode: local\n"
+
+
+def test_storage_encryption_is_every_jobs_default_and_a_job_can_override_or_turn_it_off() -> None:
+    config = loads(f"""
+storage:
+  mode: local
+  encryption:
+    age:
+      recipients: [{RECIPIENT}]
+      identity: {{credential: age-identity}}
+jobs:
+  - {{name: inherits, schedule: "0 2 * * *", databases: a}}
+  - {{name: unencrypted, schedule: "0 2 * * *", databases: a, encryption: false}}
+  - name: own
+    schedule: "0 2 * * *"
+    databases: a
+    encryption: {{age: {{recipients_file: /etc/db-backup/age-recipients.txt}}}}
+""")
+    inherits, unencrypted, own = config.jobs
+    assert inherits.encryption is not None
+    assert inherits.encryption.recipients == (RECIPIENT,)
+    assert inherits.encryption.identity is not None
+    assert inherits.encryption.identity.describe() == "credential 'age-identity'"
+    assert unencrypted.encryption is None
+    assert own.encryption is not None and own.encryption.recipients == ()
+    assert str(own.encryption.recipients_file) == "/etc/db-backup/age-recipients.txt"
+    assert own.encryption.identity is None
+    assert loads(MINIMAL + LOCAL).jobs[0].encryption is None
+
+
+def test_encryption_mistakes_are_named_with_their_place() -> None:
+    found = problems(f"""
+storage:
+  mode: local
+  encryption:
+    age:
+      recipients: [{RECIPIENT.upper()}, "age1short", "AGE-SECRET-KEY-1ABC"]
+      passphrase: x
+jobs:
+  - {{name: a, schedule: "0 2 * * *", databases: a, encryption: true}}
+""")
+    text = "\n".join(found)
+    assert "At 'storage.encryption.age.recipients[0]'" in text
+    assert "At 'storage.encryption.age.recipients[1]'" in text
+    assert "At 'storage.encryption.age.recipients[2]'" in text
+    assert "At 'storage.encryption.age.passphrase': unknown key" in text
+    assert "At 'jobs[0].encryption'" in text
+
+
+def test_encryption_needs_a_recipient_and_refuses_the_directory_format() -> None:
+    found = problems("""
+storage:
+  mode: local
+  encryption: {age: {}}
+jobs:
+  - {name: a, schedule: "0 2 * * *", databases: a, dump: {format: directory}}
+  - {name: b, schedule: "0 2 * * *", databases: a, dump: {format: directory}, encryption: false}
+  - {name: c, schedule: "0 2 * * *", databases: a, encryption: {age: {recipients: []}}}
+""")
+    assert found == [
+        "At 'jobs[0].dump.format': the directory format cannot be encrypted; use format custom "
+        "(or plain), or set encryption: false on this job",
+        "At 'jobs[2].encryption.age': needs at least one recipient (recipients or recipients_file)",
+        "At 'storage.encryption.age': needs at least one recipient (recipients or recipients_file)",
+    ]
+
+
+def test_an_identity_file_beside_the_backups_is_refused() -> None:
+    found = problems(f"""
+directories: {{data: /srv/backups/data}}
+storage:
+  mode: local
+  encryption:
+    age:
+      recipients: [{RECIPIENT}]
+      identity: {{file: /srv/backups/data/key.txt}}
+jobs:
+  - name: a
+    schedule: "0 2 * * *"
+    databases: a
+    encryption: {{age: {{recipients: [{RECIPIENT}], identity: {{file: /data/db-backups/reports/k}}}}}}
+  - name: b
+    schedule: "0 2 * * *"
+    databases: a
+    encryption: {{age: {{recipients: [{RECIPIENT}], identity: {{file: /etc/db-backup/age.key}}}}}}
+""")
+    assert found == [
+        "At 'storage.encryption.age.identity': the identity is inside directories.data; keep the "
+        "private key away from the backups (a systemd credential is best)",
+        "At 'jobs[0].encryption.age.identity': the identity is inside directories.reports; keep "
+        "the private key away from the backups (a systemd credential is best)",
+    ]

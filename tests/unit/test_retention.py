@@ -94,3 +94,25 @@ def test_artefacts_that_are_not_a_list_are_ignored_not_a_traceback() -> None:
     }
     backup = backup_of(StoredReport(Path("/reports/shop_1.json"), document))
     assert backup.files == ("shop_1.json",) and not backup.successful
+
+
+def test_encrypted_names_of_the_own_stem_are_owned_and_others_are_not() -> None:
+    from db_backup.retention import owned_by
+
+    stem = "shop_20261123T020000Z_host"
+    for suffix in (
+        ".dump.age",
+        ".dump.age.sha256",
+        "_globals.sql.age",
+        ".sql.age",
+        ".sql.age.sha256",
+    ):
+        assert owned_by(stem + suffix, stem), suffix
+    for name in (
+        f"{stem}.age",
+        f"{stem}.dump.age.bak",
+        f"{stem}.json.age",
+        f"other_{stem}.dump.age",
+        f"../{stem}.dump.age",
+    ):
+        assert not owned_by(name, stem), name
