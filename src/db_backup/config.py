@@ -536,10 +536,11 @@ def _identity_problems(data: dict[str, Any]) -> Iterable[str]:
     """Yields an identity file kept beside the backups: whoever has the backups has the key."""
     dirs_schema = schema()["properties"]["directories"]["properties"]
     directories = _mapping(data.get("directories"))
-    kept = {
-        key: Path(directories.get(key) or dirs_schema[key]["default"])
-        for key in ("data", "reports")
-    }
+    kept = {}
+    for key in ("data", "reports"):
+        value = directories.get(key) or dirs_schema[key]["default"]
+        if isinstance(value, str):  # the schema pass names any other type
+            kept[key] = Path(value)
     places: list[tuple[str, Any]] = [
         ("storage.encryption", _mapping(data.get("storage")).get("encryption"))
     ]
