@@ -15,7 +15,7 @@ from typing import Any
 
 from db_backup import __version__
 from db_backup.clock import format_utc, parse_utc, to_the_second, utc_now
-from db_backup.config import Config, ConfigError, config_path, load
+from db_backup.config import Config, ConfigError, SecretRef, config_path, load
 from db_backup.secrets import SecretError
 
 EXIT_OK = 0
@@ -182,6 +182,12 @@ def _add_restore_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         "-j", "--jobs", type=_positive, default=2, help="pg_restore parallel jobs (default 2)"
     )
     restore.add_argument("--from-oss", action="store_true", help="use the OSS copy, not local")
+    restore.add_argument(
+        "--identity",
+        metavar="FILE",
+        help="age identity (private key) file for an encrypted backup "
+        "(default: the job's encryption.age.identity)",
+    )
     restore.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     restore.add_argument("--host", help="target server (default: the job's connection)")
     restore.add_argument("--port", type=_positive, help="target port")
@@ -506,6 +512,7 @@ def _cmd_restore(config: Config, args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         skip_tablespaces=args.no_tablespaces,
         prefer_remote=args.from_oss,
+        identity=SecretRef("file", args.identity) if args.identity else None,
     )
     try:
         source = resolve_source(

@@ -37,6 +37,7 @@ import structlog
 
 from db_backup.clock import format_utc, parse_utc, utc_now
 from db_backup.config import Config, Connection, JobConfig, SecretRef, schema
+from db_backup.crypto import EncryptionError
 from db_backup.execute import Cancelled, CancelToken, CommandError, child_env, run
 from db_backup.job import job_lock
 from db_backup.report import (
@@ -58,13 +59,13 @@ from db_backup.restore import (
     drop_database,
     explain_restore_error,
     fetch,
-    list_archive,
     psql_script,
-    restore_argv,
-    restore_globals,
-    run_child,
+    read_globals,
+    restore_globals_text,
+    run_restore,
     server_env,
     source_from_report,
+    unlock,
 )
 from db_backup.secrets import SecretError, mask
 from db_backup.storage.base import StorageError
@@ -678,6 +679,7 @@ class _Drill:
         target_db = database if cluster else self.scratch_name(len(self.scratch) + 1)
         document["target"]["database"] = target_db
         created = False
+        keys = contextlib.ExitStack()  # the age identity file, while this backup is drilled
         try:
             self.cancel.raise_if_cancelled()
             prefer_remote = self.settings.source == "oss" or (
@@ -692,13 +694,16 @@ class _Drill:
                 self.config, source, self.root / "download", self.cancel, self.settings.globals
             )
             document["sha256"] = fetched.sha256
-            list_archive(fetched, source, server.env)
+            identity = unlock(keys, self.config, source, fetched, server.env)
             document["target"]["serverVersion"] = psql_script(
                 server, "postgres", "SHOW server_version;\n"
             ).strip()
             if self.settings.globals and not self.globals_done:
                 if fetched.globals_file is not None:
-                    restore_globals(server, fetched.globals_file, skip_tablespaces=True)
+                    text = read_globals(fetched, identity, source)
+                    restore_globals_text(
+                        server, text, fetched.globals_file.name, skip_tablespaces=True
+                    )
                     self.globals_done = True
                 else:
                     log.warning(
@@ -718,12 +723,8 @@ class _Drill:
             options = RestoreOptions(jobs=self.settings.jobs, skip_tablespaces=True)
             restore_started = time.monotonic()
             try:
-                run_child(
-                    restore_argv(server, source, fetched.dump, target_db, options),
-                    server.env,
-                    self.cancel,
-                )
-            except CommandError as exc:
+                run_restore(server, source, fetched, target_db, options, identity, self.cancel)
+            except (CommandError, EncryptionError) as exc:
                 raise DrillError(
                     f"restore failed: {explain_restore_error(mask(str(exc)), source)}"
                 ) from None
@@ -747,6 +748,7 @@ class _Drill:
         except OSError as exc:
             document["errorMessage"] = f"{exc.filename or self.root}: {exc.strerror or exc}"
         finally:
+            keys.close()
             shutil.rmtree(self.root / "download", ignore_errors=True)
             if created and cluster:
                 # Frees the disk for the next database; the cluster goes after the last one.

@@ -260,8 +260,12 @@ class _Child:
 class StreamingChild(_Child):
     """A child whose stdout is read in chunks while it runs (pg_dump feeding the sinks)."""
 
-    def __init__(self, argv: Sequence[str], env: Mapping[str, str] | None = None) -> None:
-        super().__init__(argv, env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+    def __init__(
+        self, argv: Sequence[str], env: Mapping[str, str] | None = None, stdin: int | None = None
+    ) -> None:
+        """Starts the child; `stdin` is a file descriptor it reads (default: nothing)."""
+        stdin_fd = subprocess.DEVNULL if stdin is None else stdin
+        super().__init__(argv, env, stdin=stdin_fd, stdout=subprocess.PIPE)
         assert self._proc.stdout is not None
         self._stdout_fd = self._proc.stdout.fileno()
         # A 1 MiB pipe instead of 64 KiB: the child blocks and wakes us far less often.

@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import shlex
 import shutil
@@ -31,16 +32,23 @@ from pathlib import Path
 from typing import Any
 
 from db_backup import pg
-from db_backup.config import Config, Connection, JobConfig
+from db_backup.config import Config, Connection, JobConfig, SecretRef
+from db_backup.crypto import EncryptionError
 from db_backup.execute import Cancelled, CancelToken, CommandError, StreamingChild
 from db_backup.report import SUCCESS, load_reports, seed_field_problems
-from db_backup.secrets import mask
+from db_backup.secrets import SecretError, mask
 from db_backup.storage.base import StorageError
 from db_backup.storage.local import describe_os_error
 
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-FORMAT_OF_SUFFIX = (("dump.d", "directory"), (".dump", "custom"), (".sql", "plain"))
+FORMAT_OF_SUFFIX = (
+    ("dump.d", "directory"),
+    (".dump", "custom"),
+    (".sql", "plain"),
+    (".dump.age", "custom"),  # encrypted with age (issue 13): decrypted on the way in
+    (".sql.age", "plain"),
+)
 CREATE_ROLE_RE = re.compile(r'^CREATE ROLE ((?:"(?:[^"]|"")+")|[^\s;"]+);$')
 TABLESPACE_RE = re.compile(
     r"^(CREATE TABLESPACE |ALTER TABLESPACE |COMMENT ON TABLESPACE |SECURITY LABEL .* ON TABLESPACE"
@@ -112,7 +120,7 @@ def dump_format_of(name: str) -> str:
 
 
 def _stem_of(dump_name: str) -> str:
-    for suffix in (".dump.d", ".dump", ".sql"):
+    for suffix in (".dump.d", ".dump.age", ".sql.age", ".dump", ".sql"):
         if dump_name.endswith(suffix):
             return dump_name[: -len(suffix)]
     return dump_name
@@ -136,7 +144,11 @@ def source_from_report(
         artefacts = [Path(str(document["local"]["file"])).name]
     dump_name = safe_file_name(artefacts[0])
     fmt = dump_format_of(dump_name)
-    globals_names = [a for a in artefacts if isinstance(a, str) and a.endswith("_globals.sql")]
+    globals_names = [
+        a
+        for a in artefacts
+        if isinstance(a, str) and a.endswith(("_globals.sql", "_globals.sql.age"))
+    ]
     expected = str(document["local"].get("checksumSha256", "")).lower()
     if expected and not SHA256_RE.match(expected):
         raise RestoreError(f"{report_file or 'report'}: checksumSha256 is not a sha256")
@@ -550,9 +562,14 @@ def psql_script(
     return run(argv, env=server.env, timeout=timeout, input_bytes=script.encode("utf-8"))
 
 
-def run_child(argv: list[str], env: dict[str, str], cancel: CancelToken | None) -> None:
-    """Runs a long child (pg_restore, psql -f) to the end; a cancel stops it; raises on failure."""
-    child = StreamingChild(argv, env=env)
+def run_child(
+    argv: list[str], env: dict[str, str], cancel: CancelToken | None, stdin: int | None = None
+) -> None:
+    """Runs a long child (pg_restore, psql -f) to the end; a cancel stops it; raises on failure.
+
+    `stdin` is a file descriptor the child reads (a decrypted stream), else nothing.
+    """
+    child = StreamingChild(argv, env=env, stdin=stdin)
     try:
         for _ in child.chunks(64 * 1024, cancel):
             pass
@@ -643,6 +660,17 @@ def restore_globals(
         text = globals_file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise RestoreError(f"{globals_file}: cannot read the globals file ({exc})") from None
+    restore_globals_text(server, text, globals_file.name, skip_tablespaces, existing_tablespaces)
+
+
+def restore_globals_text(
+    server: Server,
+    text: str,
+    name: str,
+    skip_tablespaces: bool = False,
+    existing_tablespaces: bool = True,
+) -> None:
+    """Restores roles (and tablespaces) from the text of a globals file (see restore_globals)."""
     script = globals_script(text, skip_tablespaces)
     if existing_tablespaces and not skip_tablespaces:
         names = psql_script(server, "postgres", "SELECT spcname FROM pg_tablespace;\n").split("\n")
@@ -658,9 +686,7 @@ def restore_globals(
     try:
         psql_script(server, "postgres", script)
     except CommandError as exc:
-        raise RestoreError(
-            f"restoring roles and tablespaces from {globals_file.name} failed: {exc}"
-        ) from None
+        raise RestoreError(f"restoring roles and tablespaces from {name} failed: {exc}") from None
 
 
 def _quote_ident(name: str) -> str:
@@ -723,6 +749,7 @@ class RestoreOptions:
     dry_run: bool = False
     skip_tablespaces: bool = False
     prefer_remote: bool = False
+    identity: SecretRef | None = None  # age identity (--identity); default: the job's
 
 
 @dataclass
@@ -738,9 +765,17 @@ class RestoreResult:
 
 
 def restore_argv(
-    server: Server, source: BackupSource, dump: Path, database: str, options: RestoreOptions
+    server: Server,
+    source: BackupSource,
+    dump: Path | None,
+    database: str,
+    options: RestoreOptions,
 ) -> list[str]:
-    """Returns the pg_restore (or psql, for plain dumps) command line of the restore."""
+    """Returns the pg_restore (or psql, for plain dumps) command line of the restore.
+
+    `dump` None: the dump arrives on stdin (decrypted on the way), so pg_restore cannot use
+    parallel jobs (it needs to seek).
+    """
     if source.dump_format == "plain":
         return [
             "psql",
@@ -750,16 +785,132 @@ def restore_argv(
             "--quiet",
             "--set=ON_ERROR_STOP=1",
             "--file",
-            str(dump),
+            str(dump) if dump is not None else "-",
         ]
     argv = ["pg_restore", *server.conn_args(), dbname_arg(database), "--exit-on-error"]
-    argv.append(f"--jobs={max(options.jobs, 1)}")
+    if dump is not None:
+        argv.append(f"--jobs={max(options.jobs, 1)}")
     if options.clean:
         argv += ["--clean", "--if-exists"]
     if options.skip_tablespaces:
         argv.append("--no-tablespaces")
-    argv.append(str(dump))
+    if dump is not None:
+        argv.append(str(dump))
     return argv
+
+
+# --------------------------------------------------------------------------- encrypted backups
+
+
+def identity_ref(
+    config: Config, source: BackupSource, override: SecretRef | None = None
+) -> SecretRef | None:
+    """Returns the age identity for `source`: `override`, else its job's encryption.age.identity."""
+    if override is not None:
+        return override
+    job_name = str((source.report or {}).get("job", ""))
+    for job in config.jobs:
+        if job.name == job_name and job.encryption is not None:
+            return job.encryption.identity
+    found = [j.encryption.identity for j in config.jobs if j.encryption and j.encryption.identity]
+    return found[0] if len(set(found)) == 1 else None
+
+
+def unlock(
+    stack: contextlib.ExitStack,
+    config: Config,
+    source: BackupSource,
+    fetched: Fetched,
+    env: dict[str, str],
+    override: SecretRef | None = None,
+) -> Path | None:
+    """Checks what can be checked before any database is touched; returns the identity file.
+
+    An encrypted backup: the identity must match its recipients and decrypt its first bytes
+    to the dump's format (else RestoreError). A plain one: `pg_restore --list` (format and
+    version). The identity file lives in a 0700 directory until `stack` closes.
+    """
+    from db_backup import crypto
+
+    if not crypto.is_encrypted(source.report or {}):
+        if source.dump_name.endswith(".age"):
+            raise RestoreError(
+                f"{source.description}: an age-encrypted dump without a report that says so; "
+                "decrypt it by hand (age -d -i <key>) and restore the result"
+            )
+        list_archive(fetched, source, env)
+        return None
+    private = config.directories.state / "private" / f"restore-{os.getpid()}"
+    try:
+        ref = identity_ref(config, source, override)
+        identity = stack.enter_context(crypto.identity_file(ref, private))
+        magic = b"--" if source.dump_format == "plain" else crypto.PGDMP
+        crypto.check_identity(identity, source.report or {}, fetched.dump, magic)
+    except (crypto.EncryptionError, SecretError) as exc:
+        raise RestoreError(f"{source.description}: {exc}") from None
+    return identity
+
+
+def plaintext_sha256(source: BackupSource, key: str = "plaintextSha256") -> str | None:
+    """Returns the plaintext checksum an encrypted backup's report records, if any."""
+    encryption = (source.report or {}).get("encryption")
+    value = encryption.get(key) if isinstance(encryption, dict) else None
+    return str(value) if value else None
+
+
+def read_globals(fetched: Fetched, identity: Path | None, source: BackupSource) -> str:
+    """Returns the text of the backup's globals file, decrypted when it is encrypted."""
+    from db_backup import crypto
+
+    assert fetched.globals_file is not None
+    if identity is None:
+        try:
+            return fetched.globals_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RestoreError(f"{fetched.globals_file}: cannot read ({exc})") from None
+    expected = plaintext_sha256(source, "globalsPlaintextSha256")
+    try:
+        with (
+            crypto.decrypted(
+                fetched.globals_file, identity, expected_sha256=expected
+            ) as decryption,
+            os.fdopen(decryption.fd, "rb", closefd=False) as handle,
+        ):
+            data = handle.read()
+    except crypto.EncryptionError as exc:
+        raise RestoreError(str(exc)) from None
+    return data.decode("utf-8", "replace")
+
+
+def run_restore(
+    server: Server,
+    source: BackupSource,
+    fetched: Fetched,
+    database: str,
+    options: RestoreOptions,
+    identity: Path | None,
+    cancel: CancelToken | None,
+) -> None:
+    """Runs pg_restore (or psql) into `database`; an encrypted dump is decrypted on the way.
+
+    Nothing plaintext touches the disk: age's output is piped into pg_restore, and the
+    plaintext's sha256 is checked against the report (EncryptionError becomes CommandError's
+    sibling RestoreError at the caller).
+    """
+    from db_backup import crypto
+
+    if identity is None:
+        run_child(restore_argv(server, source, fetched.dump, database, options), server.env, cancel)
+        return
+    with crypto.decrypted(
+        fetched.dump,
+        identity,
+        expected_sha256=plaintext_sha256(source),
+        name=source.dump_name,
+        cancel=cancel,
+    ) as decryption:
+        argv = restore_argv(server, source, None, database, options)
+        run_child(argv, server.env, cancel, stdin=decryption.fd)
 
 
 def plan(source: BackupSource, server: Server, options: RestoreOptions) -> list[str]:
@@ -814,23 +965,26 @@ def restore(
             database, source.description, "", False, 0.0, plan(source, server, options)
         )
     scratch = _download_dir(workdir or config.directories.state / "restore", source)
+    stack = contextlib.ExitStack()
     try:
         fetched = fetch(config, source, scratch, cancel, want_globals=options.globals)
         say(f"verified sha256 {fetched.sha256} of {source.description}")
-        list_archive(fetched, source, server.env)
+        identity = unlock(stack, config, source, fetched, server.env, options.identity)
+        if identity is not None:
+            say(f"the age identity opens {source.dump_name}")
         if options.globals:
             if fetched.globals_file is None:
                 raise RestoreError(
                     f"--globals: no globals file ({source.globals_name or '<stem>_globals.sql'}) "
                     f"was found for {source.description}"
                 )
-            restore_globals(server, fetched.globals_file, options.skip_tablespaces)
+            text = read_globals(fetched, identity, source)
+            restore_globals_text(server, text, fetched.globals_file.name, options.skip_tablespaces)
             say(f"restored roles and tablespaces from {fetched.globals_file.name}")
         created = _prepare_database(server, database, source, options)
-        argv = restore_argv(server, source, fetched.dump, database, options)
         try:
-            run_child(argv, server.env, cancel)
-        except (CommandError, Cancelled) as exc:
+            run_restore(server, source, fetched, database, options, identity, cancel)
+        except (CommandError, Cancelled, EncryptionError) as exc:
             if created:
                 with contextlib.suppress(CommandError):
                     drop_database(server, database)
@@ -849,6 +1003,7 @@ def restore(
             f"{server.describe()}: {explain_restore_error(str(exc), source)}"
         ) from None
     finally:
+        stack.close()
         shutil.rmtree(scratch, ignore_errors=True)
 
 
