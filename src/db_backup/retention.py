@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from db_backup.report import SUCCESS, StoredReport
-from db_backup.storage.local import is_plain_name
+from db_backup.storage.base import is_plain_name, split_member
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,13 @@ def backup_of(report: StoredReport) -> Backup:
 
 
 def owned_by(name: str, own_stem: str) -> bool:
-    """Returns whether `name` is a plain file name of the backup whose stem is `own_stem`."""
+    """Returns whether `name` is a plain file name of the backup whose stem is `own_stem`.
+
+    A directory dump's member stored remotely (`<stem>.dump.d/<file>`) is owned too.
+    """
+    member = split_member(name)
+    if member is not None:
+        return bool(own_stem) and member[0] == f"{own_stem}.dump.d"
     if not is_plain_name(name) or not own_stem or not name.startswith(own_stem):
         return False
     return OWN_SUFFIX.fullmatch(name[len(own_stem) :]) is not None
