@@ -57,8 +57,9 @@ def backup_of(report: StoredReport) -> Backup:
     """Returns the retention view of a stored report.
 
     Only plain file names that belong to the report's own stem (`<stem>.dump`, `<stem>.dump.sha256`,
-    `<stem>_globals.sql`, ...) are ever candidates: a name with a directory part, "..", or another
-    backup's stem, whoever wrote it into the report, is ignored.
+    `<stem>_globals.sql`, ...) and the members of its own directory dump on a remote
+    (`<stem>.dump.d/<file>`) are ever candidates: any other name with a directory part, "..", or
+    another backup's stem, whoever wrote it into the report, is ignored.
     """
     doc = report.document
     own_stem = report.path.name.removesuffix(".json")
