@@ -121,6 +121,12 @@ def test_oss_mode_keeps_nothing_locally_and_restores_from_oss(
     assert table_fingerprint(cluster, "shop_dir_url") == table_fingerprint(cluster, "shop")
     verified = run_cli("--config", str(setup.path), "verify", "--remote", env=OSS_ENV)
     assert verified.returncode == 0, verified.stdout + verified.stderr
+    # One member gone: verify --remote says which.
+    gone = sorted(member_keys(server, dirname))[0]
+    bucket(server).delete_object(gone)
+    broken = run_cli("--config", str(setup.path), "verify", "--remote", env=OSS_ENV)
+    assert broken.returncode != 0
+    assert gone.rsplit("/", 1)[1] in broken.stdout + broken.stderr
 
 
 def test_retention_deletes_an_expired_directory_backups_objects(
