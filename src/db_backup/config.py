@@ -472,11 +472,6 @@ def _rule_problems(data: dict[str, Any]) -> Iterable[str]:
             yield f"At '{where}.dump.jobs': parallel dump workers need format: directory"
         mode = job.get("mode") or storage["mode"]
         yield from _drill_problems(where, _mapping(job.get("drill")), mode)
-        if fmt == "directory" and mode in {"oss", "both"}:
-            yield (
-                f"At '{where}.dump.format': the directory format is stored locally only; "
-                f"set mode: local on this job"
-            )
         encryption = _effective_encryption(job, storage)
         if encryption is not None:
             if fmt == "directory":
@@ -490,6 +485,11 @@ def _rule_problems(data: dict[str, Any]) -> Iterable[str]:
                     "(recipients or recipients_file)"
                 )
         tool = storage["tool"]
+        if fmt == "directory" and mode in {"oss", "both"} and tool == "rclone":
+            yield (
+                f"At '{where}.dump.format': the directory format cannot be uploaded with "
+                f"storage.tool: rclone; use storage.tool: oss2 or set mode: local on this job"
+            )
         if mode in {"oss", "both"} and tool in {"oss2", "rclone"}:
             section = "oss" if tool == "oss2" else "rclone"
             if section not in storage:

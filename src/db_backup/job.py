@@ -213,6 +213,9 @@ class StreamOutcome:
     checksum_text: str = ""
     plaintext_sha256: str = ""  # when encrypted: of pg_dump's output (sha256/size: stored bytes)
     plaintext_size: int = 0
+    # Per target, the names stored for the dump itself: the dump's name, or for a directory
+    # dump on a remote every member (`<stem>.dump.d/<file>`). Empty: just the dump's name.
+    names: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -479,8 +482,20 @@ class _Run:
                 raise JobSetupError(
                     "the directory format cannot be encrypted (check-config says so)"
                 )
+
+            def intend_members(members: dict[str, list[str]]) -> None:
+                claim.intend({t.name: names + members.get(t.name, []) for t in self.targets})
+
             outcome = _dump_directory(
-                job, self.env, self.targets, database, dump_name, self.cancel, snapshot
+                job,
+                self.env,
+                self.targets,
+                database,
+                dump_name,
+                self.cancel,
+                snapshot,
+                staging=self.staging,
+                intend=intend_members,
             )
         else:
             # Remotes with a part limit size their parts from the database's size.
@@ -516,7 +531,8 @@ class _Run:
                 report.targets[target.name] = {"status": FAILED, "error": error}
                 continue
             dump = outcome.stored[target.name]
-            self.store_beside(target, dump_name, dump, report, stored, checksum_path)
+            dump_names = outcome.names.get(target.name) or [dump_name]
+            self.store_beside(target, dump_names, dump, report, stored, checksum_path)
         failed = {n: r for n, r in report.targets.items() if r["status"] == FAILED}
         if failed:
             report.error_message = "; ".join(f"{name}: {r['error']}" for name, r in failed.items())
@@ -526,7 +542,7 @@ class _Run:
     def store_beside(
         self,
         target: Target,
-        dump_name: str,
+        dump_names: list[str],
         dump: StoredObject,
         report: Report,
         stored: dict[str, list[str]],
@@ -534,7 +550,7 @@ class _Run:
     ) -> None:
         """Stores the globals and the .sha256 next to a committed dump; on failure, the dump goes."""
         names = stored[target.name]
-        names.append(dump_name)
+        names.extend(dump_names)
         try:
             globals_obj = None
             if self.globals_staged is not None:
@@ -558,6 +574,8 @@ class _Run:
             report.local_file = dump.location
             report.checksum_file = checksum_obj.location
             report.globals_file = globals_obj.location if globals_obj else ""
+        elif "objects" in dump.extra:  # a directory dump: every object's URL
+            report.remote_urls.extend(dump.extra["objects"])
         else:
             report.remote_urls.append(dump.location)
 
@@ -586,23 +604,118 @@ def _dump_directory(
     dump_name: str,
     cancel: CancelToken,
     snapshot: str | None = None,
+    *,
+    staging: Path,
+    intend: Callable[[dict[str, list[str]]], None],
 ) -> StreamOutcome:
-    """Dumps in directory format (-Fd -j N) through the local target's temporary directory."""
+    """Dumps in directory format (-Fd -j N) locally, then uploads every file to each remote.
+
+    The directory is written through the local target's temporary directory (mode both) or,
+    without a local target, in the run's staging directory, removed right after the upload.
+    Each remote stores the files as `<dump_name>/<file>`; one that fails is FAILED and keeps
+    nothing, the others go on.
+    """
     local = next((t for t in targets if isinstance(t, LocalTarget)), None)
-    failed = {
-        t.name: "the directory format is stored locally only" for t in targets if t is not local
-    }
-    if local is None:
-        raise StorageError("the directory format needs the local target (storage mode local)")
-    sink = local.open_directory(dump_name)
+    remotes = [t for t in targets if t is not local]
+    writer = local if local is not None else LocalTarget(staging, job.name)
+    sink = writer.open_directory(dump_name)
     try:
         pg.dump_to_directory(job, env, database, sink.path, cancel, snapshot)
         stored, manifest = sink.commit()
     except BaseException:
         sink.abort()
         raise
+    directory = Path(stored.location)
     sha256 = stored.extra["manifestSha256"]
-    return StreamOutcome(sha256, stored.size_bytes, {local.name: stored}, failed, manifest)
+    outcome = StreamOutcome(sha256, stored.size_bytes, checksum_text=manifest)
+    try:
+        files = sorted(
+            str(path.relative_to(directory)) for path in directory.rglob("*") if path.is_file()
+        )
+        members = [f"{dump_name}/{file}" for file in files]
+        intend({remote.name: members for remote in remotes})
+        if local is not None:
+            outcome.stored[local.name] = stored
+            outcome.names[local.name] = [dump_name]
+        workers = max(1, min(job.dump.jobs, 4))
+        for remote in remotes:
+            cancel.raise_if_cancelled()
+            try:
+                outcome.stored[remote.name] = _upload_directory(
+                    remote, directory, dump_name, files, workers, cancel
+                )
+                outcome.names[remote.name] = list(members)
+            except StorageError as exc:
+                outcome.failed[remote.name] = str(exc)
+                log.error(
+                    "target failed during the upload",
+                    job=job.name,
+                    database=database,
+                    target=remote.name,
+                    error=mask(str(exc)),
+                )
+    except BaseException:
+        if local is not None:
+            _delete_quietly(local, [dump_name])
+        raise
+    finally:
+        if local is None:
+            shutil.rmtree(directory, ignore_errors=True)
+    return outcome
+
+
+# Files of a directory dump up to this size go up with one PutObject; bigger ones multipart.
+DIRECTORY_PUT_LIMIT = 1024 * 1024
+
+
+def _upload_directory(
+    target: Target,
+    directory: Path,
+    dump_name: str,
+    files: list[str],
+    workers: int,
+    cancel: CancelToken,
+) -> StoredObject:
+    """Uploads every file of a directory dump in parallel; on any failure deletes them all."""
+    members = [f"{dump_name}/{file}" for file in files]
+
+    def upload(file: str) -> StoredObject:
+        cancel.raise_if_cancelled()
+        name = f"{dump_name}/{file}"
+        path = directory / file
+        try:
+            size = path.stat().st_size
+            if size <= DIRECTORY_PUT_LIMIT:
+                return target.put_file(path, name)
+            sink = target.open_stream(name, size)
+            try:
+                digest = hashlib.sha256()
+                with path.open("rb") as source:
+                    while chunk := source.read(CHUNK_SIZE):
+                        cancel.raise_if_cancelled()
+                        digest.update(chunk)
+                        sink.write(chunk)
+                return sink.commit(digest.hexdigest())
+            except BaseException:
+                sink.abort()
+                raise
+        except OSError as exc:
+            raise StorageError(f"cannot read {describe_os_error(exc, path)}") from None
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="upload")
+    try:
+        futures = [pool.submit(upload, file) for file in files]
+        objects = [future.result() for future in futures]
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        _delete_quietly(target, list(members))
+        raise
+    finally:
+        pool.shutdown(wait=True)
+    urls = [obj.location for obj in objects]
+    location = urls[0][: -len(files[0])] if files else ""
+    size = sum(obj.size_bytes for obj in objects)
+    return StoredObject(location, size, {"objects": urls})
 
 
 def _stream_dump(

@@ -51,11 +51,14 @@ class Downloaded:
 
 
 def parse_oss_url(url: str) -> tuple[str, str]:
-    """Returns (bucket, key) of `oss://bucket/key`; raises ValueError for anything else."""
+    """Returns (bucket, key) of `oss://bucket/key`; raises ValueError for anything else.
+
+    The key may end with "/" only for a directory dump (`<name>.dump.d/`, its objects).
+    """
     if not url.startswith("oss://"):
         raise ValueError(f"not an oss:// URL: {url!r}")
     bucket, _, key = url[len("oss://") :].partition("/")
-    if not bucket or not key or key.endswith("/"):
+    if not bucket or not key or (key.endswith("/") and not key.endswith(".dump.d/")):
         raise ValueError(f"an oss:// URL needs a bucket and an object key: {url!r}")
     return bucket, key
 

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from db_backup import pg
 from db_backup.config import Config, Connection, JobConfig, SecretRef
@@ -37,8 +37,11 @@ from db_backup.crypto import EncryptionError
 from db_backup.execute import Cancelled, CancelToken, CommandError, StreamingChild
 from db_backup.report import SUCCESS, load_reports, seed_field_problems
 from db_backup.secrets import SecretError, mask
-from db_backup.storage.base import StorageError
+from db_backup.storage.base import StorageError, split_member
 from db_backup.storage.local import describe_os_error
+
+if TYPE_CHECKING:
+    from db_backup.storage.oss.target import OssTarget
 
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -142,7 +145,11 @@ def source_from_report(
     if not isinstance(artefacts, list) or not artefacts:
         # Reports of the seed's shell script: only local.file names the dump.
         artefacts = [Path(str(document["local"]["file"])).name]
-    dump_name = safe_file_name(artefacts[0])
+    first = artefacts[0]
+    member = split_member(first)
+    if member is not None:  # a directory dump stored remotely only: its members come first
+        first = member[0]
+    dump_name = safe_file_name(first)
     fmt = dump_format_of(dump_name)
     globals_names = [
         a
@@ -192,8 +199,10 @@ def _set_remote_keys(config: Config, source: BackupSource) -> None:
         target = oss_target(config)
     except StorageError as exc:
         raise RestoreError(str(exc)) from None
+    # A directory dump is the objects under `<prefix><name>/`: its key ends with "/".
+    slash = "/" if source.dump_format == "directory" else ""
     source.remote_keys = {
-        "dump": target.key(source.dump_name),
+        "dump": target.key(source.dump_name + slash),
         "checksum": target.key(source.checksum_name),
     }
     if source.globals_name:
@@ -301,11 +310,12 @@ def _source_from_url(config: Config, url: str) -> BackupSource:
             f"{url}: the configured bucket is {target.settings.bucket!r}; "
             "this program only reads from it"
         )
-    name = key.rsplit("/", 1)[-1]
+    directory = key.endswith(".dump.d/")
+    name = key.rstrip("/").rsplit("/", 1)[-1] if directory else key.rsplit("/", 1)[-1]
     fmt = dump_format_of(name)
-    if fmt == "directory":
-        raise RestoreError(f"{url}: directory-format dumps are stored locally only")
-    base = key[: -len(name)]
+    if fmt == "directory" and not directory:
+        key += "/"  # the objects under `<name>/`
+    base = key[: -len(name) - (1 if fmt == "directory" else 0)]
     globals_name = f"{_stem_of(name)}_globals.sql"
     return BackupSource(
         dump_name=safe_file_name(name),
@@ -313,7 +323,7 @@ def _source_from_url(config: Config, url: str) -> BackupSource:
         database=_database_from_stem(_stem_of(name)),
         remote_keys={
             "dump": key,
-            "checksum": f"{key}.sha256",
+            "checksum": f"{base}{name}.sha256",
             "globals": f"{base}{globals_name}",
         },
         globals_name=globals_name,
@@ -473,7 +483,10 @@ def _download(
         target = oss_target(config)
         workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
         dump = workdir / source.dump_name
-        download(target, source.remote_keys["dump"], dump, cancel)
+        if source.dump_format == "directory":
+            _download_directory(target, source.remote_keys["dump"], dump, cancel)
+        else:
+            download(target, source.remote_keys["dump"], dump, cancel)
         checksum: Path | None = workdir / source.checksum_name
         try:
             download(target, source.remote_keys["checksum"], checksum, cancel)  # type: ignore[arg-type]
@@ -491,6 +504,27 @@ def _download(
     except StorageError as exc:
         raise RestoreError(str(exc)) from None
     return dump, checksum, globals_path
+
+
+def _download_directory(
+    target: OssTarget, dir_key: str, destination: Path, cancel: CancelToken | None
+) -> None:
+    """Downloads every object under `dir_key` ("<prefix><name>.dump.d/") into `destination`."""
+    from db_backup.remote import ObjectMissing, download
+
+    prefix = target.settings.prefix
+    if not dir_key.startswith(prefix):
+        raise RestoreError(f"{target.url(dir_key)}: not under the configured prefix {prefix!r}")
+    under = dir_key[len(prefix) :]
+    names = target.list_names(under)
+    if not names:
+        raise ObjectMissing(f"{target.url(dir_key)}: no objects (missing)")
+    destination.mkdir(mode=0o700, exist_ok=True)
+    for name in names:
+        member = split_member(name)
+        if member is None:
+            raise RestoreError(f"{target.url(target.key(name))}: not a directory dump member")
+        download(target, target.key(name), destination / member[1], cancel)
 
 
 # --------------------------------------------------------------------------- PostgreSQL side

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from db_backup.report import SUCCESS, StoredReport
-from db_backup.storage.local import is_plain_name
+from db_backup.storage.base import is_plain_name, split_member
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,9 @@ def backup_of(report: StoredReport) -> Backup:
     """Returns the retention view of a stored report.
 
     Only plain file names that belong to the report's own stem (`<stem>.dump`, `<stem>.dump.sha256`,
-    `<stem>_globals.sql`, `<stem>.dump.age`, ...) are ever candidates: a name with a directory part, "..", or another
-    backup's stem, whoever wrote it into the report, is ignored.
+    `<stem>_globals.sql`, `<stem>.dump.age`, ...) and the members of its own directory dump on a
+    remote (`<stem>.dump.d/<file>`) are ever candidates: any other name with a directory part,
+    "..", or another backup's stem, whoever wrote it into the report, is ignored.
     """
     doc = report.document
     own_stem = report.path.name.removesuffix(".json")
@@ -83,7 +84,13 @@ def backup_of(report: StoredReport) -> Backup:
 
 
 def owned_by(name: str, own_stem: str) -> bool:
-    """Returns whether `name` is a plain file name of the backup whose stem is `own_stem`."""
+    """Returns whether `name` is a plain file name of the backup whose stem is `own_stem`.
+
+    A directory dump's member stored remotely (`<stem>.dump.d/<file>`) is owned too.
+    """
+    member = split_member(name)
+    if member is not None:
+        return bool(own_stem) and member[0] == f"{own_stem}.dump.d"
     if not is_plain_name(name) or not own_stem or not name.startswith(own_stem):
         return False
     return OWN_SUFFIX.fullmatch(name[len(own_stem) :]) is not None

@@ -27,7 +27,7 @@ from db_backup.restore import (
     source_from_report,
     verify_directory_dump,
 )
-from db_backup.storage.base import StorageError
+from db_backup.storage.base import StorageError, split_member
 
 
 @dataclass
@@ -196,8 +196,11 @@ def _verify_oss(
     from db_backup.remote import ObjectMissing, hash_object, head
 
     result = _result(path, doc, "oss", "")
+    artefacts = doc.get("artefacts") or []
+    members = [a for a in artefacts if split_member(a) is not None]
+    if members:
+        return _verify_oss_directory(target, result, doc, members, deep, cancel)
     try:
-        artefacts = doc.get("artefacts") or []
         name = safe_file_name(artefacts[0] if artefacts else "")
         dump_format_of(name)
     except RestoreError as exc:
@@ -270,3 +273,65 @@ def render(results: list[Result]) -> str:
     bad = sum(1 for r in results if not r.ok)
     lines.append(f"{len(results)} stored copies checked, {bad} with problems")
     return "\n".join(lines)
+
+
+def _verify_oss_directory(
+    target: Any,
+    result: Result,
+    doc: dict[str, Any],
+    members: list[str],
+    deep: bool,
+    cancel: CancelToken | None,
+) -> Result:
+    """Checks a directory dump on OSS: HEADs every member (size, CRC-64) and its manifest."""
+    from db_backup.remote import ObjectMissing, hash_object, head
+
+    directory = {member[0] for member in map(split_member, members) if member is not None}
+    if len(directory) != 1:
+        result.problems.append("the report names members of more than one directory dump")
+        return result
+    [name] = directory
+    result.location = target.url(target.key(f"{name}/"))
+    expected_size = doc["local"]["sizeBytes"]
+    total = 0
+    missing = []
+    for member in members:
+        key = target.key(member)
+        try:
+            info = head(target, key, with_tag=False)
+        except ObjectMissing:
+            missing.append(member)
+            continue
+        except StorageError as exc:
+            result.problems.append(str(exc))
+            return result
+        total += info.size
+        if info.crc64 is None:
+            result.problems.append(f"OSS sent no CRC-64 for {member}")
+        if deep:
+            try:
+                got = hash_object(target, key, cancel)
+            except StorageError as exc:
+                result.problems.append(str(exc))
+                continue
+            if got.server_crc64 is not None and got.crc64 != got.server_crc64:
+                result.problems.append(
+                    f"{member}: CRC-64 of the downloaded bytes is {got.crc64}, "
+                    f"OSS says {got.server_crc64}"
+                )
+    if missing:
+        result.problems.append(f"objects missing: {', '.join(missing)}")
+    elif total != expected_size:
+        result.problems.append(f"the objects hold {total} bytes, the report says {expected_size}")
+    else:
+        result.passed.append(f"{len(members)} objects present, sizes")
+        if deep:
+            result.passed.append("CRC-64 (downloaded)")
+    try:
+        head(target, target.key(f"{name}.sha256"), with_tag=False)
+        result.passed.append(f"{name}.sha256 present")
+    except ObjectMissing:
+        result.problems.append(f"{name}.sha256 object missing")
+    except StorageError as exc:
+        result.problems.append(str(exc))
+    return result

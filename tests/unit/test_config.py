@@ -91,7 +91,7 @@ directories: {data: relative/dir}
     assert "At 'jobs[0].timezone'" in text
     assert "At 'jobs[1].name': 'a' is also the name of jobs[0]" in text
     assert "At 'jobs[1].dump.jobs': parallel dump workers need format: directory" in text
-    assert "At 'jobs[2].dump.format'" in text
+    assert "At 'jobs[2].dump.format'" not in text  # directory to OSS works with oss2
     assert "At 'jobs[2].mode': 'both' needs a 'storage.oss' section" in text
     assert "At 'directories.data': 'relative/dir' must be an absolute path" in text
 
@@ -467,3 +467,28 @@ jobs:
         "At 'jobs[0].encryption.age.identity': the identity is inside directories.reports; keep "
         "the private key away from the backups (a systemd credential is best)",
     ]
+
+
+def test_directory_format_to_a_remote_is_refused_with_rclone_only() -> None:
+    text = """
+jobs:
+  - {name: a, schedule: "0 2 * * *", databases: x, mode: oss, dump: {format: directory, jobs: 2}}
+  - {name: b, schedule: "0 2 * * *", databases: x, mode: local, dump: {format: directory}}
+storage:
+  mode: both
+  tool: %s
+  %s
+"""
+    rclone = problems(text % ("rclone", "rclone: {remote: 'r:bucket/p'}"))
+    assert any(
+        p.startswith(
+            "At 'jobs[0].dump.format': the directory format cannot be uploaded with "
+            "storage.tool: rclone"
+        )
+        for p in rclone
+    ), rclone
+    assert not any(p.startswith("At 'jobs[1].dump.format'") for p in rclone)
+    oss2 = problems(
+        text % ("oss2", "oss: {endpoint: 'https://oss-cn-hangzhou.aliyuncs.com', bucket: b}")
+    )
+    assert not any(".dump.format'" in p for p in oss2), oss2

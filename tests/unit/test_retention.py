@@ -5,8 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from db_backup.report import StoredReport
-from db_backup.retention import Backup, backup_of, choose_expired
+from db_backup.retention import Backup, backup_of, choose_expired, owned_by
+from db_backup.storage.base import StorageError, split_member
+from db_backup.storage.local import LocalTarget
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -116,3 +120,35 @@ def test_encrypted_names_of_the_own_stem_are_owned_and_others_are_not() -> None:
         f"../{stem}.dump.age",
     ):
         assert not owned_by(name, stem), name
+
+
+def test_member_names_of_a_directory_dump() -> None:
+    assert split_member("shop_1.dump.d/toc.dat") == ("shop_1.dump.d", "toc.dat")
+    for name in (
+        "shop_1.dump.d",
+        "x/toc.dat",
+        ".dump.d/toc.dat",
+        "a.dump.d/../x",
+        "a.dump.d/b/c",
+        "a.dump.d/",
+        "/a.dump.d/x",
+        7,
+    ):
+        assert split_member(name) is None, name
+    assert owned_by("shop_1.dump.d/3001.dat.gz", "shop_1")
+    assert owned_by("shop_1.dump.d", "shop_1")
+    assert not owned_by("shop_12.dump.d/toc.dat", "shop_1")
+    assert not owned_by("shop_1.dump.d/toc.dat", "")
+
+
+def test_local_delete_skips_members_and_refuses_other_paths(tmp_path: Path) -> None:
+    dump = tmp_path / "shop_1.dump.d"
+    dump.mkdir()
+    (dump / "toc.dat").write_bytes(b"x")
+    target = LocalTarget(tmp_path, "nightly")
+    assert target.delete(["shop_1.dump.d/toc.dat"]) == []
+    assert (dump / "toc.dat").exists()
+    with pytest.raises(StorageError):
+        target.delete(["other/toc.dat"])
+    assert target.delete(["shop_1.dump.d"]) == [str(dump)]
+    assert not dump.exists()

@@ -63,3 +63,30 @@ class Target(Protocol):
 
     def list_names(self) -> list[str]:
         """Lists the file names this target holds under its directory or prefix."""
+
+
+# The only directory a name given to a target may have: a directory-format dump's members are
+# stored remotely as `<stem>.dump.d/<file>`.
+MEMBER_DIR_SUFFIX = ".dump.d"
+
+
+def is_plain_name(name: object) -> bool:
+    """Returns whether `name` is a plain file name: no directory part, not "." or ".."."""
+    return (
+        isinstance(name, str)
+        and name not in {"", ".", ".."}
+        and "/" not in name
+        and "\0" not in name
+    )
+
+
+def split_member(name: object) -> tuple[str, str] | None:
+    """Splits a directory dump member name `<x>.dump.d/<file>` into its two parts, else None."""
+    if not isinstance(name, str) or name.count("/") != 1:
+        return None
+    directory, file = name.split("/")
+    if not directory.endswith(MEMBER_DIR_SUFFIX) or directory == MEMBER_DIR_SUFFIX:
+        return None
+    if not is_plain_name(directory) or not is_plain_name(file):
+        return None
+    return directory, file

@@ -9,7 +9,9 @@ import shutil
 from pathlib import Path
 
 from db_backup.fsutil import describe_os_error, fsync_dir
-from db_backup.storage.base import StorageError, StoredObject
+from db_backup.storage.base import StorageError, StoredObject, is_plain_name, split_member
+
+__all__ = ["LocalTarget", "is_plain_name"]
 
 # Files being written live in this directory inside the data directory (same file system, so
 # the final rename is atomic). No backup name can ever land there: backups are plain names in
@@ -21,16 +23,6 @@ FILE_MODE = 0o600
 def temp_name(job: str, filename: str) -> str:
     """Returns the name, inside TEMP_DIR_NAME, a file of `job` has while it is being written."""
     return f"{job}.{filename}"  # "." cannot occur in a job name
-
-
-def is_plain_name(name: object) -> bool:
-    """Returns whether `name` is a plain file name: no directory part, not "." or ".."."""
-    return (
-        isinstance(name, str)
-        and name not in {"", ".", ".."}
-        and "/" not in name
-        and "\0" not in name
-    )
 
 
 class LocalSink:
@@ -112,11 +104,15 @@ class LocalTarget:
     def delete(self, filenames: list[str]) -> list[str]:
         """Removes these files (or directory-format dumps) and returns their paths.
 
-        Only plain names in the data directory itself are ever touched; anything else (a name
-        with a directory part, "..") is refused, whoever wrote it into a report.
+        Only plain names in the data directory itself are ever touched. Members of a directory
+        dump stored remotely (`<x>.dump.d/<file>`) are skipped: the local directory dump goes by
+        its own name. Anything else (another directory part, "..") is refused, whoever wrote it
+        into a report.
         """
         removed = []
         for filename in filenames:
+            if split_member(filename) is not None:
+                continue
             if not is_plain_name(filename):
                 raise StorageError(f"refusing to delete {filename!r}: not a plain file name")
             path = self.directory / filename

@@ -14,7 +14,7 @@ import oss2
 import structlog
 
 from db_backup.secrets import mask, register
-from db_backup.storage.base import StorageError, StoredObject
+from db_backup.storage.base import StorageError, StoredObject, split_member
 from db_backup.storage.oss.client import make_bucket
 from db_backup.storage.oss.errors import describe_oss_error, is_retryable
 from db_backup.storage.oss.pacer import Pacer
@@ -127,14 +127,18 @@ class OssTarget:
         )
         return StoredObject(self.url(key), size, {"crc64": str(result.crc), "etag": result.etag})
 
-    def list_names(self) -> list[str]:
-        """Lists the object names directly under the prefix (relative to it), sorted."""
+    def list_names(self, under: str = "") -> list[str]:
+        """Lists the object names directly under the prefix, or under `prefix + under`.
+
+        Names stay relative to the prefix (`x.dump.d/toc.dat`), sorted.
+        """
         prefix = self.settings.prefix
+        scope = prefix + under
 
         def listing() -> list[str]:
             names = []
-            for info in oss2.ObjectIteratorV2(self.bucket, prefix=prefix, delimiter="/"):
-                if not info.is_prefix() and info.key != prefix:
+            for info in oss2.ObjectIteratorV2(self.bucket, prefix=scope, delimiter="/"):
+                if not info.is_prefix() and info.key != scope:
                     names.append(info.key[len(prefix) :])
             return sorted(names)
 
@@ -142,8 +146,13 @@ class OssTarget:
 
     def delete(self, filenames: list[str]) -> list[str]:
         """Deletes these names if present (batch delete) and returns the oss:// URLs removed."""
+        wanted = list(dict.fromkeys(filenames))
         present = set(self.list_names())
-        keys = [self.key(name) for name in dict.fromkeys(filenames) if name in present]
+        for directory in dict.fromkeys(
+            member[0] for member in map(split_member, wanted) if member is not None
+        ):
+            present.update(self.list_names(f"{directory}/"))
+        keys = [self.key(name) for name in wanted if name in present]
         removed: list[str] = []
         for start in range(0, len(keys), 1000):
             batch = keys[start : start + 1000]
@@ -173,7 +182,8 @@ class OssTarget:
             for upload in oss2.MultipartUploadIterator(self.bucket, prefix=prefix):
                 name = upload.key[len(prefix) :]
                 initiated = datetime.fromtimestamp(upload.initiation_date, UTC)
-                if name and "/" not in name and initiated < cutoff:
+                plain = name and "/" not in name
+                if (plain or split_member(name) is not None) and initiated < cutoff:
                     found.append((upload.key, upload.upload_id))
             return found
 
