@@ -419,7 +419,7 @@ def test_check_config_has_age_check_every_recipient(
     )
     setup.write()
     done = run_cli("--config", str(setup.path), "check-config")
-    assert done.returncode == 1
+    assert done.returncode == 78  # EX_CONFIG: the config cannot be used
     assert "At 'storage.encryption.age': age refuses the recipients" in done.stderr
     assert "invalid checksum" in done.stderr
     assert f"At 'jobs[1].encryption.age': {recipients_file} line 4 is a private key" in done.stderr
@@ -558,7 +558,7 @@ def test_daemon_refuses_a_recipient_age_rejects_at_start_and_on_reload(
         setup.write()
         refused = start_daemon(setup, notify)
         _, stderr = refused.communicate(timeout=60)
-        assert refused.returncode == 1
+        assert refused.returncode == 78  # EX_CONFIG: systemd does not restart it in a loop
         assert "At 'storage.encryption.age': age refuses the recipients" in stderr
 
         encrypt_to(setup, keys[0])
