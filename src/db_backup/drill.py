@@ -486,6 +486,32 @@ def newest_backups(config: Config, job: str) -> list[StoredReport]:
     return sorted(newest.values(), key=lambda r: str(r.document["database"]))
 
 
+def _stop_orphans(root: Path, grace: float = 5.0) -> list[int]:
+    """Stops the processes whose command line names `root` (SIGTERM, then SIGKILL)."""
+    needle = str(root).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if needle in cmdline:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry.name), signal.SIGTERM)
+                found.append(int(entry.name))
+    deadline = time.monotonic() + grace
+    while found and time.monotonic() < deadline:
+        if not any(Path(f"/proc/{pid}").exists() for pid in found):
+            break
+        time.sleep(0.1)
+    for pid in found:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    return found
+
+
 def cleanup_leftovers(config: Config, job: JobConfig, settings: DrillSettings) -> list[str]:
     """Removes what an interrupted drill of `job` left; returns what was removed."""
     removed: list[str] = []
@@ -493,6 +519,9 @@ def cleanup_leftovers(config: Config, job: JobConfig, settings: DrillSettings) -
     run_as = settings.run_as
     if stop_and_remove(root, None, run_as):
         removed.append(str(root))
+    # A killed drill's pg_restore or psql runs on in its own session until it notices the server
+    # is gone; it is this program's own child, so it goes too.
+    removed.extend(f"process {pid}" for pid in _stop_orphans(root))
     marker = settings.directory / f"{job.name}.{SCRATCH_MARKER}"
     if marker.exists():
         try:

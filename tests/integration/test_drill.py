@@ -260,9 +260,8 @@ def test_drill_killed_mid_restore_leaves_nothing_after_the_next_run(
             for pid in postgres_processes_under(drill_dir / "nightly" / "cluster" / "sock")
             if b"pg_restore" in Path(f"/proc/{pid}/cmdline").read_bytes()
         ]
-        time.sleep(0.1)
+        time.sleep(0.02)
     assert restoring, "the drill never reached pg_restore"
-    time.sleep(1.0)
     drill.send_signal(signal.SIGKILL)
     drill.wait()
     assert (drill_dir / "nightly" / "cluster" / "data" / "postmaster.pid").exists()
@@ -289,12 +288,18 @@ def test_killed_drill_into_a_scratch_database_is_cleaned_up_by_the_next_run(
         stderr=subprocess.DEVNULL,
     )
     scratch = "db_backup_drill_nightly_1"
+    # Kill it while pg_restore writes into the scratch database (a restore of `bulk` takes about
+    # a second on an idle machine: wait for the process itself, not for a time).
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if scratch in cluster.psql("SELECT datname FROM pg_database").split("\n"):
-            break
-        time.sleep(0.1)
-    time.sleep(1.5)
+    restoring: list[int] = []
+    while time.monotonic() < deadline and not restoring:
+        restoring = [
+            pid
+            for pid in postgres_processes_under(Path(scratch))
+            if b"pg_restore" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+        time.sleep(0.02)
+    assert restoring, "the drill never reached pg_restore"
     drill.send_signal(signal.SIGKILL)
     drill.wait()
     assert scratch in cluster.psql("SELECT datname FROM pg_database").split("\n")
