@@ -86,6 +86,7 @@ def write_config(bench: Bench, variant: Variant, job_dir: Path) -> Path:
     """Writes a local-mode config for one variant and returns its path."""
     assert bench.cluster is not None
     config = {
+        "run_as": None,  # a root-started benchmark stays root (its directories are root's)
         "directories": {
             "data": str(job_dir / "data"),
             "reports": str(job_dir / "reports"),

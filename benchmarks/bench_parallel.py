@@ -82,6 +82,7 @@ def write_config(bench: Bench, job_dir: Path, parallel: int, mode: str) -> Path:
             "access_key_secret": {"env": "BENCH_OSS_SECRET"},
         }
     config = {
+        "run_as": None,  # a root-started benchmark stays root (its directories are root's)
         "directories": {
             "data": str(job_dir / "data"),
             "reports": str(job_dir / "reports"),

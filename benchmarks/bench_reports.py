@@ -108,6 +108,7 @@ def write_config(root: Path) -> Path:
     """Writes a one-job local config under `root` and returns its path."""
     root.mkdir(parents=True, exist_ok=True)
     config = {
+        "run_as": None,  # a root-started benchmark stays root (its directories are root's)
         "directories": {
             "data": str(root / "data"),
             "reports": str(root / "reports"),

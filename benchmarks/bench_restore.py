@@ -66,6 +66,7 @@ def write_config(bench: Bench) -> Path:
     for path in (bench.cache, work, drill_dir):
         os.chmod(path, 0o755)  # the throwaway cluster runs as postgres
     document = {
+        "run_as": None,  # a root-started benchmark stays root (its directories are root's)
         "directories": {
             "data": str(work / "data"),
             "reports": str(work / "reports"),

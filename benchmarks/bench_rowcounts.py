@@ -102,6 +102,7 @@ def build_dataset(cluster: Cluster, scale: float) -> None:
 def write_config(cluster: Cluster, job_dir: Path, row_counts: str) -> Path:
     """Writes the config of one variant and returns its path."""
     config = {
+        "run_as": None,  # a root-started benchmark stays root (its directories are root's)
         "directories": {
             "data": str(job_dir / "data"),
             "reports": str(job_dir / "reports"),
