@@ -17,8 +17,6 @@ import fcntl
 import hashlib
 import os
 import re
-import shutil
-import tempfile
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -35,6 +33,7 @@ from db_backup.execute import (
     child_env,
     run,
 )
+from db_backup.fsutil import private_file
 from db_backup.secrets import SecretError, mask, register, resolve_text
 
 AGE = "age"
@@ -185,22 +184,9 @@ def identity_file(ref: SecretRef | None, private_dir: Path | None = None) -> Ite
             f"encryption.age.identity: {ref.describe()} holds no age identity "
             "(a line AGE-SECRET-KEY-1..., as written by age-keygen)"
         )
-    if private_dir is None:
-        directory = Path(tempfile.mkdtemp(prefix="db-backup-age-"))
-    else:
-        directory = private_dir
-        shutil.rmtree(directory, ignore_errors=True)
-        directory.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        directory.mkdir(mode=0o700)
-    try:
-        os.chmod(directory, 0o700)
-        path = directory / "identity"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="ascii") as handle:
-            handle.write("".join(f"{key}\n" for key in keys))
+    text = "".join(f"{key}\n" for key in keys)
+    with private_file(private_dir, "identity", text, "db-backup-age-") as path:
         yield path
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 def identity_recipients(identity: Path) -> list[str]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -56,3 +58,31 @@ def _user() -> str:
         return pwd.getpwuid(os.geteuid()).pw_name
     except (KeyError, ImportError):
         return str(os.geteuid())
+
+
+@contextlib.contextmanager
+def private_file(
+    directory: Path | None, name: str, text: str, temp_prefix: str = "db-backup-"
+) -> Iterator[Path]:
+    """Yields `directory/name` holding `text`, mode 0600 in a fresh 0700 directory.
+
+    The directory (whatever a killed run left in it first) is removed when the block ends.
+    Give a `directory` under the state directory, so that even a SIGKILL leaves the file where
+    only the service user can reach it and the next use clears it; without one a fresh
+    directory under $TMPDIR is used.
+    """
+    if directory is None:
+        directory = Path(tempfile.mkdtemp(prefix=temp_prefix))
+    else:
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        directory.mkdir(mode=0o700)
+    try:
+        os.chmod(directory, 0o700)
+        path = directory / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        yield path
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

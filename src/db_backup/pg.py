@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from db_backup.config import JobConfig
 from db_backup.execute import CancelToken, CommandError, StreamingChild, child_env, run
+from db_backup.fsutil import private_file
 from db_backup.report import host_label
 from db_backup.secrets import resolve
 
@@ -47,24 +45,9 @@ def connection_env(job: JobConfig, private_dir: Path | None = None) -> Iterator[
         yield child_env(extra)
         return
     password = resolve(job.connection.password, f"jobs.{job.name}.connection.password")
-    if private_dir is None:
-        directory = Path(tempfile.mkdtemp(prefix="db-backup-pgpass-"))
-    else:
-        directory = private_dir
-        shutil.rmtree(directory, ignore_errors=True)  # whatever a killed run left
-        directory.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        directory.mkdir(mode=0o700)
-    try:
-        os.chmod(directory, 0o700)
-        path = directory / "pgpass"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(
-                f"*:*:*:{_pgpass_escape(job.connection.user)}:{_pgpass_escape(password)}\n"
-            )
+    line = f"*:*:*:{_pgpass_escape(job.connection.user)}:{_pgpass_escape(password)}\n"
+    with private_file(private_dir, "pgpass", line, "db-backup-pgpass-") as path:
         yield child_env({**extra, "PGPASSFILE": str(path)})
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _conn_args(job: JobConfig) -> list[str]:
