@@ -10,11 +10,13 @@ accepted only as plain names in the data directory or under the configured prefi
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from db_backup.config import Config
+from db_backup.crypto import is_encrypted
 from db_backup.execute import CancelToken, CommandError, run
 from db_backup.report import SUCCESS, load_reports
 from db_backup.restore import (
@@ -27,6 +29,7 @@ from db_backup.restore import (
     source_from_report,
     verify_directory_dump,
 )
+from db_backup.secrets import SecretError, mask
 from db_backup.storage.base import StorageError, split_member
 
 
@@ -88,7 +91,7 @@ def verify(
             bool(doc["remote"].get("urls")) and targets.get("oss", {}).get("status") == SUCCESS
         )
         if has_local:
-            results.append(_verify_local(config, stored.path, doc))
+            results.append(_verify_local(config, stored.path, doc, deep))
         if (remote or deep) and has_oss:
             if target is None:
                 from db_backup.remote import oss_target
@@ -108,7 +111,7 @@ def _result(path: Path, doc: dict[str, Any], target: str, location: str) -> Resu
     return Result(path.name, str(doc.get("job", "")), str(doc["database"]), target, location)
 
 
-def _verify_local(config: Config, path: Path, doc: dict[str, Any]) -> Result:
+def _verify_local(config: Config, path: Path, doc: dict[str, Any], deep: bool = False) -> Result:
     result = _result(path, doc, "local", "")
     try:
         source = source_from_report(config, doc, str(path))
@@ -154,7 +157,10 @@ def _verify_local(config: Config, path: Path, doc: dict[str, Any]) -> Result:
         result.problems.append(str(exc))
     except OSError as exc:
         result.problems.append(f"{dump}: cannot read ({exc.strerror})")
-    _structure(result, source.dump_format, dump, doc)
+    if is_encrypted(doc):
+        _encrypted_structure(config, result, dump, doc, deep)
+    else:
+        _structure(result, source.dump_format, dump, doc)
     if source.globals_name:
         globals_path = directory / safe_file_name(source.globals_name)
         if globals_path.is_file():
@@ -162,6 +168,44 @@ def _verify_local(config: Config, path: Path, doc: dict[str, Any]) -> Result:
         else:
             result.problems.append(f"{globals_path}: missing")
     return result
+
+
+def _encrypted_structure(
+    config: Config, result: Result, dump: Path, doc: dict[str, Any], deep: bool
+) -> None:
+    """Checks an age-encrypted dump: its header; with --deep, the whole decryption.
+
+    `pg_restore --list` cannot read ciphertext. --deep decrypts every byte to nowhere with the
+    job's `encryption.age.identity` (age authenticates each chunk) and compares the plaintext's
+    sha256 with the report's `encryption.plaintextSha256`.
+    """
+    from db_backup.crypto import HEADER, EncryptionError, identity_file, verify_decryption
+
+    try:
+        with dump.open("rb") as handle:
+            head = handle.read(len(HEADER))
+    except OSError as exc:
+        result.problems.append(f"{dump}: cannot read ({exc.strerror})")
+        return
+    if not head.startswith(HEADER):
+        result.problems.append("the report says encrypted, but the file has no age header")
+        return
+    result.passed.append("age header")
+    if not deep:
+        return
+    ref = next(
+        (j.encryption.identity for j in config.jobs if j.name == doc.get("job") and j.encryption),
+        None,
+    )
+    expected = (doc.get("encryption") or {}).get("plaintextSha256")
+    private = config.directories.state / "private" / f"verify-{os.getpid()}"
+    try:
+        with identity_file(ref, private) as identity:
+            verify_decryption(dump, identity, expected_sha256=expected, name=dump.name)
+    except (EncryptionError, SecretError) as exc:
+        result.problems.append(f"decryption: {mask(str(exc))}")
+        return
+    result.passed.append("decrypts, plaintext sha256 (report)")
 
 
 def _structure(result: Result, fmt: str, dump: Path, doc: dict[str, Any]) -> None:

@@ -82,3 +82,33 @@ def test_drill_of_an_encrypted_backup_decrypts_with_the_jobs_identity(
     [drill] = [json.loads(p.read_text()) for p in (setup.reports / "drills").glob("*.json")]
     assert drill["status"] == "SUCCESS" and drill["mismatches"] == []
     assert drill["tablesChecked"] > 0
+
+
+def test_verify_checks_the_age_header_and_deep_decrypts_with_the_jobs_identity(
+    setup: Setup,
+    run_cli: RunCli,
+    keys: list[AgeKey],  # noqa: F811
+) -> None:
+    encrypt_to(setup, keys[0])
+    setup.document["storage"]["encryption"]["age"]["identity"] = {"file": str(keys[0].path)}
+    setup.write()
+    assert run_cli("--config", str(setup.path), "run", "nightly").returncode == 0
+    cheap = run_cli("--config", str(setup.path), "verify", "--json")
+    assert cheap.returncode == 0, cheap.stdout + cheap.stderr
+    [result] = json.loads(cheap.stdout)["results"]
+    assert "age header" in result["passed"]
+    assert not any("pg_restore" in p for p in result["problems"])
+    deep = run_cli("--config", str(setup.path), "verify", "--deep", "--json")
+    assert deep.returncode == 0, deep.stdout + deep.stderr
+    [result] = json.loads(deep.stdout)["results"]
+    assert "decrypts, plaintext sha256 (report)" in result["passed"]
+    # A report whose plaintext checksum does not match what the file decrypts to.
+    report_file = next(setup.reports.glob("*.json"))
+    report = json.loads(report_file.read_text())
+    report["encryption"]["plaintextSha256"] = "0" * 64
+    report_file.write_text(json.dumps(report))
+    bad = run_cli("--config", str(setup.path), "verify", "--deep", "--json")
+    assert bad.returncode == 1
+    [result] = json.loads(bad.stdout)["results"]
+    assert any(p.startswith("decryption:") for p in result["problems"])
+    assert keys[0].secret not in bad.stdout + bad.stderr
