@@ -187,7 +187,9 @@ def test_timer_run_is_excluded_while_the_daemon_runs_the_job_then_stop_is_clean(
     assert slow_running(), "the daemon's run must go on undisturbed"
 
     # Stop the service in the middle of that dump.
-    assert flow.sh(f"ls -A {DATA} | grep -c '^.tmp-slow' || true").stdout.strip() != "0"
+    # Files being written live in <data>/.db-backup-tmp/, named <job>.<file>.
+    temporaries = f"ls -A {DATA}/.db-backup-tmp 2>/dev/null"
+    assert flow.sh(f"{temporaries} | grep -c '^slow\\.' || true").stdout.strip() != "0"
     started = time.monotonic()
     flow.systemctl("stop", UNIT)
     took = time.monotonic() - started
@@ -195,7 +197,7 @@ def test_timer_run_is_excluded_while_the_daemon_runs_the_job_then_stop_is_clean(
     assert took < 90, "TimeoutStopSec=90 in db-backup.service"
     assert flow.is_active(UNIT) == "inactive"
     assert flow.unit_property(UNIT, "Result") == "success"
-    leftovers = flow.sh(f"ls -A {DATA} | grep '^.tmp-' || true").stdout.strip()
+    leftovers = flow.sh(f"{temporaries} || true").stdout.strip()
     assert leftovers == ""
     failed = [r for r in reports(flow) if r["job"] == "slow" and r["status"] == "FAILED"]
     assert failed and "db-backup daemon stopping (SIGTERM)" in failed[-1]["errorMessage"]
