@@ -11,12 +11,15 @@ import signal
 import sys
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from db_backup import __version__
 from db_backup.clock import format_utc, parse_utc, to_the_second, utc_now
 from db_backup.config import Config, ConfigError, SecretRef, config_path, load
 from db_backup.secrets import SecretError
+
+if TYPE_CHECKING:
+    from db_backup.execute import CancelToken
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -325,13 +328,10 @@ def _cmd_reload(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_run(config: Config, args: argparse.Namespace) -> int:
-    import structlog
-
+def _cancel_on_signals() -> CancelToken:
+    """Returns a token that SIGTERM and SIGINT cancel, naming the signal as the reason."""
     from db_backup.execute import CancelToken
-    from db_backup.job import JobBusy, JobSetupError, run_job
 
-    log = structlog.get_logger("db_backup.cli")
     cancel = CancelToken()
 
     def stop(signum: int, _frame: object) -> None:
@@ -339,6 +339,17 @@ def _cmd_run(config: Config, args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    return cancel
+
+
+def _cmd_run(config: Config, args: argparse.Namespace) -> int:
+    import structlog
+
+    from db_backup.execute import CancelToken
+    from db_backup.job import JobBusy, JobSetupError, run_job
+
+    log = structlog.get_logger("db_backup.cli")
+    cancel = _cancel_on_signals()
     if args.all:
         jobs = list(config.jobs)
     else:
@@ -486,7 +497,6 @@ def _cmd_restore(config: Config, args: argparse.Namespace) -> int:
 
     import structlog
 
-    from db_backup.execute import CancelToken
     from db_backup.restore import (
         DEFAULT_CONNECTION,
         RestoreError,
@@ -497,13 +507,7 @@ def _cmd_restore(config: Config, args: argparse.Namespace) -> int:
     )
 
     log = structlog.get_logger("db_backup.cli")
-    cancel = CancelToken()
-
-    def stop(signum: int, _frame: object) -> None:
-        cancel.cancel(f"received {signal.Signals(signum).name}")
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    cancel = _cancel_on_signals()
     options = RestoreOptions(
         target_database=args.to_database,
         clean=args.clean,
@@ -605,16 +609,9 @@ def _cmd_verify(config: Config, args: argparse.Namespace) -> int:
 
 def _cmd_drill(config: Config, args: argparse.Namespace) -> int:
     from db_backup.drill import render_drills, run_drill
-    from db_backup.execute import CancelToken
     from db_backup.job import JobBusy, JobSetupError
 
-    cancel = CancelToken()
-
-    def stop(signum: int, _frame: object) -> None:
-        cancel.cancel(f"received {signal.Signals(signum).name}")
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    cancel = _cancel_on_signals()
     try:
         job = config.job(args.job)
     except KeyError as exc:

@@ -102,6 +102,27 @@ class CancelToken:
             self.cancel(self._timeout_reason or "timed out")
 
 
+def read_until_eof(
+    fd: int, size: int, cancel: CancelToken | None, terminate: Callable[[], None]
+) -> Iterator[bytes]:
+    """Yields what a child writes to `fd`, `size` bytes at most at a time, until EOF.
+
+    A stop request calls `terminate` (the child goes) and raises Cancelled; the select timeout
+    keeps stop requests noticed while the child is silent.
+    """
+    while True:
+        if cancel is not None and cancel.is_cancelled():
+            terminate()
+            raise Cancelled(cancel.reason)
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if not ready:
+            continue
+        data = os.read(fd, size)
+        if not data:
+            return
+        yield data
+
+
 class StderrTail:
     """Collects a child's stderr in a thread, keeping the last lines for error messages."""
 
@@ -279,17 +300,7 @@ class StreamingChild(_Child):
 
     def chunks(self, size: int, cancel: CancelToken | None = None) -> Iterator[bytes]:
         """Yields stdout in pieces of at most `size` bytes until EOF; stops the child if cancelled."""
-        while True:
-            if cancel is not None and cancel.is_cancelled():
-                self.terminate()
-                raise Cancelled(cancel.reason)
-            ready, _, _ = select.select([self._stdout_fd], [], [], 0.5)
-            if not ready:
-                continue
-            data = os.read(self._stdout_fd, size)
-            if not data:
-                return
-            yield data
+        return read_until_eof(self._stdout_fd, size, cancel, self.terminate)
 
     def wait(self) -> int:
         """Waits for the child to exit and returns its exit status (negative: signal)."""
@@ -438,17 +449,7 @@ class FilterChild:
 
     def output(self, size: int, cancel: CancelToken | None = None) -> Iterator[bytes]:
         """Yields the child's stdout until EOF (when it reads its input itself)."""
-        while True:
-            if cancel is not None and cancel.is_cancelled():
-                self.terminate()
-                raise Cancelled(cancel.reason)
-            ready, _, _ = select.select([self.stdout_fd], [], [], 0.5)
-            if not ready:
-                continue
-            out = os.read(self.stdout_fd, size)
-            if not out:
-                return
-            yield out
+        return read_until_eof(self.stdout_fd, size, cancel, self.terminate)
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Returns the child's exit status, or None if it still runs after `timeout` seconds."""
