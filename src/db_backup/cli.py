@@ -26,6 +26,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2  # what argparse uses for a wrong command line
 EXIT_BUSY = 75  # EX_TEMPFAIL: another run of the job holds the lock
 EXIT_CONFIG = 78  # EX_CONFIG: the config file is unusable
+EVENTS_FINISH_SECONDS = 30.0  # at most this long after a run for alerts and the sink to finish
 
 EXIT_STATUS_HELP = """exit status:
   0   success
@@ -239,6 +240,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     log_dir = config.directories.logs if args.command in {"run", "daemon", "drill"} else None
     logs.setup(args.log_level, log_dir, args.log_format)
+    if args.command in {"run", "daemon", "drill"}:
+        from db_backup import events
+
+        try:
+            return _dispatch(config, path, args)
+        finally:  # alerts still being sent, the sink's outbox: finished, within a bound
+            events.shutdown(timeout=EVENTS_FINISH_SECONDS)
+    return _dispatch(config, path, args)
+
+
+def _dispatch(config: Config, path: str, args: argparse.Namespace) -> int:
     if args.command == "run":
         return _cmd_run(config, args)
     if args.command == "next":

@@ -35,6 +35,7 @@ from typing import Any
 
 import structlog
 
+from db_backup import events
 from db_backup.clock import format_utc, parse_utc, utc_now
 from db_backup.config import Config, Connection, JobConfig, SecretRef, schema
 from db_backup.crypto import EncryptionError
@@ -873,6 +874,18 @@ class _Drill:
             backup=document["backupReport"] or None,
             report=str(path),
             error=document["errorMessage"] or None,
+        )
+        events.publish(  # the seam after a report: alerts, sink and metrics hear of the drill
+            self.config,
+            events.Event(
+                kind=events.DRILL,
+                job=self.job.name,
+                database=document["database"],
+                ok=document["status"] == SUCCESS,
+                message=document["errorMessage"] or "",
+                report=document,
+                report_path=path if path in self.result.paths else None,
+            ),
         )
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from db_backup import crypto, pg, report_index, rowcounts
+from db_backup import crypto, events, pg, report_index, rowcounts
 from db_backup.claims import Claim, claim_stem, stale_claims, unclaimed
 from db_backup.clock import utc_now
 from db_backup.config import Config, JobConfig
@@ -882,6 +882,7 @@ def _finish(
         document["errorMessage"] = message
         result.reports.append(document)
         result.error = message
+        _after_report(config, document, None)
         return
     if report.status == SUCCESS:
         try:
@@ -921,6 +922,26 @@ def _finish(
         sha256=report.sha256 or None,
         deleted=len(report.retention_deleted),
         error=document["errorMessage"] or None,
+    )
+    _after_report(config, document, path)
+
+
+def _after_report(config: Config, document: dict[str, Any], path: Path | None) -> None:
+    """The one seam after a report is written: its consumers (sink, alerts, metrics) hear of it.
+
+    They never change the backup's status: `events.publish` logs and counts their failures.
+    """
+    events.publish(
+        config,
+        events.Event(
+            kind=events.BACKUP,
+            job=document["job"],
+            database=document["database"],
+            ok=document["status"] == SUCCESS,
+            message=document["errorMessage"] or "",
+            report=document,
+            report_path=path,
+        ),
     )
 
 
