@@ -173,6 +173,9 @@ class JobConfig:
     drill: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     encryption: AgeEncryption | None = None  # effective: the job's own, else storage's
     own_encryption: bool = False  # whether `encryption` is the job's own section
+    # The validated job mapping as written (defaults applied to the top level only): the
+    # sections read by their own modules (e.g. `max_age` by the staleness check) live here.
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def discovers_databases(self) -> bool:
@@ -192,6 +195,9 @@ class Config:
     daemon: DaemonConfig
     jobs: tuple[JobConfig, ...]
     run_as: str | None = "postgres"  # the user a root-started db-backup becomes; None: stay root
+    # The validated document as written: the sections that their own modules read and give
+    # defaults to (`sink`, `notifications`, `metrics`, `capacity`) are taken from here.
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def job(self, name: str) -> JobConfig:
         """Returns the job called `name`; raises KeyError naming the known jobs."""
@@ -657,6 +663,7 @@ def _build(data: dict[str, Any], source: str) -> Config:
                 drill=dict(job.get("drill") or {}),
                 encryption=_encryption(_effective_encryption(job, storage)),
                 own_encryption=bool(job.get("encryption")),
+                raw=job,
             )
         )
     return Config(
@@ -676,6 +683,7 @@ def _build(data: dict[str, Any], source: str) -> Config:
         ),
         jobs=tuple(jobs),
         run_as=data.get("run_as", props["run_as"]["default"]),
+        raw=data,
     )
 
 
