@@ -13,12 +13,17 @@ every variant alike), with the loopback OSS server as its own process and no ban
 
 Targets (issue 12): custom / bare <= 1.05 and dir-j2 / custom <= 0.60 (ratios of medians).
 
+pg_dump's ``-j`` works table by table, so the directory format can only be as fast as its
+largest share of tables allows: ``--split N`` runs the same variants on a copy of the database
+(``bench_splitN``) whose three tables are each split into N tables by ``id % N`` (the same rows
+and bytes, finer grains for pg_dump's workers).
+
 Usage::
 
-    .venv/bin/python benchmarks/bench_both.py [--reps 3] [--scale 1.0] [--cache DIR]
+    .venv/bin/python benchmarks/bench_both.py [--reps 3] [--scale 1.0] [--split N] [--cache DIR]
 
 Not part of the test suite. Writes the section "Mode both: custom and directory format against
-bare pg_dump (issue 12)" of benchmarks/RESULTS.md.
+bare pg_dump (issue 12)" of benchmarks/RESULTS.md (with ``--split N``: a section of its own).
 """
 
 from __future__ import annotations
@@ -65,13 +70,35 @@ DUMPS = {
 }
 
 
-def run_db_backup(bench: Bench, variant: str) -> Measurement:
+TABLES = ("customers", "orders", "events")
+
+
+def make_split(bench: Bench, parts: int) -> str:
+    """Creates (once) database `bench_split<parts>`: each table split into `parts` by id."""
+    assert bench.cluster is not None
+    name = f"{DB_1X}_split{parts}"
+    if name in bench.cluster.psql("SELECT datname FROM pg_database").split():
+        return name
+    bench.cluster.psql(f"CREATE DATABASE {name} TEMPLATE {DB_1X}")
+    statements = []
+    for table in TABLES:
+        for part in range(parts):
+            statements.append(
+                f"CREATE TABLE {table}_p{part} AS SELECT * FROM {table} WHERE id % {parts} = {part}"
+            )
+        statements.append(f"DROP TABLE {table}")
+    bench.cluster.psql("; ".join(statements), name)
+    bench.cluster.psql("VACUUM ANALYZE", name)
+    return name
+
+
+def run_db_backup(bench: Bench, variant: str, database: str) -> Measurement:
     """Runs `db-backup run bench` in mode both with the variant's dump settings."""
     assert bench.server is not None
     job_dir = bench.work / variant
     shutil.rmtree(job_dir, ignore_errors=True)
     job_dir.mkdir(parents=True)
-    path = bench.write_config(DB_1X, job_dir)  # mode both, oss2, the loopback server
+    path = bench.write_config(database, job_dir)  # mode both, oss2, the loopback server
     config = yaml.safe_load(path.read_text())
     config["jobs"][0]["dump"] = DUMPS[variant]
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -90,7 +117,9 @@ def run_db_backup(bench: Bench, variant: str) -> Measurement:
     return m
 
 
-def render(command: str, pg_version: str, size: int, runs: list[Measurement]) -> str:
+def render(
+    command: str, pg_version: str, database: str, size: int, split: int, runs: list[Measurement]
+) -> str:
     """Returns the RESULTS.md section body."""
 
     def group(name: str) -> list[Measurement]:
@@ -113,7 +142,14 @@ def render(command: str, pg_version: str, size: int, runs: list[Measurement]) ->
         "",
         f"Command: `{command}`",
         "",
-        f"Dataset: bench_stream.py's database `{DB_1X}` (pg_database_size {size / 1e9:.2f} GB), "
+        f"Dataset: bench_stream.py's database `{DB_1X}`"
+        + (
+            f", copied as `{database}` with each of its three tables split into {split} "
+            "tables by `id % N` (the same rows)"
+            if split
+            else " (three tables)"
+        )
+        + f"; pg_database_size {size / 1e9:.2f} GB, "
         "cached cluster with `fsync=off`; globals off; OSS is the loopback server "
         "(`tests/support/oss_server.py`, its own process, no bandwidth limit).",
         "",
@@ -151,8 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3, help="repetitions per variant")
     parser.add_argument("--scale", type=float, default=1.0, help="1.0 = about 1 GB of data")
     parser.add_argument("--cache", type=Path, default=Path("/var/tmp/db-backup-bench-formats"))
+    parser.add_argument("--split", type=int, default=0, help="split each table into N tables")
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = parser.parse_args(argv)
+    heading = HEADING + (f", tables split in {args.split}" if args.split else "")
     command = shlex.join([".venv/bin/python", "benchmarks/bench_both.py", *sys.argv[1:]])
     bench = Bench(args.cache)
     bench.cache.mkdir(parents=True, exist_ok=True)
@@ -164,12 +202,13 @@ def main(argv: list[str] | None = None) -> int:
         if not dataset_ready(bench, args.scale):
             build_dataset(bench, args.scale, doubled=False)
         pg_version = bench.cluster.psql("SELECT version()").split(" on ")[0]
-        size = database_size(bench.cluster, DB_1X)
+        database = make_split(bench, args.split) if args.split else DB_1X
+        size = database_size(bench.cluster, database)
         bench.start_server(0)
         variants: dict[str, Callable[[], Measurement]] = {
-            "bare": lambda: bench.run_bare(DB_1X),
-            "custom": lambda: run_db_backup(bench, "custom"),
-            "dir-j2": lambda: run_db_backup(bench, "dir-j2"),
+            "bare": lambda: bench.run_bare(database),
+            "custom": lambda: run_db_backup(bench, "custom", database),
+            "dir-j2": lambda: run_db_backup(bench, "dir-j2", database),
         }
         order = list(variants)
         runs: list[Measurement] = []
@@ -184,10 +223,10 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                     flush=True,
                 )
-        body = render(command, pg_version, size, runs)
+        body = render(command, pg_version, database, size, args.split, runs)
         print(body)
         if not args.no_write:
-            print(f"\nwritten to {write_section(HEADING, body)}")
+            print(f"\nwritten to {write_section(heading, body)}")
     finally:
         bench.stop_server()
         if bench.cluster is not None:
