@@ -444,7 +444,7 @@ def _cmd_status(config: Config, args: argparse.Namespace) -> int:
         return EXIT_FAILED
     for warning in [*page.notes, *page.warnings]:
         print(f"db-backup: warning: {warning}", file=sys.stderr)
-    from db_backup.drill import latest_drills, render_drills
+    from db_backup.drill_reports import latest_drills, render_drills
 
     drills = latest_drills(config, args.job)
     if args.json:
@@ -620,7 +620,8 @@ def _cmd_verify(config: Config, args: argparse.Namespace) -> int:
 
 
 def _cmd_drill(config: Config, args: argparse.Namespace) -> int:
-    from db_backup.drill import render_drills, run_drill
+    from db_backup.drill import run_drill
+    from db_backup.drill_reports import render_drills
     from db_backup.job import JobBusy, JobSetupError
 
     cancel = _cancel_on_signals()

@@ -39,6 +39,7 @@ from db_backup import events
 from db_backup.clock import format_utc, parse_utc, utc_now
 from db_backup.config import Config, Connection, JobConfig, SecretRef, schema
 from db_backup.crypto import EncryptionError
+from db_backup.drill_reports import drills_dir
 from db_backup.execute import Cancelled, CancelToken, CommandError, child_env, run
 from db_backup.job import job_lock
 from db_backup.report import (
@@ -73,7 +74,6 @@ from db_backup.storage.base import StorageError
 
 log = structlog.get_logger("db_backup.drill")
 
-DRILLS_DIR = "drills"
 SOCKET_PATH_MAX = 100  # sun_path is 108 bytes, minus "/.s.PGSQL.5432"
 SOCKET_MARKER = "socket-dir"
 SCRATCH_MARKER = "scratch-databases.json"
@@ -409,55 +409,6 @@ def _kill_postmaster(pid_file: Path, data: Path) -> None:
             time.sleep(0.1)
         if not Path(f"/proc/{pid}").exists():
             return
-
-
-# --------------------------------------------------------------------------- drill reports
-
-
-def drills_dir(config: Config) -> Path:
-    """Returns the directory of drill reports (beside the backup reports)."""
-    return config.directories.reports / DRILLS_DIR
-
-
-def load_drills(config: Config) -> list[dict[str, Any]]:
-    """Returns every readable drill report, newest first."""
-    documents = []
-    with contextlib.suppress(OSError):
-        for path in drills_dir(config).glob("*.json"):
-            with contextlib.suppress(OSError, UnicodeDecodeError, json.JSONDecodeError):
-                document = json.loads(path.read_text(encoding="utf-8"))
-                if isinstance(document, dict) and document.get("kind") == "drill":
-                    documents.append({**document, "reportFile": str(path)})
-    documents.sort(key=lambda d: str(d.get("startedAt", "")), reverse=True)
-    return documents
-
-
-def latest_drills(config: Config, job: str | None = None) -> list[dict[str, Any]]:
-    """Returns the newest drill report per job and database."""
-    latest: dict[tuple[str, str], dict[str, Any]] = {}
-    for document in load_drills(config):
-        if job is not None and document.get("job") != job:
-            continue
-        latest.setdefault((str(document.get("job")), str(document.get("database"))), document)
-    return list(latest.values())
-
-
-def render_drills(documents: list[dict[str, Any]]) -> str:
-    """Returns one line per drill report, for `db-backup status` and `db-backup drill`."""
-    lines = []
-    for d in documents:
-        detail = (
-            f"{d.get('tablesChecked', 0)} tables, {len(d.get('mismatches', []))} mismatches, "
-            f"checks {sum(1 for c in d.get('checks', []) if c.get('passed'))}/"
-            f"{len(d.get('checks', []))}, restore {d.get('restoreSeconds', 0)} s"
-        )
-        if d.get("status") != SUCCESS:
-            detail = str(d.get("errorMessage", ""))[:160]
-        lines.append(
-            f"drill {d.get('startedAt')}  {d.get('job')}/{d.get('database')}  {d.get('status')}  "
-            f"{detail}"
-        )
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- the drill
