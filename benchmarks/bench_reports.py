@@ -104,10 +104,13 @@ def populate(reports_dir: Path, count: int) -> int:
     return count
 
 
-def write_config(root: Path) -> Path:
-    """Writes a one-job local config under `root` and returns its path."""
+def write_config(root: Path, name: str = "config.yaml", run_as: bool = True) -> Path:
+    """Writes a one-job local config under `root` and returns its path.
+
+    `run_as: false` leaves the key out, for the version before it existed (which stays root).
+    """
     root.mkdir(parents=True, exist_ok=True)
-    config = {
+    config: dict[str, object] = {
         "run_as": None,  # a root-started benchmark stays root (its directories are root's)
         "directories": {
             "data": str(root / "data"),
@@ -118,7 +121,9 @@ def write_config(root: Path) -> Path:
         "storage": {"mode": "local"},
         "jobs": [{"name": JOB, "schedule": "0 * * * *", "databases": [DATABASE]}],
     }
-    path = root / "config.yaml"
+    if not run_as:
+        del config["run_as"]
+    path = root / name
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
@@ -246,7 +251,8 @@ def measure(count: int, reps: int, before: Path | None, work: Path) -> dict[str,
         ("retention after", ret_after),
     ]
     if before is not None:
-        status_old = [str(before), "--config", str(config), "status"]
+        old_config = write_config(root, "config-before.yaml", run_as=False)
+        status_old = [str(before), "--config", str(old_config), "status"]
         variants.insert(
             0, ("status before", lambda: time_command(status_old, f"{count}:status before"))
         )
