@@ -2,8 +2,10 @@
 
 One fresh container with the package: the job `broken` names a database that does not exist,
 the webhook URL is a secret file readable by the service, the metrics go to node_exporter's
-textfile directory. `systemctl start db-backup@broken.service` runs the job in the shipped,
-sandboxed unit; the receiver listens on the host's loopback (the container shares the network).
+textfile directory, and the database sink writes to a `platform` database on the container's
+PostgreSQL. `systemctl start db-backup@broken.service` runs the job in the shipped, sandboxed
+unit; the receiver listens on the host's loopback (the container shares the network). Then the
+README's commands for alerts and the platform's table run as root, as an admin would.
 """
 
 from __future__ import annotations
@@ -40,6 +42,13 @@ def alerting(boot_container: BootContainer, receiver: Receiver) -> Iterator[Cont
         ct.exec(["chgrp", "postgres", "/etc/db-backup/credentials/webhook-url"])
         # What a DBA does for node_exporter: its textfile directory, writable by the service.
         ct.exec(["install", "-d", "-m", "0775", "-g", "postgres", TEXTFILE_DIR])
+        # The platform's database, reached over the local socket as the postgres role.
+        psql = ["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1"]
+        ct.exec([*psql, "-c", "CREATE DATABASE platform"])
+        ct.write_file(
+            "/etc/db-backup/credentials/sink-dsn", "host=/var/run/postgresql dbname=platform", 0o640
+        )
+        ct.exec(["chgrp", "postgres", "/etc/db-backup/credentials/sink-dsn"])
         ct.write_file(
             "/etc/db-backup/config.yaml",
             f"""
@@ -53,6 +62,8 @@ notifications:
       url: {{file: /etc/db-backup/credentials/webhook-url}}
 metrics:
   textfile_dir: {TEXTFILE_DIR}
+sink:
+  dsn: {{file: /etc/db-backup/credentials/sink-dsn}}
 jobs:
   - name: broken
     schedule: "0 3 1 1 *"
@@ -101,3 +112,48 @@ def test_failed_backup_in_the_unit_alerts_the_webhook_and_writes_the_metrics_fil
     ).stdout
     assert "backup finished" in journal
     assert receiver.url("/hook") not in journal  # the webhook URL is a secret
+
+
+def platform_rows(ct: Container) -> list[str]:
+    done = ct.exec(
+        ["runuser", "-u", "postgres", "--", "psql", "-X", "-At", "-d", "platform", "-c",
+         "SELECT job || '|' || database || '|' || status FROM db_backup_job ORDER BY started_at"]
+    )  # fmt: skip
+    return done.stdout.split()
+
+
+def test_readme_commands_for_alerts_and_the_platform_table_work_on_the_installed_package(
+    alerting: Container, receiver: Receiver
+) -> None:
+    if not platform_rows_exist(alerting):
+        alerting.systemctl("start", "db-backup@broken.service", check=False)
+    before = len(receiver.requests)
+    # `sudo db-backup notify-test`: one test message per channel, exit 0 when all arrived.
+    done = alerting.exec(["db-backup", "notify-test"], check=False)
+    assert done.returncode == 0, done.stderr
+    [test_message] = receiver.wait_for(before + 1, timeout=60)[before:]
+    assert test_message.json()["kind"] == "test"
+    # The failed run's report is in the platform's table (path A, upserted by the unit's run).
+    assert "broken|no_such_database|FAILED" in platform_rows(alerting)
+    # `sudo db-backup sync-reports` (path B) loads the same report again: no duplicate.
+    done = alerting.exec(["db-backup", "sync-reports"], check=False)
+    assert done.returncode == 0, done.stderr
+    assert platform_rows(alerting).count("broken|no_such_database|FAILED") == 1
+    # `sudo db-backup status --from-db`: the fleet view names this host's failed database.
+    done = alerting.exec(["db-backup", "status", "--from-db"], check=False)
+    assert done.returncode == 0, done.stderr
+    line = next(x for x in done.stdout.splitlines() if "no_such_database" in x)
+    assert "FAILED" in line and "broken" in line
+    # `sudo db-backup status`: the job's last success is "never", and the failure is listed.
+    done = alerting.exec(["db-backup", "status"], check=False)
+    assert done.returncode == 0, done.stderr
+    assert "no_such_database" in done.stdout
+
+
+def platform_rows_exist(ct: Container) -> bool:
+    done = ct.exec(
+        ["runuser", "-u", "postgres", "--", "psql", "-X", "-At", "-d", "platform", "-c",
+         "SELECT count(*) FROM db_backup_job"],
+        check=False,
+    )  # fmt: skip
+    return done.returncode == 0 and done.stdout.strip() not in {"", "0"}
