@@ -720,7 +720,7 @@ def fleet_page(conn: psycopg.Connection[Any], q: StatusQuery) -> StatusPage:
     total = int(row[0]) if row else 0
     cursor = conn.execute(
         f"SELECT {_FLEET_COLUMNS} FROM ({matching}) AS p "
-        "ORDER BY started_at DESC, id DESC LIMIT %s OFFSET %s",
+        "ORDER BY started_at DESC, hostname, job, database, id DESC LIMIT %s OFFSET %s",
         [*params, q.limit, (q.page - 1) * q.limit],
     )
     names = [d.name for d in cursor.description or ()]
