@@ -51,6 +51,7 @@ OUTBOX_DIR = "sink-outbox"  # under directories.state
 REJECTED_DIR = "rejected"  # malformed outbox files, moved aside (under the outbox)
 BACKUP = "backup"
 DRILL = "drill"
+STATEMENT_TIMEOUT_SECONDS = 120  # one batch or one migration; bounds a hung server too
 PROGRESS_EVERY = 1000  # sync-reports prints a progress line when it loads at least this many
 # pg_advisory_xact_lock key for the migrations: "dbbackup" in ASCII, so every host agrees.
 MIGRATION_LOCK = int.from_bytes(b"dbbackup", "big") & 0x7FFF_FFFF_FFFF_FFFF
@@ -133,6 +134,12 @@ def connect(settings: SinkSettings) -> tuple[psycopg.Connection[Any], str]:
             dsn,
             connect_timeout=settings.connect_timeout_seconds,
             application_name="db-backup",
+            # A server that vanishes mid-statement, or a table locked by the platform, must not
+            # hold a run (or its end) for long: the report simply waits in the outbox.
+            keepalives=1,
+            keepalives_idle=30,
+            tcp_user_timeout=STATEMENT_TIMEOUT_SECONDS * 1000,
+            options=f"-c statement_timeout={STATEMENT_TIMEOUT_SECONDS}s",
         )
     except psycopg.Error as exc:
         raise SinkError(f"database sink {target}: cannot connect: {_first_line(exc)}") from None

@@ -480,3 +480,21 @@ def test_check_config_resolves_the_sink_dsn(setup: Setup, run_cli: RunCli) -> No
     assert done.returncode == 78
     assert "sink.dsn" in done.stderr
     assert yaml.safe_load(setup.path.read_text())["sink"] == {"dsn": {"env": DSN_ENV}}
+
+
+def test_with_migrate_false_a_database_without_the_tables_keeps_the_report_waiting(
+    cluster: Cluster, platform: str, setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(DSN_ENV, tcp_dsn(cluster, platform))
+    config = with_sink(setup, migrate=False)
+    settings = sink.sink_settings(config)
+    assert settings is not None
+    outbox = sink.Outbox(setup.state)
+    outbox.put(sink.Entry(sink.BACKUP, "r.json", make_report().to_json()))
+    cluster.psql(V1, platform)  # Flyway ran V1 only
+    with pytest.raises(sink.SinkError, match=r"lacks the V2 columns.*sink\.migrate: true"):
+        sink.flush(settings, outbox)
+    assert len(outbox.pending()) == 1
+    cluster.psql(V2, platform)  # now Flyway has applied V2 too
+    assert sink.flush(settings, outbox).sent == 1
+    assert rows(cluster, platform, "SELECT count(*) FROM db_backup_job") == [(1,)]
