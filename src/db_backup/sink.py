@@ -548,7 +548,7 @@ class SinkConsumer:
         name = event.report_path.name if event.report_path is not None else ""
         self.outbox.put(Entry(kind, name, dict(event.report)))
         with self._start_lock:
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name="db-backup-sink", daemon=True
                 )
