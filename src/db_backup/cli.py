@@ -30,7 +30,8 @@ EVENTS_FINISH_SECONDS = 30.0  # at most this long after a run for alerts and the
 
 EXIT_STATUS_HELP = """exit status:
   0   success
-  1   the command failed: a backup FAILED, or status cannot read the reports directory
+  1   the command failed: a backup FAILED, status cannot read the reports directory, or
+      sync-reports / status --from-db cannot reach the sink's database
   2   wrong command line: unknown option, command or job name
   75  the job is already running (another run holds its lock); try again later (EX_TEMPFAIL)
   78  the config is unusable: invalid, or check-config cannot read a secret it names (EX_CONFIG)
