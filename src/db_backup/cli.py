@@ -1,5 +1,5 @@
 """The `db-backup` command: check-config, run, status, next, daemon, reload, oss-lifecycle,
-restore, verify, drill."""
+restore, verify, drill, sync-reports."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ EVENTS_FINISH_SECONDS = 30.0  # at most this long after a run for alerts and the
 
 EXIT_STATUS_HELP = """exit status:
   0   success
-  1   the command failed: a backup FAILED, or status cannot read the reports directory
+  1   the command failed: a backup FAILED, status cannot read the reports directory, or
+      sync-reports / status --from-db cannot reach the sink's database
   2   wrong command line: unknown option, command or job name
   75  the job is already running (another run holds its lock); try again later (EX_TEMPFAIL)
   78  the config is unusable: invalid, or check-config cannot read a secret it names (EX_CONFIG)
@@ -81,6 +82,11 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--limit", type=_positive, default=20, help="rows per page (default 20)")
     status.add_argument("--page", type=_positive, default=1, help="page number (default 1)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument(
+        "--from-db",
+        action="store_true",
+        help="the fleet view: every host's results from the sink's database (sink: in the config)",
+    )
 
     nxt = sub.add_parser("next", help="print the next run times of each job")
     nxt.add_argument("job", nargs="?", help="only this job")
@@ -125,6 +131,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     drill.add_argument("job", help="job name from the config")
     drill.add_argument("--json", action="store_true", help="print the drill reports as JSON")
+    sub.add_parser(
+        "sync-reports",
+        help="load every backup and drill report on disk into the sink's database (idempotent)",
+    )
     return parser
 
 
@@ -269,6 +279,10 @@ def _dispatch(config: Config, path: str, args: argparse.Namespace) -> int:
         return _cmd_verify(config, args)
     if args.command == "drill":
         return _cmd_drill(config, args)
+    if args.command == "sync-reports":
+        from db_backup.sink import sync_reports
+
+        return sync_reports(config)
     raise AssertionError(args.command)  # pragma: no cover - argparse rejects others
 
 
@@ -425,19 +439,22 @@ def _cmd_status(config: Config, args: argparse.Namespace) -> int:
     from db_backup.report_index import default_path
     from db_backup.status import StatusError, StatusQuery, query, render_table
 
+    status_query = StatusQuery(
+        history=args.history,
+        job=args.job,
+        database=args.database,
+        status=args.status,
+        since=args.since,
+        limit=args.limit,
+        page=args.page,
+    )
+    if args.from_db:
+        from db_backup.sink import status_from_db
+
+        return status_from_db(config, status_query, args.json)
     try:
         page = query(
-            config.directories.reports,
-            StatusQuery(
-                history=args.history,
-                job=args.job,
-                database=args.database,
-                status=args.status,
-                since=args.since,
-                limit=args.limit,
-                page=args.page,
-            ),
-            default_path(config.directories.state),
+            config.directories.reports, status_query, default_path(config.directories.state)
         )
     except StatusError as exc:
         print(f"db-backup: {exc}", file=sys.stderr)

@@ -383,6 +383,9 @@ def secret_refs(config: Config) -> list[tuple[str, SecretRef]]:
     for index, job in enumerate(config.jobs):
         if job.connection.password is not None:
             refs.append((f"jobs[{index}].connection.password", job.connection.password))
+    sink_dsn = _secret((config.raw.get("sink") or {}).get("dsn"))
+    if sink_dsn is not None:
+        refs.append(("sink.dsn", sink_dsn))
     return refs
 
 
