@@ -241,7 +241,9 @@ class Notifier:
             except Retryable as exc:
                 error = str(exc)
                 if attempt < self.settings.attempts:
-                    self._pause(delay)
+                    if not self._pause(delay):
+                        error = f"not sent before the end ({error})"
+                        break
                     delay *= 2
                 continue
             except DeliveryError as exc:
@@ -253,7 +255,7 @@ class Notifier:
             log.info(
                 "alert sent",
                 channel=channel.name,
-                event=alert.event_name,
+                alert=alert.event_name,
                 state=alert.state,
                 job=alert.job or None,
                 database=alert.database or None,
@@ -266,7 +268,7 @@ class Notifier:
                 "alert not delivered",
                 channel=channel.name,
                 type=channel.settings.type,
-                event=alert.event_name,
+                alert=alert.event_name,
                 job=alert.job or None,
                 database=alert.database or None,
                 attempts=attempt,
@@ -279,15 +281,19 @@ class Notifier:
         deadline = self._deadline
         return None if deadline is None else deadline - time.monotonic()
 
-    def _pause(self, seconds: float) -> None:
-        """Waits `seconds` before a retry, but never past the deadline `close` sets."""
+    def _pause(self, seconds: float) -> bool:
+        """Waits `seconds` before a retry; returns False (at once) when that would pass the
+        deadline that `close` sets, even if `close` comes during the wait."""
         end = time.monotonic() + seconds
         if not self._closing.is_set():
             self._closing.wait(seconds)
         deadline = self._deadline
-        left = min(end, deadline if deadline is not None else end) - time.monotonic()
+        if deadline is not None and end > deadline:
+            return False
+        left = end - time.monotonic()
         if left > 0:
             time.sleep(left)
+        return True
 
 
 def send_test(config: Config) -> list[tuple[str, str | None]]:
