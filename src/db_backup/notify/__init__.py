@@ -213,9 +213,10 @@ class Notifier:
                 log.error("alert worker failed", error=mask(f"{type(exc).__name__}: {exc}"))
 
     def _send(self, outgoing: _Outgoing) -> None:
-        delivered = [self.deliver(channel, outgoing.alert) for channel in outgoing.channels]
+        errors = [self.deliver(channel, outgoing.alert) for channel in outgoing.channels]
         decision = outgoing.decision
-        if not any(delivered) and decision.state == FAILED and decision.since is not None:
+        nobody = all(error is not None for error in errors)
+        if nobody and decision.state == FAILED and decision.since is not None:
             # Nobody heard the first alert: let the next failure try again, not the reminder.
             self.dedup.undelivered(outgoing.key, decision.since)
 
