@@ -383,6 +383,12 @@ def secret_refs(config: Config) -> list[tuple[str, SecretRef]]:
     for index, job in enumerate(config.jobs):
         if job.connection.password is not None:
             refs.append((f"jobs[{index}].connection.password", job.connection.password))
+    notifications = config.raw.get("notifications") or {}
+    for index, channel in enumerate(notifications.get("channels") or []):
+        for key in ("url", "secret", "authorization", "password"):
+            if channel.get(key):
+                place = f"notifications.channels[{index}].{key}"
+                refs.append((place, _required_secret(channel[key])))
     return refs
 
 

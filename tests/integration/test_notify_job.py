@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import socket
-from pathlib import Path
 
 import pytest
 
 from db_backup import events
 from tests.conftest import RunCli, Setup
-from tests.support.pgcluster import free_port
+from tests.support.pgcluster import Cluster, free_port
 from tests.support.receivers import Receiver
 
 pytestmark = pytest.mark.integration
@@ -60,11 +59,8 @@ def test_a_failed_backup_alerts_once_naming_host_job_database_error_and_report(
 
 
 def test_recovery_is_told_after_the_database_comes_back(
-    setup: Setup, run_cli: RunCli, cluster: object
+    setup: Setup, run_cli: RunCli, cluster: Cluster
 ) -> None:
-    from tests.support.pgcluster import Cluster
-
-    assert isinstance(cluster, Cluster)
     cluster.psql("DROP DATABASE IF EXISTS flaky")
     setup.job()["databases"] = ["flaky"]
     _notify_to(setup, "HOOK_URL", language="zh")
@@ -99,7 +95,7 @@ def test_a_receiver_that_is_down_leaves_the_backup_successful(
 
 
 def test_a_failed_backup_with_the_receiver_down_is_still_just_failed(
-    setup: Setup, run_cli: RunCli, tmp_path: Path
+    setup: Setup, run_cli: RunCli
 ) -> None:
     setup.job()["databases"] = ["no_such_db"]
     _notify_to(setup, "HOOK_URL")
@@ -115,3 +111,33 @@ def test_a_failed_backup_with_the_receiver_down_is_still_just_failed(
         assert again.returncode == done.returncode
         [request] = receiver.wait_for(1)
     assert request.json()["state"] == "failed" and request.json()["failures"] == 2
+
+
+def test_notify_test_names_the_channels_that_failed(setup: Setup, run_cli: RunCli) -> None:
+    setup.document["notifications"] = {
+        "attempts": 1,
+        "channels": [
+            {"name": "hook", "type": "webhook", "url": {"env": "HOOK_URL"}},
+            {"name": "broken-slack", "type": "slack", "url": {"env": "DOWN_URL"}},
+        ],
+    }
+    setup.write()
+    with Receiver() as receiver:
+        env = {
+            "HOOK_URL": receiver.url("/alerts"),
+            "DOWN_URL": f"http://127.0.0.1:{free_port()}/x",
+        }
+        done = run_cli("--config", str(setup.path), "notify-test", env=env)
+        [request] = receiver.wait_for(1)
+    assert done.returncode == 1
+    assert done.stdout.splitlines()[0] == "hook: sent"
+    assert done.stdout.splitlines()[1].startswith("broken-slack: FAILED: cannot reach the server")
+    assert "test alert not delivered to: broken-slack" in done.stderr
+    assert request.json()["state"] == "test"
+    # A test is a check of the set-up, not an outage: nothing is counted for the metrics.
+    assert events.failure_counts(setup.state) == {}
+    checked = run_cli("--config", str(setup.path), "check-config", env={"HOOK_URL": "x"})
+    assert checked.returncode == 78
+    assert "At 'notifications.channels[1].url': environment variable DOWN_URL is not set" in (
+        checked.stderr
+    )
