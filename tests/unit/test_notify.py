@@ -370,3 +370,25 @@ def test_concurrent_processes_count_every_failure(tmp_path: Path) -> None:
         assert worker.exitcode == 0
     entries = DedupState(tmp_path).entries()
     assert entries["backup|nightly|shop|"]["failures"] == 200
+
+
+def test_the_commented_example_in_config_example_yaml_is_valid() -> None:
+    text = (Path(__file__).resolve().parents[2] / "config.example.yaml").read_text()
+    section = text[text.index("# notifications:") :]
+    uncommented = "\n".join(
+        line[2:] if line.startswith("# ") else line for line in section.splitlines()
+    )
+    document = {
+        "storage": {"mode": "local"},
+        "jobs": [{"name": "a", "schedule": "0 2 * * *", "databases": "x"}],
+        **yaml.safe_load(uncommented),
+    }
+    settings = parse(config.loads(yaml.safe_dump(document)).raw["notifications"])
+    assert {c.type for c in settings.channels} == {
+        "feishu",
+        "dingtalk",
+        "wecom",
+        "slack",
+        "webhook",
+        "email",
+    }
