@@ -201,6 +201,20 @@ def test_wecom_answering_an_error_code_counts_as_not_delivered(
     assert _failures(tmp_path) == {"notify:wx": 1}
 
 
+def test_a_token_that_the_server_quotes_back_is_masked_in_the_log(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = "693axxx6-7aoc-4bc4-97a0-0ec2sifa5aaa"
+    receiver.reply(400, f"invalid webhook url, key {key} not found")
+    monkeypatch.setenv("WECOM_URL", receiver.url(f"/cgi-bin/webhook/send?key={key}"))
+    channel = ChannelSettings(name="wx", type="wecom", url=SecretRef("env", "WECOM_URL"))
+    with structlog.testing.capture_logs() as logged:
+        _send(_notifier(tmp_path, channel))
+    [error] = [e for e in logged if e["event"] == "alert not delivered"]
+    assert error["error"] == "HTTP 400 Bad Request: invalid webhook url, key *** not found"
+    assert key not in repr(logged)
+
+
 def test_slack_sends_text(
     tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -392,3 +392,30 @@ def test_the_commented_example_in_config_example_yaml_is_valid() -> None:
         "webhook",
         "email",
     }
+
+
+def test_without_a_usable_state_file_every_failure_alerts(tmp_path: Path) -> None:
+    not_a_directory = tmp_path / "state"
+    not_a_directory.write_text("a file where the state directory should be")
+    notifier = _notifier(not_a_directory, Clock())
+    with structlog.testing.capture_logs() as logged:
+        first, second = notifier.prepare(_failed()), notifier.prepare(_failed())
+    assert first is not None and second is not None
+    assert any(e["event"].startswith("alert state not saved") for e in logged)
+
+
+def test_a_condition_without_a_job_is_named_by_its_place_with_details() -> None:
+    alert = _alert(
+        event_name="low_disk",
+        kind="low_disk",
+        job="",
+        database="",
+        error="4.1 GiB free of 200 GiB (2%), threshold 10%",
+        report=None,
+        report_path="",
+        details={"path": "/var/lib/db-backup/data"},
+    )
+    text = messages.plain_text(alert, "en")
+    assert text.splitlines()[0] == "[db-backup] Low disk space: /var/lib/db-backup/data on db1"
+    assert "Details: 4.1 GiB free of 200 GiB (2%), threshold 10%" in text
+    assert "详情：4.1 GiB" in messages.plain_text(alert, "zh")

@@ -128,11 +128,7 @@ class Notifier:
         now = self.clock()
         key = self._key(event)
         if event.ok:
-            decision = (
-                self.dedup.decide(key, True, now, self._remind_every())
-                if tracked
-                else Decision(SUCCEEDED)
-            )
+            decision = self._decide(key, True, now) if tracked else Decision(SUCCEEDED)
             if decision.state == RECOVERED and settings.recovery:
                 event_name = failure_name
                 wanted = {failure_name, names.BACKUP_SUCCEEDED}
@@ -145,7 +141,7 @@ class Notifier:
         else:
             if not tracked:
                 return None
-            decision = self.dedup.decide(key, False, now, self._remind_every())
+            decision = self._decide(key, False, now)
             if not decision.state:
                 log.info(
                     "alert held back: already told",
@@ -162,6 +158,18 @@ class Notifier:
             return None
         alert = self._alert(event, event_name, decision, now)
         return _Outgoing(alert, channels, key, decision)
+
+    def _decide(self, key: str, ok: bool, now: datetime) -> Decision:
+        """Returns the dedup decision; without a usable state file, tells every failure."""
+        try:
+            return self.dedup.decide(key, ok, now, self._remind_every())
+        except OSError as exc:
+            log.warning(
+                "alert state not saved: every failure alerts until it is",
+                path=str(self.dedup.path),
+                error=f"{exc.filename or self.dedup.path}: {exc.strerror}",
+            )
+            return Decision(SUCCEEDED) if ok else Decision(FAILED, 1, now)
 
     def _remind_every(self) -> timedelta | None:
         hours = self.settings.remind_every_hours

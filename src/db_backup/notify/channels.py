@@ -26,7 +26,7 @@ from typing import Any
 from db_backup.notify import messages
 from db_backup.notify.messages import Alert
 from db_backup.notify.settings import ChannelSettings
-from db_backup.secrets import SecretError, resolve
+from db_backup.secrets import SecretError, register, resolve
 
 USER_AGENT = "db-backup-notify"
 
@@ -118,7 +118,9 @@ class Channel:
             raise DeliveryError(str(exc)) from None
 
     def _url(self) -> str:
-        return self._secret(self.settings.url, "url")
+        url = self._secret(self.settings.url, "url")
+        _register_url_tokens(url)
+        return url
 
     def _text(self, alert: Alert) -> str:
         return messages.plain_text(alert, self.language)
@@ -252,6 +254,18 @@ class Email(Channel):
         except (smtplib.SMTPException, OSError) as exc:
             where = f"{settings.smtp_host}:{settings.port}"
             raise Retryable(f"SMTP {where}: {type(exc).__name__}: {exc}") from None
+
+
+def _register_url_tokens(url: str) -> None:
+    """Registers the tokens inside a webhook URL for masking, not only the whole URL: a
+    server's error answer may quote one (`access_token`, `key`, the hook's path token)."""
+    parts = urllib.parse.urlsplit(url)
+    for _, value in urllib.parse.parse_qsl(parts.query):
+        if len(value) >= 8:
+            register(value)
+    for segment in parts.path.split("/"):
+        if len(segment) >= 16:
+            register(segment)
 
 
 def _smtp_text(exc: smtplib.SMTPResponseException) -> str:

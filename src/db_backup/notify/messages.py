@@ -75,6 +75,7 @@ LABELS = {
         "server": "Server",
         "event": "Event",
         "error": "Error",
+        "details": "Details",
         "report": "Report",
         "backup_report": "Backup report",
         "size": "Size",
@@ -89,6 +90,7 @@ LABELS = {
         "server": "数据库服务器",
         "event": "事件",
         "error": "错误",
+        "details": "详情",
         "report": "报告",
         "backup_report": "备份报告",
         "size": "大小",
@@ -123,12 +125,20 @@ def title(alert: Alert, language: str) -> str:
     """Returns the one-line summary: what, where and whether it is over."""
     lang = language if language in WHAT else "en"
     what = WHAT[lang][TEST if alert.state == TEST else alert.event_name]
-    subject = "/".join(part for part in (alert.job, alert.database) if part) or "-"
+    subject = "/".join(part for part in (alert.job, alert.database) if part) or _where(alert)
     if lang == "zh":
         prefix = {RECOVERED: "已恢复：", REMINDER: "仍未恢复：", TEST: ""}.get(alert.state, "")
         return f"[db-backup] {prefix}{what} {subject}（主机 {alert.host}）"
     prefix = {RECOVERED: "Recovered: ", REMINDER: "Still failing: ", TEST: ""}.get(alert.state, "")
     return f"[db-backup] {prefix}{what}: {subject} on {alert.host}"
+
+
+def _where(alert: Alert) -> str:
+    """Returns what a condition without a job is about: a directory, a bucket, or "-"."""
+    for key in ("path", "directory", "bucket"):
+        if alert.details.get(key):
+            return str(alert.details[key])
+    return "-"
 
 
 def lines(alert: Alert, language: str) -> list[tuple[str, str]]:
@@ -150,7 +160,9 @@ def lines(alert: Alert, language: str) -> list[tuple[str, str]]:
         error = mask(alert.error)
         if len(error) > MAX_ERROR_CHARS:
             error = error[:MAX_ERROR_CHARS] + " ..."
-        out.append((label["error"], error))
+        # A failed backup or drill has an error; a condition (stale, low disk) has details.
+        name = "error" if alert.kind in {"backup", "drill"} else "details"
+        out.append((label[name], error))
     if alert.state == SUCCEEDED or (alert.state == RECOVERED and alert.kind == "backup"):
         size = (report.get("local") or {}).get("sizeBytes")
         if isinstance(size, int) and size:
