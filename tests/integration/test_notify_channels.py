@@ -246,7 +246,7 @@ def test_webhook_posts_the_event_as_json_with_the_report(
     assert body["kind"] == "backup" and body["event"] == "backup_failed" and body["ok"] is False
     assert body["host"] == "db1.example.com" and body["job"] == "nightly"
     assert body["database"] == "shop" and body["message"] == ERROR
-    assert body["reportPath"] == str(REPORT_PATH) and body["report"]["status"] == "FAILED"
+    assert body["report_path"] == str(REPORT_PATH) and body["report"]["status"] == "FAILED"
     assert body["state"] == "failed" and body["failures"] == 1
 
 

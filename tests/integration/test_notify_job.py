@@ -44,7 +44,7 @@ def test_a_failed_backup_alerts_once_naming_host_job_database_error_and_report(
         assert body["event"] == "backup_failed" and body["state"] == "failed"
         assert body["host"] == socket.gethostname() == report["hostname"]
         assert body["job"] == "nightly" and body["database"] == "no_such_db"
-        assert body["reportPath"] == str(report_path)
+        assert body["report_path"] == str(report_path)
         assert "no_such_db" in body["message"] and body["message"] == report["errorMessage"]
         for part in ("nightly", "no_such_db", str(report_path), report["errorMessage"]):
             assert part in body["text"], part

@@ -203,7 +203,7 @@ def document(alert: Alert, language: str) -> dict[str, Any]:
         "job": alert.job,
         "database": alert.database,
         "message": mask(alert.error),
-        "reportPath": alert.report_path or None,
+        "report_path": alert.report_path or None,
         "report": dict(alert.report) if alert.report is not None else None,
         "details": dict(alert.details),
         "failures": alert.failures,
