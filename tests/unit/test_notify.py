@@ -419,3 +419,35 @@ def test_a_condition_without_a_job_is_named_by_its_place_with_details() -> None:
     assert text.splitlines()[0] == "[db-backup] Low disk space: /var/lib/db-backup/data on db1"
     assert "Details: 4.1 GiB free of 200 GiB (2%), threshold 10%" in text
     assert "详情：4.1 GiB" in messages.plain_text(alert, "zh")
+
+
+def test_a_failed_drill_alerts_and_its_next_success_recovers(tmp_path: Path) -> None:
+    clock = Clock()
+    channels = (
+        ChannelSettings(name="all", type="webhook"),
+        ChannelSettings(name="successes", type="webhook", events=("backup_succeeded",)),
+    )
+    settings = NotifySettings(channels=channels, hostname="db1")
+    notifier = Notifier(settings, tmp_path, clock=clock)
+    report = {"status": "FAILED", "backupReport": "/reports/shop_20261122T020000Z_db1.json"}
+    failed = events.Event(
+        kind=events.DRILL,
+        job="nightly",
+        database="shop",
+        ok=False,
+        message="row counts differ in 2 table(s)",
+        report=report,
+        report_path=Path("/reports/drill_shop.json"),
+    )
+    outgoing = notifier.prepare(failed)
+    assert outgoing is not None and outgoing.alert.event_name == "drill_failed"
+    assert [c.name for c in outgoing.channels] == ["all"]
+    text = messages.plain_text(outgoing.alert, "en")
+    assert text.splitlines()[0] == "[db-backup] Restore drill failed: nightly/shop on db1"
+    assert "Backup report: /reports/shop_20261122T020000Z_db1.json" in text
+    assert "Error: row counts differ in 2 table(s)" in text
+    clock.advance(days=7)
+    ok = events.Event(kind=events.DRILL, job="nightly", database="shop", ok=True, report={})
+    recovered = notifier.prepare(ok)
+    assert recovered is not None and recovered.alert.state == messages.RECOVERED
+    assert [c.name for c in recovered.channels] == ["all"]

@@ -131,7 +131,9 @@ class Notifier:
             decision = self._decide(key, True, now) if tracked else Decision(SUCCEEDED)
             if decision.state == RECOVERED and settings.recovery:
                 event_name = failure_name
-                wanted = {failure_name, names.BACKUP_SUCCEEDED}
+                wanted = {failure_name}
+                if event.kind == events.BACKUP:  # a channel for successes hears it too
+                    wanted.add(names.BACKUP_SUCCEEDED)
             elif event.kind == events.BACKUP and settings.enabled(names.BACKUP_SUCCEEDED):
                 event_name = names.BACKUP_SUCCEEDED
                 wanted = {event_name}
@@ -226,7 +228,10 @@ class Notifier:
         nobody = all(error is not None for error in errors)
         if nobody and decision.state == FAILED and decision.since is not None:
             # Nobody heard the first alert: let the next failure try again, not the reminder.
-            self.dedup.undelivered(outgoing.key, decision.since)
+            try:
+                self.dedup.undelivered(outgoing.key, decision.since)
+            except OSError as exc:
+                log.warning("alert state not saved", path=str(self.dedup.path), error=exc.strerror)
 
     def deliver(self, channel: Channel, alert: Alert, count: bool = True) -> str | None:
         """Sends `alert` to `channel` with retries; returns None when delivered, else the error.
