@@ -135,6 +135,10 @@ def _parser() -> argparse.ArgumentParser:
         "sync-reports",
         help="load every backup and drill report on disk into the sink's database (idempotent)",
     )
+    sub.add_parser(
+        "notify-test",
+        help="send a test alert through every notification channel; exit 1 naming those that failed",
+    )
     return parser
 
 
@@ -283,6 +287,8 @@ def _dispatch(config: Config, path: str, args: argparse.Namespace) -> int:
         from db_backup.sink import sync_reports
 
         return sync_reports(config)
+    if args.command == "notify-test":
+        return _cmd_notify_test(config)
     raise AssertionError(args.command)  # pragma: no cover - argparse rejects others
 
 
@@ -494,6 +500,24 @@ def _cmd_next(config: Config, args: argparse.Namespace) -> int:
         print(f"{job.name}  {job.schedule!r}  ({zone.key})")
         for moment in next_runs(job.schedule, zone, now, args.count):
             print(f"  {moment:%Y-%m-%d %H:%M %Z (%z)}  =  {format_utc(to_the_second(moment))}")
+    return EXIT_OK
+
+
+def _cmd_notify_test(config: Config) -> int:
+    from db_backup.notify import send_test
+
+    results = send_test(config)
+    if not results:
+        print(
+            f"db-backup: {config.source}: no channel under notifications.channels", file=sys.stderr
+        )
+        return EXIT_CONFIG
+    for name, error in results:
+        print(f"{name}: {'sent' if error is None else f'FAILED: {error}'}")
+    failed = [name for name, error in results if error is not None]
+    if failed:
+        print(f"db-backup: test alert not delivered to: {', '.join(failed)}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 

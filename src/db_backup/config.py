@@ -386,6 +386,12 @@ def secret_refs(config: Config) -> list[tuple[str, SecretRef]]:
     sink_dsn = _secret((config.raw.get("sink") or {}).get("dsn"))
     if sink_dsn is not None:
         refs.append(("sink.dsn", sink_dsn))
+    notifications = config.raw.get("notifications") or {}
+    for index, channel in enumerate(notifications.get("channels") or []):
+        for key in ("url", "secret", "authorization", "password"):
+            if channel.get(key):
+                place = f"notifications.channels[{index}].{key}"
+                refs.append((place, _required_secret(channel[key])))
     return refs
 
 
