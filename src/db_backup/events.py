@@ -42,7 +42,7 @@ OSS_USAGE = "oss_usage"  # the bucket's usage over the configured limit (ok=Fals
 SUSPICIOUS_SIZE = "suspicious_size"  # retention held back: the newest backup looks too small
 
 # The consumers, as "module:factory"; each factory returns None when it is not configured.
-CONSUMERS: tuple[str, ...] = ()
+CONSUMERS: tuple[str, ...] = ("db_backup.metrics:consumer",)
 
 
 @dataclass(frozen=True)
