@@ -335,7 +335,7 @@ def parse_listen(listen: str) -> tuple[str, int]:
     """Returns (host, port) of `host:port` or `[v6]:port`; raises MetricsError."""
     host, _, port = listen.rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise MetricsError(f"metrics.listen: {listen!r} is not host:port (e.g. 127.0.0.1:9187)")
     return host, int(port)
 
