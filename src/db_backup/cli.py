@@ -422,9 +422,11 @@ def _cmd_check_config(config: Config, path: str, args: argparse.Namespace) -> in
 
 
 def _cmd_status(config: Config, args: argparse.Namespace) -> int:
+    from db_backup.drill_reports import latest_drills, render_drills
     from db_backup.report_index import default_path
     from db_backup.status import StatusError, StatusQuery, query, render_table
 
+    drills = latest_drills(config, args.job)
     try:
         page = query(
             config.directories.reports,
@@ -438,15 +440,14 @@ def _cmd_status(config: Config, args: argparse.Namespace) -> int:
                 page=args.page,
             ),
             default_path(config.directories.state),
+            config.directories.state,
+            drills=drills,
         )
     except StatusError as exc:
         print(f"db-backup: {exc}", file=sys.stderr)
         return EXIT_FAILED
     for warning in [*page.notes, *page.warnings]:
         print(f"db-backup: warning: {warning}", file=sys.stderr)
-    from db_backup.drill_reports import latest_drills, render_drills
-
-    drills = latest_drills(config, args.job)
     if args.json:
         document = {
             "page": page.page,
