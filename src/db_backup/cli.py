@@ -233,6 +233,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"db-backup: {exc}", file=sys.stderr)
             return EXIT_CONFIG
+        from db_backup.metrics import MetricsError
+        from db_backup.metrics import check_config as check_metrics
+
+        try:  # a metrics.listen that is not loopback (without allow_remote) is refused
+            check_metrics(config)
+        except MetricsError as exc:
+            print(f"db-backup: {config.source}: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
         return _cmd_check_config(config, path, args)
     if args.command == "status":
         return _cmd_status(config, args)  # logs nothing: no structlog to import and set up

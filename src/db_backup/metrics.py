@@ -362,6 +362,13 @@ def check_listen(found: MetricsSettings) -> tuple[str, int] | None:
     return host, port
 
 
+def check_config(config: Config) -> None:
+    """Raises MetricsError when `metrics.listen` would be refused by the daemon."""
+    found = settings(config)
+    if found is not None:
+        check_listen(found)
+
+
 class MetricsServer:
     """/metrics served by the daemon in a thread of its own, computed on each scrape."""
 
