@@ -40,7 +40,9 @@ if TYPE_CHECKING:
 
 NAME = "metrics"
 FILE_MODE = 0o644  # node_exporter runs as its own user; the service's umask is 0077
-LABELS = ["job", "database"]
+# `job` is Prometheus's own target label (a scraped `job` would become `exported_job`): the
+# db-backup job is `backup_job`.
+LABELS = ["backup_job", "database"]
 
 
 class MetricsError(Exception):
@@ -196,7 +198,7 @@ def families(config: Config, now: datetime | None = None) -> list[Metric]:
         "1 when the daemon found no SUCCESS within the job's max_age (database '' = the job "
         "has reported nothing), else 0.",
     )
-    max_age = gauge("db_backup_max_age_seconds", "The job's max_age (staleness limit).", ["job"])
+    max_age = gauge("db_backup_max_age_seconds", "The job's max_age (staleness limit).", ["backup_job"])
     failures = CounterMetricFamily(
         "db_backup_consumer_failures",
         "Failures of report consumers (notifiers, database sink, metrics) so far.",

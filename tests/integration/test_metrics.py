@@ -71,8 +71,8 @@ def test_metrics_file_after_a_successful_and_a_failed_run(
     samples = parse(prom.read_text())
     good, bad = reports["shop"], reports["no_such_db"]
     assert good["status"] == SUCCESS and bad["status"] == FAILED
-    shop = {"job": "nightly", "database": "shop"}
-    missing = {"job": "nightly", "database": "no_such_db"}
+    shop = {"backup_job": "nightly", "database": "shop"}
+    missing = {"backup_job": "nightly", "database": "no_such_db"}
     assert value(samples, "db_backup_last_run_success", **shop) == 1
     assert value(samples, "db_backup_last_run_success", **missing) == 0
     assert value(samples, "db_backup_last_success_timestamp_seconds", **shop) == (
@@ -95,7 +95,7 @@ def test_metrics_file_after_a_successful_and_a_failed_run(
     # A database that never succeeded has no last-success series at all (not a 0 = 1970).
     assert missing not in names_of(samples, "db_backup_last_success_timestamp_seconds")
     assert value(samples, "db_backup_stale", **shop) == 0
-    assert value(samples, "db_backup_max_age_seconds", job="nightly") == 48 * 3600
+    assert value(samples, "db_backup_max_age_seconds", backup_job="nightly") == 48 * 3600
     assert value(samples, "db_backup_report_problems") == 0
     assert names_of(samples, "db_backup_consumer_failures_total") == []
     # A second run that succeeds for shop moves its timestamp; the failure stays the newest
@@ -144,7 +144,7 @@ def test_metrics_file_after_a_drill(
     assert done.returncode == 0, done.stderr
     [drill] = test_drill.drill_reports(setup)
     samples = parse(prom.read_text())
-    shop = {"job": "nightly", "database": "shop"}
+    shop = {"backup_job": "nightly", "database": "shop"}
     assert value(samples, "db_backup_last_drill_success", **shop) == 1
     assert value(samples, "db_backup_last_drill_timestamp_seconds", **shop) == (
         parse_utc(drill["startedAt"]).timestamp()
@@ -229,18 +229,18 @@ def test_stale_flag_follows_the_daemon_and_a_newer_success_ends_it(offline: Conf
     watch = staleness.StaleWatch(offline, datetime(2026, 5, 1, 3, tzinfo=UTC), lambda c, e: None)
     watch.check(datetime(2026, 5, 4, tzinfo=UTC), 0.0)
     samples = parse(metrics.render(offline).decode())
-    assert value(samples, "db_backup_stale", job="nightly", database="shop") == 1
+    assert value(samples, "db_backup_stale", backup_job="nightly", database="shop") == 1
     # A manual run's SUCCESS (written after the daemon's check) ends it at once.
     add_report(offline, "nightly", "shop", datetime(2026, 5, 4, 1, tzinfo=UTC), SUCCESS)
     samples = parse(metrics.render(offline).decode())
-    assert value(samples, "db_backup_stale", job="nightly", database="shop") == 0
+    assert value(samples, "db_backup_stale", backup_job="nightly", database="shop") == 0
 
 
 def test_a_job_that_never_reported_is_flagged_with_an_empty_database(offline: Config) -> None:
     watch = staleness.StaleWatch(offline, datetime(2026, 5, 1, tzinfo=UTC), lambda c, e: None)
     watch.check(datetime(2026, 5, 9, tzinfo=UTC), 0.0)
     samples = parse(metrics.render(offline).decode())
-    assert value(samples, "db_backup_stale", job="nightly", database="shop") == 1
+    assert value(samples, "db_backup_stale", backup_job="nightly", database="shop") == 1
 
 
 def test_the_file_is_replaced_atomically_never_seen_partial(offline: Config) -> None:
@@ -311,7 +311,7 @@ def test_daemon_serves_metrics_on_loopback_computed_on_each_scrape(
         text = wait_until(answers, "the daemon's /metrics")
         assert text is not None
         first = parse(text)
-        shop = {"job": "nightly", "database": "shop"}
+        shop = {"backup_job": "nightly", "database": "shop"}
         assert value(first, "db_backup_last_run_success", **shop) == 0
         # The textfile is written at start too.
         prom = setup.root / "textfile" / "db_backup.prom"
@@ -351,3 +351,20 @@ def test_allow_remote_serves_on_any_address(offline: Config, setup: Setup) -> No
         assert "db_backup_max_age_seconds" in scrape(port)
     finally:
         server.stop()
+
+
+def test_the_documented_alert_rules_use_only_metrics_that_exist(offline: Config) -> None:
+    import re
+
+    import yaml
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
+    block = docs.split("```yaml\ngroups:", 1)[1].split("```", 1)[0]
+    rules = yaml.safe_load("groups:" + block)["groups"][0]["rules"]
+    assert {rule["alert"] for rule in rules} >= {"DbBackupFailed", "DbBackupStale"}
+    text = metrics.render(offline).decode()
+    names = set(re.findall(r"^# TYPE (db_backup_\w+) ", text, re.MULTILINE))
+    used = {name for rule in rules for name in re.findall(r"db_backup_\w+", rule["expr"])}
+    assert used and used <= names, used - names
+    documented = set(re.findall(r"^\| `(db_backup_\w+)`", docs, re.MULTILINE))
+    assert documented == names
