@@ -368,3 +368,40 @@ def test_the_documented_alert_rules_use_only_metrics_that_exist(offline: Config)
     assert used and used <= names, used - names
     documented = set(re.findall(r"^\| `(db_backup_\w+)`", docs, re.MULTILINE))
     assert documented == names
+
+
+def test_the_daemons_stale_event_rewrites_the_metrics_file(offline: Config) -> None:
+    add_report(offline, "nightly", "shop", datetime(2026, 5, 1, 2, tzinfo=UTC), SUCCESS)
+    target = offline.directories.state.parent / "textfile" / "db_backup.prom"
+    watch = staleness.StaleWatch(offline, datetime(2026, 5, 1, 3, tzinfo=UTC))  # events.publish
+    try:
+        [raised] = watch.check(datetime(2026, 5, 4, tzinfo=UTC), 0.0)
+    finally:
+        events.shutdown(timeout=5)
+    assert raised.kind == events.STALE and not raised.ok
+    samples = parse(target.read_text())  # written by the metrics consumer, through the seam
+    assert value(samples, "db_backup_stale", backup_job="nightly", database="shop") == 1
+
+
+def test_promtool_accepts_the_rules_and_the_metrics(offline: Config, tmp_path: Path) -> None:
+    import shutil
+
+    promtool = os.environ.get("PROMTOOL") or shutil.which("promtool")
+    if not promtool:
+        pytest.skip("promtool not installed (Debian: the prometheus package; or set PROMTOOL)")
+    for database in HOSTILE:
+        add_report(offline, "nightly", database, datetime(2026, 5, 1, tzinfo=UTC), SUCCESS)
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
+    rules = tmp_path / "rules.yml"
+    rules.write_text("groups:" + docs.split("```yaml\ngroups:", 1)[1].split("```", 1)[0])
+    checked = subprocess.run(
+        [promtool, "check", "rules", str(rules)], capture_output=True, text=True, check=False
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    linted = subprocess.run(
+        [promtool, "check", "metrics"],
+        input=metrics.render(offline),
+        capture_output=True,
+        check=False,
+    )
+    assert linted.returncode == 0, linted.stdout + linted.stderr
