@@ -198,7 +198,9 @@ def families(config: Config, now: datetime | None = None) -> list[Metric]:
         "1 when the daemon found no SUCCESS within the job's max_age (database '' = the job "
         "has reported nothing), else 0.",
     )
-    max_age = gauge("db_backup_max_age_seconds", "The job's max_age (staleness limit).", ["backup_job"])
+    max_age = gauge(
+        "db_backup_max_age_seconds", "The job's max_age (staleness limit).", ["backup_job"]
+    )
     failures = CounterMetricFamily(
         "db_backup_consumer_failures",
         "Failures of report consumers (notifiers, database sink, metrics) so far.",
