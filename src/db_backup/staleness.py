@@ -53,7 +53,6 @@ MAX_SLOTS = 6000  # a dense schedule's gaps are known long before the horizon
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"^(?:[0-9]+[smhdw])+$")
 _PART = re.compile(r"([0-9]+)([smhdw])")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 Key = tuple[str, str]  # job, database ("" for a job that has reported nothing)
 
@@ -318,7 +317,7 @@ class StaleWatch:
             self._by_job = cached
         by_job = cached[2]
         current, watched = evaluate(self.config, by_job, now, self.watching_since)
-        before = {key: s for key, s in self.stale.items()}
+        before = dict(self.stale)
         known = set(before) | set(self._recorded)
         changes: list[Event] = []
         for key, entry in sorted(current.items()):
@@ -350,12 +349,15 @@ class StaleWatch:
             )
         self.stale = current
         self._recorded = {}
-        if changes or set(before) != set(current) or not (state / STATE_FILE).exists():
-            _write_state(state, current.values(), now)
         publish = self._publish or events.publish
         for event in changes:
             _log(event)
             publish(self.config, event)
+        if changes or set(before) != set(current) or not (state / STATE_FILE).exists():
+            try:  # after publishing: an unwritable state directory must not swallow an alert
+                _write_state(state, current.values(), now)
+            except OSError as exc:
+                _log_unwritten(state / STATE_FILE, exc)
         return changes
 
     def status_parts(self, now: datetime, limit: int = 3) -> list[str]:
@@ -396,6 +398,11 @@ def _log(event: Event) -> None:
         )
 
 
-def timestamp(moment: datetime) -> float:
-    """Returns `moment` as seconds since the epoch (for the metrics)."""
-    return (moment - _EPOCH).total_seconds()
+def _log_unwritten(path: Path, exc: OSError) -> None:
+    import structlog
+
+    from db_backup.fsutil import describe_os_error
+
+    structlog.get_logger("db_backup.staleness").error(
+        "stale state not written", error=describe_os_error(exc, path)
+    )

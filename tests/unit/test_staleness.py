@@ -344,3 +344,17 @@ def test_still_stale_ends_with_a_newer_success_than_the_daemon_saw() -> None:
     assert staleness.still_stale(entry, datetime(2026, 5, 1, 2, tzinfo=UTC))
     assert not staleness.still_stale(entry, datetime(2026, 5, 3, 2, tzinfo=UTC))
     assert not staleness.still_stale({"lastSuccess": None}, datetime(2026, 5, 3, tzinfo=UTC))
+
+
+def test_an_unwritable_stale_state_never_swallows_the_alert(
+    tmp_path: Path, recorded: list[events.Event]
+) -> None:
+    config = make_config(
+        tmp_path, {"name": "nightly", "schedule": "0 2 * * *", "databases": ["shop"]}
+    )
+    (config.directories.state / staleness.STATE_FILE).mkdir()  # cannot be replaced by a file
+    write_report_at(config.directories.reports, "nightly", "shop", utc(2026, 5, 1, 2), SUCCESS)
+    watch = staleness.StaleWatch(config, utc(2026, 5, 1, 3))
+    assert len(watch.check(utc(2026, 5, 9), 0.0)) == 1
+    assert [(e.kind, e.ok) for e in recorded] == [(events.STALE, False)]
+    assert watch.status_parts(utc(2026, 5, 9)) == ["STALE nightly/shop 7d"]
