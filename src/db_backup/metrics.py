@@ -135,21 +135,9 @@ def _quiet(_event: str, _fields: dict[str, str]) -> None:
 
 
 def _newest_drills(config: Config) -> dict[tuple[str, str], dict[str, Any]]:
-    import json
+    from db_backup.drill_reports import latest_drills
 
-    found: dict[tuple[str, str], dict[str, Any]] = {}
-    with contextlib.suppress(OSError):
-        for path in (config.directories.reports / "drills").glob("*.json"):
-            with contextlib.suppress(OSError, ValueError):
-                document = json.loads(path.read_bytes())
-                if not isinstance(document, dict) or document.get("kind") != "drill":
-                    continue
-                key = (str(document.get("job", "")), str(document.get("database", "")))
-                if str(document.get("startedAt", "")) > str(
-                    found.get(key, {}).get("startedAt", "")
-                ):
-                    found[key] = document
-    return found
+    return {(str(d.get("job")), str(d.get("database"))): d for d in latest_drills(config)}
 
 
 def families(config: Config, now: datetime | None = None) -> list[Metric]:

@@ -349,15 +349,15 @@ class StaleWatch:
             )
         self.stale = current
         self._recorded = {}
+        if changes or set(before) != set(current) or not (state / STATE_FILE).exists():
+            try:  # first (the metrics read it), but an unwritable one never swallows an alert
+                _write_state(state, current.values(), now)
+            except OSError as exc:
+                _log_unwritten(state / STATE_FILE, exc)
         publish = self._publish or events.publish
         for event in changes:
             _log(event)
             publish(self.config, event)
-        if changes or set(before) != set(current) or not (state / STATE_FILE).exists():
-            try:  # after publishing: an unwritable state directory must not swallow an alert
-                _write_state(state, current.values(), now)
-            except OSError as exc:
-                _log_unwritten(state / STATE_FILE, exc)
         return changes
 
     def status_parts(self, now: datetime, limit: int = 3) -> list[str]:

@@ -87,11 +87,11 @@ def test_failed_backup_in_the_unit_alerts_the_webhook_and_writes_the_metrics_fil
     mode = alerting.exec(["stat", "-c", "%a %U", METRICS]).stdout.split()
     assert mode[0] in {"644", "640"} and mode[1] == "postgres", mode
     samples = {
-        (s.name, s.labels.get("job"), s.labels.get("database")): s.value
+        (s.name, s.labels.get("backup_job"), s.labels.get("database")): s.value
         for family in text_string_to_metric_families(alerting.read_file(METRICS))
         for s in family.samples
     }
-    assert samples[("db_backup_last_status", "broken", "no_such_database")] == 0
+    assert samples[("db_backup_last_run_success", "broken", "no_such_database")] == 0
     finished = samples[("db_backup_last_run_timestamp_seconds", "broken", "no_such_database")]
     assert finished >= started - 5
     journal = alerting.exec(
