@@ -247,6 +247,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"db-backup: {exc}", file=sys.stderr)
             return EXIT_CONFIG
+        from db_backup.metrics import MetricsError
+        from db_backup.metrics import check_config as check_metrics
+
+        try:  # a metrics.listen that is not loopback (without allow_remote) is refused
+            check_metrics(config)
+        except MetricsError as exc:
+            print(f"db-backup: {config.source}: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
         return _cmd_check_config(config, path, args)
     if args.command == "status":
         return _cmd_status(config, args)  # logs nothing: no structlog to import and set up
@@ -442,6 +450,7 @@ def _cmd_check_config(config: Config, path: str, args: argparse.Namespace) -> in
 
 
 def _cmd_status(config: Config, args: argparse.Namespace) -> int:
+    from db_backup.drill_reports import latest_drills, render_drills
     from db_backup.report_index import default_path
     from db_backup.status import StatusError, StatusQuery, query, render_table
 
@@ -458,18 +467,20 @@ def _cmd_status(config: Config, args: argparse.Namespace) -> int:
         from db_backup.sink import status_from_db
 
         return status_from_db(config, status_query, args.json)
+    drills = latest_drills(config, args.job)
     try:
         page = query(
-            config.directories.reports, status_query, default_path(config.directories.state)
+            config.directories.reports,
+            status_query,
+            default_path(config.directories.state),
+            config.directories.state,
+            drills=drills,
         )
     except StatusError as exc:
         print(f"db-backup: {exc}", file=sys.stderr)
         return EXIT_FAILED
     for warning in [*page.notes, *page.warnings]:
         print(f"db-backup: warning: {warning}", file=sys.stderr)
-    from db_backup.drill_reports import latest_drills, render_drills
-
-    drills = latest_drills(config, args.job)
     if args.json:
         document = {
             "page": page.page,

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -34,9 +35,13 @@ from db_backup.job import (
 )
 from db_backup.report import FAILED, SUCCESS
 from db_backup.schedule import due_at_start, next_run_after, sleep_seconds_until
+from db_backup.staleness import StaleWatch
 from db_backup.state import StateStore
 from db_backup.status import human_size
 from db_backup.systemd import Notifier, Watchdog
+
+if TYPE_CHECKING:
+    from db_backup.metrics import MetricsServer
 
 log = structlog.get_logger("db_backup.daemon")
 
@@ -154,6 +159,8 @@ class Daemon:
         self._wake = threading.Event()
         self._last_status = ""
         self._last_status_sent = 0.0
+        self.stale = StaleWatch(config, self.clock.now())  # jobs without a recent SUCCESS
+        self.metrics_server: MetricsServer | None = None
 
     # --- signals -----------------------------------------------------------------------------
 
@@ -183,6 +190,22 @@ class Daemon:
                 job_state.last_finished_utc or job_state.last_run_utc,
             )
         self._schedule_all(self.clock.now(), catch_up=True)
+        self._start_metrics()
+
+    def _start_metrics(self) -> None:
+        """Writes the metrics file now and starts /metrics when configured (raises on trouble)."""
+        from db_backup import metrics
+
+        try:
+            self.metrics_server = metrics.serve(lambda: self.config)
+        except metrics.MetricsError as exc:
+            raise JobSetupError(str(exc)) from None
+        found = metrics.consumer(self.config)
+        if found is not None:
+            try:
+                metrics.write_textfile(self.config, found.target)
+            except metrics.MetricsError as exc:  # the next backup tries again
+                log.error("metrics file not written", error=str(exc))
 
     def run(self) -> int:
         """Runs until SIGTERM/SIGINT and returns 0 after running jobs were stopped and reported."""
@@ -220,8 +243,17 @@ class Daemon:
                 self.due[job.name] = next_run_after(job.schedule, job.zone(), now, now)
                 self._start(job, 1, now, trigger="schedule")
         self.drills.tick(self.config, now, set(self.running))
+        self._check_staleness(now)
         self.watchdog.maybe_ping(self.healthy())
         self._update_status()
+
+    def _check_staleness(self, now: datetime) -> None:
+        if not self.stale.due(self.clock.monotonic()):
+            return
+        try:
+            self.stale.check(now, self.clock.monotonic())
+        except Exception as exc:  # the check must never stop the scheduler
+            log.error("staleness check failed", error=describe_error(exc))
 
     def healthy(self) -> bool:
         """Returns False when a running job produced no byte for `daemon.stall_seconds`."""
@@ -284,6 +316,7 @@ class Daemon:
             if running.thread is not None and running.thread.is_alive():
                 continue
             del self.running[name]
+            self.stale.request()  # a new report may end (or start) a stale condition
             if not running.outcome:
                 continue
             self.last[name] = (running.outcome, now)
@@ -346,6 +379,7 @@ class Daemon:
         else:
             self.config = new
             self.reload_error = ""
+            self.stale.reconfigure(new, self.clock.now())
             self._schedule_all(self.clock.now(), catch_up=False)
             log.info(
                 "config reloaded",
@@ -367,6 +401,8 @@ class Daemon:
                 if running.thread is not None:
                     running.thread.join(timeout=5)
         self._reap(self.clock.now())
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
         log.info("daemon stopped")
         return 0
 
@@ -378,6 +414,7 @@ class Daemon:
         parts = [f"{len(self.config.jobs)} job(s)"]
         if self.reload_error:
             parts.append(f"RELOAD FAILED, old config kept: {self.reload_error}")
+        parts.extend(self.stale.status_parts(now))  # before what runs: a line may be cut
         for running in self.running.values():
             parts.extend(running.describe())
         if self.due:

@@ -44,6 +44,7 @@ SUSPICIOUS_SIZE = "suspicious_size"  # retention held back: the newest backup lo
 # The consumers, as "module:factory"; each factory returns None when it is not configured.
 CONSUMERS: tuple[str, ...] = (
     "db_backup.sink:consumer",
+    "db_backup.metrics:consumer",
     "db_backup.notify:consumer",
 )
 

@@ -1,19 +1,24 @@
 """`db-backup status`: the reports directory seen from the host, like the platform sees it.
 
 Which reports match comes from the report index (`report_index`); the rows shown are read from
-their JSON files, the source of truth.
+their JSON files, the source of truth. The latest view also says, per job and database, when the
+newest SUCCESS started and how long ago, whether the daemon found it stale (`stale.json`, see
+`staleness`), and the newest restore drill. Nothing here imports structlog, oss2 or croniter:
+`status` stays quick however many reports there are.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from db_backup.report import parse_report
-from db_backup.report_index import encode, micros, snapshot
+from db_backup.clock import format_utc, utc_now
+from db_backup.report import SUCCESS, parse_report
+from db_backup.report_index import EPOCH, decode, encode, micros, snapshot
+from db_backup.staleness import format_age, load_state, still_stale
 
 
 class StatusError(Exception):
@@ -45,11 +50,21 @@ class StatusPage:
     notes: list[str] = field(default_factory=list)  # about the index (rebuilt, not usable)
 
 
-def query(reports_dir: Path, q: StatusQuery, index_path: Path | None = None) -> StatusPage:
+def query(
+    reports_dir: Path,
+    q: StatusQuery,
+    index_path: Path | None = None,
+    state_dir: Path | None = None,
+    now: datetime | None = None,
+    drills: list[dict[str, Any]] | None = None,
+) -> StatusPage:
     """Returns the page of reports matching `q`: latest per job and database unless `history`.
 
-    `index_path` is the report index to use (None: read every report, in memory). Raises
-    StatusError when the directory cannot be listed: "0 reports" would be a lie.
+    `index_path` is the report index to use (None: read every report, in memory). In the
+    latest view each row also gets `lastSuccessAt`, `lastSuccessAgeSeconds`, `stale` (from the
+    daemon's `stale.json` under `state_dir`) and `lastDrill` (the newest of `drills`, as
+    `drill_reports.latest_drills` gives them). Raises StatusError when the
+    directory cannot be listed: "0 reports" would be a lie.
     """
     _check_readable(reports_dir)
     conditions: list[str] = []
@@ -79,6 +94,7 @@ def query(reports_dir: Path, q: StatusQuery, index_path: Path | None = None) -> 
             limit=q.limit,
             offset=(q.page - 1) * q.limit,
         )
+        newest_success = _newest_successes(snap.conn, reports_dir, names) if not q.history else {}
     rows = []
     for name in names:
         path = reports_dir / name
@@ -90,8 +106,58 @@ def query(reports_dir: Path, q: StatusQuery, index_path: Path | None = None) -> 
             warnings.append(f"{path}: {problem}")
             continue
         rows.append({**document, "reportFile": str(path)})
+    if not q.history:
+        _add_summary(rows, newest_success, state_dir, drills or [], now or utc_now())
     pages = max(1, -(-total // q.limit))
     return StatusPage(rows, total, q.page, pages, warnings, notes)
+
+
+def _newest_successes(
+    conn: Any, reports_dir: Path, names: list[str]
+) -> dict[tuple[str, str], datetime]:
+    """Returns the start of the newest SUCCESS of each job and database of the page's reports."""
+    found: dict[tuple[str, str], datetime] = {}
+    for name in names:
+        row = conn.execute(
+            "SELECT job, database FROM reports WHERE name = ?", (os.fsencode(name),)
+        ).fetchone()
+        if row is None:
+            continue
+        newest = conn.execute(
+            "SELECT started_us FROM reports WHERE job = ? AND database = ? AND status = ? "
+            "AND problem IS NULL ORDER BY started_us DESC LIMIT 1",
+            (row[0], row[1], encode(SUCCESS)),
+        ).fetchone()
+        if newest is not None:
+            key = (decode(row[0]), decode(row[1]))
+            found[key] = EPOCH + timedelta(microseconds=newest[0])
+    return found
+
+
+def _add_summary(
+    rows: list[dict[str, Any]],
+    newest_success: dict[tuple[str, str], datetime],
+    state_dir: Path | None,
+    documents: list[dict[str, Any]],
+    now: datetime,
+) -> None:
+    """Adds the last success, its age, the stale marker and the newest drill to each row."""
+    stale = load_state(state_dir) if state_dir is not None else {}
+    drills: dict[tuple[str, str], dict[str, Any]] = {}
+    for document in sorted(documents, key=lambda d: str(d.get("startedAt", "")), reverse=True):
+        drills.setdefault((str(document.get("job")), str(document.get("database"))), document)
+    for row in rows:
+        key = (str(row.get("job", "")), str(row["database"]))
+        last = newest_success.get(key)
+        row["lastSuccessAt"] = format_utc(last) if last else None
+        row["lastSuccessAgeSeconds"] = int((now - last).total_seconds()) if last else None
+        row["stale"] = key in stale and still_stale(stale[key], last)
+        drill = drills.get(key)
+        row["lastDrill"] = (
+            {k: drill.get(k) for k in ("status", "startedAt", "errorMessage", "reportFile")}
+            if drill
+            else None
+        )
 
 
 def _check_readable(reports_dir: Path) -> None:
@@ -120,6 +186,20 @@ def human_size(size: int) -> str:
     return f"{size} B"  # pragma: no cover
 
 
+def _last_success(row: dict[str, Any]) -> str:
+    """Returns e.g. `7h ago`, `3d ago STALE`, or `never`."""
+    age = row.get("lastSuccessAgeSeconds")
+    text = "never" if age is None else f"{format_age(timedelta(seconds=age))} ago"
+    return f"{text} STALE" if row.get("stale") else text
+
+
+def _last_drill(row: dict[str, Any]) -> str:
+    drill = row.get("lastDrill")
+    if not drill:
+        return "-"
+    return f"{drill.get('status')} {str(drill.get('startedAt') or '')[:10]}".strip()
+
+
 def render_table(page: StatusPage) -> str:
     """Returns the page as an aligned text table with a footer, or says why there is none."""
     if page.total == 0:
@@ -129,22 +209,26 @@ def render_table(page: StatusPage) -> str:
             f"page {page.page} is empty: the {page.total} matching report(s) fill "
             f"{page.pages} page(s) of this size"
         )
-    header = ("STARTED (UTC)", "JOB", "DATABASE", "STATUS", "SIZE", "DURATION", "WHERE / ERROR")
+    summary = bool(page.rows) and "stale" in page.rows[0]  # the latest view
+    header: tuple[str, ...] = ("STARTED (UTC)", "JOB", "DATABASE", "STATUS", "SIZE", "DURATION")
+    if summary:
+        header += ("LAST SUCCESS", "LAST DRILL")
+    header += ("WHERE / ERROR",)
     lines = [header]
     for row in page.rows:
         where = row["local"]["file"] or ", ".join(row["remote"]["urls"])
         detail = where if row["status"] == "SUCCESS" else row["errorMessage"][:120]
-        lines.append(
-            (
-                row["startedAt"],
-                row.get("job", ""),
-                row["database"],
-                row["status"],
-                human_size(row["local"]["sizeBytes"]),
-                f"{row['durationSeconds']} s",
-                detail,
-            )
+        line: tuple[str, ...] = (
+            row["startedAt"],
+            row.get("job", ""),
+            row["database"],
+            row["status"],
+            human_size(row["local"]["sizeBytes"]),
+            f"{row['durationSeconds']} s",
         )
+        if summary:
+            line += (_last_success(row), _last_drill(row))
+        lines.append((*line, detail))
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header) - 1)]
     out = []
     for line in lines:
