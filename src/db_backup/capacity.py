@@ -218,8 +218,8 @@ def estimate(
     return Estimate(
         size,
         "pg_database_size",
-        "pg_database_size, as there is no earlier backup made this way; an upper bound, a "
-        "compressed dump is usually much smaller",
+        "pg_database_size (no earlier backup made this way; an upper bound, a compressed dump "
+        "is usually much smaller)",
     )
 
 
@@ -326,12 +326,14 @@ def _refusal(
         if reserved
         else ""
     )
+    margin = f"a {wanted.margin_percent:g}% margin"
+    if wanted.margin_min:
+        margin += f" (at least {format_size(wanted.margin_min)})"
     return (
         f"not enough free space in {directory} for the dump of {database}: it needs about "
-        f"{format_size(needed)} ({needed} bytes: {format_size(guess.size)} from {guess.detail}, "
-        f"plus the margin of {wanted.margin_percent:g}% or at least "
-        f"{format_size(wanted.margin_min)}), {format_size(free)} ({free} bytes) are free{others}; "
-        "the dump was not started. Free space there, or adjust capacity.margin_percent "
+        f"{format_size(needed)} ({needed} bytes), {format_size(free)} ({free} bytes) are "
+        f"free{others}; the dump was not started. Estimate: {format_size(guess.size)} from "
+        f"{guess.detail}, plus {margin}. Free space there, or adjust capacity.margin_percent "
         "(capacity.check_space: false turns the check off)"
     )
 

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -20,7 +21,7 @@ GIB = 1024**3
 
 
 def _config(tmp_path: Path, top: dict[str, object] | None = None, **job: object) -> Config:
-    document = {
+    document: dict[str, Any] = {
         "run_as": None,
         "directories": {
             "data": str(tmp_path / "data"),
