@@ -191,3 +191,57 @@ def test_dump_size_is_the_plaintext_size_of_an_encrypted_dump() -> None:
     assert capacity.dump_size(plain) == 1000
     assert capacity.dump_size(encrypted) == 990
     assert capacity.dump_size({"local": {"sizeBytes": True}}) is None
+
+
+def test_the_example_configs_capacity_block_loads_and_shows_the_defaults(tmp_path: Path) -> None:
+    text = (Path(__file__).resolve().parents[2] / "config.example.yaml").read_text()
+    start = text.index("# capacity:")
+    block = [line[2:] if line.startswith("# ") else line for line in text[start:].splitlines()]
+    path = tmp_path / "config.yaml"
+    path.write_text(text[:start] + "\n".join(block) + "\n")
+    from db_backup.config import load
+
+    config = load(str(path))
+    assert config.raw["capacity"].keys() == capacity.settings(config).__dict__.keys()
+    assert capacity.settings(config) == Settings()
+
+
+@pytest.mark.parametrize(
+    ("mode", "dump_format", "expected"),
+    [
+        ("local", "custom", "data"),
+        ("both", "directory", "data"),
+        ("oss", "directory", "staging"),
+        ("oss", "custom", None),
+        ("oss", "plain", None),
+    ],
+)
+def test_the_checked_directory_is_where_the_dump_lands(
+    tmp_path: Path, mode: str, dump_format: str, expected: str | None
+) -> None:
+    document: dict[str, Any] = {
+        "run_as": None,
+        "directories": {"data": str(tmp_path / "data"), "state": str(tmp_path / "state")},
+        "storage": {
+            "mode": mode,
+            "oss": {
+                "endpoint": "http://127.0.0.1:1",
+                "bucket": "backups",
+                "region": "r",
+                "access_key_id": {"env": "X"},
+                "access_key_secret": {"env": "Y"},
+            },
+        },
+        "jobs": [
+            {
+                "name": "n",
+                "schedule": "0 2 * * *",
+                "databases": "d",
+                "dump": {"format": dump_format},
+            }
+        ],
+    }
+    config = loads(yaml.safe_dump(document))
+    staging = tmp_path / "staging"
+    found = capacity.dump_directory(config, config.job("n"), staging)
+    assert found == {"data": tmp_path / "data", "staging": staging, None: None}[expected]
