@@ -245,14 +245,23 @@ def room_for_dump(
         yield
         return
     encrypted = report.encryption is not None
-    guess = estimate(
-        config,
-        job,
-        report.database,
-        env,
-        encrypted=encrypted,
-        history=wanted.estimate_from_last,
-    )
+    try:
+        guess = estimate(
+            config,
+            job,
+            report.database,
+            env,
+            encrypted=encrypted,
+            history=wanted.estimate_from_last,
+        )
+    except Exception as exc:  # a fault of the check must not fail a backup that may fit
+        log.error(
+            "size estimate failed",
+            job=job.name,
+            database=report.database,
+            error=mask(f"{type(exc).__name__}: {exc}"),
+        )
+        guess = None
     if guess is None:
         log.info(
             "no size estimate, dump not checked against the free space",
