@@ -282,6 +282,30 @@ def test_a_failing_get_bucket_stat_is_logged_and_never_fails_the_backup(
     assert OSS_ACCESS_KEY_SECRET not in out.out + out.err
 
 
+def test_a_directory_dump_to_oss_is_checked_against_its_staging_directory(
+    setup: Setup,
+    slow_db: str,
+    oss_server: OssServer,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    published: list[events.Event],
+) -> None:
+    _use_oss(setup, oss_server, monkeypatch)
+    setup.job()["dump"] = {"format": "directory", "jobs": 2}
+    setup.job()["databases"] = [slow_db, "crm"]
+    with tmpfs(tmp_path / "small-state", "16m") as small:
+        setup.document["directories"]["state"] = str(small)
+        reports = by_database(run(setup))
+        staging = small / "staging" / "nightly"
+        assert reports[slow_db]["status"] == "FAILED"
+        assert reports[slow_db]["capacity"]["space"]["directory"] == str(staging)
+        assert reports[slow_db]["errorMessage"].startswith(f"not enough free space in {staging} ")
+        stored = [k for k in oss_server.objects(OSS_BUCKET) if f"/{slow_db}_" in k]
+        assert [k.rsplit(".", 1)[-1] for k in stored] == ["json"], "only its FAILED report"
+        assert reports["crm"]["status"] == "SUCCESS", reports["crm"]["errorMessage"]
+        assert reports["crm"]["capacity"]["space"]["directory"] == str(staging)
+
+
 def _age(path: Path, days: int) -> None:
     document = json.loads(path.read_text())
     old = datetime.now(UTC) - timedelta(days=days)
