@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from db_backup import crypto, events, pg, report_index, rowcounts
+from db_backup import capacity, crypto, events, pg, report_index, rowcounts
 from db_backup.claims import Claim, claim_stem, stale_claims, unclaimed
 from db_backup.clock import utc_now
 from db_backup.config import Config, JobConfig
@@ -189,6 +189,7 @@ def run_job(
     started = time.monotonic()
     with job_lock(config, job.name):
         _Run(config, job, cancel, progress, trigger, attempt, result).execute()
+        capacity.after_run(config, job)  # free space and OSS usage alerts; never raises
     statuses = [r["status"] for r in result.reports]
     (log.info if result.ok else log.error)(
         "run finished",
@@ -419,6 +420,7 @@ class _Run:
                     raise JobSetupError(self.globals_error)
                 with (
                     dump_slot(self.config, self.job.name, self.cancel),
+                    capacity.room_for_dump(self.config, self.job, self.env, report, self.staging),
                     rowcounts.snapshot_for_dump(self.job, self.env, database) as snap,
                 ):
                     self.dump(database, report, stored, claim, snap)
@@ -949,6 +951,8 @@ def apply_retention(
     config: Config, job: JobConfig, current: Report, targets: list[Target]
 ) -> list[str]:
     """Deletes this job's expired backups of `current.database`; returns what was removed."""
+    if capacity.hold_retention(config, job, current):
+        return []  # the newest backup looks too small: keep every old one (the report says so)
     current_key = f"{current.stem}.json"
     retention = job.retention
     with report_index.snapshot(

@@ -93,6 +93,9 @@ class Report:
     trigger: str = "manual"
     retention_deleted: list[str] = field(default_factory=list)
     retention_error: str = ""
+    retention_held: str = ""  # why retention deleted nothing (capacity's suspicious-size guard)
+    # capacity's numbers: `space` (the estimate checked before the dump), `suspicious`.
+    capacity: dict[str, Any] | None = None
     artefacts: list[str] = field(default_factory=list)  # file names, the same on every target
     row_counts: str | None = None  # exact | estimate | off | failed; None: the dump did not end
     tables: dict[str, int | None] | None = None  # format('%I.%I', schema, table) -> rows
@@ -144,12 +147,14 @@ class Report:
             "retention": {
                 "deleted": list(self.retention_deleted),
                 "error": mask(self.retention_error),
+                "held": self.retention_held,
             },
             "artefacts": [*self.artefacts, f"{self.stem}.json"],
             "rowCounts": self.row_counts,
             "tables": dict(self.tables) if self.tables is not None else None,
             "rowCountsError": mask(self.row_counts_error),
             "encryption": dict(self.encryption) if self.encryption is not None else None,
+            "capacity": dict(self.capacity) if self.capacity is not None else None,
         }
 
 

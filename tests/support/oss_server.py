@@ -2,7 +2,8 @@
 
 Test, demo and benchmark infrastructure, not product. It verifies V1 (HMAC-SHA1) and V4
 (OSS4-HMAC-SHA256) signatures, accepts STS tokens, stores objects on disk under a root directory
-(bodies are streamed, never held whole in memory), answers with `x-oss-hash-crc64ecma`, and has
+(bodies are streamed, never held whole in memory), answers with `x-oss-hash-crc64ecma`,
+reports the bucket's usage (GetBucketStat, `GET /<bucket>/?stat`), and has
 knobs for faults: 5xx answers, hung requests, connections dropped mid-body, corrupted CRCs and a
 process-wide bandwidth limit on request bodies.
 
@@ -307,6 +308,7 @@ def operation_name(
             ("GET", "list-type"): "ListObjectsV2",
             ("GET", "uploads"): "ListMultipartUploads",
             ("GET", "lifecycle"): "GetBucketLifecycle",
+            ("GET", "stat"): "GetBucketStat",
             ("PUT", "lifecycle"): "PutBucketLifecycle",
             ("DELETE", "lifecycle"): "DeleteBucketLifecycle",
             ("POST", "delete"): "DeleteMultipleObjects",
@@ -946,6 +948,7 @@ class _Handler(BaseHTTPRequestHandler):
             "ListObjects": self._list_objects_v1,
             "ListMultipartUploads": self._list_uploads,
             "GetBucketLifecycle": self._get_lifecycle,
+            "GetBucketStat": self._get_bucket_stat,
             "PutBucketLifecycle": self._put_lifecycle,
             "DeleteBucketLifecycle": self._delete_lifecycle,
             "DeleteMultipleObjects": self._delete_multiple,
@@ -1515,6 +1518,43 @@ class _Handler(BaseHTTPRequestHandler):
             _child(node, "UploadId", upload.upload_id)
             _child(node, "StorageClass", upload.headers.get("x-oss-storage-class", "Standard"))
             _child(node, "Initiated", _iso8601(upload.initiated))
+        return 200, {"content-type": "application/xml"}, _xml(root)
+
+    # ----------------------------------------------------------------- bucket stat
+
+    def _get_bucket_stat(
+        self, bucket: Bucket, key: str, query: dict[str, str], headers: dict[str, str]
+    ) -> _Answer:
+        """GetBucketStat: the bucket's stored bytes and counts, as OSS answers (all Standard).
+
+        Real OSS refreshes these numbers about hourly; here they are exact at once. Parts of
+        open multipart uploads are not counted in `Storage`, as OSS bills them apart.
+        """
+        with self.server_state._lock:
+            objects = list(bucket.objects.values())
+            uploads = list(bucket.uploads.values())
+        storage = sum(obj.size for obj in objects)
+        newest = max((obj.last_modified for obj in objects), default=0.0)
+        root = ElementTree.Element("BucketStat")
+        for tag, value in (
+            ("Storage", storage),
+            ("ObjectCount", len(objects)),
+            ("MultipartUploadCount", len(uploads)),
+            ("LiveChannelCount", 0),
+            ("LastModifiedTime", int(newest)),
+            ("StandardStorage", storage),
+            ("StandardObjectCount", len(objects)),
+            ("InfrequentAccessStorage", 0),
+            ("InfrequentAccessRealStorage", 0),
+            ("InfrequentAccessObjectCount", 0),
+            ("ArchiveStorage", 0),
+            ("ArchiveRealStorage", 0),
+            ("ArchiveObjectCount", 0),
+            ("ColdArchiveStorage", 0),
+            ("ColdArchiveRealStorage", 0),
+            ("ColdArchiveObjectCount", 0),
+        ):
+            _child(root, tag, str(value))
         return 200, {"content-type": "application/xml"}, _xml(root)
 
     # ----------------------------------------------------------------- lifecycle

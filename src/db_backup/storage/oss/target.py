@@ -6,6 +6,7 @@ import contextlib
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
@@ -25,6 +26,15 @@ from db_backup.storage.oss.sink import OssSink
 log = structlog.get_logger("db_backup.storage.oss")
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class BucketStat:
+    """What GetBucketStat says of the whole bucket (OSS refreshes it about once an hour)."""
+
+    storage_bytes: int
+    object_count: int
+    multipart_upload_count: int
 
 
 class OssTarget:
@@ -164,6 +174,15 @@ class OssTarget:
         result = self.call("delete", None, lambda: self.bucket.batch_delete_objects(keys))
         deleted: list[str] = result.deleted_keys
         return deleted
+
+    def bucket_stat(self) -> BucketStat:
+        """Returns the bucket's usage from GetBucketStat (raises StorageError)."""
+        result = self.call("get bucket stat", None, self.bucket.get_bucket_stat)
+        return BucketStat(
+            storage_bytes=int(result.storage_size_in_bytes),
+            object_count=int(result.object_count),
+            multipart_upload_count=int(result.multi_part_upload_count or 0),
+        )
 
     def abort_stale_uploads(
         self, older_than: timedelta = timedelta(days=1), now: datetime | None = None
