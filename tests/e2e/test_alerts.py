@@ -144,6 +144,22 @@ def test_readme_commands_for_alerts_and_the_platform_table_work_on_the_installed
     assert done.returncode == 0, done.stderr
     line = next(x for x in done.stdout.splitlines() if "no_such_database" in x)
     assert "FAILED" in line and "broken" in line
+    done = alerting.exec(
+        [
+            "db-backup",
+            "status",
+            "--from-db",
+            "--status",
+            "FAILED",
+            "--since",
+            "2026-11-01",
+            "--json",
+        ],
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    fleet = json.loads(done.stdout)
+    assert any(r["database"] == "no_such_database" for r in fleet["reports"]), fleet
     # `sudo db-backup status`: the job's last success is "never", and the failure is listed.
     done = alerting.exec(["db-backup", "status"], check=False)
     assert done.returncode == 0, done.stderr
