@@ -69,10 +69,13 @@ def not_owned_by_postgres(ct: Container) -> list[str]:
 
 
 def age(ct: Container, path: str) -> None:
-    """Move a report's startedAt back to 2020, rewriting it in place (owner and mode stay)."""
+    """Move a report's startedAt back to 2020: a new file renamed over it, as an editor saves
+    (owner and mode kept; retention sees a replaced report at once, an in-place edit only at the
+    next listing, see README)."""
     ct.sh(
         f'sed -E \'s/("startedAt": *")[0-9]{{4}}-/\\12020-/\' {path} >/tmp/aged.json'
-        f" && cat /tmp/aged.json >{path} && rm /tmp/aged.json"
+        f' && install -o postgres -g postgres -m "$(stat -c %a {path})" /tmp/aged.json {path}.aged'
+        f" && mv -f {path}.aged {path} && rm /tmp/aged.json"
     )
     assert report(ct, path)["startedAt"].startswith("2020-")
 
