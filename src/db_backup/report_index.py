@@ -623,26 +623,39 @@ def _file_system(device: int) -> str:
     return ""
 
 
+def _coarse_now() -> int:
+    """Returns the time the kernel would stamp a file changed now, in ns (to the last tick)."""
+    return time.clock_gettime_ns(_COARSE_CLOCK)
+
+
 def _settled_stat(reports_dir: Path, wait_s: float = 0.0) -> os.stat_result | None:
     """Returns the directory's stat if every later change must change it, else None.
 
-    Waits up to `wait_s` for the clock to pass the directory's ctime (at most a tick).
+    Sleeps up to `wait_s` in all for the clock to pass the directory's ctime (one tick does).
     """
-    deadline = time.monotonic() + wait_s
+    slept = 0.0
     while True:
         try:
-            before = time.clock_gettime_ns(_COARSE_CLOCK)
+            before = _coarse_now()
             st = os.stat(reports_dir)
         except OSError:
             return None
-        if _file_system(st.st_dev) not in LOCAL_FILE_SYSTEMS or st.st_ctime_ns % 1000 == 0:
-            return None  # not stamped by our clock, or coarser than a nanosecond
+        if _file_system(st.st_dev) not in LOCAL_FILE_SYSTEMS:
+            return None  # not stamped by our clock, or its stat may come from a cache
+        if st.st_ctime_ns % 1_000_000_000 == 0:
+            return None  # whole seconds (ext4 with small inodes): a tick is not enough
         if st.st_ctime_ns < before:
             return st
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return None
-        time.sleep(min(left, (st.st_ctime_ns - before) / 1e9 + 0.001))
+        pause = (st.st_ctime_ns - before) / 1e9 + _coarse_tick()
+        if slept + pause > wait_s:  # what was asked for, not the time passed: a busy machine
+            return None  # may oversleep, and then the next stat settles
+        time.sleep(pause)
+        slept += pause
+
+
+@functools.cache
+def _coarse_tick() -> float:
+    return time.clock_getres(_COARSE_CLOCK)
 
 
 def _stamp_current(conn: sqlite3.Connection, reports_dir: Path) -> bool:
