@@ -65,8 +65,9 @@ INDEX_FORMAT = "1"
 RACY_SECONDS = 2.0
 BUSY_TIMEOUT_S = 30.0
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-# The listing is skipped only while the last one is younger than this (see `_stamp_current`).
-FULL_LISTING_EVERY_S = 3600.0
+# The listing is skipped only while the last one is younger than this (see `_stamp_current`):
+# a day, so an hourly job lists in one retention step of 24.
+FULL_LISTING_EVERY_S = 86400.0
 # How long an own change may wait for the directory's stamp to become trustworthy (one clock
 # tick is enough: 4 ms at HZ=250).
 SETTLE_WAIT_S = 0.05
@@ -583,7 +584,7 @@ def _reset(conn: sqlite3.Connection, reports_dir: Path) -> None:
 # by an older version, a failed write) leaves the stamp behind: the next step lists, as before.
 # What `own_change` cannot tell apart is someone else's change made in the same few
 # milliseconds as its own; so a stamp is trusted only while its last full listing is younger
-# than `FULL_LISTING_EVERY_S`, and `status` always lists: such a change is seen within the hour.
+# than `FULL_LISTING_EVERY_S`, and `status` always lists: such a change is seen within a day.
 #
 # Without a listing, files are not stat'ed either, except those `retention_view` reads: each of
 # its rows is compared with its file (inode, size, mtime, ctime), re-read when it differs (or is
