@@ -285,24 +285,19 @@ class Snapshot:
         return sorted(found.values(), key=lambda e: (e.started, e.name), reverse=True)
 
     def _possible_sharers(self, old: list[Entry]) -> set[bytes]:
-        """Returns the indexed names of reports that may name a file of one of `old`.
+        """Returns the names of the reports that may name a file of one of `old`, indexed or not.
 
         `retention.owned_by` lets a report name only files of its own stem, so two reports can
         share a file only when one's stem is the other's plus "_globals" (`A_globals.sql` is
-        A's globals file and the plain dump of a report `A_globals.json`): the one report whose
-        edit in place could make it name a file of an old report without being in the list.
+        A's globals file and the plain dump of a report `A_globals.json`): the one report that
+        an edit in place, or an addition not seen, could make name a file of an old report
+        while outside the list. Checking a name that is no file costs one failed stat.
         """
-        candidates = [
-            (os.fsencode(entry.name.removesuffix(".json") + "_globals.json"),)
+        return {
+            os.fsencode(entry.name.removesuffix(".json") + "_globals.json")
             for entry in old
             if entry.name.endswith(".json")
-        ]
-        found: set[bytes] = set()
-        for (name,) in candidates:
-            row = self.conn.execute("SELECT 1 FROM reports WHERE name = ?", (name,)).fetchone()
-            if row is not None:
-                found.add(name)
-        return found
+        }
 
     def _check(self, names: set[bytes]) -> None:
         """Brings the rows of `names` in line with their files (stat; re-read what changed)."""
@@ -585,6 +580,9 @@ def _reset(conn: sqlite3.Connection, reports_dir: Path) -> None:
 # What `own_change` cannot tell apart is someone else's change made in the same few
 # milliseconds as its own; so a stamp is trusted only while its last full listing is younger
 # than `FULL_LISTING_EVERY_S`, and `status` always lists: such a change is seen within a day.
+# Until then it can only make retention keep more: a report not seen is neither expired nor
+# counted among those that protect others, and the one kind that could name a file retention
+# deletes is looked for by name (the second point below).
 #
 # Without a listing, files are not stat'ed either, except those `retention_view` reads: each of
 # its rows is compared with its file (inode, size, mtime, ctime), re-read when it differs (or is
@@ -595,7 +593,7 @@ def _reset(conn: sqlite3.Connection, reports_dir: Path) -> None:
 #   newer than it, and the view's (checked) ones are in the full read too;
 # - a kept report outside the view that names a file of an expired one: a report names only
 #   files of its own stem (`retention.owned_by`), so only `A_globals.json` can name a file of
-#   `A.json` (`A_globals.sql`); those reports are checked too (`_possible_sharers`);
+#   `A.json` (`A_globals.sql`); that name is checked too, indexed or not (`_possible_sharers`);
 # - everything else an edit could do (an older start, a success, a new report left unseen)
 #   adds reports to expire or to protect others: a full read deletes more, never less.
 # Warnings (malformed files) come from the rows as last read: an edit in place outside the view
