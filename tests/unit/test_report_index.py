@@ -760,3 +760,48 @@ def test_two_jobs_writing_and_pruning_at_once_never_list_and_answer_as_a_full_re
         + report_index.backups(reports_dir, None, "b", "shop")
         + report_index.backups(reports_dir, None, "hourly", "shop")
     )
+
+
+def deleted_files(backups: list[Backup]) -> set[str]:
+    """Returns every file name retention deletes, choosing from `backups`."""
+    expired, still_named = choose_expired(backups, now=NOW, days=1, keep_last=2)
+    return {f for b in expired for f in b.files if f not in still_named}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_quick_retention_never_deletes_what_a_full_read_keeps(
+    tmp_path: Path, listings: list[str], seed: int
+) -> None:
+    # Runs' own changes (new reports, rewrites, removals) through the index, and edits in place
+    # behind its back: every quick step deletes at most what a full read deletes, and exactly
+    # that while no edit touched a row it does not read.
+    rng = random.Random(seed)
+    reports_dir, index, paths = one_job_directory(tmp_path, count=40)
+    names = [p.name for p in paths]
+    for step in range(40):
+        action = rng.random()
+        if action < 0.5:
+            report = run_report(1000 + step, hours=rng.randrange(0, 60))
+            own_write(reports_dir, index, report)
+            names.append(f"{report.stem}.json")
+        elif action < 0.7 and names:
+            victim = names.pop(rng.randrange(len(names)))
+            remove = functools.partial((reports_dir / victim).unlink, missing_ok=True)
+            report_index.own_change(reports_dir, index, [victim], remove)
+        elif names:
+            victim_path = reports_dir / rng.choice(names)
+            try:
+                (same_size_edit if rng.random() < 0.5 else functools.partial(hand_edit, rng))(
+                    victim_path
+                )
+            except (ValueError, UnicodeDecodeError, TypeError, KeyError, AttributeError):
+                victim_path.write_text("{}")  # no report to begin with: by the same hand
+        listings.clear()
+        quick = retention_view(reports_dir, index, "hourly")
+        assert "listing" not in listings
+        full = retention_view(reports_dir, None, "hourly", quick=False)
+        assert deleted_files(quick) <= deleted_files(full), step
+    report_index.backups(reports_dir, index, "hourly", "shop")  # a listing (status) catches up
+    assert retention_view(reports_dir, index, "hourly") == retention_view(
+        reports_dir, None, "hourly", quick=False
+    )
