@@ -164,15 +164,27 @@ def check_directories(config: Config, job: JobConfig) -> None:
     needed = [config.directories.reports, config.directories.state]
     if job.mode in {"local", "both"}:
         needed.append(config.directories.data)
+    index = report_index.default_path(config.directories.state)
     for directory in needed:
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
-                pass
+            if directory == config.directories.reports:
+                # Through the index (no report changes), else this test alone would make the
+                # run's retention step list the directory.
+                report_index.own_change(
+                    directory, index, [], functools.partial(_write_test, directory)
+                )
+            else:
+                _write_test(directory)
         except OSError as exc:
             raise JobSetupError(
                 f"directory not writable: {describe_os_error(exc, directory)}"
             ) from None
+
+
+def _write_test(directory: Path) -> None:
+    with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
+        pass
 
 
 def run_job(

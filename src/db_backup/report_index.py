@@ -273,8 +273,10 @@ class Snapshot:
             (*key, encode(SUCCESS), limit),
             limit=keep_last,
         )
+        # From the old reports' files to the reports naming them ("+": not through
+        # reports_by_job, which would visit every newer report of the database).
         sharing = self.entries(
-            "job = ? AND database = ? AND started_us >= ? AND name IN (SELECT f.name FROM "
+            "+job = ? AND +database = ? AND +started_us >= ? AND name IN (SELECT f.name FROM "
             "report_files AS f JOIN report_files AS o ON o.file = f.file JOIN reports AS r ON "
             "r.name = o.name WHERE r.job = ? AND r.database = ? AND r.started_us < ? "
             "AND r.problem IS NULL)",
@@ -686,7 +688,11 @@ class Unlistable(Exception):
 
 
 def _sync(
-    conn: sqlite3.Connection, reports_dir: Path, writable: bool, quick: bool = False
+    conn: sqlite3.Connection,
+    reports_dir: Path,
+    writable: bool,
+    quick: bool = False,
+    stamp: bool = True,
 ) -> Snapshot:
     """Brings the index in line with the directory and leaves its transaction open.
 
@@ -694,13 +700,16 @@ def _sync(
     the index holds at that moment and it matches the listing exactly. A read-only user gets
     an answer only when nothing needs writing. Raises `sqlite3.OperationalError` when a needed
     write is impossible (read-only, locked), `Unlistable` when the directory cannot be listed.
-    `quick` skips the listing when the stamp allows it (see "Skipping the listing").
+    `quick` skips the listing when the stamp allows it (see "Skipping the listing"); `stamp`
+    records the directory's stamp for later quick uses.
     """
     conn.execute("BEGIN IMMEDIATE" if writable else "BEGIN")
     current = quick and writable and _meta_matches(conn, reports_dir)
     if current and _stamp_current(conn, reports_dir):
         return Snapshot(reports_dir, conn, unchecked=True)
-    settled = _settled_stat(reports_dir) if writable else None  # taken before the listing
+    # Taken before the listing it vouches for, waiting (a tick at most) for a change just made,
+    # such as the run's own report, to settle: else the next steps would list too.
+    settled = _settled_stat(reports_dir, SETTLE_WAIT_S) if writable and stamp else None
     listed_ns = time.time_ns()
     try:
         listing = _listing(reports_dir)
@@ -806,7 +815,7 @@ def _in_memory(reports_dir: Path) -> Snapshot:
     conn.execute("BEGIN")
     _reset(conn, reports_dir)
     conn.commit()
-    return _sync(conn, reports_dir, writable=True)
+    return _sync(conn, reports_dir, writable=True, stamp=False)
 
 
 @contextlib.contextmanager
