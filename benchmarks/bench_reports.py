@@ -162,6 +162,22 @@ def retention_before(reports_dir: Path) -> list[Backup]:
     return backups
 
 
+LISTINGS = [0]  # how many times the index listed the reports directory in this process
+
+
+def _counted_listing(
+    real: Callable[[Path], dict[bytes, bytes | None]],
+) -> Callable[[Path], dict[bytes, bytes | None]]:
+    def listing(reports_dir: Path) -> dict[bytes, bytes | None]:
+        LISTINGS[0] += 1
+        return real(reports_dir)
+
+    return listing
+
+
+report_index._listing = _counted_listing(report_index._listing)  # type: ignore[assignment]
+
+
 def retention_after(reports_dir: Path, index: Path, quick: bool = True) -> list[Backup]:
     """The retention step through the index, as `job.apply_retention` takes it.
 
@@ -279,10 +295,14 @@ def measure(count: int, reps: int, before: Path | None, work: Path) -> dict[str,
         report_index._settled_stat(reports_dir, wait_s=1.0)
         report_index.backups(reports_dir, index, JOB, DATABASE)
         own_report()
+        listed = LISTINGS[0]
         cpu, started = time.process_time(), time.perf_counter()
         retention_after(reports_dir, index)
         CPU.setdefault(f"{count}:retention after", []).append(time.process_time() - cpu)
-        return time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        if LISTINGS[0] != listed:
+            raise RuntimeError("the retention step after the run's own report listed the directory")
+        return elapsed
 
     variants: list[tuple[str, Callable[[], float]]] = [
         ("status warm", lambda: time_command(status_new, f"{count}:status warm")),
