@@ -14,7 +14,10 @@ hourly start times), measured side by side, interleaved (the order rotates every
   read the job's reports of the database, then `choose_expired`), each time after one new
   report appeared, as in a run:
   before  `report.load_reports` + filter + `retention.backup_of` (the code before the index);
-  after   `report_index.backups` (index, incremental).
+  listed  `report_index.retention_backups` listing the directory (the new report written
+          behind the index's back, as before `own_change`);
+  after   the run's own report written through `report_index.own_change` (timed apart), then
+          `report_index.retention_backups(..., quick=True)`, as `job._finish` does.
 
 Usage::
 
@@ -51,6 +54,7 @@ sys.path.insert(0, str(REPO / "src"))
 from results_file import git_revision, machine_lines, write_section  # noqa: E402
 
 from db_backup import report_index  # noqa: E402
+from db_backup.fsutil import write_atomically  # noqa: E402
 from db_backup.report import SUCCESS, Report, load_reports, stem  # noqa: E402
 from db_backup.retention import Backup, backup_of, choose_expired  # noqa: E402
 
@@ -158,11 +162,37 @@ def retention_before(reports_dir: Path) -> list[Backup]:
     return backups
 
 
-def retention_after(reports_dir: Path, index: Path) -> list[Backup]:
-    """The retention step through the index, as `job.apply_retention` takes it."""
+LISTINGS = [0]  # how many times the index listed the reports directory in this process
+
+
+def _counted_listing(
+    real: Callable[[Path], dict[bytes, bytes | None]],
+) -> Callable[[Path], dict[bytes, bytes | None]]:
+    def listing(reports_dir: Path) -> dict[bytes, bytes | None]:
+        LISTINGS[0] += 1
+        return real(reports_dir)
+
+    return listing
+
+
+report_index._listing = _counted_listing(report_index._listing)  # type: ignore[assignment]
+
+
+def retention_after(reports_dir: Path, index: Path, quick: bool = True) -> list[Backup]:
+    """The retention step through the index, as `job.apply_retention` takes it.
+
+    `quick=False`: as before the step could skip the listing (every step lists).
+    """
     now = datetime.now(UTC)
     backups = report_index.retention_backups(
-        reports_dir, index, JOB, DATABASE, days=RETENTION_DAYS, keep_last=KEEP_LAST, now=now
+        reports_dir,
+        index,
+        JOB,
+        DATABASE,
+        days=RETENTION_DAYS,
+        keep_last=KEEP_LAST,
+        now=now,
+        quick=quick,
     )
     choose_expired(backups, days=RETENTION_DAYS, keep_last=KEEP_LAST, now=now)
     return backups
@@ -237,17 +267,48 @@ def measure(count: int, reps: int, before: Path | None, work: Path) -> dict[str,
         CPU.setdefault(f"{count}:retention before", []).append(time.process_time() - cpu)
         return time.perf_counter() - started
 
-    def ret_after() -> float:
+    def ret_listed() -> float:
         new_report()
+        cpu, started = time.process_time(), time.perf_counter()
+        retention_after(reports_dir, index, quick=False)
+        CPU.setdefault(f"{count}:retention listed", []).append(time.process_time() - cpu)
+        return time.perf_counter() - started
+
+    def own_report() -> None:
+        """Writes the next report as a run does (`job._finish`): atomically, through the index."""
+        nonlocal next_number
+        name, data = report_document(next_number)
+        next_number += 1
+        cpu, started = time.process_time(), time.perf_counter()
+        report_index.own_change(
+            reports_dir,
+            index,
+            [name],
+            lambda: write_atomically(reports_dir / name, data, 0o640),
+        )
+        CPU.setdefault(f"{count}:own write", []).append(time.process_time() - cpu)
+        add("own write", time.perf_counter() - started)
+
+    def ret_after() -> float:
+        # Untimed: the index in step with the directory, as the previous run's own changes
+        # leave it (the other variants here write behind its back, as no run does).
+        report_index._settled_stat(reports_dir, wait_s=1.0)
+        report_index.backups(reports_dir, index, JOB, DATABASE)
+        own_report()
+        listed = LISTINGS[0]
         cpu, started = time.process_time(), time.perf_counter()
         retention_after(reports_dir, index)
         CPU.setdefault(f"{count}:retention after", []).append(time.process_time() - cpu)
-        return time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        if LISTINGS[0] != listed:
+            raise RuntimeError("the retention step after the run's own report listed the directory")
+        return elapsed
 
     variants: list[tuple[str, Callable[[], float]]] = [
         ("status warm", lambda: time_command(status_new, f"{count}:status warm")),
         ("status +1", status_plus_one),
         ("retention before", ret_before),
+        ("retention listed", ret_listed),
         ("retention after", ret_after),
     ]
     if before is not None:
@@ -340,19 +401,24 @@ def render(
         "|---|---:|",
         *(f"| {name} | {value * 1000:.0f} ms |" for name, value in imports.items()),
         "",
-        "One retention step (in-process, after one new report; CPU = process time):",
+        "One retention step (in-process, CPU = process time): `before` reads every report; "
+        "`listed` is the index listing the directory (one new report written behind its back); "
+        "`index` follows the run's own report written through the index (`own_change`, its "
+        "cost in the last column), as `job._finish` does, and lists nothing:",
         "",
-        "| Reports | before: wall | before: CPU | index: wall | index: CPU | before / index "
-        "(wall) |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| Reports | before: wall | before: CPU | listed: wall | listed: CPU | index: wall | "
+        "index: CPU | before / index (wall) | own report write: wall, CPU |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for count in counts:
         row = table[count]
         lines.append(
             f"| {count:,} | {fmt(row['retention before'])} | "
-            f"{fmt(CPU[f'{count}:retention before'])} | {fmt(row['retention after'])} | "
+            f"{fmt(CPU[f'{count}:retention before'])} | {fmt(row['retention listed'])} | "
+            f"{fmt(CPU[f'{count}:retention listed'])} | {fmt(row['retention after'])} | "
             f"{fmt(CPU[f'{count}:retention after'])} | "
-            f"{median(row['retention before']) / median(row['retention after']):.0f}x |"
+            f"{median(row['retention before']) / median(row['retention after']):.0f}x | "
+            f"{fmt(row['own write'])}, {fmt(CPU[f'{count}:own write'])} |"
         )
     top = table[counts[-1]]
     status_s = median(top["status +1"])

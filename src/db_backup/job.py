@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import os
 import shutil
@@ -163,15 +164,27 @@ def check_directories(config: Config, job: JobConfig) -> None:
     needed = [config.directories.reports, config.directories.state]
     if job.mode in {"local", "both"}:
         needed.append(config.directories.data)
+    index = report_index.default_path(config.directories.state)
     for directory in needed:
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
-                pass
+            if directory == config.directories.reports:
+                # Through the index (no report changes), else this test alone would make the
+                # run's retention step list the directory.
+                report_index.own_change(
+                    directory, index, [], functools.partial(_write_test, directory)
+                )
+            else:
+                _write_test(directory)
         except OSError as exc:
             raise JobSetupError(
                 f"directory not writable: {describe_os_error(exc, directory)}"
             ) from None
+
+
+def _write_test(directory: Path) -> None:
+    with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
+        pass
 
 
 def run_job(
@@ -871,8 +884,13 @@ def _finish(
     report.artefacts = list(dict.fromkeys(n for names in stored.values() for n in names))
     report.finished = utc_now()
     reports_dir = config.directories.reports
+    index = report_index.default_path(config.directories.state)
+    # Through the index, so the retention step that follows need not list the directory.
+    name = f"{report.stem}.json"
     try:
-        path = write_report(reports_dir, report)
+        path = report_index.own_change(
+            reports_dir, index, [name], lambda: write_report(reports_dir, report)
+        )
     except OSError as exc:
         message = f"cannot write the report: {describe_os_error(exc, exc.filename or reports_dir)}"
         log.error("report not written", job=job.name, database=report.database, error=message)
@@ -893,7 +911,9 @@ def _finish(
             report.retention_error = describe_error(exc, reports_dir)
             log.error("retention failed", job=job.name, error=report.retention_error)
         try:
-            write_report(reports_dir, report, replace=True)
+            report_index.own_change(
+                reports_dir, index, [name], lambda: write_report(reports_dir, report, replace=True)
+            )
         except OSError as exc:
             log.warning(
                 "report not updated with the retention result",
@@ -955,17 +975,16 @@ def apply_retention(
         return []  # the newest backup looks too small: keep every old one (the report says so)
     current_key = f"{current.stem}.json"
     retention = job.retention
-    with report_index.snapshot(
-        config.directories.reports, report_index.default_path(config.directories.state)
-    ) as snap:
-        for warning in snap.warnings():
-            log.warning("retention skipped a malformed report", job=job.name, reason=warning)
+    index = report_index.default_path(config.directories.state)
+    with report_index.snapshot(config.directories.reports, index, quick=True) as snap:
         view = snap.retention_view(
             job.name,
             current.database,
             cutoff=utc_now() - timedelta(days=retention.days),  # not later than choose_expired's
             keep_last=retention.keep_last,
         )
+        for warning in snap.warnings():  # after the view: it may have re-read a file
+            log.warning("retention skipped a malformed report", job=job.name, reason=warning)
     # The current report is already written (report first, then prune): take it as it is now.
     backups = [b for b in view if b.key != current_key]
     backups.append(_current_backup(current))
@@ -992,7 +1011,12 @@ def apply_retention(
                 if target.name != "local":
                     with contextlib.suppress(StorageError):
                         removed.extend(target.delete([backup.key]))
-            report_file.unlink(missing_ok=True)
+            report_index.own_change(
+                config.directories.reports,
+                index,
+                [backup.key],
+                functools.partial(report_file.unlink, missing_ok=True),
+            )
             removed.append(str(report_file))
     if removed:
         log.info(

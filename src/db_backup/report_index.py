@@ -24,6 +24,9 @@ a file that is not there as it is now. Only the changed files are parsed.
 - Malformed reports are remembered with the reason they are skipped, and give the same warnings
   as `report.load_reports`; an unreadable file (permissions) is not remembered, since another
   user may read it.
+
+A retention step need not list the directory at all (`snapshot(..., quick=True)`): see
+"Skipping the listing" below for when, and why it answers as a full read does.
 """
 
 from __future__ import annotations
@@ -34,11 +37,11 @@ import os
 import sqlite3
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from db_backup import __version__
 from db_backup.clock import parse_utc
@@ -46,6 +49,7 @@ from db_backup.report import SUCCESS, StoredReport, parse_report
 from db_backup.retention import Backup, backup_of
 
 Warn = Callable[[str, dict[str, str]], None]  # event, fields
+T = TypeVar("T")
 
 
 def log_warning(event: str, fields: dict[str, str]) -> None:
@@ -61,6 +65,19 @@ INDEX_FORMAT = "1"
 RACY_SECONDS = 2.0
 BUSY_TIMEOUT_S = 30.0
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# The listing is skipped only while the last one is younger than this (see `_stamp_current`):
+# a day, so an hourly job lists in one retention step of 24.
+FULL_LISTING_EVERY_S = 86400.0
+# How long an own change may wait for the directory's stamp to become trustworthy (one clock
+# tick is enough: 4 ms at HZ=250).
+SETTLE_WAIT_S = 0.05
+# Linux's CLOCK_REALTIME_COARSE (not in Python's `time`): the clock that stamps files.
+_COARSE_CLOCK = 5
+# File systems whose directory stamps the kernel sets from that clock, to the nanosecond, and
+# whose stat is never served from a cache (unlike NFS, FUSE, 9p, CIFS, overlay).
+LOCAL_FILE_SYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "f2fs"})
+_STAMP = "dir_stamp"  # meta: the directory's stat at which the index holds exactly its names
+_LISTED = "listed_ns"  # meta: wall time of the full listing that stamp descends from
 _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
 
@@ -142,6 +159,8 @@ class Snapshot:
     conn: sqlite3.Connection
     transient: dict[bytes, str] = field(default_factory=dict)  # unreadable now: name -> why
     listing_error: str = ""
+    unchecked: bool = False  # taken without a listing: rows are checked as they are used
+    checked: set[bytes] = field(default_factory=set)
 
     def warnings(self) -> list[str]:
         """Returns a warning per skipped file, in file name order, as `load_reports` gives."""
@@ -225,7 +244,27 @@ class Snapshot:
         started before `cutoff` (the only ones that can expire), the newest `keep_last`
         successful ones (which decide what is protected), and any newer report naming a file
         of an old one. So a retention step reads a handful of rows, not the whole history.
+
+        In a snapshot taken without a listing (`quick`), the rows of the list, and of the
+        reports that could name a file of an old one, are checked against their files first
+        (re-read when changed, dropped when gone), until the list is made of checked rows
+        only; see "Skipping the listing" for why the other rows need no check.
         """
+        while True:
+            found = self._retention_entries(job, database, cutoff=cutoff, keep_last=keep_last)
+            if not self.unchecked:
+                break
+            names = {os.fsencode(entry.name) for entry in found}
+            names |= self._possible_sharers([entry for entry in found if entry.started < cutoff])
+            todo = names - self.checked
+            if not todo:
+                break
+            self._check(todo)
+        return [entry.backup() for entry in found]
+
+    def _retention_entries(
+        self, job: str, database: str, *, cutoff: datetime, keep_last: int
+    ) -> list[Entry]:
         key = (encode(job), encode(database))
         limit = micros(cutoff)
         old = self.entries("job = ? AND database = ? AND started_us < ?", (*key, limit))
@@ -234,8 +273,10 @@ class Snapshot:
             (*key, encode(SUCCESS), limit),
             limit=keep_last,
         )
+        # From the old reports' files to the reports naming them ("+": not through
+        # reports_by_job, which would visit every newer report of the database).
         sharing = self.entries(
-            "job = ? AND database = ? AND started_us >= ? AND name IN (SELECT f.name FROM "
+            "+job = ? AND +database = ? AND +started_us >= ? AND name IN (SELECT f.name FROM "
             "report_files AS f JOIN report_files AS o ON o.file = f.file JOIN reports AS r ON "
             "r.name = o.name WHERE r.job = ? AND r.database = ? AND r.started_us < ? "
             "AND r.problem IS NULL)",
@@ -243,8 +284,34 @@ class Snapshot:
         )
         found = {entry.name: entry for entry in (*old, *newest, *sharing)}
         # In the order of a full read: choose_expired breaks ties of startedAt by list order.
-        ordered = sorted(found.values(), key=lambda e: (e.started, e.name), reverse=True)
-        return [entry.backup() for entry in ordered]
+        return sorted(found.values(), key=lambda e: (e.started, e.name), reverse=True)
+
+    def _possible_sharers(self, old: list[Entry]) -> set[bytes]:
+        """Returns the names of the reports that may name a file of one of `old`, indexed or not.
+
+        `retention.owned_by` lets a report name only files of its own stem, so two reports can
+        share a file only when one's stem is the other's plus "_globals" (`A_globals.sql` is
+        A's globals file and the plain dump of a report `A_globals.json`): the one report that
+        an edit in place, or an addition not seen, could make name a file of an old report
+        while outside the list. Checking a name that is no file costs one failed stat.
+        """
+        return {
+            os.fsencode(entry.name.removesuffix(".json") + "_globals.json")
+            for entry in old
+            if entry.name.endswith(".json")
+        }
+
+    def _check(self, names: set[bytes]) -> None:
+        """Brings the rows of `names` in line with their files (stat; re-read what changed)."""
+        listing = _stat_names(self.reports_dir, names)
+        plan = _plan(self.conn, self.reports_dir, listing, only=names)
+        _apply(self.conn, plan)
+        self.checked |= names
+        if plan.transient:
+            # Not remembered (another user may read it): list again next time, so the warning
+            # is given then too, as a full read would.
+            self.transient.update(plan.transient)
+            _forget_stamp(self.conn)
 
 
 def backups(reports_dir: Path, index_path: Path | None, job: str, database: str) -> list[Backup]:
@@ -262,12 +329,13 @@ def retention_backups(
     days: int,
     keep_last: int,
     now: datetime,
+    quick: bool = False,
 ) -> list[Backup]:
     """Returns what `choose_expired(..., days, keep_last, now=later)` needs (see `retention_view`).
 
-    `now` must not be later than the `now` given to `choose_expired`.
+    `now` must not be later than the `now` given to `choose_expired`; `quick` as for `snapshot`.
     """
-    with snapshot(reports_dir, index_path) as snap:
+    with snapshot(reports_dir, index_path, quick=quick) as snap:
         return snap.retention_view(
             job, database, cutoff=now - timedelta(days=days), keep_last=keep_last
         )
@@ -290,6 +358,19 @@ def _listing(reports_dir: Path) -> dict[bytes, Signature | None]:
                     found[entry.name] = _signature(entry.stat())
                 except OSError:
                     found[entry.name] = None
+    return found
+
+
+def _stat_names(reports_dir: Path, names: set[bytes]) -> dict[bytes, Signature | None]:
+    """Returns `_listing`'s answer for `names` alone (those that exist), without listing."""
+    found: dict[bytes, Signature | None] = {}
+    for name in names:
+        try:
+            found[name] = _signature(os.stat(reports_dir / os.fsdecode(name)))
+        except FileNotFoundError:
+            pass
+        except OSError:
+            found[name] = None
     return found
 
 
@@ -332,8 +413,17 @@ def _read(reports_dir: Path, name: bytes) -> _Parsed:
     return _Parsed(row)
 
 
-def _stored(conn: sqlite3.Connection) -> tuple[dict[bytes, Signature], set[bytes]]:
-    """Returns what the index holds: name -> stat signature, and the names to re-read."""
+def _stored(
+    conn: sqlite3.Connection, only: set[bytes] | None = None
+) -> tuple[dict[bytes, Signature], set[bytes]]:
+    """Returns what the index holds (of `only`): name -> stat signature, and the names to re-read."""
+    if only is not None:
+        rows = [
+            row
+            for name in only
+            for row in conn.execute("SELECT name, sig, racy FROM reports WHERE name = ?", (name,))
+        ]
+        return {name: sig for name, sig, _ in rows}, {name for name, _, racy in rows if racy}
     signatures: dict[bytes, Signature] = dict(conn.execute("SELECT name, sig FROM reports"))
     racy = {name for (name,) in conn.execute("SELECT name FROM reports WHERE racy")}
     return signatures, racy
@@ -367,9 +457,13 @@ def _plan(
     conn: sqlite3.Connection,
     reports_dir: Path,
     listing: dict[bytes, Signature | None],
+    only: set[bytes] | None = None,
 ) -> _Plan:
-    """Returns the changes that bring the index in line with `listing`; reads what changed."""
-    stored, racy = _stored(conn)
+    """Returns the changes that bring the index in line with `listing`; reads what changed.
+
+    With `only`, the listing covers those names only, and so does the plan.
+    """
+    stored, racy = _stored(conn, only)
     if listing == stored and not racy:
         return _Plan()  # the common case, compared in C
     plan = _Plan(delete=sorted(stored.keys() - listing.keys()))
@@ -444,7 +538,7 @@ def _meta_matches(conn: sqlite3.Connection, reports_dir: Path) -> bool:
     """Returns whether the index has our tables, format and version, for this directory."""
     if _schema_of(conn) != _expected_schema():
         return False  # empty, an older layout, or altered by hand
-    found = dict(conn.execute("SELECT key, value FROM meta"))
+    found = dict(conn.execute("SELECT key, value FROM meta WHERE key NOT IN (?, ?)", _STAMP_KEYS))
     return found == _meta_wanted(reports_dir)
 
 
@@ -464,19 +558,159 @@ def _reset(conn: sqlite3.Connection, reports_dir: Path) -> None:
     conn.executemany("INSERT INTO meta VALUES (?, ?)", _meta_wanted(reports_dir).items())
 
 
+# --- skipping the listing ---------------------------------------------------------------------
+#
+# A retention step (`snapshot(..., quick=True)`) answers without listing the directory when the
+# index knows it holds exactly the directory's names: the meta row `dir_stamp` holds the
+# directory's stat (device, inode, mtime, ctime) at a moment the index held exactly its `*.json`
+# names, and the directory still has that stat. Creating, removing or renaming a file changes
+# the directory's mtime and ctime, so an unchanged stat means the same names, provided any
+# later change gives a *different* stat. That is not so within the timestamps' granularity
+# (a clock tick of a few ms): a stamp is only recorded once it is "settled" (`_settled_stat`):
+# the file system stamps from the kernel's coarse clock to the nanosecond (local file systems
+# only: NFS or FUSE stamps come from elsewhere, and NFS serves a stat from its cache), and that
+# clock, read before the stat, is already past the directory's ctime, so every later change
+# gets a later ctime (git's "racily clean" rule, with the tick as margin).
+#
+# The stamp is recorded by a full listing (any `snapshot`, status' too) and moved on by every
+# change this program makes to the directory (`own_change`: a run's report, its rewrite with
+# retention's result, retention's removals): holding the index's write lock, it checks that the
+# stamp is current, makes the change, updates the rows of the names it changed and records the
+# directory's settled stat after it. Other runs (another job at the same moment) take the same
+# lock, so they queue and each finds the stamp its predecessor left. Any other change (by hand,
+# by an older version, a failed write) leaves the stamp behind: the next step lists, as before.
+# What `own_change` cannot tell apart is someone else's change made in the same few
+# milliseconds as its own; so a stamp is trusted only while its last full listing is younger
+# than `FULL_LISTING_EVERY_S`, and `status` always lists: such a change is seen within a day.
+# Until then it can only make retention keep more: a report not seen is neither expired nor
+# counted among those that protect others, and the one kind that could name a file retention
+# deletes is looked for by name (the second point below).
+#
+# Without a listing, files are not stat'ed either, except those `retention_view` reads: each of
+# its rows is compared with its file (inode, size, mtime, ctime), re-read when it differs (or is
+# too young to trust), dropped when gone, and the view computed again until it holds checked
+# rows only. A row outside the view can only be stale through an edit in place (anything else
+# changes the directory). Such an edit cannot make retention delete what a full read keeps:
+# - no expired report becomes kept: what protects a report is `keep_last` successful reports
+#   newer than it, and the view's (checked) ones are in the full read too;
+# - a kept report outside the view that names a file of an expired one: a report names only
+#   files of its own stem (`retention.owned_by`), so only `A_globals.json` can name a file of
+#   `A.json` (`A_globals.sql`); that name is checked too, indexed or not (`_possible_sharers`);
+# - everything else an edit could do (an older start, a success, a new report left unseen)
+#   adds reports to expire or to protect others: a full read deletes more, never less.
+# Warnings (malformed files) come from the rows as last read: an edit in place outside the view
+# is warned about at the next listing.
+
+
+def _dir_stamp(st: os.stat_result) -> str:
+    return f"{st.st_dev} {st.st_ino} {st.st_mtime_ns} {st.st_ctime_ns}"
+
+
+_STAMP_KEYS = (_STAMP, _LISTED)
+
+
+@functools.cache
+def _file_system(device: int) -> str:
+    """Returns the type of the file system mounted from `device` ("" when not found)."""
+    wanted = f"{os.major(device)}:{os.minor(device)}"
+    try:
+        mounts = Path("/proc/self/mountinfo").read_text()
+    except OSError:
+        return ""
+    for line in mounts.splitlines():
+        fields = line.split(" ")
+        if len(fields) > 7 and fields[2] == wanted and "-" in fields[6:]:
+            return fields[fields.index("-", 6) + 1]
+    return ""
+
+
+def _coarse_now() -> int:
+    """Returns the time the kernel would stamp a file changed now, in ns (to the last tick)."""
+    return time.clock_gettime_ns(_COARSE_CLOCK)
+
+
+def _settled_stat(reports_dir: Path, wait_s: float = 0.0) -> os.stat_result | None:
+    """Returns the directory's stat if every later change must change it, else None.
+
+    Sleeps up to `wait_s` in all for the clock to pass the directory's ctime (one tick does).
+    """
+    slept = 0.0
+    while True:
+        try:
+            before = _coarse_now()
+            st = os.stat(reports_dir)
+        except OSError:
+            return None
+        if _file_system(st.st_dev) not in LOCAL_FILE_SYSTEMS:
+            return None  # not stamped by our clock, or its stat may come from a cache
+        if st.st_ctime_ns % 1_000_000_000 == 0:
+            return None  # whole seconds (ext4 with small inodes): a tick is not enough
+        if st.st_ctime_ns < before:
+            return st
+        pause = (st.st_ctime_ns - before) / 1e9 + _coarse_tick()
+        if slept + pause > wait_s:  # what was asked for, not the time passed: a busy machine
+            return None  # may oversleep, and then the next stat settles
+        time.sleep(pause)
+        slept += pause
+
+
+@functools.cache
+def _coarse_tick() -> float:
+    return time.clock_getres(_COARSE_CLOCK)
+
+
+def _stamp_current(conn: sqlite3.Connection, reports_dir: Path) -> bool:
+    """Returns whether the index holds exactly the directory's names (see above)."""
+    found = dict(conn.execute("SELECT key, value FROM meta WHERE key IN (?, ?)", _STAMP_KEYS))
+    if len(found) != 2:
+        return False
+    age_ns = time.time_ns() - int(found[_LISTED])
+    if not 0 <= age_ns <= FULL_LISTING_EVERY_S * 1e9:
+        return False
+    try:
+        return _dir_stamp(os.stat(reports_dir)) == found[_STAMP]
+    except OSError:
+        return False
+
+
+def _record_stamp(conn: sqlite3.Connection, st: os.stat_result, listed_ns: int | None) -> None:
+    conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (_STAMP, _dir_stamp(st)))
+    if listed_ns is not None:
+        conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (_LISTED, str(listed_ns)))
+
+
+def _forget_stamp(conn: sqlite3.Connection) -> None:
+    conn.execute("DELETE FROM meta WHERE key IN (?, ?)", _STAMP_KEYS)
+
+
 class Unlistable(Exception):
     """The reports directory exists but cannot be listed; the message is the warning."""
 
 
-def _sync(conn: sqlite3.Connection, reports_dir: Path, writable: bool) -> Snapshot:
+def _sync(
+    conn: sqlite3.Connection,
+    reports_dir: Path,
+    writable: bool,
+    quick: bool = False,
+    stamp: bool = True,
+) -> Snapshot:
     """Brings the index in line with the directory and leaves its transaction open.
 
     A writer takes SQLite's write lock first (readers go on), so the changes apply to what
     the index holds at that moment and it matches the listing exactly. A read-only user gets
     an answer only when nothing needs writing. Raises `sqlite3.OperationalError` when a needed
     write is impossible (read-only, locked), `Unlistable` when the directory cannot be listed.
+    `quick` skips the listing when the stamp allows it (see "Skipping the listing"); `stamp`
+    records the directory's stamp for later quick uses.
     """
     conn.execute("BEGIN IMMEDIATE" if writable else "BEGIN")
+    current = quick and writable and _meta_matches(conn, reports_dir)
+    if current and _stamp_current(conn, reports_dir):
+        return Snapshot(reports_dir, conn, unchecked=True)
+    # Taken before the listing it vouches for, waiting (a tick at most) for a change just made,
+    # such as the run's own report, to settle: else the next steps would list too.
+    settled = _settled_stat(reports_dir, SETTLE_WAIT_S) if writable and stamp else None
+    listed_ns = time.time_ns()
     try:
         listing = _listing(reports_dir)
     except FileNotFoundError:
@@ -492,6 +726,10 @@ def _sync(conn: sqlite3.Connection, reports_dir: Path, writable: bool) -> Snapsh
     plan = _plan(conn, reports_dir, listing)
     if writable:
         _apply(conn, plan)
+        if settled is not None and not plan.transient:  # unreadable files: warn again next time
+            _record_stamp(conn, settled, listed_ns)
+        else:
+            _forget_stamp(conn)
     elif plan.writes:
         raise sqlite3.OperationalError("the index is out of date and this user cannot update it")
     return Snapshot(reports_dir, conn, plan.transient)
@@ -544,7 +782,7 @@ def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
     return code in {_SQLITE_CORRUPT, _SQLITE_NOTADB} or "malformed" in str(exc)
 
 
-def _open_synced(path: Path, reports_dir: Path, warn: Warn) -> Snapshot:
+def _open_synced(path: Path, reports_dir: Path, warn: Warn, quick: bool = False) -> Snapshot:
     """Returns a snapshot from the index file; rebuilds a corrupt file once."""
     for attempt in (1, 2):
         conn: sqlite3.Connection | None = None
@@ -555,7 +793,7 @@ def _open_synced(path: Path, reports_dir: Path, warn: Warn) -> Snapshot:
             # write still gets answers from the index while it is up to date.
             writable = os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
             conn = _connect(path, writable)
-            return _sync(conn, reports_dir, writable)
+            return _sync(conn, reports_dir, writable, quick)
         except sqlite3.DatabaseError as exc:
             if conn is not None:
                 conn.close()
@@ -577,24 +815,26 @@ def _in_memory(reports_dir: Path) -> Snapshot:
     conn.execute("BEGIN")
     _reset(conn, reports_dir)
     conn.commit()
-    return _sync(conn, reports_dir, writable=True)
+    return _sync(conn, reports_dir, writable=True, stamp=False)
 
 
 @contextlib.contextmanager
 def snapshot(
-    reports_dir: Path, index_path: Path | None, warn: Warn = log_warning
+    reports_dir: Path, index_path: Path | None, warn: Warn = log_warning, *, quick: bool = False
 ) -> Iterator[Snapshot]:
     """Yields the reports as they are now, through the index at `index_path` when usable.
 
     Without an index path, or when the index cannot be used (no access, locked for longer than
     `BUSY_TIMEOUT_S`), the snapshot is built in memory from a full read: same answers, slower.
-    `warn` is told when the index was rebuilt or not used.
+    `warn` is told when the index was rebuilt or not used. `quick` (for a retention step, which
+    asks only `retention_view`) skips listing the directory when the index knows it holds its
+    names; `warnings` then come from the index as last listed (see "Skipping the listing").
     """
     snap: Snapshot | None = None
     try:
         if index_path is not None:
             try:
-                snap = _open_synced(index_path, reports_dir, warn)
+                snap = _open_synced(index_path, reports_dir, warn, quick)
             except (OSError, sqlite3.Error) as exc:
                 warn(
                     "report index not usable, reading every report",
@@ -615,3 +855,71 @@ def snapshot(
             with contextlib.suppress(sqlite3.Error):
                 snap.conn.rollback()
         snap.conn.close()
+
+
+def own_change(
+    reports_dir: Path,
+    index_path: Path | None,
+    names: Iterable[str],
+    change: Callable[[], T],
+    warn: Warn = log_warning,
+) -> T:
+    """Returns `change()`, which creates, replaces or removes the reports `names` (and no other
+    `*.json` file), having kept the index in step with it so the next retention step need not
+    list the directory (see "Skipping the listing").
+
+    The index's write lock is held across the change. If the index's stamp was current just
+    before, the rows of `names` are updated and the stamp moves on to the directory's settled
+    stat after the change; otherwise the index is left as it is, to be brought in step by the
+    next listing. Trouble with the index never fails the change.
+    """
+    conn = _locked(index_path)
+    if conn is None:
+        return change()
+    try:
+        try:
+            known = _meta_matches(conn, reports_dir) and _stamp_current(conn, reports_dir)
+        except sqlite3.Error:
+            known = False  # corrupt: the next snapshot rebuilds it
+        result = change()
+        if known:
+            try:
+                _note(conn, reports_dir, {os.fsencode(name) for name in names})
+                conn.commit()
+            except sqlite3.Error as exc:
+                warn("report index not updated", {"index": str(index_path), "error": str(exc)})
+        return result
+    finally:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.rollback()
+        conn.close()
+
+
+def _locked(index_path: Path | None) -> sqlite3.Connection | None:
+    """Returns a connection to an existing index holding its write lock, or None."""
+    if index_path is None or not index_path.is_file():
+        return None  # no index yet: the first snapshot lists anyway
+    if not (os.access(index_path, os.W_OK) and os.access(index_path.parent, os.W_OK)):
+        return None
+    try:
+        conn = _connect(index_path, writable=True)
+    except sqlite3.Error:
+        return None
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error:
+        conn.close()
+        return None
+    return conn
+
+
+def _note(conn: sqlite3.Connection, reports_dir: Path, names: set[bytes]) -> None:
+    """Updates the rows of `names` and moves the stamp on, after an own change of those names."""
+    settled = _settled_stat(reports_dir, SETTLE_WAIT_S)  # first: a later change shows in it
+    plan = _plan(conn, reports_dir, _stat_names(reports_dir, names), only=names)
+    _apply(conn, plan)
+    if settled is not None and not plan.transient:
+        _record_stamp(conn, settled, listed_ns=None)
+    else:
+        _forget_stamp(conn)

@@ -8,6 +8,7 @@ between reads.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -15,6 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -508,3 +510,298 @@ def test_process_killed_while_rebuilding_leaves_a_usable_index(tmp_path: Path) -
             assert not journal.exists()
             break
     assert killed_in_transaction, "never caught the rebuild inside its transaction"
+
+
+# --- a retention step without a listing ----------------------------------------------------
+
+
+@pytest.fixture
+def listings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Counts the listings of the reports directory (and reads); stamps of tmp_path are trusted.
+
+    The file system of tmp_path (a container's overlay, say) is taken as local: the tests
+    make their changes one after another, not through a cache.
+    """
+    calls: list[str] = []
+    real_listing, real_read = report_index._listing, report_index._read
+
+    def counting_listing(reports_dir: Path) -> Any:
+        calls.append("listing")
+        return real_listing(reports_dir)
+
+    def counting_read(reports_dir: Path, name: bytes) -> Any:
+        calls.append(os.fsdecode(name))
+        return real_read(reports_dir, name)
+
+    monkeypatch.setattr(report_index, "_listing", counting_listing)
+    monkeypatch.setattr(report_index, "_read", counting_read)
+    local = report_index._file_system(tmp_path.stat().st_dev)
+    monkeypatch.setattr(
+        report_index, "LOCAL_FILE_SYSTEMS", report_index.LOCAL_FILE_SYSTEMS | {local}
+    )
+    return calls
+
+
+NOW = T0 + timedelta(hours=60)  # with one day kept: old before T0 + 36 h
+
+
+def retention_view(
+    reports_dir: Path, index: Path | None, job: str, *, quick: bool = True
+) -> list[Backup]:
+    return report_index.retention_backups(
+        reports_dir, index, job, "shop", days=1, keep_last=2, now=NOW, quick=quick
+    )
+
+
+def own_write(reports_dir: Path, index: Path, report: Report) -> Path:
+    """Writes a report as a run does: through the index."""
+    name = f"{report.stem}.json"
+    return report_index.own_change(
+        reports_dir, index, [name], lambda: write_report(reports_dir, report)
+    )
+
+
+def quick_view(
+    reports_dir: Path, index: Path, listings: list[str], job: str = "hourly"
+) -> tuple[list[Backup], bool]:
+    """Returns the quick retention view and whether it listed; checks it against a full read."""
+    listings.clear()
+    view = retention_view(reports_dir, index, job)
+    listed = "listing" in listings
+    full = retention_view(reports_dir, None, job, quick=False)  # in memory, from a full read
+    assert view == full
+    return view, listed
+
+
+def run_report(number: int, hours: int = 50) -> Report:
+    started = T0 + timedelta(hours=hours)
+    name = stem("shop", started, f"run{number}")
+    return Report(
+        job="hourly",
+        database="shop",
+        host="127.0.0.1",
+        port=5432,
+        mode="local",
+        tool="local",
+        stem=name,
+        started=started,
+        finished=started + timedelta(minutes=1),
+        status="SUCCESS" if number % 4 else "FAILED",
+        artefacts=[f"{name}.dump", f"{name}.dump.sha256"],
+    )
+
+
+def one_job_directory(tmp_path: Path, count: int = 30) -> tuple[Path, Path, list[Path]]:
+    """Returns a directory of one job's reports over 48 hours, listed with a settled stamp."""
+    reports_dir, index = tmp_path / "reports", tmp_path / "state" / report_index.INDEX_NAME
+    reports_dir.mkdir()
+    paths = [write_report(reports_dir, run_report(n, hours=n * 48 // 30)) for n in range(count)]
+    assert report_index._settled_stat(reports_dir, wait_s=1.0) is not None
+    report_index.backups(reports_dir, index, "hourly", "shop")  # lists, records the stamp
+    return reports_dir, index, paths
+
+
+def test_retention_after_a_runs_own_report_does_not_list_the_directory(
+    tmp_path: Path, listings: list[str]
+) -> None:
+    reports_dir, index, _ = one_job_directory(tmp_path)
+    for number in (101, 102, 103, 105):  # successful ones
+        path = own_write(reports_dir, index, run_report(number, hours=number - 50))
+        view, listed = quick_view(reports_dir, index, listings)
+        assert not listed
+        assert path.name in {b.key for b in view}  # newest successful: seen without a listing
+    assert listings.count("listing") == 1  # the full read of quick_view only
+
+
+@pytest.mark.parametrize("change", ["added", "removed", "renamed", "unlisted-own-change"])
+def test_any_other_change_to_the_directory_makes_retention_list_it(
+    tmp_path: Path, listings: list[str], change: str
+) -> None:
+    reports_dir, index, paths = one_job_directory(tmp_path)
+    own_write(reports_dir, index, run_report(101))
+    assert not quick_view(reports_dir, index, listings)[1]
+    if change == "added":
+        write_report(reports_dir, run_report(102, hours=55))  # another writer, not the index
+    elif change == "removed":
+        paths[-1].unlink()
+    elif change == "renamed":
+        paths[-2].rename(reports_dir / "renamed.json")
+    else:  # a run that could not take the index's lock writes anyway
+        write_report(reports_dir, run_report(101), replace=True)
+    view, listed = quick_view(reports_dir, index, listings)
+    assert listed
+    if change == "added":
+        assert run_report(102, hours=55).stem + ".json" in {b.key for b in view}
+
+
+@pytest.mark.parametrize("edit", ["same-size-same-mtime", "truncated", "status"])
+def test_edits_in_place_of_the_rows_retention_reads_are_seen_without_a_listing(
+    tmp_path: Path, listings: list[str], edit: str
+) -> None:
+    reports_dir, index, _ = one_job_directory(tmp_path)
+    newest = own_write(reports_dir, index, run_report(101))
+    view, _ = quick_view(reports_dir, index, listings)
+    assert newest.name in {b.key for b in view}
+    if edit == "same-size-same-mtime":
+        before = newest.stat()
+        same_size_edit(newest)  # SUCCESS -> FAILED!: no report any more
+        os.utime(newest, ns=(before.st_atime_ns, before.st_mtime_ns))  # only ctime tells
+    elif edit == "truncated":
+        with open(newest, "r+b") as handle:
+            handle.truncate(20)
+    else:  # in place, another size: the operator marks the run failed
+        text = newest.read_text().replace('"SUCCESS"', '"FAILED"')
+        with open(newest, "r+b") as handle:
+            handle.write(text.encode())
+            handle.truncate()
+    view, listed = quick_view(reports_dir, index, listings)  # equal to a full read
+    assert not listed
+    assert newest.name in listings  # re-read
+    assert newest.name not in {b.key for b in view}
+
+
+def test_a_change_within_the_clock_tick_of_the_stamp_is_not_trusted(
+    tmp_path: Path, listings: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The clock has not passed the directory's ctime: a later change could keep that ctime.
+    reports_dir, index, _ = one_job_directory(tmp_path)
+    with monkeypatch.context() as patch:
+        patch.setattr(report_index, "_coarse_now", lambda: reports_dir.stat().st_ctime_ns)
+        patch.setattr(report_index, "SETTLE_WAIT_S", 0.01)
+        own_write(reports_dir, index, run_report(101))  # cannot settle: stamp dropped
+        assert quick_view(reports_dir, index, listings)[1]
+        report_index.backups(reports_dir, index, "hourly", "shop")  # lists, records none
+    assert quick_view(reports_dir, index, listings)[1]
+    assert not quick_view(reports_dir, index, listings)[1]  # that listing recorded one
+
+
+def test_the_directory_is_listed_again_once_the_last_listing_is_old(
+    tmp_path: Path, listings: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reports_dir, index, _ = one_job_directory(tmp_path)
+    own_write(reports_dir, index, run_report(101))
+    monkeypatch.setattr(report_index, "FULL_LISTING_EVERY_S", 0.0)
+    assert quick_view(reports_dir, index, listings)[1]
+
+
+@pytest.mark.parametrize("how", ["edited-in-place", "added-unseen"])
+def test_a_report_that_may_name_an_old_reports_globals_file_is_checked(
+    tmp_path: Path, listings: list[str], how: str
+) -> None:
+    # `A_globals.json` is the one report that may name a file of `A.json` (A_globals.sql):
+    # whether an edit in place made it do so, or it appeared unseen (someone else's write in
+    # the milliseconds of an own change), retention must keep that file.
+    reports_dir, index, _ = one_job_directory(tmp_path, count=0)
+    old = run_report(1, hours=0)
+    old.artefacts = [f"{old.stem}.dump", f"{old.stem}_globals.sql"]
+    sharer = run_report(2, hours=40)
+    sharer.stem, sharer.status = f"{old.stem}_globals", "FAILED"
+    for report in (old, run_report(3, hours=45), run_report(5, hours=46)):
+        own_write(reports_dir, index, report)
+    sharer_path = reports_dir / f"{sharer.stem}.json"
+    if how == "edited-in-place":
+        sharer.artefacts = []
+        own_write(reports_dir, index, sharer)
+        document = json.loads(sharer_path.read_text())
+        document["artefacts"] = [f"{sharer.stem}.sql"]
+        with open(sharer_path, "r+b") as handle:  # in place: the directory's stamp stays
+            handle.write(json.dumps(document, indent=2).encode())
+            handle.truncate()
+    else:
+        sharer.artefacts = [f"{sharer.stem}.sql"]
+        other = run_report(6, hours=20)
+
+        def two_writes() -> Path:
+            write_report(reports_dir, sharer)  # another writer's, at the same moment
+            return write_report(reports_dir, other)
+
+        report_index.own_change(reports_dir, index, [f"{other.stem}.json"], two_writes)
+    view, listed = quick_view(reports_dir, index, listings)
+    assert not listed
+    assert sharer_path.name in listings  # checked, and read
+    expired, still_named = choose_expired(view, now=NOW, days=1, keep_last=2)
+    assert f"{old.stem}.json" in [b.key for b in expired]
+    assert f"{old.stem}_globals.sql" in still_named
+
+
+def test_two_jobs_writing_and_pruning_at_once_never_list_and_answer_as_a_full_read(
+    tmp_path: Path, listings: list[str]
+) -> None:
+    reports_dir, index, _ = one_job_directory(tmp_path, count=10)
+    listings.clear()
+    errors: list[BaseException] = []
+
+    def run(job: str, offset: int) -> None:
+        try:
+            for n in range(12):
+                report = run_report(offset + n, hours=30 + n)
+                report.job = job
+                own_write(reports_dir, index, report)
+                view = retention_view(reports_dir, index, job)
+                expired, _ = choose_expired(view, now=NOW, days=1, keep_last=2)
+                for backup in expired:  # what apply_retention does with the report file
+                    remove = functools.partial((reports_dir / backup.key).unlink, missing_ok=True)
+                    report_index.own_change(reports_dir, index, [backup.key], remove)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(job, k * 100)) for k, job in enumerate("ab")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert "listing" not in listings
+    for job in ("a", "b", "hourly"):
+        assert not quick_view(reports_dir, index, listings, job)[1]
+    assert sorted(p.name for p in reports_dir.glob("*.json")) == sorted(
+        b.key
+        for b in report_index.backups(reports_dir, None, "a", "shop")
+        + report_index.backups(reports_dir, None, "b", "shop")
+        + report_index.backups(reports_dir, None, "hourly", "shop")
+    )
+
+
+def deleted_files(backups: list[Backup]) -> set[str]:
+    """Returns every file name retention deletes, choosing from `backups`."""
+    expired, still_named = choose_expired(backups, now=NOW, days=1, keep_last=2)
+    return {f for b in expired for f in b.files if f not in still_named}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_quick_retention_never_deletes_what_a_full_read_keeps(
+    tmp_path: Path, listings: list[str], seed: int
+) -> None:
+    # Runs' own changes (new reports, rewrites, removals) through the index, and edits in place
+    # behind its back: every quick step deletes at most what a full read deletes, and exactly
+    # that while no edit touched a row it does not read.
+    rng = random.Random(seed)
+    reports_dir, index, paths = one_job_directory(tmp_path, count=40)
+    names = [p.name for p in paths]
+    for step in range(40):
+        action = rng.random()
+        if action < 0.5:
+            report = run_report(1000 + step, hours=rng.randrange(0, 60))
+            own_write(reports_dir, index, report)
+            names.append(f"{report.stem}.json")
+        elif action < 0.7 and names:
+            victim = names.pop(rng.randrange(len(names)))
+            remove = functools.partial((reports_dir / victim).unlink, missing_ok=True)
+            report_index.own_change(reports_dir, index, [victim], remove)
+        elif names:
+            victim_path = reports_dir / rng.choice(names)
+            try:
+                (same_size_edit if rng.random() < 0.5 else functools.partial(hand_edit, rng))(
+                    victim_path
+                )
+            except (ValueError, UnicodeDecodeError, TypeError, KeyError, AttributeError):
+                victim_path.write_text("{}")  # no report to begin with: by the same hand
+        listings.clear()
+        quick = retention_view(reports_dir, index, "hourly")
+        assert "listing" not in listings
+        full = retention_view(reports_dir, None, "hourly", quick=False)
+        assert deleted_files(quick) <= deleted_files(full), step
+    report_index.backups(reports_dir, index, "hourly", "shop")  # a listing (status) catches up
+    assert retention_view(reports_dir, index, "hourly") == retention_view(
+        reports_dir, None, "hourly", quick=False
+    )
