@@ -23,6 +23,7 @@ from db_backup.config import Config, load
 from db_backup.job import RunResult, run_job
 from db_backup.storage.oss import OssTarget
 from tests.conftest import Setup
+from tests.support.files import replace_json
 from tests.support.oss_fixtures import (
     OSS_ACCESS_KEY_ID,
     OSS_ACCESS_KEY_SECRET,
@@ -310,7 +311,7 @@ def _age(path: Path, days: int) -> None:
     document = json.loads(path.read_text())
     old = datetime.now(UTC) - timedelta(days=days)
     document["startedAt"] = old.strftime("%Y-%m-%dT%H:%M:%SZ")
-    path.write_text(json.dumps(document))
+    replace_json(path, document)
 
 
 def test_a_suspiciously_small_backup_keeps_the_old_ones_and_marks_its_report(

@@ -11,6 +11,7 @@ import pytest
 
 from tests.conftest import RunCli, Setup
 from tests.integration.test_job_remote import OSS_ENV, PREFIX, bucket, keys, server, use_oss
+from tests.support.files import replace_json
 from tests.support.oss_fixtures import OSS_BUCKET
 from tests.support.oss_server import OssServer
 from tests.support.pgcluster import Cluster, table_fingerprint
@@ -142,7 +143,7 @@ def test_retention_deletes_an_expired_directory_backups_objects(
     old_dir = doc["targets"]["oss"]["location"].rstrip("/").rsplit("/", 1)[1]
     assert member_keys(server, old_dir)
     doc["startedAt"] = "2024-01-01T00:00:00Z"
-    old_report.write_text(json.dumps(doc))
+    replace_json(old_report, doc)
     time.sleep(1.1)
     done = run_cli("--config", str(setup.path), "run", "nightly", env=OSS_ENV)
     assert done.returncode == 0, done.stderr

@@ -13,6 +13,7 @@ import oss2
 import pytest
 
 from tests.conftest import RunCli, Setup
+from tests.support.files import replace_json
 from tests.support.oss_fixtures import (
     OSS_ACCESS_KEY_ID,
     OSS_ACCESS_KEY_SECRET,
@@ -205,7 +206,7 @@ def test_remote_retention_deletes_only_old_own_objects(
     old_report = sorted(setup.reports.glob("*.json"))[0]
     doc = json.loads(old_report.read_text())
     doc["startedAt"] = "2024-01-01T00:00:00Z"
-    old_report.write_text(json.dumps(doc))
+    replace_json(old_report, doc)
     old_name = Path(doc["local"]["file"]).name
     bucket(server).put_object(f"{PREFIX}not-ours.dump", b"foreign")
     time.sleep(1.1)
