@@ -238,6 +238,14 @@ def test_drill_without_a_successful_backup_writes_a_failed_report(
     assert report["status"] == "FAILED" and "no successful backup" in report["errorMessage"]
 
 
+def cmdline(pid: int) -> bytes:
+    """Returns a process's command line; empty when it has exited meanwhile."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return b""
+
+
 def test_drill_killed_mid_restore_leaves_nothing_after_the_next_run(
     setup: Setup, cluster: Cluster, run_cli: RunCli, slow_db: str, drill_dir: Path
 ) -> None:
@@ -258,7 +266,7 @@ def test_drill_killed_mid_restore_leaves_nothing_after_the_next_run(
         restoring = [
             pid
             for pid in postgres_processes_under(drill_dir / "nightly" / "cluster" / "sock")
-            if b"pg_restore" in Path(f"/proc/{pid}/cmdline").read_bytes()
+            if b"pg_restore" in cmdline(pid)
         ]
         time.sleep(0.02)
     assert restoring, "the drill never reached pg_restore"
@@ -294,9 +302,7 @@ def test_killed_drill_into_a_scratch_database_is_cleaned_up_by_the_next_run(
     restoring: list[int] = []
     while time.monotonic() < deadline and not restoring:
         restoring = [
-            pid
-            for pid in postgres_processes_under(Path(scratch))
-            if b"pg_restore" in Path(f"/proc/{pid}/cmdline").read_bytes()
+            pid for pid in postgres_processes_under(Path(scratch)) if b"pg_restore" in cmdline(pid)
         ]
         time.sleep(0.02)
     assert restoring, "the drill never reached pg_restore"
