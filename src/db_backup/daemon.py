@@ -9,6 +9,8 @@ set flags; the loop acts on them.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import sys
 import threading
@@ -157,6 +159,7 @@ class Daemon:
         self._stop_signal = ""
         self._reload_requested = False
         self._wake = threading.Event()
+        self._signal_fd: int | None = None  # write end of the signal pipe, once installed
         self._last_status = ""
         self._last_status_sent = 0.0
         self.stale = StaleWatch(config, self.clock.now())  # jobs without a recent SUCCESS
@@ -165,18 +168,40 @@ class Daemon:
     # --- signals -----------------------------------------------------------------------------
 
     def install_signal_handlers(self) -> None:
-        """Routes SIGHUP to a reload and SIGTERM/SIGINT to a stop, both handled by the loop."""
+        """Routes SIGHUP to a reload and SIGTERM/SIGINT to a stop, both handled by the loop.
+
+        A handler only sets a flag and writes a byte into a pipe; a small thread turns the byte
+        into `_wake.set()`. Setting the event in the handler itself could deadlock the daemon:
+        the handler runs in the main thread, possibly just while that thread holds the event's
+        lock inside `Event.wait`, and the lock is not reentrant.
+        """
+        read_fd, self._signal_fd = os.pipe()
+        os.set_blocking(self._signal_fd, False)
+
+        def relay() -> None:
+            while os.read(read_fd, 64):
+                self._wake.set()
+
+        threading.Thread(target=relay, name="signal-relay", daemon=True).start()
         signal.signal(signal.SIGHUP, self._on_hup)
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
 
     def _on_hup(self, _signum: int, _frame: object) -> None:
         self._reload_requested = True
-        self._wake.set()
+        self._poke()
 
     def _on_stop(self, signum: int, _frame: object) -> None:
         self._stop_signal = signal.Signals(signum).name
-        self._wake.set()
+        self._poke()
+
+    def _poke(self) -> None:
+        """Wakes the loop from a signal handler (directly when no handler is installed)."""
+        if self._signal_fd is None:
+            self._wake.set()
+            return
+        with contextlib.suppress(BlockingIOError):  # full: a wake-up is pending anyway
+            os.write(self._signal_fd, b"\0")
 
     # --- main loop ---------------------------------------------------------------------------
 

@@ -527,3 +527,30 @@ def test_multi_zone_simulation_never_double_runs_or_skips_a_day_around_any_chang
                 assert set(days.values()) == {1}, (tz, expr, changeover)
                 assert len(days) == (max(days) - min(days)).days + 1, (tz, expr, changeover)
                 assert len(days) >= 6, (tz, expr, changeover)
+
+
+def test_a_signal_handled_while_the_loop_holds_its_wake_lock_still_wakes_it(
+    tmp_path: Path,
+) -> None:
+    """A Python signal handler runs in the main thread between two bytecodes, so possibly inside
+    `Event.wait` while that thread holds the event's lock, which is not reentrant: a handler that
+    called `Event.set()` there would deadlock the daemon (a reload or stop that never comes).
+    The handler here runs in a thread holding that lock (CPython's `Event._cond`), as it would."""
+    sim = Simulation(tmp_path, "0 2 * * *", SHANGHAI, utc(2026, 1, 1), utc(2026, 1, 2))
+    saved = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)}
+    try:
+        sim.daemon.install_signal_handlers()
+
+        def handler_inside_wait() -> None:
+            with sim.daemon._wake._cond:  # type: ignore[attr-defined]
+                sim.daemon._on_hup(signal.SIGHUP, None)
+
+        handler = threading.Thread(target=handler_inside_wait, daemon=True)
+        handler.start()
+        handler.join(timeout=10)
+        assert not handler.is_alive(), "the handler deadlocked on the wake event's lock"
+        assert sim.daemon._wake.wait(timeout=10), "the loop was not woken"
+        assert sim.daemon._reload_requested
+    finally:
+        for signum, previous in saved.items():
+            signal.signal(signum, previous)
