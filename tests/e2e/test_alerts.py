@@ -25,6 +25,7 @@ pytestmark = pytest.mark.e2e
 
 TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
 METRICS = f"{TEXTFILE_DIR}/db_backup.prom"
+METRICS_PORT = 9187  # the README's; the container shares the host's network
 
 
 @pytest.fixture(scope="module")
@@ -62,17 +63,23 @@ notifications:
       url: {{file: /etc/db-backup/credentials/webhook-url}}
 metrics:
   textfile_dir: {TEXTFILE_DIR}
+  listen: "127.0.0.1:{METRICS_PORT}"
 sink:
   dsn: {{file: /etc/db-backup/credentials/sink-dsn}}
 jobs:
   - name: broken
     schedule: "0 3 1 1 *"
     databases: [no_such_database]
+  - name: nightly
+    schedule: "0 3 1 1 *"
+    databases: [platform]
 """,
             0o640,
         )
         ct.exec(["chgrp", "postgres", "/etc/db-backup/config.yaml"])
         ct.exec(["db-backup", "check-config"])
+        ct.systemctl("restart", "db-backup.service")  # `metrics.listen` is read at start
+        ct.wait_active("db-backup.service")
         yield ct
 
 
@@ -173,3 +180,25 @@ def platform_rows_exist(ct: Container) -> bool:
         check=False,
     )  # fmt: skip
     return done.returncode == 0 and done.stdout.strip() not in {"", "0"}
+
+
+def test_readme_metrics_commands_work_on_the_installed_package(alerting: Container) -> None:
+    # `sudo db-backup run nightly && cat /var/lib/prometheus/node-exporter/db_backup.prom`
+    done = alerting.sh(f"db-backup run nightly && cat {METRICS}", check=False)
+    assert done.returncode == 0, done.stderr
+    assert 'db_backup_last_run_success{backup_job="nightly",database="platform"} 1.0' in done.stdout
+    # `curl -s http://127.0.0.1:9187/metrics`: the daemon of db-backup.service serves the same.
+    alerting.exec(
+        ["apt-get", "install", "-y", "--no-install-recommends", "curl"],
+        env={"DEBIAN_FRONTEND": "noninteractive"},
+        timeout=300,
+    )
+    wait_for(
+        lambda: (
+            "db_backup_last_run_success"
+            in alerting.sh(f"curl -s http://127.0.0.1:{METRICS_PORT}/metrics", check=False).stdout
+        ),
+        30,
+    )
+    scraped = alerting.sh(f"curl -s http://127.0.0.1:{METRICS_PORT}/metrics").stdout
+    assert 'db_backup_last_run_success{backup_job="nightly",database="platform"} 1.0' in scraped
