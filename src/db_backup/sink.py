@@ -643,24 +643,36 @@ def report_entries(config: Config) -> tuple[list[Entry], list[str]]:
     return entries, warnings
 
 
-def sync_reports(config: Config, err: TextIO = sys.stderr, out: TextIO = sys.stdout) -> int:
-    """Loads every report on disk into the sink's tables (path B); returns the exit status."""
+def _settings_for(command: str, config: Config, err: TextIO) -> SinkSettings | None:
+    """Returns the sink's settings, or says on `err` that `command` needs them and returns None."""
     settings = sink_settings(config)
     if settings is None:
-        print(
-            "db-backup: sync-reports needs a `sink:` section with `dsn:` in the config",
-            file=err,
-        )
+        print(f"db-backup: {command} needs a `sink:` section with `dsn:` in the config", file=err)
+    return settings
+
+
+def _connect_for(settings: SinkSettings, err: TextIO) -> tuple[psycopg.Connection[Any], str] | None:
+    """Connects to the sink's database, or says on `err` why not and returns None."""
+    try:
+        return connect(settings)
+    except SinkError as exc:
+        print(f"db-backup: {exc}", file=err)
+        return None
+
+
+def sync_reports(config: Config, err: TextIO = sys.stderr, out: TextIO = sys.stdout) -> int:
+    """Loads every report on disk into the sink's tables (path B); returns the exit status."""
+    settings = _settings_for("sync-reports", config, err)
+    if settings is None:
         return 1
     entries, warnings = report_entries(config)
     for warning in warnings:
         print(f"db-backup: warning: {warning}", file=err)
     loaded = refused_count = 0
-    try:
-        conn, target = connect(settings)
-    except SinkError as exc:
-        print(f"db-backup: {exc}", file=err)
+    connected = _connect_for(settings, err)
+    if connected is None:
         return 1
+    conn, target = connected
     try:
         ensure_schema(conn, settings, target)
         for start in range(0, len(entries), settings.batch_size):
@@ -847,18 +859,13 @@ def status_from_db(
     err: TextIO = sys.stderr,
 ) -> int:
     """`db-backup status --from-db`: the fleet view; returns the exit status."""
-    settings = sink_settings(config)
+    settings = _settings_for("status --from-db", config, err)
     if settings is None:
-        print(
-            "db-backup: status --from-db needs a `sink:` section with `dsn:` in the config",
-            file=err,
-        )
         return 1
-    try:
-        conn, target = connect(settings)
-    except SinkError as exc:
-        print(f"db-backup: {exc}", file=err)
+    connected = _connect_for(settings, err)
+    if connected is None:
         return 1
+    conn, target = connected
     try:
         with conn:
             if not schema_ready(conn):
