@@ -10,6 +10,21 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+StatKey = tuple[int, int, int]  # st_ino, st_size, st_mtime_ns
+
+
+def stat_key(path: Path) -> StatKey | None:
+    """Returns what tells one version of a file that is only appended to from the next.
+
+    None when the file is gone. A writer that appends changes the size (and the mtime); one
+    that replaces the file changes the inode.
+    """
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
 
 def fsync_dir(directory: Path) -> None:
     """Makes a rename in `directory` durable."""

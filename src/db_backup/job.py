@@ -28,12 +28,13 @@ from db_backup.claims import Claim, claim_stem, stale_claims, unclaimed
 from db_backup.clock import utc_now
 from db_backup.config import Config, JobConfig
 from db_backup.crypto import EncryptionError
+from db_backup.directory_upload import DirectoryUpload
 from db_backup.execute import Cancelled, CancelToken, CommandError, StreamingChild
 from db_backup.fsutil import describe_os_error
 from db_backup.report import FAILED, SUCCESS, Report, write_report
 from db_backup.retention import Backup, choose_expired
 from db_backup.secrets import SecretError, mask
-from db_backup.storage import make_targets
+from db_backup.storage import delete_quietly, make_targets
 from db_backup.storage.base import StorageError, StoredObject, Target
 from db_backup.storage.local import LocalTarget
 
@@ -575,7 +576,7 @@ class _Run:
             checksum_obj = target.put_file(checksum_path, checksum_path.name)
             names.append(checksum_path.name)
         except StorageError as exc:
-            _delete_quietly(target, names)
+            delete_quietly(target, names)
             report.targets[target.name] = {"status": FAILED, "error": mask(str(exc))}
             return
         report.targets[target.name] = {
@@ -600,17 +601,6 @@ class _Run:
         _finish(self.config, self.job, report, self.targets, stored, self.result)
 
 
-def _delete_quietly(target: Target, names: list[str]) -> None:
-    """Deletes `names` from `target`, logging (not raising) a failure; empties `names`."""
-    if not names:
-        return
-    try:
-        target.delete(list(names))
-    except StorageError as exc:
-        log.error("could not remove partial files", target=target.name, error=mask(str(exc)))
-    names.clear()
-
-
 def _dump_directory(
     job: JobConfig,
     env: dict[str, str],
@@ -623,114 +613,51 @@ def _dump_directory(
     staging: Path,
     intend: Callable[[dict[str, list[str]]], None],
 ) -> StreamOutcome:
-    """Dumps in directory format (-Fd -j N) locally, then uploads every file to each remote.
+    """Dumps in directory format (-Fd -j N) locally while its files go up to each remote.
 
     The directory is written through the local target's temporary directory (mode both) or,
     without a local target, in the run's staging directory, removed right after the upload.
-    Each remote stores the files as `<dump_name>/<file>`; one that fails is FAILED and keeps
-    nothing, the others go on.
+    Each file goes up as soon as pg_dump closes it (`directory_upload`); each remote stores the
+    files as `<dump_name>/<file>`; one that fails is FAILED and keeps nothing, the others go on.
+    The local directory is renamed to its final name only after every upload is over.
     """
     local = next((t for t in targets if isinstance(t, LocalTarget)), None)
     remotes = [t for t in targets if t is not local]
     writer = local if local is not None else LocalTarget(staging, job.name)
     sink = writer.open_directory(dump_name)
+    upload = None
+    if remotes:
+        workers = max(1, min(job.dump.jobs, 4))
+        upload = DirectoryUpload(
+            remotes, sink.path, dump_name, workers, cancel, intend, job=job.name, database=database
+        )
+        upload.start()
     try:
         pg.dump_to_directory(job, env, database, sink.path, cancel, snapshot)
-        stored, manifest = sink.commit()
-    except BaseException:
+        files = sorted(path.name for path in sink.path.iterdir())
+        results = upload.finish(files) if upload is not None else {}
+        cancel.raise_if_cancelled()
+        stored, manifest = sink.commit(upload.checksums() if upload is not None else None)
+    except BaseException as exc:
+        if upload is not None:
+            upload.abort(str(exc) or type(exc).__name__)
         sink.abort()
         raise
-    directory = Path(stored.location)
-    sha256 = stored.extra["manifestSha256"]
-    outcome = StreamOutcome(sha256, stored.size_bytes, checksum_text=manifest)
-    try:
-        files = sorted(
-            str(path.relative_to(directory)) for path in directory.rglob("*") if path.is_file()
-        )
-        members = [f"{dump_name}/{file}" for file in files]
-        intend({remote.name: members for remote in remotes})
-        if local is not None:
-            outcome.stored[local.name] = stored
-            outcome.names[local.name] = [dump_name]
-        workers = max(1, min(job.dump.jobs, 4))
-        for remote in remotes:
-            cancel.raise_if_cancelled()
-            try:
-                outcome.stored[remote.name] = _upload_directory(
-                    remote, directory, dump_name, files, workers, cancel
-                )
-                outcome.names[remote.name] = list(members)
-            except StorageError as exc:
-                outcome.failed[remote.name] = str(exc)
-                log.error(
-                    "target failed during the upload",
-                    job=job.name,
-                    database=database,
-                    target=remote.name,
-                    error=mask(str(exc)),
-                )
-    except BaseException:
-        if local is not None:
-            _delete_quietly(local, [dump_name])
-        raise
-    finally:
-        if local is None:
-            shutil.rmtree(directory, ignore_errors=True)
+    outcome = StreamOutcome(
+        stored.extra["manifestSha256"], stored.size_bytes, checksum_text=manifest
+    )
+    if local is not None:
+        outcome.stored[local.name] = stored
+        outcome.names[local.name] = [dump_name]
+    else:
+        shutil.rmtree(stored.location, ignore_errors=True)
+    for remote in remotes:
+        if remote.name in results:
+            outcome.stored[remote.name] = results[remote.name]
+            outcome.names[remote.name] = [f"{dump_name}/{file}" for file in files]
+        elif upload is not None:
+            outcome.failed[remote.name] = upload.failed[remote.name]
     return outcome
-
-
-# Files of a directory dump up to this size go up with one PutObject; bigger ones multipart.
-DIRECTORY_PUT_LIMIT = 1024 * 1024
-
-
-def _upload_directory(
-    target: Target,
-    directory: Path,
-    dump_name: str,
-    files: list[str],
-    workers: int,
-    cancel: CancelToken,
-) -> StoredObject:
-    """Uploads every file of a directory dump in parallel; on any failure deletes them all."""
-    members = [f"{dump_name}/{file}" for file in files]
-
-    def upload(file: str) -> StoredObject:
-        cancel.raise_if_cancelled()
-        name = f"{dump_name}/{file}"
-        path = directory / file
-        try:
-            size = path.stat().st_size
-            if size <= DIRECTORY_PUT_LIMIT:
-                return target.put_file(path, name)
-            sink = target.open_stream(name, size)
-            try:
-                digest = hashlib.sha256()
-                with path.open("rb") as source:
-                    while chunk := source.read(CHUNK_SIZE):
-                        cancel.raise_if_cancelled()
-                        digest.update(chunk)
-                        sink.write(chunk)
-                return sink.commit(digest.hexdigest())
-            except BaseException:
-                sink.abort()
-                raise
-        except OSError as exc:
-            raise StorageError(f"cannot read {describe_os_error(exc, path)}") from None
-
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="upload")
-    try:
-        futures = [pool.submit(upload, file) for file in files]
-        objects = [future.result() for future in futures]
-    except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)
-        _delete_quietly(target, list(members))
-        raise
-    finally:
-        pool.shutdown(wait=True)
-    urls = [obj.location for obj in objects]
-    location = urls[0][: -len(files[0])] if files else ""
-    size = sum(obj.size_bytes for obj in objects)
-    return StoredObject(location, size, {"objects": urls})
 
 
 def _stream_dump(
@@ -864,7 +791,7 @@ def _remove_partial(targets: list[Target], stored: dict[str, list[str]], report:
     """Deletes what a failed database's run had already stored, so nothing looks like a backup."""
     report.status = FAILED
     for target in targets:
-        _delete_quietly(target, stored.get(target.name, []))
+        delete_quietly(target, stored.get(target.name, []))
     report.local_file = report.checksum_file = report.globals_file = ""
     report.remote_urls.clear()
     for result in report.targets.values():
@@ -896,7 +823,7 @@ def _finish(
         log.error("report not written", job=job.name, database=report.database, error=message)
         # A dump without a report must not look like a good backup: take it away again.
         for target in targets:
-            _delete_quietly(target, stored.get(target.name, []))
+            delete_quietly(target, stored.get(target.name, []))
         document = report.to_json()
         document["status"] = FAILED
         document["errorMessage"] = message

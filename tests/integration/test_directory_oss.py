@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -15,6 +18,7 @@ from tests.support.files import replace_json
 from tests.support.oss_fixtures import OSS_BUCKET
 from tests.support.oss_server import OssServer
 from tests.support.pgcluster import Cluster, table_fingerprint
+from tests.support.procs import start_run, wait_for_pg_dump
 
 pytestmark = pytest.mark.integration
 
@@ -175,3 +179,140 @@ def test_a_failing_upload_fails_only_the_oss_target_and_leaves_no_objects(
     assert report["remote"]["urls"] == []
     assert keys(server) == set()
     assert not server.pending_uploads(OSS_BUCKET)
+
+
+# -- uploads while pg_dump still writes ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiered_db(cluster: Cluster) -> str:
+    """One table that takes pg_dump seconds at -Z 9 and three small ones that take none."""
+    name = "tiered"
+    if name not in cluster.psql("SELECT datname FROM pg_database").split():
+        cluster.psql(f"CREATE DATABASE {name}")
+        cluster.psql(
+            "CREATE TABLE big AS SELECT i, md5(i::text) || md5((i*3)::text) AS a "
+            "FROM generate_series(1, 1200000) i",
+            name,
+        )
+        for n in range(3):
+            cluster.psql(
+                f"CREATE TABLE small{n} AS SELECT i, md5(i::text) AS a "
+                f"FROM generate_series(1, {1000 * (n + 1)}) i",
+                name,
+            )
+    return name
+
+
+def log_events(stderr: str, event: str) -> list[dict[str, object]]:
+    lines = (json.loads(line) for line in stderr.splitlines() if line.startswith("{"))
+    return [line for line in lines if line.get("event") == event]
+
+
+def test_files_go_up_while_pg_dump_still_writes_the_big_table(
+    setup: Setup,
+    server: OssServer,
+    cluster: Cluster,
+    run_cli: RunCli,
+    tiered_db: str,
+    tmp_path: Path,
+) -> None:
+    directory_job(setup, server, "both", tiered_db)
+    done = run_cli("--config", str(setup.path), "run", "nightly", env=OSS_ENV)
+    assert done.returncode == 0, done.stderr
+    [report] = setup.reports_json()
+    assert report["status"] == "SUCCESS", report["errorMessage"]
+    local = Path(report["local"]["file"])
+    files = sorted(p.name for p in local.iterdir())
+    assert len(files) == 5  # toc.dat and one file per table
+    # The server received toc.dat and the small tables' files before pg_dump's last write to
+    # the big table's file (its mtime): the upload overlapped the dump.
+    biggest = max(local.iterdir(), key=lambda p: p.stat().st_size)
+    finished = biggest.stat().st_mtime
+    sent = {
+        r["key"].rsplit("/", 1)[1]: r["time"]
+        for r in server.requests
+        if r["operation"] == "PutObject" and f"/{local.name}/" in r["key"]
+    }
+    early = sorted(name for name, at in sent.items() if at < finished)
+    assert "toc.dat" in early and len(early) >= 3, (sent, finished)
+    [uploaded] = log_events(done.stderr, "directory uploaded")
+    assert uploaded["files"] == 5 and uploaded["watched"] is True
+    assert uploaded["uploads"] == 5  # pg_dump's final fsync reopens each file: none went twice
+    assert int(uploaded["during_dump"]) >= 3  # type: ignore[call-overload]
+    # Every file is whole on OSS and in the manifest (taken while uploading), and restores.
+    check_objects(server, report, local.name, tmp_path)
+    local_check = subprocess.run(
+        ["sha256sum", "-c", f"{local.name}.sha256"], cwd=local.parent, capture_output=True,
+        text=True, check=False,
+    )  # fmt: skip
+    assert local_check.returncode == 0, local_check.stdout + local_check.stderr
+    restored = run_cli(
+        "--config", str(setup.path), "restore", report["id"], "--from-oss",
+        "--to-database", "tiered_from_oss", env=OSS_ENV,
+    )  # fmt: skip
+    assert restored.returncode == 0, restored.stderr
+    assert table_fingerprint(cluster, "tiered_from_oss") == table_fingerprint(cluster, tiered_db)
+
+
+def wait_for_member_upload(server: OssServer, proc: subprocess.Popen[str]) -> str:
+    """Waits until the run stored a directory member on OSS; returns the member's key."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        members = [k for k in keys(server) if ".dump.d/" in k]
+        if members:
+            return members[0]
+        time.sleep(0.02)
+    raise AssertionError(f"no member was uploaded while the run went on ({proc.poll()})")
+
+
+def test_sigterm_while_early_files_are_up_leaves_no_object_and_a_failed_report(
+    setup: Setup, server: OssServer, tiered_db: str
+) -> None:
+    directory_job(setup, server, "both", tiered_db)
+    setup.job()["globals"] = False
+    setup.write()
+    proc = start_run(setup, env=OSS_ENV)
+    dump_pid = wait_for_pg_dump(proc.pid)
+    wait_for_member_upload(server, proc)
+    assert Path(f"/proc/{dump_pid}").exists(), "pg_dump was over before the test could stop it"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1, stderr
+    [report] = setup.reports_json()
+    assert report["status"] == "FAILED"
+    assert report["errorMessage"] == "stopped during the dump: received SIGTERM"
+    assert {k for k in keys(server) if not k.endswith(".json")} == set()  # only its report
+    assert not server.pending_uploads(OSS_BUCKET)
+    assert setup.data_files() == []
+    assert not setup.temporaries()
+    assert not Path(f"/proc/{dump_pid}").exists()
+
+
+def test_sigkill_after_early_uploads_is_cleaned_up_by_the_next_run(
+    setup: Setup, server: OssServer, run_cli: RunCli, tiered_db: str
+) -> None:
+    directory_job(setup, server, "oss", tiered_db)
+    setup.job()["globals"] = False
+    setup.write()
+    proc = start_run(setup, env=OSS_ENV)
+    dump_pid = wait_for_pg_dump(proc.pid)
+    member = wait_for_member_upload(server, proc)
+    # The claim named the member before its first byte went up.
+    [claim_file] = [p for p in (setup.state / "claims").iterdir() if not p.name.startswith(".")]
+    claimed = json.loads(claim_file.read_text())["targets"]["oss"]
+    assert member.removeprefix(PREFIX) in claimed
+    proc.kill()
+    proc.communicate(timeout=30)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(dump_pid, signal.SIGKILL)  # pg_dump runs in its own session
+    leftovers = {k for k in keys(server) if ".dump.d/" in k}
+    assert member in leftovers and setup.reports_json() == []
+    setup.job()["databases"] = "shop"
+    setup.write()
+    done = run_cli("--config", str(setup.path), "run", "nightly", env=OSS_ENV)
+    assert done.returncode == 0, done.stderr
+    assert "removed files of an interrupted run" in done.stderr
+    assert leftovers.isdisjoint(keys(server))
+    [report] = setup.reports_json()
+    assert report["database"] == "shop" and report["status"] == "SUCCESS"

@@ -5,15 +5,26 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
+import structlog
+
 from db_backup.config import Config, JobConfig, OssOptions
-from db_backup.secrets import resolve
+from db_backup.secrets import mask, resolve
 from db_backup.storage.base import StorageError, Target
 from db_backup.storage.local import LocalTarget
 
 if TYPE_CHECKING:
     from db_backup.storage.oss import OssSettings
 
-__all__ = ["StorageError", "Target", "make_targets", "oss_settings", "remote_target"]
+__all__ = [
+    "StorageError",
+    "Target",
+    "delete_quietly",
+    "make_targets",
+    "oss_settings",
+    "remote_target",
+]
+
+log = structlog.get_logger("db_backup.storage")
 
 MIB = 1024 * 1024
 
@@ -26,6 +37,17 @@ def make_targets(config: Config, job: JobConfig) -> list[Target]:
     if job.mode in {"oss", "both"}:
         targets.append(remote_target(config))
     return targets
+
+
+def delete_quietly(target: Target, names: list[str]) -> None:
+    """Deletes `names` from `target`, logging (not raising) a failure; empties `names`."""
+    if not names:
+        return
+    try:
+        target.delete(list(names))
+    except StorageError as exc:
+        log.error("could not remove partial files", target=target.name, error=mask(str(exc)))
+    names.clear()
 
 
 def remote_target(config: Config) -> Target:

@@ -8,7 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
-from db_backup.fsutil import describe_os_error, fsync_dir
+from db_backup.fsutil import StatKey, describe_os_error, fsync_dir, stat_key
 from db_backup.storage.base import StorageError, StoredObject, is_plain_name, split_member
 
 __all__ = ["LocalTarget", "is_plain_name"]
@@ -165,25 +165,38 @@ class LocalDirectorySink:
         try:
             self.path.parent.mkdir(mode=0o700, exist_ok=True)
             shutil.rmtree(self.path, ignore_errors=True)
+            self.path.mkdir(mode=0o700)  # pg_dump -Fd writes into an empty directory it finds
         except OSError as exc:
             raise StorageError(f"cannot create {describe_os_error(exc, self.path)}") from None
 
-    def commit(self) -> tuple[StoredObject, str]:
-        """Checksums and fsyncs every file, renames the directory; returns it and its manifest."""
+    def commit(
+        self, known: dict[str, tuple[StatKey, str]] | None = None
+    ) -> tuple[StoredObject, str]:
+        """Checksums and fsyncs every file, renames the directory; returns it and its manifest.
+
+        `known` maps a file to the stat and sha256 an upload saw while reading it: a file whose
+        stat is still that one is not read again.
+        """
+        known = known or {}
         manifest: list[str] = []
         size = 0
         try:
             for path in sorted(self.path.rglob("*")):
                 if not path.is_file():
                     continue
-                digest = hashlib.sha256()
+                relative = str(path.relative_to(self.path))
+                seen = known.get(relative)
                 with path.open("rb") as handle:
-                    while block := handle.read(1024 * 1024):
-                        digest.update(block)
+                    if seen is not None and seen[0] == stat_key(path):
+                        sha256 = seen[1]
+                    else:
+                        digest = hashlib.sha256()
+                        while block := handle.read(1024 * 1024):
+                            digest.update(block)
+                        sha256 = digest.hexdigest()
                     os.fsync(handle.fileno())
                 size += path.stat().st_size
-                relative = path.relative_to(self.path)
-                manifest.append(f"{digest.hexdigest()}  {self.dirname}/{relative}\n")
+                manifest.append(f"{sha256}  {self.dirname}/{relative}\n")
             os.chmod(self.path, 0o700)
             fsync_dir(self.path)
             os.replace(self.path, self.final)
