@@ -103,12 +103,16 @@ class CancelToken:
 
 
 def read_until_eof(
-    fd: int, size: int, cancel: CancelToken | None, terminate: Callable[[], None]
+    fd: int,
+    size: int,
+    cancel: CancelToken | None,
+    terminate: Callable[[], None],
+    idle: Callable[[], None] | None = None,
 ) -> Iterator[bytes]:
     """Yields what a child writes to `fd`, `size` bytes at most at a time, until EOF.
 
     A stop request calls `terminate` (the child goes) and raises Cancelled; the select timeout
-    keeps stop requests noticed while the child is silent.
+    keeps stop requests noticed while the child is silent, and calls `idle` then.
     """
     while True:
         if cancel is not None and cancel.is_cancelled():
@@ -116,6 +120,8 @@ def read_until_eof(
             raise Cancelled(cancel.reason)
         ready, _, _ = select.select([fd], [], [], 0.5)
         if not ready:
+            if idle is not None:
+                idle()
             continue
         data = os.read(fd, size)
         if not data:
@@ -298,9 +304,17 @@ class StreamingChild(_Child):
         """Returns the file descriptor of the child's stdout (for a FilterChild to pump)."""
         return self._stdout_fd
 
-    def chunks(self, size: int, cancel: CancelToken | None = None) -> Iterator[bytes]:
-        """Yields stdout in pieces of at most `size` bytes until EOF; stops the child if cancelled."""
-        return read_until_eof(self._stdout_fd, size, cancel, self.terminate)
+    def chunks(
+        self,
+        size: int,
+        cancel: CancelToken | None = None,
+        idle: Callable[[], None] | None = None,
+    ) -> Iterator[bytes]:
+        """Yields stdout in pieces of at most `size` bytes until EOF; stops the child if cancelled.
+
+        `idle` is called about every 0.5 s while the child writes nothing.
+        """
+        return read_until_eof(self._stdout_fd, size, cancel, self.terminate, idle)
 
     def wait(self) -> int:
         """Waits for the child to exit and returns its exit status (negative: signal)."""

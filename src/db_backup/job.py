@@ -512,6 +512,7 @@ class _Run:
                 snapshot,
                 staging=self.staging,
                 intend=intend_members,
+                progress=self.progress,
             )
         else:
             # Remotes with a part limit size their parts from the database's size.
@@ -612,6 +613,7 @@ def _dump_directory(
     *,
     staging: Path,
     intend: Callable[[dict[str, list[str]]], None],
+    progress: ProgressCallback | None = None,
 ) -> StreamOutcome:
     """Dumps in directory format (-Fd -j N) locally while its files go up to each remote.
 
@@ -633,7 +635,15 @@ def _dump_directory(
         )
         upload.start()
     try:
-        pg.dump_to_directory(job, env, database, sink.path, cancel, snapshot)
+        pg.dump_to_directory(
+            job,
+            env,
+            database,
+            sink.path,
+            cancel,
+            snapshot,
+            None if progress is None else functools.partial(progress, job.name, database),
+        )
         files = sorted(path.name for path in sink.path.iterdir())
         results = upload.finish(files) if upload is not None else {}
         cancel.raise_if_cancelled()

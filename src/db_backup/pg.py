@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from db_backup.config import JobConfig
@@ -171,6 +172,20 @@ def start_globals(job: JobConfig, env: dict[str, str]) -> StreamingChild:
     return StreamingChild(globals_argv(job), env=env)
 
 
+def directory_bytes(path: Path) -> int:
+    """Returns the bytes of the files directly in `path` (0 while it does not exist)."""
+    total = 0
+    try:
+        with os.scandir(path) as entries:
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    if entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_size
+    except OSError:
+        return 0
+    return total
+
+
 def dump_to_directory(
     job: JobConfig,
     env: dict[str, str],
@@ -178,11 +193,26 @@ def dump_to_directory(
     path: Path,
     cancel: CancelToken,
     snapshot: str | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> None:
-    """Runs pg_dump in directory format (-Fd -j N) into `path` (which must not exist yet)."""
+    """Runs pg_dump in directory format (-Fd -j N) into `path` (empty or not there yet).
+
+    `progress` gets the bytes in the directory whenever they grew (checked about every 0.5 s):
+    pg_dump writes nothing to stdout here, and the daemon's stall watch needs to see the dump
+    move.
+    """
     child = StreamingChild(dump_argv(job, database, path, snapshot), env=env)
+    written = 0
+
+    def look() -> None:
+        nonlocal written
+        size = directory_bytes(path)
+        if size > written and progress is not None:
+            written = size
+            progress(size)
+
     try:
-        for _ in child.chunks(64 * 1024, cancel):
+        for _ in child.chunks(64 * 1024, cancel, look):
             pass
         child.check()
     except BaseException:

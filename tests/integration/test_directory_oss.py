@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from db_backup.config import load
+from db_backup.job import DUMP_DONE, run_job
 from tests.conftest import RunCli, Setup
 from tests.integration.test_job_remote import OSS_ENV, PREFIX, bucket, keys, server, use_oss
 from tests.support.files import replace_json
@@ -316,3 +318,24 @@ def test_sigkill_after_early_uploads_is_cleaned_up_by_the_next_run(
     assert leftovers.isdisjoint(keys(server))
     [report] = setup.reports_json()
     assert report["database"] == "shop" and report["status"] == "SUCCESS"
+
+
+def test_a_directory_dump_reports_its_growing_bytes_as_a_stream_dump_does(
+    setup: Setup, server: OssServer, slow_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pg_dump -Fd writes nothing to stdout; without the directory's size the daemon's STATUS
+    # would show no bytes and its stall watch would count a long dump as stalled.
+    directory_job(setup, server, "both", slow_db)
+    setup.job()["globals"] = False
+    for name, value in OSS_ENV.items():
+        monkeypatch.setenv(name, value)
+    config = load(str(setup.write()))
+    seen: list[tuple[str, str, int]] = []
+    result = run_job(config, config.job("nightly"), progress=lambda *a: seen.append(a))
+    assert result.ok, result
+    sizes = [size for _, _, size in seen]
+    assert sizes[-1] == DUMP_DONE and {(j, d) for j, d, _ in seen} == {("nightly", slow_db)}
+    growing = sizes[:-1]
+    assert len(growing) >= 2 and growing == sorted(set(growing)), growing
+    [report] = setup.reports_json()
+    assert 0 < growing[-1] <= report["local"]["sizeBytes"]
