@@ -107,11 +107,11 @@ def test_directory_dump_goes_up_while_pg_dump_writes_inside_the_sandboxed_unit(
         oss2.Auth(OSS_ACCESS_KEY_ID, OSS_ACCESS_KEY_SECRET), oss.endpoint, OSS_BUCKET,
         enable_crc=True,
     )  # fmt: skip
-    members = sorted(
-        obj.key for obj in oss2.ObjectIterator(bucket, prefix=f"{PREFIX}{dirname}/")
-    )
+    members = sorted(obj.key for obj in oss2.ObjectIterator(bucket, prefix=f"{PREFIX}{dirname}/"))
     assert len(members) == 5
-    assert sorted(f"oss://{OSS_BUCKET}/{key}" for key in members) == sorted(report["remote"]["urls"])
+    assert sorted(f"oss://{OSS_BUCKET}/{key}" for key in members) == sorted(
+        report["remote"]["urls"]
+    )
     (tmp_path / dirname).mkdir()
     for key in members:
         bucket.get_object_to_file(key, str(tmp_path / dirname / key.rsplit("/", 1)[1]))
