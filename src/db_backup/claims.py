@@ -45,8 +45,8 @@ class Claim:
             return
         document = {"job": self.job, "stem": self.stem, "pid": os.getpid(), "targets": names}
         data = json.dumps(document).encode("utf-8")
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, data, 0)
+        os.pwrite(self.fd, data, 0)  # then cut: the claim is never empty meanwhile
+        os.ftruncate(self.fd, len(data))
         os.fsync(self.fd)
 
     def release(self) -> None:
@@ -170,11 +170,13 @@ def _inode(path: Path) -> int | None:
 
 
 def _read_intent(fd: int) -> dict[str, Any] | None:
-    data = os.pread(fd, 1 << 20, 0)
+    data = os.pread(fd, os.fstat(fd).st_size, 0)  # a directory dump's members can be many
     if not data:
         return None
     try:
-        document = json.loads(data.decode("utf-8"))
+        # raw_decode: bytes after the document (a longer intent cut short by a kill between
+        # the write and the truncate of `intend`) do not hide it.
+        document, _ = json.JSONDecoder().raw_decode(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         return None
     return document if isinstance(document, dict) else None

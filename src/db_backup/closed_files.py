@@ -33,9 +33,10 @@ _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (t
 
 
 class ClosedFiles:
-    """Calls `on_closed(name)`, from a thread of its own, for each file closed in `directory`.
+    """Calls `on_closed(names)`, from a thread of its own, with the files closed in `directory`.
 
-    `on_closed` gets plain names (the directory is watched, not its subdirectories). When the
+    `on_closed` gets plain names (the directory is watched, not its subdirectories), those of
+    every event the kernel had queued at once, in order. When the
     kernel's event queue overflows, `on_overflow` is called: events were lost, and the caller
     must look at every file again.
     """
@@ -43,7 +44,7 @@ class ClosedFiles:
     def __init__(
         self,
         directory: Path,
-        on_closed: Callable[[str], None],
+        on_closed: Callable[[list[str]], None],
         on_overflow: Callable[[], None] = lambda: None,
     ) -> None:
         self.directory = directory
@@ -71,10 +72,20 @@ class ClosedFiles:
             os.close(fd)
             log.info("inotify_add_watch failed", path=str(self.directory), reason=reason)
             return False
-        self._fd = fd
-        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
-        self._thread = threading.Thread(target=self._run, name="closed-files", daemon=True)
-        self._thread.start()
+        try:
+            self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
+            self._fd = fd
+            self._thread = threading.Thread(target=self._run, name="closed-files", daemon=True)
+            self._thread.start()
+        except (OSError, RuntimeError) as exc:
+            self._thread = None
+            for opened in (fd, self._wake_r, self._wake_w):
+                if opened >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(opened)
+            self._fd = self._wake_r = self._wake_w = -1
+            log.info("cannot start watching", path=str(self.directory), reason=str(exc))
+            return False
         return True
 
     def stop(self) -> None:
@@ -104,14 +115,15 @@ class ClosedFiles:
                 data = os.read(self._fd, 64 * 1024)
             except BlockingIOError:
                 return
-            for name, mask in parse_events(data):
-                try:
-                    if mask & IN_Q_OVERFLOW:
-                        self.on_overflow()
-                    elif name and not mask & IN_IGNORED:
-                        self.on_closed(name)
-                except Exception as exc:  # a callback's bug must not stop the watch
-                    log.error("a closed-file callback failed", name=name, error=repr(exc))
+            events = parse_events(data)
+            names = [name for name, mask in events if name and not mask & IN_IGNORED]
+            try:
+                if any(mask & IN_Q_OVERFLOW for _, mask in events):
+                    self.on_overflow()
+                elif names:
+                    self.on_closed(names)
+            except Exception as exc:  # a callback's failure must not stop the watch
+                log.error("a closed-file callback failed", names=names, error=repr(exc))
 
 
 def parse_events(data: bytes) -> list[tuple[str, int]]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +74,7 @@ class DirectoryUpload:
         self.sent: dict[str, Sent] = {}
         self.running: dict[str, Future[None]] = {}
         self.failed: dict[str, str] = {}  # remote -> why it failed
+        self.errors: list[BaseException] = []  # of uploads a later one of the same file replaced
         self.during_dump = 0  # uploads finished while pg_dump was still running
         self.uploads = 0  # files sent, counting a file sent again
         self.dumping = True
@@ -88,32 +89,38 @@ class DirectoryUpload:
         """Returns the stored name of `file`."""
         return f"{self.dump_name}/{file}"
 
-    def submit(self, file: str) -> None:
-        """Sends `file` now, unless an upload of it is running or saw it as it is."""
-        if not is_plain_name(file):
-            return
+    def submit(self, files: Iterable[str]) -> None:
+        """Sends each of `files` now, unless an upload of it is running or saw it as it is.
+
+        The new members are claimed together (one write of the claim) before any goes up.
+        """
         with self.lock:
-            running = self.running.get(file)
-            if running is not None and not running.done():
-                return  # `finish` looks at it again once every upload is over
-            sent = self.sent.get(file)
-            if (
-                sent is not None
-                and sent.key is not None
-                and sent.key == stat_key(self.directory / file)
-            ):
-                return
-            if file not in self.claimed:
-                self.claimed.append(file)
-                members = [self.member(f) for f in self.claimed]
+            due = []
+            for file in dict.fromkeys(files):
+                if not is_plain_name(file):
+                    continue
+                running = self.running.get(file)
+                if running is not None:
+                    if not running.done():
+                        continue  # `finish` looks at it again once every upload is over
+                    if not running.cancelled() and running.exception() is not None:
+                        self.errors.append(running.exception())  # type: ignore[arg-type]
+                sent = self.sent.get(file)
+                now = stat_key(self.directory / file)
+                if sent is not None and now is not None and sent.key == now:
+                    continue  # its upload saw it as it is
+                due.append(file)
+            new = [file for file in due if file not in self.claimed]
+            if new:
+                members = [self.member(f) for f in (*self.claimed, *new)]
                 self.intend({remote.name: members for remote in self.remotes})
-            self.running[file] = self.pool.submit(self._send, file)
+                self.claimed.extend(new)
+            for file in due:
+                self.running[file] = self.pool.submit(self._send, file)
 
     def submit_all(self) -> None:
         """Looks at every file again (the watcher lost events)."""
-        for path in sorted(self.directory.iterdir()):
-            if path.is_file():
-                self.submit(path.name)
+        self.submit(sorted(path.name for path in self.directory.iterdir() if path.is_file()))
 
     def _send(self, file: str) -> None:
         path = self.directory / file
@@ -176,6 +183,8 @@ class DirectoryUpload:
             if not running:
                 for future in finished:
                     future.result()  # Cancelled, or a bug: the caller aborts
+                if self.errors:
+                    raise self.errors[0]
                 return
             for future in running:
                 future.result()
@@ -190,8 +199,7 @@ class DirectoryUpload:
         with self.lock:
             self.dumping = False
         self._wait()
-        for file in files:
-            self.submit(file)
+        self.submit(files)
         self._wait()
         self.pool.shutdown(wait=True)
         for file in files:

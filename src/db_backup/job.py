@@ -628,13 +628,14 @@ def _dump_directory(
     writer = local if local is not None else LocalTarget(staging, job.name)
     sink = writer.open_directory(dump_name)
     upload = None
-    if remotes:
-        workers = max(1, min(job.dump.jobs, 4))
-        upload = DirectoryUpload(
-            remotes, sink.path, dump_name, workers, cancel, intend, job=job.name, database=database
-        )
-        upload.start()
     try:
+        if remotes:
+            workers = max(1, min(job.dump.jobs, 4))
+            upload = DirectoryUpload(
+                remotes, sink.path, dump_name, workers, cancel, intend, job=job.name,
+                database=database,
+            )  # fmt: skip
+            upload.start()
         pg.dump_to_directory(
             job,
             env,

@@ -66,8 +66,8 @@ def test_a_file_changed_after_its_upload_goes_up_again_with_its_final_bytes(
     big, small = tmp_path / "3001.dat.gz", tmp_path / "toc.dat"
     big.write_bytes(os.urandom(3 * 1024 * 1024))  # multipart (over the 1 MiB put limit)
     small.write_bytes(b"toc")
-    upload.submit(big.name)
-    upload.submit(small.name)
+    upload.submit([big.name])
+    upload.submit([small.name])
     wait_until(lambda: len(upload.sent) == 2, "the first uploads")
     with big.open("ab") as handle:  # pg_dump appends; the stat tells the versions apart
         handle.write(b"the rest of the table")
@@ -93,7 +93,7 @@ def test_a_closed_file_goes_up_before_finish_and_only_once(
     path = tmp_path / "3002.dat.gz"
     with path.open("wb") as handle:
         handle.write(b"x" * 5000)
-    wait_until(lambda: path.name in stored(oss_server), "the watcher's upload")
+    wait_until(lambda: path.name in upload.sent, "the watcher's upload")
     # Reopened for writing and closed without a change (pg_dump's final fsync): not sent again.
     fd = os.open(path, os.O_RDWR)
     os.fsync(fd)
@@ -121,7 +121,7 @@ def test_a_member_whose_file_is_gone_at_the_end_is_removed_from_the_remote(
     gone, kept = tmp_path / "gone.dat", tmp_path / "toc.dat"
     gone.write_bytes(b"g")
     kept.write_bytes(b"k")
-    upload.submit(gone.name)
+    upload.submit([gone.name])
     wait_until(lambda: gone.name in upload.sent, "the first upload")
     gone.unlink()
     upload.finish([kept.name])
@@ -135,7 +135,7 @@ def test_a_failing_remote_keeps_nothing_and_is_named(oss_server: OssServer, tmp_
         path = tmp_path / f"{n}.dat"
         path.write_bytes(b"d" * 100)
         files.append(path.name)
-    upload.submit(files[0])
+    upload.submit(files[:1])
     wait_until(lambda: files[0] in upload.sent, "the first upload")
     oss_server.fail_request(500, operation="PutObject", times=1000)
     results = upload.finish(files)
@@ -143,3 +143,27 @@ def test_a_failing_remote_keeps_nothing_and_is_named(oss_server: OssServer, tmp_
     assert "500" in upload.failed["oss"] or "Internal" in upload.failed["oss"]
     oss_server.clear_faults()
     assert stored(oss_server) == {}
+
+
+def test_a_member_goes_up_only_after_its_claim_was_written(
+    oss_server: OssServer, tmp_path: Path
+) -> None:
+    class FullDisk(Claims):
+        def __call__(self, names: dict[str, list[str]]) -> None:
+            if len(self.intended) == 1 and not getattr(self, "failed", False):
+                self.failed = True
+                raise OSError(28, "No space left on device")
+            super().__call__(names)
+
+    claims = FullDisk()
+    upload = make_upload(oss_server, tmp_path, claims)
+    (tmp_path / "a.dat").write_bytes(b"a")
+    (tmp_path / "b.dat").write_bytes(b"b")
+    upload.submit(["a.dat"])
+    with pytest.raises(OSError):
+        upload.submit(["b.dat"])  # the claim could not be written: b is not sent
+    wait_until(lambda: "a.dat" in upload.sent, "the first upload")
+    assert upload.claimed == ["a.dat"] and set(stored(oss_server)) == {"a.dat"}
+    upload.finish(["a.dat", "b.dat"])  # the claim works again: b is claimed, then sent
+    assert claims.intended[-1] == {"oss": [f"{DUMP}/a.dat", f"{DUMP}/b.dat"]}
+    assert stored(oss_server) == {"a.dat": b"a", "b.dat": b"b"}

@@ -24,8 +24,8 @@ def test_reports_files_closed_after_writing_and_not_those_only_read(tmp_path: Pa
     closed: list[str] = []
     arrived = threading.Event()
 
-    def on_closed(name: str) -> None:
-        closed.append(name)
+    def on_closed(names: list[str]) -> None:
+        closed.extend(names)
         arrived.set()
 
     (tmp_path / "old.dat").write_bytes(b"before the watch")
@@ -46,7 +46,7 @@ def test_reports_files_closed_after_writing_and_not_those_only_read(tmp_path: Pa
 
 def test_stop_delivers_what_was_queued(tmp_path: Path) -> None:
     closed: list[str] = []
-    watcher = ClosedFiles(tmp_path, closed.append)
+    watcher = ClosedFiles(tmp_path, closed.extend)
     assert watcher.start()
     for n in range(20):
         fd = os.open(tmp_path / f"{n}.dat", os.O_WRONLY | os.O_CREAT, 0o600)
