@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-import structlog
-
 from db_backup.config import Config, JobConfig, OssOptions
 from db_backup.secrets import mask, resolve
 from db_backup.storage.base import StorageError, Target
@@ -23,8 +21,6 @@ __all__ = [
     "oss_settings",
     "remote_target",
 ]
-
-log = structlog.get_logger("db_backup.storage")
 
 MIB = 1024 * 1024
 
@@ -46,6 +42,9 @@ def delete_quietly(target: Target, names: list[str]) -> None:
     try:
         target.delete(list(names))
     except StorageError as exc:
+        import structlog  # here: `status` imports this package and must stay free of structlog
+
+        log = structlog.get_logger("db_backup.storage")
         log.error("could not remove partial files", target=target.name, error=mask(str(exc)))
     names.clear()
 
