@@ -43,6 +43,15 @@ sys.path.insert(0, str(PACKAGING))
 
 from container import CommandFailed, Container, ContainerError, wait_for  # noqa: E402
 
+from tests.support.oss_fixtures import (  # noqa: E402
+    OSS_ACCESS_KEY_ID,
+    OSS_ACCESS_KEY_SECRET,
+    OSS_BUCKET,
+    OSS_REGION,
+    OssServerProcess,
+    start_oss_server_process,
+)
+
 __all__ = ["CommandFailed", "Container", "wait_for"]
 
 E2E_DIR = Path(__file__).resolve().parent
@@ -348,3 +357,43 @@ def container(boot_container: BootContainer) -> Iterator[Container]:
 def exec(container: Container) -> Callable[..., subprocess.CompletedProcess[str]]:
     """``exec(argv, check=True, timeout=120, input=None, env=None)`` in the shared container."""
     return container.exec
+
+
+# -- OSS for the containers ------------------------------------------------------------------
+
+# psql as the postgres role over the container's local socket, stopping at the first error.
+PSQL = ["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1"]
+
+
+@pytest.fixture(scope="module")
+def oss(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OssServerProcess]:
+    """A loopback OSS server on the host, one per module (containers share the host network)."""
+    server = start_oss_server_process(tmp_path_factory.mktemp("e2e-oss"))
+    yield server
+    server.stop()
+
+
+def use_oss(ct: Container, server: OssServerProcess, unit: str, mode: str) -> str:
+    """Gives `unit` the OSS keys (LoadCredential= drop-in); returns the config's storage block.
+
+    `unit` is the unit file's name (`db-backup.service`, `db-backup@.service`).
+    """
+    ct.write_file("/etc/db-backup/credentials/oss-id", OSS_ACCESS_KEY_ID, 0o600)
+    ct.write_file("/etc/db-backup/credentials/oss-secret", OSS_ACCESS_KEY_SECRET, 0o600)
+    ct.write_file(
+        f"/etc/systemd/system/{unit}.d/e2e-credentials.conf",
+        "[Service]\n"
+        "LoadCredential=oss-id:/etc/db-backup/credentials/oss-id\n"
+        "LoadCredential=oss-secret:/etc/db-backup/credentials/oss-secret\n",
+    )
+    return f"""storage:
+  mode: {mode}
+  oss:
+    endpoint: {server.endpoint}
+    bucket: {OSS_BUCKET}
+    region: {OSS_REGION}
+    signature_version: v4
+    access_key_id: {{credential: oss-id}}
+    access_key_secret: {{credential: oss-secret}}
+    part_size_mib: 1
+"""

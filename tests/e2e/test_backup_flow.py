@@ -19,12 +19,10 @@ from tests.support.oss_fixtures import (
     OSS_ACCESS_KEY_ID,
     OSS_ACCESS_KEY_SECRET,
     OSS_BUCKET,
-    OSS_REGION,
     OssServerProcess,
-    start_oss_server_process,
 )
 
-from .conftest import BootContainer, Container, wait_for
+from .conftest import PSQL, BootContainer, Container, use_oss, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -34,49 +32,24 @@ DATA = "/data/db-backups/data"
 
 
 @pytest.fixture(scope="module")
-def oss(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OssServerProcess]:
-    server = start_oss_server_process(tmp_path_factory.mktemp("e2e-oss"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def flow(boot_container: BootContainer, oss: OssServerProcess) -> Iterator[Container]:
     """A container whose daemon runs `minutely` (e2edb, local+OSS) and `slow` (bulkdb, local)."""
     with boot_container("flow", install=True) as ct:
-        psql = ["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1"]
-        ct.exec([*psql, "-c", "CREATE DATABASE e2edb"])
-        ct.exec([*psql, "-d", "e2edb", "-c",
+        ct.exec([*PSQL, "-c", "CREATE DATABASE e2edb"])
+        ct.exec([*PSQL, "-d", "e2edb", "-c",
                  "CREATE TABLE items AS SELECT i AS id, md5(i::text) AS body "
                  "FROM generate_series(1, 50000) i"])  # fmt: skip
-        ct.exec([*psql, "-c", "CREATE DATABASE bulkdb"])
-        ct.exec([*psql, "-d", "bulkdb", "-c",
+        ct.exec([*PSQL, "-c", "CREATE DATABASE bulkdb"])
+        ct.exec([*PSQL, "-d", "bulkdb", "-c",
                  "CREATE TABLE blob AS SELECT i, md5(i::text) || md5((i*3)::text) AS a, "
                  "md5((i*7)::text) AS b FROM generate_series(1, 5000000) i"],
                 timeout=300)  # fmt: skip
-        ct.write_file("/etc/db-backup/credentials/oss-id", OSS_ACCESS_KEY_ID, 0o600)
-        ct.write_file("/etc/db-backup/credentials/oss-secret", OSS_ACCESS_KEY_SECRET, 0o600)
-        ct.write_file(
-            "/etc/systemd/system/db-backup.service.d/e2e-credentials.conf",
-            "[Service]\n"
-            "LoadCredential=oss-id:/etc/db-backup/credentials/oss-id\n"
-            "LoadCredential=oss-secret:/etc/db-backup/credentials/oss-secret\n",
-        )
+        storage = use_oss(ct, oss, UNIT, mode="both")
         ct.write_file(
             "/etc/db-backup/config.yaml",
             f"""
 directories: {{logs: /var/log/db-backup}}
-storage:
-  mode: both
-  oss:
-    endpoint: {oss.endpoint}
-    bucket: {OSS_BUCKET}
-    region: {OSS_REGION}
-    signature_version: v4
-    access_key_id: {{credential: oss-id}}
-    access_key_secret: {{credential: oss-secret}}
-    part_size_mib: 1
-daemon: {{max_parallel: 2}}
+{storage}daemon: {{max_parallel: 2}}
 jobs:
   - name: minutely
     schedule: "* * * * *"

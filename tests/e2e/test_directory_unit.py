@@ -21,12 +21,10 @@ from tests.support.oss_fixtures import (
     OSS_ACCESS_KEY_ID,
     OSS_ACCESS_KEY_SECRET,
     OSS_BUCKET,
-    OSS_REGION,
     OssServerProcess,
-    start_oss_server_process,
 )
 
-from .conftest import BootContainer, Container
+from .conftest import PSQL, BootContainer, Container, use_oss
 
 pytestmark = pytest.mark.e2e
 
@@ -35,47 +33,22 @@ PREFIX = "postgres/backups/"
 
 
 @pytest.fixture(scope="module")
-def oss(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OssServerProcess]:
-    server = start_oss_server_process(tmp_path_factory.mktemp("e2e-dir-oss"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def directory_ct(boot_container: BootContainer, oss: OssServerProcess) -> Iterator[Container]:
     """A container with a job `dirjob`: `-Fd -j 2` of `dirdb` (a big table, three small) to OSS."""
     with boot_container("dirunit", install=True) as ct:
-        psql = ["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1"]
-        ct.exec([*psql, "-c", "CREATE DATABASE dirdb"])
-        ct.exec([*psql, "-d", "dirdb", "-c",
+        ct.exec([*PSQL, "-c", "CREATE DATABASE dirdb"])
+        ct.exec([*PSQL, "-d", "dirdb", "-c",
                  "CREATE TABLE big AS SELECT i, md5(i::text) || md5((i*3)::text) AS a "
                  "FROM generate_series(1, 1500000) i; "
                  "CREATE TABLE small0 AS SELECT i FROM generate_series(1, 100) i; "
                  "CREATE TABLE small1 AS SELECT i FROM generate_series(1, 200) i; "
                  "CREATE TABLE small2 AS SELECT i FROM generate_series(1, 300) i"],
                 timeout=300)  # fmt: skip
-        ct.write_file("/etc/db-backup/credentials/oss-id", OSS_ACCESS_KEY_ID, 0o600)
-        ct.write_file("/etc/db-backup/credentials/oss-secret", OSS_ACCESS_KEY_SECRET, 0o600)
-        ct.write_file(
-            "/etc/systemd/system/db-backup@.service.d/e2e-credentials.conf",
-            "[Service]\n"
-            "LoadCredential=oss-id:/etc/db-backup/credentials/oss-id\n"
-            "LoadCredential=oss-secret:/etc/db-backup/credentials/oss-secret\n",
-        )
+        storage = use_oss(ct, oss, "db-backup@.service", mode="oss")
         ct.write_file(
             "/etc/db-backup/config.yaml",
             f"""
-storage:
-  mode: oss
-  oss:
-    endpoint: {oss.endpoint}
-    bucket: {OSS_BUCKET}
-    region: {OSS_REGION}
-    signature_version: v4
-    access_key_id: {{credential: oss-id}}
-    access_key_secret: {{credential: oss-secret}}
-    part_size_mib: 1
-jobs:
+{storage}jobs:
   - name: dirjob
     schedule: "0 3 1 1 *"
     databases: [dirdb]
