@@ -34,7 +34,7 @@ import structlog
 
 from db_backup import crypto, events, pg, report_index
 from db_backup.config import Config, JobConfig, schema
-from db_backup.fsutil import describe_os_error, write_atomically
+from db_backup.fsutil import describe_os_error, disk_size, write_atomically
 from db_backup.report import SUCCESS, Report
 from db_backup.secrets import mask
 from db_backup.storage.base import StorageError
@@ -386,7 +386,7 @@ class Reservations:
                 path.unlink(missing_ok=True)
                 continue
             if dev == device:
-                total += max(0, size - sum(_disk_size(p) for p in written))
+                total += max(0, size - sum(disk_size(p) for p in written))
         return total
 
     def reserve(self, device: int, size: int, paths: list[Path]) -> Path:
@@ -420,16 +420,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _disk_size(path: Path) -> int:
-    """Returns the bytes of a file, or of every file under a directory; 0 when it is gone."""
-    try:
-        if path.is_dir() and not path.is_symlink():
-            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-        return path.stat().st_size
-    except OSError:
-        return 0
 
 
 # --------------------------------------------------------------------------- conditions

@@ -207,7 +207,8 @@ class DirectoryUpload:
             if sent is None or sent.key is None or sent.key != stat_key(self.directory / file):
                 for remote in self.remotes:
                     self._fail(remote, f"{file} changed while it was being uploaded")
-        gone = [self.member(f) for f in self.claimed if f not in set(files)]
+        present = set(files)
+        gone = [self.member(f) for f in self.claimed if f not in present]
         results: dict[str, StoredObject] = {}
         for remote in self.remotes:
             if remote.name in self.failed:

@@ -26,6 +26,16 @@ def stat_key(path: Path) -> StatKey | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+def disk_size(path: Path) -> int:
+    """Returns the bytes of a file, or of every file under a directory; 0 when it is gone."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
 def fsync_dir(directory: Path) -> None:
     """Makes a rename in `directory` durable."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)

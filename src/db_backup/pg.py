@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from db_backup.config import JobConfig
 from db_backup.execute import CancelToken, CommandError, StreamingChild, child_env, run
-from db_backup.fsutil import private_file
+from db_backup.fsutil import disk_size, private_file
 from db_backup.report import host_label
 from db_backup.secrets import resolve
 
@@ -172,20 +171,6 @@ def start_globals(job: JobConfig, env: dict[str, str]) -> StreamingChild:
     return StreamingChild(globals_argv(job), env=env)
 
 
-def directory_bytes(path: Path) -> int:
-    """Returns the bytes of the files directly in `path` (0 while it does not exist)."""
-    total = 0
-    try:
-        with os.scandir(path) as entries:
-            for entry in entries:
-                with contextlib.suppress(OSError):
-                    if entry.is_file(follow_symlinks=False):
-                        total += entry.stat(follow_symlinks=False).st_size
-    except OSError:
-        return 0
-    return total
-
-
 def dump_to_directory(
     job: JobConfig,
     env: dict[str, str],
@@ -206,7 +191,7 @@ def dump_to_directory(
 
     def look() -> None:
         nonlocal written
-        size = directory_bytes(path)
+        size = disk_size(path)
         if size > written and progress is not None:
             written = size
             progress(size)
