@@ -43,6 +43,7 @@ lint: venv
 	$(BIN)/ruff check src tests scripts benchmarks packaging
 	$(BIN)/ruff format --check src tests scripts benchmarks packaging
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test-unit: venv
 	$(BIN)/pytest -q tests/unit

@@ -53,10 +53,10 @@ sys.path.insert(0, str(REPO / "src"))
 
 from results_file import git_revision, machine_lines, write_section  # noqa: E402
 
-from db_backup import report_index  # noqa: E402
-from db_backup.fsutil import write_atomically  # noqa: E402
-from db_backup.report import SUCCESS, Report, load_reports, stem  # noqa: E402
-from db_backup.retention import Backup, backup_of, choose_expired  # noqa: E402
+from db_backup.reports import index as report_index  # noqa: E402
+from db_backup.reports.model import SUCCESS, Report, load_reports, stem  # noqa: E402
+from db_backup.reports.retention import Backup, backup_of, choose_expired  # noqa: E402
+from db_backup.util.fsutil import write_atomically  # noqa: E402
 
 DB_BACKUP = REPO / ".venv" / "bin" / "db-backup"
 HEADING = "Reports index: status and retention (issue 12)"
@@ -198,7 +198,7 @@ def retention_after(reports_dir: Path, index: Path, quick: bool = True) -> list[
     return backups
 
 
-IMPORTS = ("jsonschema", "structlog", "croniter", "yaml", "sqlite3", "db_backup.report_index")
+IMPORTS = ("jsonschema", "structlog", "croniter", "yaml", "sqlite3", "db_backup.reports.index")
 
 
 def import_breakdown(config: Path, reps: int) -> dict[str, float]:

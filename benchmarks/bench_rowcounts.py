@@ -55,7 +55,7 @@ from bench_stream import (  # noqa: E402
 )
 from results_file import git_revision, machine_lines, write_section  # noqa: E402
 
-from db_backup.rowcounts import exact_counts  # noqa: E402
+from db_backup.backup.rowcounts import exact_counts  # noqa: E402
 from tests.support.pgcluster import Cluster, free_port, start_cluster  # noqa: E402
 
 DB_BACKUP = REPO / ".venv" / "bin" / "db-backup"

@@ -509,7 +509,7 @@ class Bench:
 
 def upload_defaults() -> str:
     """Returns db-backup's default part size, parallel parts and buffer, from its schema."""
-    schema = yaml.safe_load((REPO / "src" / "db_backup" / "schema.yaml").read_text())
+    schema = yaml.safe_load((REPO / "src" / "db_backup" / "config" / "schema.yaml").read_text())
     oss = schema["properties"]["storage"]["properties"]["oss"]["properties"]
     return ", ".join(
         f"`{name}: {oss[name]['default']}`"

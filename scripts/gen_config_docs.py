@@ -1,4 +1,4 @@
-"""Writes docs/configuration.md from the config schema (src/db_backup/schema.yaml).
+"""Writes docs/configuration.md from the config schema (src/db_backup/config/schema.yaml).
 
 Run `python scripts/gen_config_docs.py`; tests/unit/test_docs.py fails when the file is stale.
 """
@@ -59,7 +59,7 @@ def render() -> str:
     lines = [
         "# Configuration reference",
         "",
-        "Generated from `src/db_backup/schema.yaml` by `scripts/gen_config_docs.py`; do not edit.",
+        "Generated from `src/db_backup/config/schema.yaml` by `scripts/gen_config_docs.py`; do not edit.",
         "The file is `/etc/db-backup/config.yaml` (override with `--config` or `DB_BACKUP_CONFIG`).",
         "`db-backup check-config` lists every mistake at once, each with its path: YAML syntax",
         "(where the parser stopped and where the unfinished part began), a file that is not UTF-8",

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from db_backup import config, pg, report_index
-from db_backup.report import seed_field_problems
+from db_backup import config
+from db_backup.postgres import tools as pg
+from db_backup.reports import index as report_index
+from db_backup.reports.model import seed_field_problems
 from tests.conftest import BACKUP_PASSWORD, RunCli, Setup
 from tests.support.pgcluster import (
     Cluster,

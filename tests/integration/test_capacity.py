@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from db_backup import events
+from db_backup.backup.run import RunResult, run_job
 from db_backup.config import Config, load
-from db_backup.job import RunResult, run_job
+from db_backup.observe import events
 from db_backup.storage.oss import OssTarget
 from tests.conftest import Setup
 from tests.support.files import replace_json

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from db_backup.config import load
-from db_backup.daemon import Clock, Daemon, utc_now
-from db_backup.systemd import Notifier
+from db_backup.daemon.loop import Clock, Daemon, utc_now
+from db_backup.daemon.sd_notify import Notifier
 from tests.conftest import CLI, Setup
 from tests.support.pgcluster import Cluster, locked_table, wait_for_lock_wait
 from tests.support.waiting import wait_until

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from db_backup.backup.run import DUMP_DONE, run_job
 from db_backup.config import load
-from db_backup.job import DUMP_DONE, run_job
 from tests.conftest import RunCli, Setup
 from tests.integration.test_job_remote import OSS_ENV, PREFIX, bucket, keys, server, use_oss
 from tests.support.files import replace_json

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from db_backup import crypto
 from db_backup.config import SecretRef
+from db_backup.storage import crypto
 from tests.conftest import RunCli, Setup
 from tests.integration.test_job_remote import OSS_ENV, PREFIX, bucket, use_oss
 from tests.support.oss_fixtures import OSS_BUCKET

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from db_backup import execute
+from db_backup.util import execute
 
 
 def test_fed_child_receives_every_byte_and_exits_zero(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from db_backup.execute import Cancelled, CancelToken, CommandError, FilterChild, StreamingChild
+from db_backup.util.execute import Cancelled, CancelToken, CommandError, FilterChild, StreamingChild
 
 pytestmark = pytest.mark.integration
 SIZE = 5_000_000

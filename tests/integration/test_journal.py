@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import structlog
 
-from db_backup import logs
-from db_backup.journal import (
+from db_backup.observe import logs
+from db_backup.observe.journal import (
     JournalRenderer,
     JournalSender,
     field_name,
@@ -381,7 +381,7 @@ printf '%s\n' "$stored"
 """
 REAL_JOURNALD_SENDER = """
 import structlog
-from db_backup.journal import JournalRenderer, JournalSender
+from db_backup.observe.journal import JournalRenderer, JournalSender
 sender = JournalSender()
 assert sender.send("备份 plain", 6, {"job": "nightly", "stderr": "a\\nb", "blob": b"x\\0y"})
 assert sender.send("big report", 6, {"report": "z" * 3_000_000})

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import structlog
 
-from db_backup import logs
-from db_backup.secrets import register
+from db_backup.observe import logs
 from db_backup.storage.base import StorageError
 from db_backup.storage.oss import OssTarget
+from db_backup.util.secrets import register
 from tests.support import oss_fixtures
 from tests.support.oss_fixtures import OSS_ACCESS_KEY_SECRET, target_settings
 from tests.support.oss_server import OssServer

@@ -16,12 +16,13 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from db_backup import events, metrics, staleness
-from db_backup.clock import parse_utc
 from db_backup.config import Config, load
-from db_backup.daemon import Daemon
-from db_backup.report import FAILED, SUCCESS, Report, host_label, stem, write_report
-from db_backup.systemd import Notifier
+from db_backup.daemon.loop import Daemon
+from db_backup.daemon.sd_notify import Notifier
+from db_backup.observe import events, metrics, staleness
+from db_backup.reports.model import FAILED, SUCCESS, Report, stem, write_report
+from db_backup.util.clock import parse_utc
+from db_backup.util.names import host_label
 from tests.conftest import CLI, RunCli, Setup
 from tests.integration import test_drill
 from tests.support.pgcluster import Cluster, free_port

@@ -24,10 +24,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from db_backup import events
 from db_backup.config import SecretRef
-from db_backup.notify import Notifier
-from db_backup.notify.settings import ChannelSettings, NotifySettings
+from db_backup.observe import events
+from db_backup.observe.alerts import Notifier
+from db_backup.observe.alerts.settings import ChannelSettings, NotifySettings
 from tests.support.pgcluster import free_port
 from tests.support.receivers import Receiver, dingtalk_check, feishu_check
 

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from db_backup import events
+from db_backup.observe import events
 from tests.conftest import RunCli, Setup
 from tests.support.pgcluster import Cluster, free_port
 from tests.support.receivers import Receiver

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from db_backup import report_index
-from db_backup.report import Report, write_report
-from db_backup.status import StatusQuery, query
+from db_backup.observe.status import StatusQuery, query
+from db_backup.reports import index as report_index
+from db_backup.reports.model import Report, write_report
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not Path("/usr/bin/python3").exists(),
@@ -86,7 +86,7 @@ def dirs() -> Iterator[Dirs]:
 def status_as_postgres(dirs: Dirs) -> subprocess.CompletedProcess[str]:
     code = (
         "import json, sys; from pathlib import Path; "
-        "from db_backup.status import StatusQuery, query; "
+        "from db_backup.observe.status import StatusQuery, query; "
         "page = query(Path(sys.argv[1]), StatusQuery(history=True), Path(sys.argv[2])); "
         "print(json.dumps({'total': page.total, 'notes': page.notes}))"
     )

@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from db_backup import rowcounts
+from db_backup.backup import rowcounts
 from tests.conftest import BACKUP_PASSWORD, CLI, RunCli, Setup
 from tests.support.pgcluster import Cluster
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from db_backup.systemd import Notifier, Watchdog, watchdog_interval
+from db_backup.daemon.sd_notify import Notifier, Watchdog, watchdog_interval
 
 
 class NotifySocket:

@@ -15,15 +15,16 @@ import pytest
 import structlog
 import yaml
 
-from db_backup import events, sink
 from db_backup.config import Config, loads
-from db_backup.report import REPORT_NAMESPACE, Report, stem
+from db_backup.observe import events
+from db_backup.observe import jobtable as sink
+from db_backup.reports.model import REPORT_NAMESPACE, Report, stem
 from tests.conftest import BACKUP_PASSWORD, RunCli, Setup
 from tests.support.pgcluster import Cluster, free_port
 
 pytestmark = pytest.mark.integration
 
-SQL_DIR = Path(sink.__file__).parent / "sql"
+SQL_DIR = Path(sink.__file__).parents[1] / "sql"
 V1 = (SQL_DIR / "V1__create_db_backup_job.sql").read_text()
 V2 = (SQL_DIR / "V2__multi_host_and_drills.sql").read_text()
 DSN_ENV = "DB_BACKUP_TEST_SINK_DSN"

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from db_backup import staleness
-from db_backup.clock import format_utc
 from db_backup.config import load
-from db_backup.report import FAILED, SUCCESS
+from db_backup.observe import staleness
+from db_backup.reports.model import FAILED, SUCCESS
+from db_backup.util.clock import format_utc
 from tests.conftest import RunCli, Setup
 from tests.integration.test_metrics import add_report
 
@@ -118,8 +118,8 @@ def test_status_never_imports_structlog_oss2_or_the_drill_module(
 ) -> None:
     probe = (
         "import sys; from db_backup.cli import main; code = main(['--config', sys.argv[1], "
-        "'status']); heavy = [m for m in ('structlog', 'oss2', 'db_backup.drill', "
-        "'db_backup.job', 'prometheus_client') if m in sys.modules]; "
+        "'status']); heavy = [m for m in ('structlog', 'oss2', 'db_backup.restore.drill', "
+        "'db_backup.backup.run', 'prometheus_client') if m in sys.modules]; "
         "print(code, heavy, file=sys.stderr)"
     )
     done = subprocess.run(

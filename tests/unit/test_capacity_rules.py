@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 import yaml
 
-from db_backup import capacity, events
-from db_backup.capacity import Conditions, Reservations, Settings, parse_size
+from db_backup.backup import space as capacity
+from db_backup.backup.space import Conditions, Reservations, Settings, parse_size
 from db_backup.config import Config, ConfigError, loads
+from db_backup.observe import events
 
 GIB = 1024**3
 

@@ -8,7 +8,7 @@ import threading
 import time
 from pathlib import Path
 
-from db_backup.closed_files import IN_CLOSE_WRITE, IN_Q_OVERFLOW, ClosedFiles, parse_events
+from db_backup.backup.closed_files import IN_CLOSE_WRITE, IN_Q_OVERFLOW, ClosedFiles, parse_events
 
 
 def test_parse_events_splits_names_padded_with_nuls() -> None:

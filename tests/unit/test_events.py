@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from db_backup import events
+from db_backup.observe import events
 
 
 class Recorder:

@@ -16,11 +16,12 @@ import structlog
 import structlog.testing
 import yaml
 
-from db_backup import config, events
-from db_backup.notify import Notifier, consumer, messages
-from db_backup.notify.channels import dingtalk_sign, feishu_sign
-from db_backup.notify.dedup import DedupState
-from db_backup.notify.settings import ChannelSettings, NotifySettings, parse
+from db_backup import config
+from db_backup.observe import events
+from db_backup.observe.alerts import Notifier, consumer, messages
+from db_backup.observe.alerts.channels import dingtalk_sign, feishu_sign
+from db_backup.observe.alerts.dedup import DedupState
+from db_backup.observe.alerts.settings import ChannelSettings, NotifySettings, parse
 
 T0 = datetime(2026, 11, 24, 2, 0, tzinfo=UTC)
 
@@ -91,7 +92,7 @@ def test_defaults_alert_failures_and_conditions_but_not_successes(tmp_path: Path
     for name in ("backup_failed", "drill_failed", "stale", "low_disk", "oss_usage"):
         assert settings.enabled(name), name
     assert settings.enabled("suspicious_size")
-    assert "db_backup.notify:consumer" in events.CONSUMERS
+    assert "db_backup.observe.alerts:consumer" in events.CONSUMERS
 
 
 def test_channel_settings_are_read_with_their_defaults() -> None:
@@ -211,7 +212,7 @@ def test_recovery_and_reminder_say_how_many_failures_since_when() -> None:
 
 
 def test_a_long_error_is_cut_and_secrets_are_masked() -> None:
-    from db_backup import secrets
+    from db_backup.util import secrets
 
     secrets.register("hunter2-very-secret")
     alert = _alert(error="password hunter2-very-secret rejected " + "x" * 5000)

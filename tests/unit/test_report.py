@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from db_backup.report import Report, load_reports, seed_field_problems, stem, write_report
+from db_backup.reports.model import Report, load_reports, seed_field_problems, stem, write_report
 
 
 def sample() -> Report:

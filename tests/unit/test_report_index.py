@@ -25,10 +25,10 @@ from typing import Any
 
 import pytest
 
-from db_backup import report_index
-from db_backup.report import Report, StoredReport, load_reports, stem, write_report
-from db_backup.retention import Backup, backup_of, choose_expired
-from db_backup.status import StatusError, StatusQuery, query
+from db_backup.observe.status import StatusError, StatusQuery, query
+from db_backup.reports import index as report_index
+from db_backup.reports.model import Report, StoredReport, load_reports, stem, write_report
+from db_backup.reports.retention import Backup, backup_of, choose_expired
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 JOBS = ["hourly", "nightly", "", "ünïcode"]
@@ -427,9 +427,9 @@ WORKER = textwrap.dedent(
     import random, sys
     from datetime import UTC, datetime, timedelta
     from pathlib import Path
-    from db_backup import report_index
-    from db_backup.report import Report, write_report
-    from db_backup.status import StatusQuery, query
+    from db_backup.reports import index as report_index
+    from db_backup.reports.model import Report, write_report
+    from db_backup.observe.status import StatusQuery, query
 
     reports_dir, index, tag = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
     rng = random.Random(tag)
@@ -490,7 +490,7 @@ def test_process_killed_while_rebuilding_leaves_a_usable_index(tmp_path: Path) -
         write_report(reports_dir, make_report(rng, n))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
     code = (
-        "import sys; from pathlib import Path; from db_backup import report_index; "
+        "import sys; from pathlib import Path; from db_backup.reports import index as report_index; "
         "report_index.backups(Path(sys.argv[1]), Path(sys.argv[2]), 'x', 'y')"
     )
     killed_in_transaction = False

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from db_backup.config import ConfigError, loads
-from db_backup.drill import drill_settings
-from db_backup.restore import (
+from db_backup.restore.drill import drill_settings
+from db_backup.restore.run import (
     BackupSource,
     RestoreError,
     dump_format_of,

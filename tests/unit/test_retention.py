@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from db_backup.report import StoredReport
-from db_backup.retention import Backup, backup_of, choose_expired, owned_by
+from db_backup.reports.model import StoredReport
+from db_backup.reports.retention import Backup, backup_of, choose_expired, owned_by
 from db_backup.storage.base import StorageError, split_member
 from db_backup.storage.local import LocalTarget
 
@@ -101,7 +101,7 @@ def test_artefacts_that_are_not_a_list_are_ignored_not_a_traceback() -> None:
 
 
 def test_encrypted_names_of_the_own_stem_are_owned_and_others_are_not() -> None:
-    from db_backup.retention import owned_by
+    from db_backup.reports.retention import owned_by
 
     stem = "shop_20261123T020000Z_host"
     for suffix in (

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from db_backup import pg, rowcounts
+from db_backup.backup import rowcounts
 from db_backup.config import ConfigError, JobConfig, loads
-from db_backup.report import Report, stem
+from db_backup.postgres import tools as pg
+from db_backup.reports.model import Report, stem
 
 JOB = """
 storage: {mode: local}
@@ -132,7 +133,7 @@ def test_commands_that_do_not_count_never_import_psycopg() -> None:
     # Importing psycopg costs a few hundred ms; status, check-config and `off` must not pay it.
     code = (
         "import sys\n"
-        "from db_backup import cli, job, rowcounts\n"
+        "from db_backup import cli\nfrom db_backup.backup import rowcounts, run\n"
         "from db_backup.config import loads\n"
         f"j = loads({JOB + '    row_counts: off' + chr(10)!r}).jobs[0]\n"
         "with rowcounts.snapshot_for_dump(j, {}, 'shop') as snap:\n"

@@ -24,12 +24,9 @@ import pytest
 import yaml
 from croniter import croniter
 
-from db_backup import daemon as daemon_module
+from db_backup.backup.run import RunResult
 from db_backup.config import Config, JobConfig, loads
-from db_backup.daemon import Clock, Daemon
-from db_backup.job import RunResult
-from db_backup.report import SUCCESS
-from db_backup.schedule import (
+from db_backup.config.schedule import (
     due_at_start,
     missed_run,
     next_run_after,
@@ -38,8 +35,11 @@ from db_backup.schedule import (
     validate_cron,
     validate_timezone,
 )
-from db_backup.state import StateStore
-from db_backup.systemd import Notifier
+from db_backup.daemon import loop as daemon_module
+from db_backup.daemon.loop import Clock, Daemon
+from db_backup.daemon.sd_notify import Notifier
+from db_backup.daemon.state import StateStore
+from db_backup.reports.model import SUCCESS
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from db_backup.clock import format_utc, parse_utc
-from db_backup.state import JobState, StateStore
+from db_backup.daemon.state import JobState, StateStore
+from db_backup.util.clock import format_utc, parse_utc
 
 STARTED = datetime(2024, 10, 27, 0, 30, tzinfo=UTC)
 FINISHED = datetime(2024, 10, 27, 0, 41, 7, 250000, tzinfo=UTC)

@@ -6,9 +6,9 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 from db_backup.config import Config, JobConfig, OssOptions
-from db_backup.secrets import mask, resolve
 from db_backup.storage.base import StorageError, Target
 from db_backup.storage.local import LocalTarget
+from db_backup.util.secrets import mask, resolve
 
 if TYPE_CHECKING:
     from db_backup.storage.oss import OssSettings

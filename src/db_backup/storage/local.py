@@ -8,8 +8,8 @@ import os
 import shutil
 from pathlib import Path
 
-from db_backup.fsutil import StatKey, describe_os_error, fsync_dir, stat_key
 from db_backup.storage.base import StorageError, StoredObject, is_plain_name, split_member
+from db_backup.util.fsutil import StatKey, describe_os_error, fsync_dir, stat_key
 
 __all__ = ["LocalTarget", "is_plain_name"]
 

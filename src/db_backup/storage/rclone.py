@@ -3,7 +3,7 @@
 `rclone rcat` uploads what arrives on its stdin to a temporary name (`.tmp-<name>.<random>`,
 hidden from `list_names`); only commit moves it to the final name (`rclone moveto`), after
 rcat exited 0 and the stored size matched, so a half-uploaded file never looks like a backup.
-Every child is started through `db_backup.execute` (argv list, own session, stderr tail, the\nsame stop sequence as pg_dump's).
+Every child is started through `db_backup.util.execute` (argv list, own session, stderr tail, the\nsame stop sequence as pg_dump's).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import structlog
 
-from db_backup import execute
 from db_backup.storage.base import TEMP_PREFIX, StorageError, StoredObject
+from db_backup.util import execute
 
 log = structlog.get_logger("db_backup.storage.rclone")
 
@@ -43,7 +43,7 @@ def _rclone_env() -> dict[str, str]:
 
 
 class RcloneTarget:
-    """An rclone remote and prefix; children are run through `db_backup.execute`."""
+    """An rclone remote and prefix; children are run through `db_backup.util.execute`."""
 
     name = "rclone"
 

@@ -14,7 +14,6 @@ from typing import TypeVar
 import oss2
 import structlog
 
-from db_backup.secrets import mask, register
 from db_backup.storage.base import StorageError, StoredObject, split_member
 from db_backup.storage.oss.client import make_bucket
 from db_backup.storage.oss.errors import describe_oss_error, is_retryable
@@ -22,6 +21,7 @@ from db_backup.storage.oss.pacer import Pacer
 from db_backup.storage.oss.parts import traffic_limit_bits
 from db_backup.storage.oss.settings import STORAGE_CLASSES, OssSettings
 from db_backup.storage.oss.sink import OssSink
+from db_backup.util.secrets import mask, register
 
 log = structlog.get_logger("db_backup.storage.oss")
 

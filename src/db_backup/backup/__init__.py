@@ -1,0 +1,1 @@
+"""A backup run: dumps, streaming to targets, claims, space and row counts."""

@@ -1,0 +1,399 @@
+"""Prometheus metrics: a node_exporter textfile after every run and drill, and /metrics.
+
+The metrics are computed from the sources of truth every time, never kept in memory: the reports
+directory (through the report index: the newest report and the newest SUCCESS of each job and
+database, two JSON files each), the drill reports, the daemon's stale state (`stale.json`) and the
+consumers' failure counts (`events.failure_counts`). So a file written by a one-shot
+`db-backup run` is as complete as one written by the daemon, and a scrape of the daemon's HTTP
+endpoint (a custom collector, computed on scrape) says what the files say now.
+
+The file is replaced atomically (temporary file in the same directory, mode 0644 so the
+node_exporter user can read it, fsync, rename): a reader sees the old file or the new one.
+Label values are escaped by prometheus-client (a database name may hold quotes, backslashes or
+newlines).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import CollectorRegistry
+
+from db_backup.reports.model import SUCCESS, parse_report
+from db_backup.util.clock import parse_utc, utc_now
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from db_backup.config import Config
+    from db_backup.observe.events import Event
+
+NAME = "metrics"
+FILE_MODE = 0o644  # node_exporter runs as its own user; the service's umask is 0077
+# `job` is Prometheus's own target label (a scraped `job` would become `exported_job`): the
+# db-backup job is `backup_job`.
+LABELS = ["backup_job", "database"]
+
+
+class MetricsError(Exception):
+    """The metrics cannot be written or served; the message names the place and the cause."""
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """The `metrics` section with its defaults."""
+
+    textfile_dir: Path | None
+    file_name: str
+    listen: str | None
+    allow_remote: bool
+
+    @property
+    def textfile(self) -> Path | None:
+        """Returns the path of the metrics file, None when no file is written."""
+        return self.textfile_dir / self.file_name if self.textfile_dir else None
+
+
+def settings(config: Config) -> MetricsSettings | None:
+    """Returns the `metrics` settings of `config`, None when the section is absent."""
+    given = config.raw.get("metrics")
+    if not isinstance(given, dict):
+        return None
+    from db_backup.config import schema
+
+    props = schema()["properties"]["metrics"]["properties"]
+    values = {key: given.get(key, prop.get("default")) for key, prop in props.items()}
+    return MetricsSettings(
+        textfile_dir=Path(values["textfile_dir"]) if values["textfile_dir"] else None,
+        file_name=str(values["file_name"]),
+        listen=values["listen"] or None,
+        allow_remote=bool(values["allow_remote"]),
+    )
+
+
+# --- what the metrics say ---------------------------------------------------------------------
+
+
+def _ts(text: object) -> float | None:
+    try:
+        return parse_utc(str(text)).timestamp()
+    except ValueError:
+        return None
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        document, _ = parse_report(path.read_bytes())
+    except OSError:
+        return None
+    return document
+
+
+@dataclass
+class _Reports:
+    """The newest report and newest SUCCESS per (job, database), stale keys, skipped files."""
+
+    newest: dict[tuple[str, str], dict[str, Any]]
+    success: dict[tuple[str, str], dict[str, Any]]
+    stale: set[tuple[str, str]]
+    problems: int
+
+
+def _newest_reports(config: Config) -> _Reports:
+    """Returns what the metrics say of the backup reports, through the report index."""
+    from db_backup.observe import staleness
+    from db_backup.reports.index import default_path, encode, snapshot
+
+    reports_dir = config.directories.reports
+    found = _Reports({}, {}, set(), 0)
+    with snapshot(reports_dir, default_path(config.directories.state), _quiet) as snap:
+        _, latest = snap.page("", (), latest=True, limit=-1, offset=0)
+        _, good = snap.page("status = ?", (encode(SUCCESS),), latest=True, limit=-1, offset=0)
+        by_job = staleness.reports_by_job(snap.conn)
+        found.problems = len(snap.warnings())
+    for names, into in ((latest, found.newest), (good, found.success)):
+        for name in names:
+            document = _read(reports_dir / name)
+            if document is not None:
+                into[(str(document.get("job", "")), str(document["database"]))] = document
+    found.stale = set(staleness.current_stale(config.directories.state, by_job))
+    return found
+
+
+def _quiet(_event: str, _fields: dict[str, str]) -> None:
+    """The index's notes (rebuilt, not usable) are not the metrics' to log on every scrape."""
+
+
+def _newest_drills(config: Config) -> dict[tuple[str, str], dict[str, Any]]:
+    from db_backup.reports.drills import latest_drills
+
+    return {(str(d.get("job")), str(d.get("database"))): d for d in latest_drills(config)}
+
+
+def families(config: Config, now: datetime | None = None) -> list[Metric]:
+    """Returns every metric family of `config`'s reports, drills, stale state and failures."""
+    from db_backup.observe import events, staleness
+
+    now = now or utc_now()
+    reports = _newest_reports(config)
+    newest, success, stale = reports.newest, reports.success, reports.stale
+    drills = _newest_drills(config)
+
+    def gauge(name: str, doc: str, labels: list[str] = LABELS) -> GaugeMetricFamily:
+        return GaugeMetricFamily(name, doc, labels=labels)
+
+    run_time = gauge(
+        "db_backup_last_run_timestamp_seconds", "When the newest backup report finished."
+    )
+    run_ok = gauge(
+        "db_backup_last_run_success", "1 when the newest backup report is SUCCESS, else 0."
+    )
+    run_duration = gauge(
+        "db_backup_last_run_duration_seconds", "Duration of the newest backup (its report)."
+    )
+    ok_time = gauge(
+        "db_backup_last_success_timestamp_seconds",
+        "When the newest successful backup finished.",
+    )
+    ok_started = gauge(
+        "db_backup_last_success_started_timestamp_seconds",
+        "When the newest successful backup started (its snapshot; staleness counts from it).",
+    )
+    ok_size = gauge("db_backup_last_success_size_bytes", "Size of the newest successful backup.")
+    uploaded = gauge(
+        "db_backup_last_success_uploaded_bytes",
+        "Bytes the newest successful backup stored on each remote target.",
+        [*LABELS, "target"],
+    )
+    drill_time = gauge(
+        "db_backup_last_drill_timestamp_seconds", "When the newest restore drill started."
+    )
+    drill_ok = gauge(
+        "db_backup_last_drill_success", "1 when the newest restore drill is SUCCESS, else 0."
+    )
+    stale_flag = gauge(
+        "db_backup_stale",
+        "1 when the daemon found no SUCCESS within the job's max_age (database '' = the job "
+        "has reported nothing), else 0.",
+    )
+    max_age = gauge(
+        "db_backup_max_age_seconds", "The job's max_age (staleness limit).", ["backup_job"]
+    )
+    failures = CounterMetricFamily(
+        "db_backup_consumer_failures",
+        "Failures of report consumers (notifiers, database sink, metrics) so far.",
+        labels=["consumer"],
+    )
+    problems = gauge("db_backup_report_problems", "Report files skipped as malformed.", [])
+
+    for (job, database), document in sorted(newest.items()):
+        labels = [job, database]
+        finished = _ts(document.get("finishedAt"))
+        if finished is not None:
+            run_time.add_metric(labels, finished)
+        run_ok.add_metric(labels, 1.0 if document.get("status") == SUCCESS else 0.0)
+        run_duration.add_metric(labels, float(document.get("durationSeconds") or 0))
+        stale_flag.add_metric(labels, 1.0 if (job, database) in stale else 0.0)
+    for (job, database), document in sorted(success.items()):
+        labels = [job, database]
+        finished = _ts(document.get("finishedAt"))
+        if finished is not None:
+            ok_time.add_metric(labels, finished)
+        started = _ts(document.get("startedAt"))
+        if started is not None:
+            ok_started.add_metric(labels, started)
+        ok_size.add_metric(labels, float(document["local"].get("sizeBytes") or 0))
+        targets = document.get("targets")
+        for target, result in sorted((targets if isinstance(targets, dict) else {}).items()):
+            if target == "local" or not isinstance(result, dict):
+                continue
+            if result.get("status") == SUCCESS:
+                uploaded.add_metric([*labels, target], float(result.get("sizeBytes") or 0))
+    for key in sorted(set(stale) - set(newest)):
+        stale_flag.add_metric(list(key), 1.0)  # a job or database with no report at all
+    for (job, database), document in sorted(drills.items()):
+        started = _ts(document.get("startedAt"))
+        if started is not None:
+            drill_time.add_metric([job, database], started)
+        drill_ok.add_metric([job, database], 1.0 if document.get("status") == SUCCESS else 0.0)
+    for job_config in config.jobs:
+        with contextlib.suppress(ValueError):
+            limit = staleness.max_age(job_config, now)
+            if limit is not None:
+                max_age.add_metric([job_config.name], limit.total_seconds())
+    for consumer, count in sorted(events.failure_counts(config.directories.state).items()):
+        failures.add_metric([consumer], float(count))
+    problems.add_metric([], float(reports.problems))
+    return [
+        run_time,
+        run_ok,
+        run_duration,
+        ok_time,
+        ok_started,
+        ok_size,
+        uploaded,
+        drill_time,
+        drill_ok,
+        stale_flag,
+        max_age,
+        failures,
+        problems,
+    ]
+
+
+class ReportsCollector:
+    """A prometheus-client collector computing `families` on every collection."""
+
+    def __init__(self, config: Callable[[], Config]) -> None:
+        self.config = config
+
+    def collect(self) -> Iterator[Metric]:
+        """Yields the metric families as they are now."""
+        yield from families(self.config())
+
+
+def registry(config: Callable[[], Config]) -> CollectorRegistry:
+    """Returns a registry holding only db-backup's collector (no process or GC metrics)."""
+    found = CollectorRegistry(auto_describe=False)
+    found.register(ReportsCollector(config))
+    return found
+
+
+def render(config: Config) -> bytes:
+    """Returns the metrics of `config` in the Prometheus text format."""
+    return generate_latest(registry(lambda: config))
+
+
+def write_textfile(config: Config, target: Path) -> Path:
+    """Replaces `target` atomically with the metrics now; raises MetricsError naming the cause."""
+    from db_backup.util.fsutil import describe_os_error, write_atomically
+
+    data = render(config)
+    try:
+        write_atomically(target, data, FILE_MODE)
+    except OSError as exc:
+        raise MetricsError(
+            f"metrics.textfile_dir: cannot write {describe_os_error(exc, target)}"
+        ) from None
+    return target
+
+
+# --- the consumer -----------------------------------------------------------------------------
+
+
+class MetricsConsumer:
+    """Rewrites the textfile after every backup, drill and staleness change."""
+
+    name = NAME
+    kinds = frozenset({"backup", "drill", "stale"})
+
+    def __init__(self, config: Config, target: Path) -> None:
+        self.config = config
+        self.target = target
+        self._lock = threading.Lock()  # one writer per process at a time
+
+    def handle(self, event: Event) -> None:
+        """Writes the metrics file when `event` changes what it says."""
+        if event.kind in self.kinds:
+            with self._lock:
+                write_textfile(self.config, self.target)
+
+    def close(self, timeout: float) -> None:
+        """Nothing runs in the background."""
+
+
+def consumer(config: Config) -> MetricsConsumer | None:
+    """Returns the textfile writer, None when no `metrics.textfile_dir` is configured."""
+    found = settings(config)
+    if found is None or found.textfile is None:
+        return None
+    return MetricsConsumer(config, found.textfile)
+
+
+# --- the daemon's HTTP endpoint -------------------------------------------------------------
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """Returns (host, port) of `host:port` or `[v6]:port`; raises MetricsError."""
+    host, _, port = listen.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise MetricsError(f"metrics.listen: {listen!r} is not host:port (e.g. 127.0.0.1:9187)")
+    return host, int(port)
+
+
+def check_listen(found: MetricsSettings) -> tuple[str, int] | None:
+    """Returns where to serve /metrics (None: not served); refuses a non-loopback address."""
+    if not found.listen:
+        return None
+    host, port = parse_listen(found.listen)
+    if found.allow_remote:
+        return host, port
+    try:
+        addresses = {
+            str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        }
+    except OSError as exc:
+        raise MetricsError(f"metrics.listen: cannot resolve {host!r}: {exc}") from None
+    remote = sorted(a for a in addresses if not ipaddress.ip_address(a.split("%")[0]).is_loopback)
+    if remote:
+        raise MetricsError(
+            f"metrics.listen: {found.listen!r} is not a loopback address ({', '.join(remote)}); "
+            "serve on 127.0.0.1 or ::1, or set metrics.allow_remote: true"
+        )
+    return host, port
+
+
+def check_config(config: Config) -> None:
+    """Raises MetricsError when `metrics.listen` would be refused by the daemon."""
+    found = settings(config)
+    if found is not None:
+        check_listen(found)
+
+
+class MetricsServer:
+    """/metrics served by the daemon in a thread of its own, computed on each scrape."""
+
+    def __init__(self, server: WSGIServer, thread: threading.Thread) -> None:
+        self.server = server
+        self.thread = thread
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Returns the (host, port) actually bound (port 0 in the config picks a free one)."""
+        host, port = self.server.server_address[:2]
+        return str(host), int(port)
+
+    def stop(self) -> None:
+        """Stops serving and closes the socket."""
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+def serve(config: Callable[[], Config]) -> MetricsServer | None:
+    """Starts /metrics when `metrics.listen` is set; raises MetricsError on a bad address."""
+    from prometheus_client.exposition import start_http_server
+
+    found = settings(config())
+    where = check_listen(found) if found is not None else None
+    if where is None:
+        return None
+    host, port = where
+    try:
+        server, thread = start_http_server(port, host, registry(config))
+    except OSError as exc:
+        raise MetricsError(
+            f"metrics.listen: cannot listen on {host}:{port}: {exc.strerror}"
+        ) from None
+    return MetricsServer(server, thread)

@@ -1,0 +1,238 @@
+"""`db-backup status`: the reports directory seen from the host, like the platform sees it.
+
+Which reports match comes from the report index (`report_index`); the rows shown are read from
+their JSON files, the source of truth. The latest view also says, per job and database, when the
+newest SUCCESS started and how long ago, whether the daemon found it stale (`stale.json`, see
+`staleness`), and the newest restore drill. Nothing here imports structlog, oss2 or croniter:
+`status` stays quick however many reports there are.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from db_backup.observe.staleness import format_age, load_state, still_stale
+from db_backup.reports.index import EPOCH, decode, encode, micros, snapshot
+from db_backup.reports.model import SUCCESS, parse_report
+from db_backup.util.clock import format_utc, utc_now
+
+
+class StatusError(Exception):
+    """The reports directory cannot be read; the message names it and the cause."""
+
+
+@dataclass(frozen=True)
+class StatusQuery:
+    """Filters and paging of `db-backup status`."""
+
+    history: bool = False
+    job: str | None = None
+    database: str | None = None
+    status: str | None = None
+    since: datetime | None = None
+    limit: int = 20
+    page: int = 1
+
+
+@dataclass(frozen=True)
+class StatusPage:
+    """One page of matching reports, newest first, plus warnings about skipped files."""
+
+    rows: list[dict[str, Any]]
+    total: int
+    page: int
+    pages: int
+    warnings: list[str]
+    notes: list[str] = field(default_factory=list)  # about the index (rebuilt, not usable)
+
+
+def query(
+    reports_dir: Path,
+    q: StatusQuery,
+    index_path: Path | None = None,
+    state_dir: Path | None = None,
+    now: datetime | None = None,
+    drills: list[dict[str, Any]] | None = None,
+) -> StatusPage:
+    """Returns the page of reports matching `q`: latest per job and database unless `history`.
+
+    `index_path` is the report index to use (None: read every report, in memory). In the
+    latest view each row also gets `lastSuccessAt`, `lastSuccessAgeSeconds`, `stale` (from the
+    daemon's `stale.json` under `state_dir`) and `lastDrill` (the newest of `drills`, as
+    `drill_reports.latest_drills` gives them). Raises StatusError when the
+    directory cannot be listed: "0 reports" would be a lie.
+    """
+    _check_readable(reports_dir)
+    conditions: list[str] = []
+    params: list[Any] = []
+    for column, value in (("job", q.job), ("database", q.database)):
+        if value is not None:
+            conditions.append(f"{column} = ?")
+            params.append(encode(value))
+    if q.status is not None:
+        conditions.append("status = ?")
+        params.append(encode(q.status.upper()))
+    if q.since is not None:
+        conditions.append("started_us >= ?")
+        params.append(micros(q.since))
+    notes: list[str] = []
+
+    def note(event: str, fields: dict[str, str]) -> None:
+        details = ", ".join(f"{key}={value}" for key, value in fields.items())
+        notes.append(f"{event} ({details})")
+
+    with snapshot(reports_dir, index_path, note) as snap:
+        warnings = snap.warnings()
+        total, names = snap.page(
+            " AND ".join(conditions),
+            tuple(params),
+            latest=not q.history,
+            limit=q.limit,
+            offset=(q.page - 1) * q.limit,
+        )
+        newest_success = _newest_successes(snap.conn, reports_dir, names) if not q.history else {}
+    rows = []
+    for name in names:
+        path = reports_dir / name
+        try:
+            document, problem = parse_report(path.read_bytes())
+        except OSError as exc:
+            document, problem = None, f"skipped, not readable JSON ({exc})"
+        if document is None:  # changed since the index was read
+            warnings.append(f"{path}: {problem}")
+            continue
+        rows.append({**document, "reportFile": str(path)})
+    if not q.history:
+        _add_summary(rows, newest_success, state_dir, drills or [], now or utc_now())
+    pages = max(1, -(-total // q.limit))
+    return StatusPage(rows, total, q.page, pages, warnings, notes)
+
+
+def _newest_successes(
+    conn: Any, reports_dir: Path, names: list[str]
+) -> dict[tuple[str, str], datetime]:
+    """Returns the start of the newest SUCCESS of each job and database of the page's reports."""
+    found: dict[tuple[str, str], datetime] = {}
+    for name in names:
+        row = conn.execute(
+            "SELECT job, database FROM reports WHERE name = ?", (os.fsencode(name),)
+        ).fetchone()
+        if row is None:
+            continue
+        newest = conn.execute(
+            "SELECT started_us FROM reports WHERE job = ? AND database = ? AND status = ? "
+            "AND problem IS NULL ORDER BY started_us DESC LIMIT 1",
+            (row[0], row[1], encode(SUCCESS)),
+        ).fetchone()
+        if newest is not None:
+            key = (decode(row[0]), decode(row[1]))
+            found[key] = EPOCH + timedelta(microseconds=newest[0])
+    return found
+
+
+def _add_summary(
+    rows: list[dict[str, Any]],
+    newest_success: dict[tuple[str, str], datetime],
+    state_dir: Path | None,
+    documents: list[dict[str, Any]],
+    now: datetime,
+) -> None:
+    """Adds the last success, its age, the stale marker and the newest drill to each row."""
+    stale = load_state(state_dir) if state_dir is not None else {}
+    drills: dict[tuple[str, str], dict[str, Any]] = {}
+    for document in sorted(documents, key=lambda d: str(d.get("startedAt", "")), reverse=True):
+        drills.setdefault((str(document.get("job")), str(document.get("database"))), document)
+    for row in rows:
+        key = (str(row.get("job", "")), str(row["database"]))
+        last = newest_success.get(key)
+        row["lastSuccessAt"] = format_utc(last) if last else None
+        row["lastSuccessAgeSeconds"] = int((now - last).total_seconds()) if last else None
+        row["stale"] = key in stale and still_stale(stale[key], last)
+        drill = drills.get(key)
+        row["lastDrill"] = (
+            {k: drill.get(k) for k in ("status", "startedAt", "errorMessage", "reportFile")}
+            if drill
+            else None
+        )
+
+
+def _check_readable(reports_dir: Path) -> None:
+    # Path.glob (used by load_reports) silently yields nothing for a directory it cannot read.
+    try:
+        with os.scandir(reports_dir) as entries:
+            next(entries, None)
+    except FileNotFoundError:
+        raise StatusError(
+            f"the reports directory {reports_dir} does not exist (directories.reports in the "
+            "config; it is created by the first backup run)"
+        ) from None
+    except OSError as exc:
+        raise StatusError(
+            f"cannot read the reports directory {reports_dir}: {exc.strerror}"
+        ) from None
+
+
+def human_size(size: int) -> str:
+    """Returns `size` bytes as e.g. '1.2 GiB'."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"  # pragma: no cover
+
+
+def _last_success(row: dict[str, Any]) -> str:
+    """Returns e.g. `7h ago`, `3d ago STALE`, or `never`."""
+    age = row.get("lastSuccessAgeSeconds")
+    text = "never" if age is None else f"{format_age(timedelta(seconds=age))} ago"
+    return f"{text} STALE" if row.get("stale") else text
+
+
+def _last_drill(row: dict[str, Any]) -> str:
+    drill = row.get("lastDrill")
+    if not drill:
+        return "-"
+    return f"{drill.get('status')} {str(drill.get('startedAt') or '')[:10]}".strip()
+
+
+def render_table(page: StatusPage) -> str:
+    """Returns the page as an aligned text table with a footer, or says why there is none."""
+    if page.total == 0:
+        return "no matching reports"
+    if not page.rows:
+        return (
+            f"page {page.page} is empty: the {page.total} matching report(s) fill "
+            f"{page.pages} page(s) of this size"
+        )
+    summary = bool(page.rows) and "stale" in page.rows[0]  # the latest view
+    header: tuple[str, ...] = ("STARTED (UTC)", "JOB", "DATABASE", "STATUS", "SIZE", "DURATION")
+    if summary:
+        header += ("LAST SUCCESS", "LAST DRILL")
+    header += ("WHERE / ERROR",)
+    lines = [header]
+    for row in page.rows:
+        where = row["local"]["file"] or ", ".join(row["remote"]["urls"])
+        detail = where if row["status"] == "SUCCESS" else row["errorMessage"][:120]
+        line: tuple[str, ...] = (
+            row["startedAt"],
+            row.get("job", ""),
+            row["database"],
+            row["status"],
+            human_size(row["local"]["sizeBytes"]),
+            f"{row['durationSeconds']} s",
+        )
+        if summary:
+            line += (_last_success(row), _last_drill(row))
+        lines.append((*line, detail))
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header) - 1)]
+    out = []
+    for line in lines:
+        cells = [str(c).ljust(w) for c, w in zip(line[:-1], widths, strict=True)]
+        out.append("  ".join([*cells, str(line[-1])]).rstrip())
+    out.append(f"page {page.page} of {page.pages}, {page.total} matching report(s)")
+    return "\n".join(out)

@@ -1,0 +1,1 @@
+"""PostgreSQL's client tools and the server-side helpers the product needs."""

@@ -1,0 +1,1 @@
+"""The report model, the reports index, drill reports and retention's choice."""

@@ -1,0 +1,296 @@
+"""The JSON report of one database in one run: the platform's source of truth.
+
+Every field of the seed's example keeps its name and type (`port` is a string, `durationSeconds`
+an integer); everything else is additive. Reports are written atomically (temp, fsync, rename).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from db_backup.util.clock import format_utc, parse_utc, to_the_second, utc_now
+from db_backup.util.fsutil import fsync_dir, write_atomically
+from db_backup.util.names import safe_name
+from db_backup.util.secrets import mask
+
+SCHEMA_VERSION = 1
+SUCCESS = "SUCCESS"
+FAILED = "FAILED"
+REPORT_NAMESPACE = uuid.UUID("7d3f4a52-6c1e-4d0b-9a57-2f4c1e8b9d10")
+
+# The seed's report, field by field: name -> type. Tests validate every report against it.
+SEED_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "database": str,
+    "host": str,
+    "port": str,
+    "startedAt": str,
+    "finishedAt": str,
+    "durationSeconds": int,
+    "mode": str,
+    "tool": str,
+    "status": str,
+    "errorMessage": str,
+    "local": dict,
+    "remote": dict,
+}
+SEED_LOCAL_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "file": str,
+    "globalsFile": str,
+    "checksumSha256": str,
+    "sizeBytes": int,
+}
+
+
+def stem(database: str, started: datetime, host: str) -> str:
+    """Returns the seed's file stem `<db>_<YYYYmmddTHHMMSSZ>_<host>`."""
+    return f"{safe_name(database)}_{started.astimezone(UTC):%Y%m%dT%H%M%SZ}_{host}"
+
+
+@dataclass
+class Report:
+    """One database's result in one run; `to_json` gives the platform's document."""
+
+    job: str
+    database: str
+    host: str
+    port: int
+    mode: str
+    tool: str
+    stem: str
+    started: datetime
+    finished: datetime | None = None
+    status: str = FAILED
+    error_message: str = ""
+    local_file: str = ""
+    globals_file: str = ""
+    checksum_file: str = ""
+    sha256: str = ""
+    size_bytes: int = 0
+    remote_urls: list[str] = field(default_factory=list)
+    targets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    dump_format: str = "custom"
+    compression: int = 9
+    pg_dump_version: str = ""
+    server_version: str = ""
+    attempt: int = 1
+    trigger: str = "manual"
+    retention_deleted: list[str] = field(default_factory=list)
+    retention_error: str = ""
+    retention_held: str = ""  # why retention deleted nothing (capacity's suspicious-size guard)
+    # capacity's numbers: `space` (the estimate checked before the dump), `suspicious`.
+    capacity: dict[str, Any] | None = None
+    artefacts: list[str] = field(default_factory=list)  # file names, the same on every target
+    row_counts: str | None = None  # exact | estimate | off | failed; None: the dump did not end
+    tables: dict[str, int | None] | None = None  # format('%I.%I', schema, table) -> rows
+    row_counts_error: str = ""
+    # None: not encrypted; else method, recipient fingerprints and the plaintext's checksums.
+    encryption: dict[str, Any] | None = None
+    hostname: str = field(default_factory=socket.gethostname)
+
+    @property
+    def id(self) -> str:
+        """Returns a stable UUID for this report (the db_backup_job primary key)."""
+        return str(uuid.uuid5(REPORT_NAMESPACE, f"{self.job}/{self.stem}"))
+
+    def to_json(self) -> dict[str, Any]:
+        """Returns the report document: the seed's fields first, additive fields after."""
+        # The seed's form has whole seconds; the duration is the difference of the two shown.
+        started = to_the_second(self.started)
+        finished = to_the_second(self.finished or utc_now())
+        return {
+            "database": self.database,
+            "host": self.host,
+            "port": str(self.port),
+            "startedAt": format_utc(started),
+            "finishedAt": format_utc(finished),
+            "durationSeconds": max(0, round((finished - started).total_seconds())),
+            "mode": self.mode,
+            "tool": self.tool,
+            "status": self.status,
+            "errorMessage": mask(self.error_message),
+            "local": {
+                "file": self.local_file,
+                "globalsFile": self.globals_file,
+                "checksumSha256": self.sha256,
+                "sizeBytes": self.size_bytes,
+                "checksumFile": self.checksum_file,
+            },
+            "remote": {"urls": list(self.remote_urls)},
+            "schemaVersion": SCHEMA_VERSION,
+            "id": self.id,
+            "job": self.job,
+            "hostname": self.hostname,
+            "format": self.dump_format,
+            "compression": self.compression,
+            "pgDumpVersion": self.pg_dump_version,
+            "serverVersion": self.server_version,
+            "attempt": self.attempt,
+            "trigger": self.trigger,
+            "targets": {name: dict(result) for name, result in self.targets.items()},
+            "retention": {
+                "deleted": list(self.retention_deleted),
+                "error": mask(self.retention_error),
+                "held": self.retention_held,
+            },
+            "artefacts": [*self.artefacts, f"{self.stem}.json"],
+            "rowCounts": self.row_counts,
+            "tables": dict(self.tables) if self.tables is not None else None,
+            "rowCountsError": mask(self.row_counts_error),
+            "encryption": dict(self.encryption) if self.encryption is not None else None,
+            "capacity": dict(self.capacity) if self.capacity is not None else None,
+        }
+
+
+def report_path(reports_dir: Path, stem_text: str) -> Path:
+    """Returns where the report of `stem_text` lives."""
+    return reports_dir / f"{stem_text}.json"
+
+
+class ReportExists(OSError):
+    """A report of that name is already there; reports never overwrite one another."""
+
+
+def write_report(reports_dir: Path, report: Report, *, replace: bool = False) -> Path:
+    """Writes the report atomically (temp, fsync, rename), mode 0640; returns its path.
+
+    A new report never replaces an existing file (ReportExists); `replace=True` is for the run
+    that wrote it, updating its own report (e.g. with what retention did).
+    """
+    path = report_path(reports_dir, report.stem)
+    if replace:
+        write_json_atomically(path, report.to_json())
+        return path
+    staged = reports_dir / f".{report.stem}.json.new-{os.getpid()}"
+    try:
+        write_json_atomically(staged, report.to_json())
+        try:
+            os.link(staged, path)  # fails if the name exists: never overwrite another report
+        except FileExistsError:
+            raise ReportExists(
+                errno.EEXIST, "a report of this name already exists", str(path)
+            ) from None
+    finally:
+        staged.unlink(missing_ok=True)
+    fsync_dir(reports_dir)
+    return path
+
+
+def write_json_atomically(path: Path, document: dict[str, Any], mode: int = 0o640) -> None:
+    """Writes `document` to `path` atomically; 0640 so the platform's group can read it."""
+    data = (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    write_atomically(path, data, mode)
+
+
+def seed_field_problems(document: dict[str, Any]) -> list[str]:
+    """Returns what in `document` breaks the seed's field names and types (empty: none)."""
+    problems = []
+    for name, kind in SEED_FIELDS.items():
+        if name not in document:
+            problems.append(f"missing {name}")
+        elif not isinstance(document[name], kind) or isinstance(document[name], bool):
+            problems.append(f"{name} is {type(document[name]).__name__}")
+    local = document.get("local")
+    if isinstance(local, dict):
+        for name, kind in SEED_LOCAL_FIELDS.items():
+            if name not in local:
+                problems.append(f"missing local.{name}")
+            elif not isinstance(local[name], kind) or isinstance(local[name], bool):
+                problems.append(f"local.{name} is {type(local[name]).__name__}")
+    remote = document.get("remote")
+    if isinstance(remote, dict):
+        urls = remote.get("urls")
+        if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+            problems.append("remote.urls is not a list of strings")
+    if document.get("status") not in {SUCCESS, FAILED}:
+        problems.append(f"status {document.get('status')!r} is not SUCCESS or FAILED")
+    return problems
+
+
+@dataclass(frozen=True)
+class StoredReport:
+    """A report read back from the reports directory."""
+
+    path: Path
+    document: dict[str, Any]
+
+    @property
+    def started(self) -> datetime:
+        """Returns when the run of this report started (UTC)."""
+        return parse_utc(self.document["startedAt"])
+
+    @property
+    def job(self) -> str:
+        """Returns the job name ("" for reports written by the seed's shell script)."""
+        return str(self.document.get("job", ""))
+
+
+def parse_report(raw: bytes) -> tuple[dict[str, Any] | None, str]:
+    """Returns (document, "") for a valid report's bytes, else (None, why it is skipped).
+
+    The text is decoded as `Path.read_text` does (UTF-8, universal newlines), so the reasons
+    are the same whether a report is read by `load_reports` or by the report index.
+    """
+    try:
+        text = raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+        document = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, f"skipped, not readable JSON ({exc})"
+    if not isinstance(document, dict):
+        return None, "skipped, not a report (top level is not an object)"
+    problems = seed_field_problems(document)
+    if problems:
+        return None, f"skipped, not a report ({'; '.join(problems[:3])})"
+    try:
+        parse_utc(document["startedAt"])
+    except (ValueError, OverflowError):  # e.g. year 1 with a positive offset
+        return None, "skipped, startedAt is not a time"
+    problem = _file_field_problem(document)
+    if problem:
+        return None, f"skipped, not a report ({problem})"
+    return document, ""
+
+
+def _file_field_problem(document: dict[str, Any]) -> str:
+    """Returns what is wrong with the fields naming files (retention reads them), or ""."""
+    artefacts = document.get("artefacts", [])
+    if not isinstance(artefacts, list) or not all(isinstance(a, str) for a in artefacts):
+        return "artefacts is not a list of file names"
+    local = document["local"]
+    for key in ("file", "globalsFile", "checksumFile"):
+        if not isinstance(local.get(key, ""), str):
+            return f"local.{key} is not a string"
+    return ""
+
+
+def load_reports(reports_dir: Path) -> tuple[list[StoredReport], list[str]]:
+    """Returns the reports in `reports_dir`, newest first, and a warning per skipped file.
+
+    Reads every file; `report_index` gives the same answers from an index.
+    """
+    reports: list[StoredReport] = []
+    warnings: list[str] = []
+    try:
+        paths = sorted(reports_dir.glob("*.json"))
+    except OSError as exc:
+        return [], [f"{reports_dir}: cannot list: {exc.strerror}"]
+    for path in paths:
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            warnings.append(f"{path}: skipped, not readable JSON ({exc})")
+            continue
+        document, problem = parse_report(raw)
+        if document is None:
+            warnings.append(f"{path}: {problem}")
+            continue
+        reports.append(StoredReport(path, document))
+    reports.sort(key=lambda r: (r.started, r.path.name), reverse=True)
+    return reports, warnings

@@ -1,0 +1,96 @@
+"""Chooses which of a job's backups to delete: older than `days`, never the newest `keep_last`.
+
+The choice is made from this program's own reports (one per database per run), so only files
+and objects this program created are ever candidates. A file still named by a kept report (the
+globals file a multi-database run shares) is never deleted.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from db_backup.reports.model import SUCCESS, StoredReport
+from db_backup.storage.base import is_plain_name, split_member
+
+
+@dataclass(frozen=True)
+class Backup:
+    """What retention needs to know of one report."""
+
+    key: str  # report file name
+    database: str
+    started: datetime
+    successful: bool
+    files: tuple[str, ...]  # artefact file names (dump, .sha256, globals, report)
+
+
+def choose_expired(
+    backups: list[Backup], *, days: int, keep_last: int, now: datetime
+) -> tuple[list[Backup], set[str]]:
+    """Returns the backups to delete and the file names that must be kept (still referenced)."""
+    cutoff = now - timedelta(days=days)
+    expired: list[Backup] = []
+    kept: list[Backup] = []
+    by_database: dict[str, list[Backup]] = {}
+    for backup in backups:
+        by_database.setdefault(backup.database, []).append(backup)
+    for group in by_database.values():
+        group.sort(key=lambda b: b.started, reverse=True)
+        protected = {b.key for b in [b for b in group if b.successful][:keep_last]}
+        for backup in group:
+            if backup.key not in protected and backup.started < cutoff:
+                expired.append(backup)
+            else:
+                kept.append(backup)
+    still_named = {name for backup in kept for name in backup.files}
+    return expired, still_named
+
+
+# What this program appends to a stem: the report, the dump (custom, plain or directory format),
+# the globals file, each possibly encrypted (.age) and possibly with its .sha256.
+OWN_SUFFIX = re.compile(r"\.json|(?:\.dump|\.sql|\.dump\.d|_globals\.sql)(?:\.age)?(?:\.sha256)?")
+
+
+def backup_of(report: StoredReport) -> Backup:
+    """Returns the retention view of a stored report.
+
+    Only plain file names that belong to the report's own stem (`<stem>.dump`, `<stem>.dump.sha256`,
+    `<stem>_globals.sql`, `<stem>.dump.age`, ...) and the members of its own directory dump on a
+    remote (`<stem>.dump.d/<file>`) are ever candidates: any other name with a directory part,
+    "..", or another backup's stem, whoever wrote it into the report, is ignored.
+    """
+    doc = report.document
+    own_stem = report.path.name.removesuffix(".json")
+    listed: list[object] = [report.path.name]
+    artefacts = doc.get("artefacts", [])
+    listed.extend(artefacts if isinstance(artefacts, list) else [])
+    local = doc["local"]
+    for key in ("file", "globalsFile", "checksumFile"):
+        location = local.get(key)
+        if isinstance(location, str) and location:
+            listed.append(location.rsplit("/", 1)[-1])
+    for url in doc["remote"].get("urls", []):
+        listed.append(url.rsplit("/", 1)[-1])
+    files = [name for name in listed if isinstance(name, str) and owned_by(name, own_stem)]
+    return Backup(
+        key=report.path.name,
+        database=doc["database"],
+        started=report.started,
+        successful=doc["status"] == SUCCESS,
+        files=tuple(dict.fromkeys(files)),
+    )
+
+
+def owned_by(name: str, own_stem: str) -> bool:
+    """Returns whether `name` is a plain file name of the backup whose stem is `own_stem`.
+
+    A directory dump's member stored remotely (`<stem>.dump.d/<file>`) is owned too.
+    """
+    member = split_member(name)
+    if member is not None:
+        return bool(own_stem) and member[0] == f"{own_stem}.dump.d"
+    if not is_plain_name(name) or not own_stem or not name.startswith(own_stem):
+        return False
+    return OWN_SUFFIX.fullmatch(name[len(own_stem) :]) is not None

@@ -1,0 +1,1 @@
+"""Bringing a backup back: sources, fetching, restore, verify and drills."""

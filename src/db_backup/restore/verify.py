@@ -1,0 +1,381 @@
+"""`db-backup verify`: checks that what the reports promise is still stored, without restoring.
+
+Local copies: the dump is there, has the reported size, its sha256 equals the report's and the
+`.sha256` file's, and `pg_restore --list` reads its table of contents (a cheap structural check).
+OSS copies (`--remote`): the object exists with the reported size, CRC-64 (HEAD's
+`x-oss-hash-crc64ecma` against the report) and `sha256` tag, without downloading it; `--deep`
+downloads it (to memory, piece by piece) and hashes it. File names come from the reports and are
+accepted only as plain names in the data directory or under the configured prefix.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from db_backup.config import Config
+from db_backup.reports.model import SUCCESS, load_reports
+from db_backup.restore.run import (
+    RestoreError,
+    dump_format_of,
+    explain_restore_error,
+    read_checksum_file,
+    safe_file_name,
+    sha256_file,
+    source_from_report,
+    verify_directory_dump,
+)
+from db_backup.storage.base import StorageError, split_member
+from db_backup.storage.crypto import is_encrypted
+from db_backup.util.execute import CancelToken, CommandError, run
+from db_backup.util.secrets import SecretError, mask
+
+
+@dataclass
+class Result:
+    """The checks of one stored copy of one backup."""
+
+    report: str
+    job: str
+    database: str
+    target: str  # "local" | "oss"
+    location: str
+    passed: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Returns True when every check passed."""
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        """Returns the result as a JSON object."""
+        return {**asdict(self), "ok": self.ok}
+
+
+def verify(
+    config: Config,
+    *,
+    job: str | None = None,
+    database: str | None = None,
+    latest: bool = False,
+    remote: bool = False,
+    deep: bool = False,
+    cancel: CancelToken | None = None,
+) -> list[Result]:
+    """Returns a result per stored copy of every successful backup that matches the filters."""
+    reports, _ = load_reports(config.directories.reports)
+    seen: set[tuple[str, str]] = set()
+    results: list[Result] = []
+    target = None
+    for stored in reports:  # newest first
+        doc = stored.document
+        if doc["status"] != SUCCESS:
+            continue
+        if (job is not None and stored.job != job) or (
+            database is not None and doc["database"] != database
+        ):
+            continue
+        key = (stored.job, str(doc["database"]))
+        if latest and key in seen:
+            continue
+        seen.add(key)
+        raw_targets = doc.get("targets")
+        targets: dict[str, Any] = raw_targets if isinstance(raw_targets, dict) else {}
+        has_local = bool(doc["local"].get("file")) and (
+            not targets or targets.get("local", {}).get("status") == SUCCESS
+        )
+        has_oss = (
+            bool(doc["remote"].get("urls")) and targets.get("oss", {}).get("status") == SUCCESS
+        )
+        if has_local:
+            results.append(_verify_local(config, stored.path, doc, deep))
+        if (remote or deep) and has_oss:
+            if target is None:
+                from db_backup.restore.fetch import oss_target
+
+                try:
+                    target = oss_target(config)
+                except StorageError as exc:
+                    failed = _result(stored.path, doc, "oss", "")
+                    failed.problems.append(str(exc))
+                    results.append(failed)
+                    continue
+            results.append(_verify_oss(target, stored.path, doc, deep, cancel))
+    return results
+
+
+def _result(path: Path, doc: dict[str, Any], target: str, location: str) -> Result:
+    return Result(path.name, str(doc.get("job", "")), str(doc["database"]), target, location)
+
+
+def _verify_local(config: Config, path: Path, doc: dict[str, Any], deep: bool = False) -> Result:
+    result = _result(path, doc, "local", "")
+    try:
+        source = source_from_report(config, doc, str(path))
+    except RestoreError as exc:
+        result.problems.append(str(exc))
+        return result
+    directory = config.directories.data
+    dump = directory / source.dump_name
+    result.location = str(dump)
+    if not dump.exists():
+        result.problems.append(f"{dump}: missing")
+        return result
+    checksum = directory / source.checksum_name
+    try:
+        if source.dump_format == "directory":
+            verify_directory_dump(dump, checksum, source.expected_sha256)
+            result.passed.append("sha256 of every file (manifest)")
+        else:
+            size = dump.stat().st_size
+            expected_size = doc["local"]["sizeBytes"]
+            if size != expected_size:
+                result.problems.append(
+                    f"size is {size} bytes, the report says {expected_size} (truncated?)"
+                )
+            else:
+                result.passed.append("size")
+            actual = sha256_file(dump)
+            if actual != source.expected_sha256:
+                result.problems.append(
+                    f"sha256 is {actual}, the report says {source.expected_sha256}"
+                )
+            else:
+                result.passed.append("sha256 (report)")
+            if checksum.exists():
+                recorded = read_checksum_file(checksum, source.dump_name)
+                if recorded != actual:
+                    result.problems.append(f"sha256 is {actual}, {checksum.name} says {recorded}")
+                else:
+                    result.passed.append(f"sha256 ({checksum.name})")
+            else:
+                result.problems.append(f"{checksum.name} is missing")
+    except RestoreError as exc:
+        result.problems.append(str(exc))
+    except OSError as exc:
+        result.problems.append(f"{dump}: cannot read ({exc.strerror})")
+    if is_encrypted(doc):
+        _encrypted_structure(config, result, dump, doc, deep)
+    else:
+        _structure(result, source.dump_format, dump, doc)
+    if source.globals_name:
+        globals_path = directory / safe_file_name(source.globals_name)
+        if globals_path.is_file():
+            result.passed.append("globals file present")
+        else:
+            result.problems.append(f"{globals_path}: missing")
+    return result
+
+
+def _encrypted_structure(
+    config: Config, result: Result, dump: Path, doc: dict[str, Any], deep: bool
+) -> None:
+    """Checks an age-encrypted dump: its header; with --deep, the whole decryption.
+
+    `pg_restore --list` cannot read ciphertext. --deep decrypts every byte to nowhere with the
+    job's `encryption.age.identity` (age authenticates each chunk) and compares the plaintext's
+    sha256 with the report's `encryption.plaintextSha256`.
+    """
+    from db_backup.storage.crypto import HEADER, EncryptionError, identity_file, verify_decryption
+
+    try:
+        with dump.open("rb") as handle:
+            head = handle.read(len(HEADER))
+    except OSError as exc:
+        result.problems.append(f"{dump}: cannot read ({exc.strerror})")
+        return
+    if not head.startswith(HEADER):
+        result.problems.append("the report says encrypted, but the file has no age header")
+        return
+    result.passed.append("age header")
+    if not deep:
+        return
+    ref = next(
+        (j.encryption.identity for j in config.jobs if j.name == doc.get("job") and j.encryption),
+        None,
+    )
+    expected = (doc.get("encryption") or {}).get("plaintextSha256")
+    private = config.directories.state / "private" / f"verify-{os.getpid()}"
+    try:
+        with identity_file(ref, private) as identity:
+            verify_decryption(dump, identity, expected_sha256=expected, name=dump.name)
+    except (EncryptionError, SecretError) as exc:
+        result.problems.append(f"decryption: {mask(str(exc))}")
+        return
+    result.passed.append("decrypts, plaintext sha256 (report)")
+
+
+def _structure(result: Result, fmt: str, dump: Path, doc: dict[str, Any]) -> None:
+    """Adds the cheap structural check: pg_restore --list, or the plain dump's header."""
+    if fmt == "plain":
+        try:
+            with dump.open("rb") as handle:
+                head = handle.read(4096)
+        except OSError as exc:
+            result.problems.append(f"{dump}: cannot read ({exc.strerror})")
+            return
+        if b"PostgreSQL database dump" in head:
+            result.passed.append("plain dump header")
+        else:
+            result.problems.append("not a plain pg_dump file (no PostgreSQL dump header)")
+        return
+    try:
+        out = run(["pg_restore", "--list", str(dump)], timeout=600)
+    except CommandError as exc:
+        from db_backup.restore.run import BackupSource
+
+        stand_in = BackupSource(dump.name, fmt, str(doc["database"]), report=doc)
+        result.problems.append(f"pg_restore --list: {explain_restore_error(str(exc), stand_in)}")
+        return
+    entries = sum(1 for line in out.splitlines() if line and not line.startswith(";"))
+    result.passed.append(f"pg_restore --list ({entries} entries)")
+
+
+def _verify_oss(
+    target: Any, path: Path, doc: dict[str, Any], deep: bool, cancel: CancelToken | None
+) -> Result:
+    from db_backup.restore.fetch import ObjectMissing, hash_object, head
+
+    result = _result(path, doc, "oss", "")
+    artefacts = doc.get("artefacts") or []
+    members = [a for a in artefacts if split_member(a) is not None]
+    if members:
+        return _verify_oss_directory(target, result, doc, members, deep, cancel)
+    try:
+        name = safe_file_name(artefacts[0] if artefacts else "")
+        dump_format_of(name)
+    except RestoreError as exc:
+        result.problems.append(str(exc))
+        return result
+    key = target.key(name)
+    result.location = target.url(key)
+    expected_sha = str(doc["local"]["checksumSha256"])
+    expected_size = doc["local"]["sizeBytes"]
+    recorded_crc = str(doc.get("targets", {}).get("oss", {}).get("crc64", ""))
+    try:
+        info = head(target, key)
+    except ObjectMissing:
+        result.problems.append("object missing")
+        return result
+    except StorageError as exc:
+        result.problems.append(str(exc))
+        return result
+    if info.size != expected_size:
+        result.problems.append(f"size is {info.size} bytes, the report says {expected_size}")
+    else:
+        result.passed.append("size")
+    if info.crc64 is None:
+        result.problems.append("OSS sent no CRC-64 for the object")
+    elif recorded_crc and str(info.crc64) != recorded_crc:
+        result.problems.append(f"CRC-64 is {info.crc64}, the report says {recorded_crc}")
+    elif recorded_crc:
+        result.passed.append("CRC-64")
+    if info.sha256_tag is None:
+        result.problems.append("the object has no sha256 tag")
+    elif info.sha256_tag != expected_sha:
+        result.problems.append(f"sha256 tag is {info.sha256_tag}, the report says {expected_sha}")
+    else:
+        result.passed.append("sha256 tag")
+    try:
+        head(target, target.key(f"{name}.sha256"), with_tag=False)
+        result.passed.append(f"{name}.sha256 present")
+    except ObjectMissing:
+        result.problems.append(f"{name}.sha256 object missing")
+    except StorageError as exc:
+        result.problems.append(str(exc))
+    if deep:
+        try:
+            got = hash_object(target, key, cancel)
+        except StorageError as exc:
+            result.problems.append(str(exc))
+            return result
+        if got.sha256 != expected_sha:
+            result.problems.append(
+                f"downloaded sha256 is {got.sha256}, the report says {expected_sha}"
+            )
+        else:
+            result.passed.append("sha256 (downloaded)")
+        if got.server_crc64 is not None and got.crc64 != got.server_crc64:
+            result.problems.append(
+                f"CRC-64 of the downloaded bytes is {got.crc64}, OSS says {got.server_crc64}"
+            )
+    return result
+
+
+def render(results: list[Result]) -> str:
+    """Returns one line per checked copy and a summary line."""
+    lines = []
+    for r in results:
+        status = "OK" if r.ok else "MISMATCH"
+        what = "; ".join(r.problems) if r.problems else ", ".join(r.passed)
+        lines.append(
+            f"{status:<9}{r.job}/{r.database}  {r.target}  {r.location or r.report}  {what}"
+        )
+    bad = sum(1 for r in results if not r.ok)
+    lines.append(f"{len(results)} stored copies checked, {bad} with problems")
+    return "\n".join(lines)
+
+
+def _verify_oss_directory(
+    target: Any,
+    result: Result,
+    doc: dict[str, Any],
+    members: list[str],
+    deep: bool,
+    cancel: CancelToken | None,
+) -> Result:
+    """Checks a directory dump on OSS: HEADs every member (size, CRC-64) and its manifest."""
+    from db_backup.restore.fetch import ObjectMissing, hash_object, head
+
+    directory = {member[0] for member in map(split_member, members) if member is not None}
+    if len(directory) != 1:
+        result.problems.append("the report names members of more than one directory dump")
+        return result
+    [name] = directory
+    result.location = target.url(target.key(f"{name}/"))
+    expected_size = doc["local"]["sizeBytes"]
+    total = 0
+    missing = []
+    for member in members:
+        key = target.key(member)
+        try:
+            info = head(target, key, with_tag=False)
+        except ObjectMissing:
+            missing.append(member)
+            continue
+        except StorageError as exc:
+            result.problems.append(str(exc))
+            return result
+        total += info.size
+        if info.crc64 is None:
+            result.problems.append(f"OSS sent no CRC-64 for {member}")
+        if deep:
+            try:
+                got = hash_object(target, key, cancel)
+            except StorageError as exc:
+                result.problems.append(str(exc))
+                continue
+            if got.server_crc64 is not None and got.crc64 != got.server_crc64:
+                result.problems.append(
+                    f"{member}: CRC-64 of the downloaded bytes is {got.crc64}, "
+                    f"OSS says {got.server_crc64}"
+                )
+    if missing:
+        result.problems.append(f"objects missing: {', '.join(missing)}")
+    elif total != expected_size:
+        result.problems.append(f"the objects hold {total} bytes, the report says {expected_size}")
+    else:
+        result.passed.append(f"{len(members)} objects present, sizes")
+        if deep:
+            result.passed.append("CRC-64 (downloaded)")
+    try:
+        head(target, target.key(f"{name}.sha256"), with_tag=False)
+        result.passed.append(f"{name}.sha256 present")
+    except ObjectMissing:
+        result.problems.append(f"{name}.sha256 object missing")
+    except StorageError as exc:
+        result.problems.append(str(exc))
+    return result

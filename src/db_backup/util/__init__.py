@@ -1,0 +1,1 @@
+"""Small utilities with no knowledge of the product: clocks, files, child processes, secrets."""
