@@ -699,6 +699,3 @@ def _cmd_drill(config: Config, args: argparse.Namespace) -> int:
             print(path)
     return EXIT_OK if result.ok else EXIT_FAILED
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
