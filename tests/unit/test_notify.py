@@ -225,37 +225,48 @@ def test_a_long_error_is_cut_and_secrets_are_masked() -> None:
 # --- deduplication -----------------------------------------------------------------------------
 
 
+def _told(notifier: Notifier, event: events.Event) -> Any:
+    """Prepares `event`'s alert and records every channel as having taken it."""
+    outgoing = notifier.prepare(event)
+    if outgoing is not None:
+        for channel, alert in outgoing.alerts:
+            notifier.mark(
+                outgoing.key, outgoing.id, channel.name, alert.state, alert.since, alert.at
+            )
+    return outgoing
+
+
 def test_hourly_failures_alert_once_then_remind_then_recover(tmp_path: Path) -> None:
     clock = Clock()
     notifier = _notifier(tmp_path, clock, remind_every_hours=6)
     told = []
     for _hour in range(13):
-        outgoing = notifier.prepare(_failed())
+        outgoing = _told(notifier, _failed())
         told.append(outgoing.alert.state if outgoing else None)
         clock.advance(hours=1)
     # First failure at 0 h, reminders at 6 h and 12 h; silence in between.
     assert [i for i, state in enumerate(told) if state] == [0, 6, 12]
     assert told[0] == messages.FAILED and told[6] == told[12] == messages.REMINDER
-    recovered = notifier.prepare(_succeeded())
+    recovered = _told(notifier, _succeeded())
     assert recovered is not None and recovered.alert.state == messages.RECOVERED
     assert recovered.alert.failures == 13 and recovered.alert.since == T0
     # The next success is plain (not told: backup_succeeded is off by default); the next
     # failure starts a new streak.
-    assert notifier.prepare(_succeeded()) is None
-    again = notifier.prepare(_failed())
+    assert _told(notifier, _succeeded()) is None
+    again = _told(notifier, _failed())
     assert again is not None and again.alert.state == messages.FAILED
 
 
 def test_streaks_are_per_job_and_database_and_survive_the_process(tmp_path: Path) -> None:
     clock = Clock()
     first = _notifier(tmp_path, clock)
-    assert first.prepare(_failed(database="shop")) is not None
-    assert first.prepare(_failed(database="crm")) is not None
+    assert _told(first, _failed(database="shop")) is not None
+    assert _told(first, _failed(database="crm")) is not None
     # A new process (a timer's next `db-backup run`) reads the same state.
     second = _notifier(tmp_path, clock)
     clock.advance(hours=1)
-    assert second.prepare(_failed(database="shop")) is None
-    assert second.prepare(_failed(job="weekly", database="shop")) is not None
+    assert _told(second, _failed(database="shop")) is None
+    assert _told(second, _failed(job="weekly", database="shop")) is not None
     assert set(second.dedup.entries()) == {
         "backup|nightly|shop|",
         "backup|nightly|crm|",
@@ -266,9 +277,9 @@ def test_streaks_are_per_job_and_database_and_survive_the_process(tmp_path: Path
 def test_remind_every_zero_never_reminds(tmp_path: Path) -> None:
     clock = Clock()
     notifier = _notifier(tmp_path, clock, remind_every_hours=0)
-    assert notifier.prepare(_failed()) is not None
+    assert _told(notifier, _failed()) is not None
     clock.advance(days=30)
-    assert notifier.prepare(_failed()) is None
+    assert _told(notifier, _failed()) is None
 
 
 def test_successes_are_told_only_when_switched_on(tmp_path: Path) -> None:
@@ -278,21 +289,21 @@ def test_successes_are_told_only_when_switched_on(tmp_path: Path) -> None:
         clock,
         events=("backup_failed", "backup_succeeded"),
     )
-    outgoing = on.prepare(_succeeded())
+    outgoing = _told(on, _succeeded())
     assert outgoing is not None and outgoing.alert.state == messages.SUCCEEDED
     assert outgoing.alert.event_name == "backup_succeeded"
 
 
 def test_recovery_can_be_switched_off(tmp_path: Path) -> None:
     notifier = _notifier(tmp_path, Clock(), recovery=False)
-    assert notifier.prepare(_failed()) is not None
-    assert notifier.prepare(_succeeded()) is None
+    assert _told(notifier, _failed()) is not None
+    assert _told(notifier, _succeeded()) is None
     assert notifier.dedup.entries() == {}  # the streak still ended
 
 
 def test_a_switched_off_event_is_silent_and_not_tracked(tmp_path: Path) -> None:
     notifier = _notifier(tmp_path, Clock(), events=("stale",))
-    assert notifier.prepare(_failed()) is None
+    assert _told(notifier, _failed()) is None
     assert notifier.dedup.entries() == {}
 
 
@@ -300,20 +311,20 @@ def test_conditions_alert_when_raised_and_recover_when_cleared(tmp_path: Path) -
     clock = Clock()
     notifier = _notifier(tmp_path, clock)
     stale = events.Event(kind=events.STALE, job="nightly", ok=False, message="no SUCCESS for 49 h")
-    raised = notifier.prepare(stale)
+    raised = _told(notifier, stale)
     assert raised is not None and raised.alert.event_name == "stale"
     assert "no SUCCESS for 49 h" in messages.plain_text(raised.alert, "en")
     clock.advance(minutes=1)
-    assert notifier.prepare(stale) is None
-    cleared = notifier.prepare(events.Event(kind=events.STALE, job="nightly", ok=True))
+    assert _told(notifier, stale) is None
+    cleared = _told(notifier, events.Event(kind=events.STALE, job="nightly", ok=True))
     assert cleared is not None and cleared.alert.state == messages.RECOVERED
     disk = events.Event(
         kind=events.LOW_DISK, job="", ok=False, message="3% free", details={"path": "/data"}
     )
-    low = notifier.prepare(disk)
+    low = _told(notifier, disk)
     assert low is not None and "Low disk space" in messages.title(low.alert, "en")
     # A condition clearing that was never raised says nothing.
-    assert notifier.prepare(events.Event(kind=events.OSS_USAGE, job="", ok=True)) is None
+    assert _told(notifier, events.Event(kind=events.OSS_USAGE, job="", ok=True)) is None
 
 
 def test_a_channel_only_gets_the_events_it_lists(tmp_path: Path) -> None:
@@ -329,13 +340,64 @@ def test_a_channel_only_gets_the_events_it_lists(tmp_path: Path) -> None:
 def test_an_undelivered_first_alert_is_tried_again_at_the_next_failure(tmp_path: Path) -> None:
     clock = Clock()
     notifier = _notifier(tmp_path, clock)
-    first = notifier.prepare(_failed())
+    first = notifier.prepare(_failed())  # decided, but no channel took it
     assert first is not None
-    notifier.dedup.undelivered(first.key, T0)
     clock.advance(hours=1)
     again = notifier.prepare(_failed())
     assert again is not None and again.alert.state == messages.FAILED
     assert again.alert.failures == 2
+    # Only the newest alert of the key waits: the next run sends that one.
+    assert list(notifier.dedup.pending()) == [again.key]
+    assert notifier.dedup.pending()[again.key]["id"] == again.id
+
+
+def test_a_channel_that_took_the_alert_is_not_told_again_but_one_that_did_not_is(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    channels = (
+        ChannelSettings(name="took", type="webhook"),
+        ChannelSettings(name="hung", type="webhook"),
+    )
+    notifier = Notifier(NotifySettings(channels=channels, hostname="db1"), tmp_path, clock=clock)
+    first = notifier.prepare(_failed())
+    assert first is not None and [c.name for c in first.channels] == ["took", "hung"]
+    notifier.mark(first.key, first.id, "took", messages.FAILED, T0, T0)
+    assert notifier.dedup.pending()[first.key]["channels"] == {"hung": messages.FAILED}
+    clock.advance(hours=1)
+    again = notifier.prepare(_failed())
+    assert again is not None and [c.name for c in again.channels] == ["hung"]
+    assert again.alert.state == messages.FAILED and again.alert.failures == 2
+    # The late answer of the first alert still counts as told; the newer alert still waits.
+    notifier.mark(first.key, first.id, "hung", messages.FAILED, T0, T0)
+    assert notifier.dedup.pending()[again.key]["channels"] == {"hung": messages.FAILED}
+    clock.advance(hours=1)
+    assert notifier.prepare(_failed()) is not None  # "hung" has a newer alert waiting
+    notifier.mark(again.key, notifier.dedup.pending()[again.key]["id"], "hung", "failed", T0, T0)
+    assert notifier.dedup.pending() == {}
+    assert notifier.prepare(_failed()) is None  # both told now: held back
+
+
+def test_a_success_supersedes_what_waits_and_recovers_every_channel(tmp_path: Path) -> None:
+    notifier = _notifier(tmp_path, Clock())
+    failed = notifier.prepare(_failed())
+    assert failed is not None
+    recovered = notifier.prepare(_succeeded())
+    assert recovered is not None and recovered.alert.state == messages.RECOVERED
+    assert notifier.dedup.pending()[recovered.key]["channels"] == {"hook": messages.RECOVERED}
+    # The failure's delivery, late, changes nothing: the streak is over.
+    notifier.mark(failed.key, failed.id, "hook", messages.FAILED, T0, T0)
+    assert notifier.dedup.entries() == {}
+    assert list(notifier.dedup.pending()) == [recovered.key]
+
+
+def test_a_format_1_state_file_counts_as_told_to_every_channel(tmp_path: Path) -> None:
+    told = {"since": "2026-11-24T01:00:00Z", "failures": 3, "told": "2026-11-24T01:00:00Z"}
+    document = {"version": 1, "entries": {"backup|nightly|shop|": told}}
+    (tmp_path / "notify-state.json").write_text(json.dumps(document))
+    notifier = _notifier(tmp_path, Clock())
+    assert notifier.prepare(_failed()) is None
+    assert notifier.dedup.entries()["backup|nightly|shop|"]["failures"] == 4
 
 
 @pytest.mark.parametrize(

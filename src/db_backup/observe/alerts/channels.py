@@ -4,6 +4,10 @@ Every URL, token, signing secret and password is resolved from its reference at 
 it is registered for masking before anything could log it). A `send` raises `Retryable` for
 what may pass (network errors, timeouts, HTTP 5xx/429, SMTP temporary errors) and
 `DeliveryError` for what will not (a rejected signature, a bad address, HTTP 4xx).
+
+Each attempt is bounded as a whole, not only each read: a `Deadline` of `timeout` seconds
+shuts the connection down when it passes (see `deadline`), so a server that never answers, or
+trickles its answer, costs one attempt `timeout` seconds and no more.
 """
 
 from __future__ import annotations
@@ -11,8 +15,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import http.client
 import json
 import smtplib
+import socket
 import ssl
 import time
 import urllib.error
@@ -24,6 +30,7 @@ from email.utils import formatdate, make_msgid
 from typing import Any
 
 from db_backup.observe.alerts import messages
+from db_backup.observe.alerts.deadline import Deadline
 from db_backup.observe.alerts.messages import Alert
 from db_backup.observe.alerts.settings import ChannelSettings
 from db_backup.util.secrets import SecretError, register, resolve
@@ -59,7 +66,11 @@ def post_json(
     timeout: float,
     headers: Mapping[str, str] | None = None,
 ) -> tuple[int, bytes]:
-    """POSTs `body` as JSON; returns (status, answer) for 2xx, raises Retryable/DeliveryError."""
+    """POSTs `body` as JSON; returns (status, answer) for 2xx, raises Retryable/DeliveryError.
+
+    The whole exchange takes at most `timeout` seconds (proxies from the environment still
+    apply, as with any urllib request).
+    """
     data = json.dumps(body, ensure_ascii=False, default=str).encode("utf-8")
     request = urllib.request.Request(
         url,
@@ -71,18 +82,53 @@ def post_json(
             **(headers or {}),
         },
     )
+    with Deadline(timeout) as deadline:
+        try:
+            with _opener(deadline).open(request, timeout=timeout) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            answer = _read_error(exc)
+            text = f"HTTP {exc.code} {exc.reason}: {answer}".strip().rstrip(":")
+            if exc.code >= 500 or exc.code in {408, 429}:
+                raise Retryable(text) from None
+            raise DeliveryError(text) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            if deadline.expired:
+                raise Retryable(f"no answer within {timeout:g} s") from None
+            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+            raise Retryable(f"cannot reach the server: {reason}") from None
+
+
+def _read_error(exc: urllib.error.HTTPError) -> str:
+    """Returns the start of an error answer's body ("" when it cannot be read in time)."""
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        answer = exc.read()[:300].decode("utf-8", "replace")
-        text = f"HTTP {exc.code} {exc.reason}: {answer}".strip().rstrip(":")
-        if exc.code >= 500 or exc.code in {408, 429}:
-            raise Retryable(text) from None
-        raise DeliveryError(text) from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-        raise Retryable(f"cannot reach the server: {reason}") from None
+        return exc.read()[:300].decode("utf-8", "replace")
+    except (OSError, http.client.HTTPException):
+        return ""
+
+
+def _opener(deadline: Deadline) -> urllib.request.OpenerDirector:
+    """Returns a urllib opener whose connections are shut down when `deadline` passes."""
+
+    class Watched(http.client.HTTPConnection):
+        def connect(self) -> None:
+            super().connect()
+            deadline.watch(self.sock)
+
+    class WatchedTLS(http.client.HTTPSConnection):
+        def connect(self) -> None:
+            super().connect()
+            deadline.watch(self.sock)
+
+    class Plain(urllib.request.HTTPHandler):
+        def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+            return self.do_open(Watched, req)
+
+    class Secure(urllib.request.HTTPSHandler):
+        def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+            return self.do_open(WatchedTLS, req, context=ssl.create_default_context())
+
+    return urllib.request.build_opener(Plain(), Secure())
 
 
 def _answer(raw: bytes) -> dict[str, Any]:
@@ -220,40 +266,98 @@ class Email(Channel):
             context = ssl.create_default_context(cafile=settings.ca_file)
         except OSError as exc:
             raise DeliveryError(f"cannot read ca_file {settings.ca_file}: {exc.strerror}") from None
-        try:
-            smtp: smtplib.SMTP
-            if settings.security == "ssl":
-                smtp = smtplib.SMTP_SSL(
-                    settings.smtp_host, settings.port, timeout=limit, context=context
-                )
-            else:
-                smtp = smtplib.SMTP(settings.smtp_host, settings.port, timeout=limit)
-            with smtp:
-                if settings.security == "starttls":
-                    smtp.starttls(context=context)
-                if settings.username:
-                    smtp.login(settings.username, password or "")
-                smtp.send_message(message)
-        except smtplib.SMTPAuthenticationError as exc:
-            raise DeliveryError(f"SMTP login refused: {exc.smtp_code} {_smtp_text(exc)}") from None
-        except smtplib.SMTPNotSupportedError as exc:
-            raise DeliveryError(f"SMTP server does not support it: {exc}") from None
-        except smtplib.SMTPRecipientsRefused as exc:
-            refused = ", ".join(f"{who} ({code})" for who, (code, _) in exc.recipients.items())
-            raise DeliveryError(f"SMTP server refused the recipients: {refused}") from None
-        except smtplib.SMTPResponseException as exc:
-            text = f"SMTP {exc.smtp_code} {_smtp_text(exc)}"
-            if 400 <= exc.smtp_code < 500:
-                raise Retryable(text) from None
-            raise DeliveryError(text) from None
-        except ssl.SSLCertVerificationError as exc:
-            raise DeliveryError(
-                f"TLS certificate of {settings.smtp_host} not trusted: {exc.verify_message} "
-                "(set ca_file)"
-            ) from None
-        except (smtplib.SMTPException, OSError) as exc:
-            where = f"{settings.smtp_host}:{settings.port}"
-            raise Retryable(f"SMTP {where}: {type(exc).__name__}: {exc}") from None
+        with Deadline(limit) as deadline:
+            try:
+                self._deliver_mail(message, password, limit, context, deadline)
+            except (smtplib.SMTPException, OSError) as exc:
+                if deadline.expired:
+                    where = f"{settings.smtp_host}:{settings.port}"
+                    raise Retryable(f"SMTP {where}: no answer within {limit:g} s") from None
+                raise _smtp_error(exc, settings) from None
+
+    def _deliver_mail(
+        self,
+        message: EmailMessage,
+        password: str | None,
+        limit: float,
+        context: ssl.SSLContext,
+        deadline: Deadline,
+    ) -> None:
+        """Connects, logs in when configured, and sends `message`; raises smtplib's errors."""
+        settings = self.settings
+        host, port = settings.smtp_host or "", settings.port
+        smtp: smtplib.SMTP
+        if settings.security == "ssl":
+            smtp = _WatchedSMTPSSL(deadline, host, port, timeout=limit, context=context)
+        else:
+            smtp = _WatchedSMTP(deadline, host, port, timeout=limit)
+        with smtp:
+            if settings.security == "starttls":
+                smtp.starttls(context=context)
+            if settings.username:
+                smtp.login(settings.username, password or "")
+            smtp.send_message(message)
+
+
+class _WatchedSMTP(smtplib.SMTP):
+    """smtplib.SMTP whose sockets (the plain one, then the STARTTLS one) `deadline` watches."""
+
+    def __init__(self, deadline: Deadline, host: str, port: int, timeout: float) -> None:
+        self.deadline = deadline  # before connecting: __init__ connects
+        super().__init__(host, port, timeout=timeout)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        # smtplib's one hook between making the socket and reading the greeting (typeshed
+        # does not list it): the greeting is already under the deadline.
+        sock: socket.socket = super()._get_socket(host, port, timeout)  # type: ignore[misc]
+        self.deadline.watch(sock)
+        return sock
+
+    def starttls(self, *args: Any, **kwargs: Any) -> tuple[int, bytes]:
+        answer = super().starttls(*args, **kwargs)
+        if self.sock is not None:
+            self.deadline.watch(self.sock)
+        return answer
+
+
+class _WatchedSMTPSSL(smtplib.SMTP_SSL):
+    """smtplib.SMTP_SSL whose TLS socket `deadline` watches."""
+
+    def __init__(
+        self, deadline: Deadline, host: str, port: int, timeout: float, context: ssl.SSLContext
+    ) -> None:
+        self.deadline = deadline
+        super().__init__(host, port, timeout=timeout, context=context)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        # smtplib's one hook between making the socket and reading the greeting (typeshed
+        # does not list it): the greeting is already under the deadline.
+        sock: socket.socket = super()._get_socket(host, port, timeout)  # type: ignore[misc]
+        self.deadline.watch(sock)
+        return sock
+
+
+def _smtp_error(exc: Exception, settings: ChannelSettings) -> DeliveryError:
+    """Returns the Retryable or DeliveryError that says what smtplib's `exc` means."""
+    if isinstance(exc, smtplib.SMTPAuthenticationError):
+        return DeliveryError(f"SMTP login refused: {exc.smtp_code} {_smtp_text(exc)}")
+    if isinstance(exc, smtplib.SMTPNotSupportedError):
+        return DeliveryError(f"SMTP server does not support it: {exc}")
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        refused = ", ".join(f"{who} ({code})" for who, (code, _) in exc.recipients.items())
+        return DeliveryError(f"SMTP server refused the recipients: {refused}")
+    if isinstance(exc, smtplib.SMTPResponseException):
+        text = f"SMTP {exc.smtp_code} {_smtp_text(exc)}"
+        if 400 <= exc.smtp_code < 500:
+            return Retryable(text)
+        return DeliveryError(text)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return DeliveryError(
+            f"TLS certificate of {settings.smtp_host} not trusted: {exc.verify_message} "
+            "(set ca_file)"
+        )
+    where = f"{settings.smtp_host}:{settings.port}"
+    return Retryable(f"SMTP {where}: {type(exc).__name__}: {exc}")
 
 
 def _register_url_tokens(url: str) -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from db_backup.util.clock import format_utc
+from db_backup.util.clock import format_utc, parse_utc
 from db_backup.util.secrets import mask
 
 # What happened to the thing an alert is about.
@@ -221,3 +222,41 @@ def _size(size: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} TiB"
+
+
+def to_record(alert: Alert) -> dict[str, Any]:
+    """Returns `alert` as plain JSON data without its state (the pending queue's form)."""
+    return {
+        "event_name": alert.event_name,
+        "kind": alert.kind,
+        "host": alert.host,
+        "job": alert.job,
+        "database": alert.database,
+        "at": format_utc(alert.at),
+        "error": alert.error,
+        "report_path": alert.report_path,
+        "failures": alert.failures,
+        "since": format_utc(alert.since) if alert.since else None,
+        "report": json.loads(json.dumps(alert.report, default=str)) if alert.report else None,
+        "details": json.loads(json.dumps(dict(alert.details), default=str)),
+    }
+
+
+def from_record(record: Mapping[str, Any], state: str) -> Alert:
+    """Returns the alert of a `to_record` document with `state`; raises ValueError & co."""
+    since = record.get("since")
+    return Alert(
+        event_name=str(record["event_name"]),
+        state=state,
+        kind=str(record["kind"]),
+        host=str(record["host"]),
+        job=str(record["job"]),
+        database=str(record["database"]),
+        at=parse_utc(str(record["at"])),
+        error=str(record.get("error") or ""),
+        report_path=str(record.get("report_path") or ""),
+        failures=int(record.get("failures") or 0),
+        since=parse_utc(str(since)) if since else None,
+        report=record.get("report"),
+        details=dict(record.get("details") or {}),
+    )
