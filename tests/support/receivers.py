@@ -13,9 +13,12 @@ with those servers' own error bodies, so a sender that signs wrongly is refused 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
+import selectors
+import socket
 import threading
 import time
 import urllib.parse
@@ -225,3 +228,81 @@ def dingtalk_check(secret: str, now: Callable[[], float] = time.time) -> Check:
         return None
 
     return check
+
+
+# --- servers that do not answer --------------------------------------------------------------
+
+
+class Silent:
+    """A TCP server on 127.0.0.1 that accepts connections, reads what comes and never answers
+    (a hung webhook); with `close_at_once`, it closes each connection as it comes (a dead SMTP
+    server). `accepted` counts the connections; `close()` of the test ends them all."""
+
+    def __init__(self, close_at_once: bool = False) -> None:
+        self.close_at_once = close_at_once
+        self.accepted = 0
+        self.received = b""
+        self._changed = threading.Condition()
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self._selector = selectors.DefaultSelector()
+        self._stop = False
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> Silent:
+        self._selector.register(self._listener, selectors.EVENT_READ)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop = True
+        self._thread.join(5)
+        for key in list(self._selector.get_map().values()):
+            sock = key.fileobj
+            assert isinstance(sock, socket.socket)
+            sock.close()
+        self._selector.close()
+
+    @property
+    def port(self) -> int:
+        return int(self._listener.getsockname()[1])
+
+    def url(self, path: str = "/") -> str:
+        """Returns the URL of `path` on this server."""
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def wait_for(self, count: int, timeout: float = 30) -> None:
+        """Returns once `count` connections were accepted; fails after `timeout` s."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self.accepted < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"{self.accepted} connection(s), {count} expected")
+                self._changed.wait(left)
+
+    def _serve(self) -> None:
+        while not self._stop:
+            for key, _ in self._selector.select(0.1):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                if sock is self._listener:
+                    conn, _ = sock.accept()
+                    with self._changed:
+                        self.accepted += 1
+                        self._changed.notify_all()
+                    if self.close_at_once:
+                        conn.close()
+                    else:
+                        self._selector.register(conn, selectors.EVENT_READ)
+                    continue
+                data = b""
+                with contextlib.suppress(OSError):
+                    data = sock.recv(65536)
+                if data:
+                    self.received += data
+                else:
+                    self._selector.unregister(sock)
+                    sock.close()

@@ -18,6 +18,7 @@ import fcntl
 import importlib
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,9 +119,10 @@ class Dispatcher:
 
     def close(self, timeout: float = 30.0) -> None:
         """Lets every consumer finish its background work, `timeout` seconds in all at most."""
+        deadline = time.monotonic() + timeout
         for consumer in self.consumers:
-            try:
-                consumer.close(timeout)
+            try:  # one deadline for all: each gets what the ones before it left
+                consumer.close(max(0.0, deadline - time.monotonic()))
             except Exception as exc:
                 self._failed(consumer.name, "failed to finish", exc)
 
