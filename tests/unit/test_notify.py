@@ -229,6 +229,7 @@ def _told(notifier: Notifier, event: events.Event) -> Any:
     """Prepares `event`'s alert and records every channel as having taken it."""
     outgoing = notifier.prepare(event)
     if outgoing is not None:
+        assert outgoing.id is not None
         for channel, alert in outgoing.alerts:
             notifier.mark(
                 outgoing.key, outgoing.id, channel.name, alert.state, alert.since, alert.at
@@ -362,6 +363,7 @@ def test_a_channel_that_took_the_alert_is_not_told_again_but_one_that_did_not_is
     notifier = Notifier(NotifySettings(channels=channels, hostname="db1"), tmp_path, clock=clock)
     first = notifier.prepare(_failed())
     assert first is not None and [c.name for c in first.channels] == ["took", "hung"]
+    assert first.id is not None
     notifier.mark(first.key, first.id, "took", messages.FAILED, T0, T0)
     assert notifier.dedup.pending()[first.key]["channels"] == {"hung": messages.FAILED}
     clock.advance(hours=1)
@@ -381,7 +383,7 @@ def test_a_channel_that_took_the_alert_is_not_told_again_but_one_that_did_not_is
 def test_a_success_supersedes_what_waits_and_recovers_every_channel(tmp_path: Path) -> None:
     notifier = _notifier(tmp_path, Clock())
     failed = notifier.prepare(_failed())
-    assert failed is not None
+    assert failed is not None and failed.id is not None
     recovered = notifier.prepare(_succeeded())
     assert recovered is not None and recovered.alert.state == messages.RECOVERED
     assert notifier.dedup.pending()[recovered.key]["channels"] == {"hook": messages.RECOVERED}

@@ -15,13 +15,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import select
 import struct
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import structlog
+
+from db_backup.util import polling
 
 log = structlog.get_logger("db_backup.backup.closed_files")
 
@@ -102,7 +103,7 @@ class ClosedFiles:
 
     def _run(self) -> None:
         while True:
-            ready, _, _ = select.select([self._fd, self._wake_r], [], [])
+            ready, _ = polling.ready([self._fd, self._wake_r])
             if self._fd in ready:
                 self._deliver()
             if self._wake_r in ready:

@@ -37,12 +37,13 @@ from db_backup.observe.status import human_size
 from db_backup.reports.model import FAILED, SUCCESS
 from db_backup.restore.drill import DrillScheduler
 from db_backup.storage.crypto import check_config as check_encryption
+from db_backup.util.background import Background
 from db_backup.util.clock import utc_now
 from db_backup.util.execute import CancelToken
 from db_backup.util.locks import JobBusy, JobSetupError
 
 if TYPE_CHECKING:
-    from db_backup.observe.metrics import MetricsServer
+    from db_backup.observe.metrics_http import MetricsServer
 
 log = structlog.get_logger("db_backup.daemon.loop")
 
@@ -113,12 +114,12 @@ class Running:
     def describe(self) -> list[str]:
         """Returns `job/database size rate/s` for every dump running now (the job alone if none)."""
         now = self.monotonic()
-        if not self.dumps:
+        if not (dumps := dict(self.dumps)):  # one copy: workers add and remove dumps meanwhile
             return [f"running {self.job.name}/{self.database or self.job.name}"]
         return [
             f"running {self.job.name}/{database} {human_size(size)} "
             f"{human_size(int(size / max(now - started, 1e-6)))}/s"
-            for database, (size, started) in sorted(self.dumps.items())
+            for database, (size, started) in sorted(dumps.items())
         ]
 
 
@@ -163,6 +164,7 @@ class Daemon:
         self._last_status_sent = 0.0
         self.stale = StaleWatch(config, self.clock.now())  # jobs without a recent SUCCESS
         self.metrics_server: MetricsServer | None = None
+        self._stale_checker = Background("staleness", 2.0)  # reads the index a job may hold
 
     # --- signals -----------------------------------------------------------------------------
 
@@ -272,10 +274,13 @@ class Daemon:
         self._update_status()
 
     def _check_staleness(self, now: datetime) -> None:
-        if not self.stale.due(self.clock.monotonic()):
-            return
+        monotonic = self.clock.monotonic()
+        if not self._stale_checker.busy() and self.stale.due(monotonic):
+            self._stale_checker.start(self._stale_check, now, monotonic)
+
+    def _stale_check(self, now: datetime, monotonic: float) -> None:
         try:
-            self.stale.check(now, self.clock.monotonic())
+            self.stale.check(now, monotonic)
         except Exception as exc:  # the check must never stop the scheduler
             log.error("staleness check failed", error=describe_error(exc))
 

@@ -4,8 +4,8 @@ The metrics are computed from the sources of truth every time, never kept in mem
 directory (through the report index: the newest report and the newest SUCCESS of each job and
 database, two JSON files each), the drill reports, the daemon's stale state (`stale.json`) and the
 consumers' failure counts (`events.failure_counts`). So a file written by a one-shot
-`db-backup run` is as complete as one written by the daemon, and a scrape of the daemon's HTTP
-endpoint (a custom collector, computed on scrape) says what the files say now.
+`db-backup run` is as complete as one written by the daemon. The daemon's HTTP endpoint
+(`metrics_http`) serves a snapshot of the same families, renewed when the sources change.
 
 The file is replaced atomically (temporary file in the same directory, mode 0644 so the
 node_exporter user can read it, fsync, rename): a reader sees the old file or the new one.
@@ -33,10 +33,9 @@ from db_backup.reports.model import SUCCESS, parse_report
 from db_backup.util.clock import parse_utc, utc_now
 
 if TYPE_CHECKING:
-    from wsgiref.simple_server import WSGIServer
-
     from db_backup.config import Config
     from db_backup.observe.events import Event
+    from db_backup.observe.metrics_http import MetricsServer
 
 NAME = "metrics"
 FILE_MODE = 0o644  # node_exporter runs as its own user; the service's umask is 0077
@@ -361,29 +360,9 @@ def check_config(config: Config) -> None:
         check_listen(found)
 
 
-class MetricsServer:
-    """/metrics served by the daemon in a thread of its own, computed on each scrape."""
-
-    def __init__(self, server: WSGIServer, thread: threading.Thread) -> None:
-        self.server = server
-        self.thread = thread
-
-    @property
-    def address(self) -> tuple[str, int]:
-        """Returns the (host, port) actually bound (port 0 in the config picks a free one)."""
-        host, port = self.server.server_address[:2]
-        return str(host), int(port)
-
-    def stop(self) -> None:
-        """Stops serving and closes the socket."""
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
-
-
 def serve(config: Callable[[], Config]) -> MetricsServer | None:
     """Starts /metrics when `metrics.listen` is set; raises MetricsError on a bad address."""
-    from prometheus_client.exposition import start_http_server
+    from db_backup.observe import metrics_http
 
     found = settings(config())
     where = check_listen(found) if found is not None else None
@@ -391,9 +370,8 @@ def serve(config: Callable[[], Config]) -> MetricsServer | None:
         return None
     host, port = where
     try:
-        server, thread = start_http_server(port, host, registry(config))
+        return metrics_http.serve(host, port, config, families)
     except OSError as exc:
         raise MetricsError(
             f"metrics.listen: cannot listen on {host}:{port}: {exc.strerror}"
         ) from None
-    return MetricsServer(server, thread)

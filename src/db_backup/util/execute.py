@@ -11,7 +11,6 @@ import collections
 import contextlib
 import fcntl
 import os
-import select
 import signal
 import subprocess
 import threading
@@ -19,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import NoReturn
 
+from db_backup.util import polling
 from db_backup.util.secrets import is_secret, mask
 
 STDERR_TAIL_LINES = 25
@@ -111,14 +111,14 @@ def read_until_eof(
 ) -> Iterator[bytes]:
     """Yields what a child writes to `fd`, `size` bytes at most at a time, until EOF.
 
-    A stop request calls `terminate` (the child goes) and raises Cancelled; the select timeout
+    A stop request calls `terminate` (the child goes) and raises Cancelled; the poll timeout
     keeps stop requests noticed while the child is silent, and calls `idle` then.
     """
     while True:
         if cancel is not None and cancel.is_cancelled():
             terminate()
             raise Cancelled(cancel.reason)
-        ready, _, _ = select.select([fd], [], [], 0.5)
+        ready, _ = polling.ready([fd], timeout=0.5)
         if not ready:
             if idle is not None:
                 idle()
@@ -367,7 +367,7 @@ class FeedingChild(_Child):
 class FilterChild:
     """A child that transforms a byte stream (age): we write its stdin and read its stdout.
 
-    `pump` moves a source child's stdout through it in one thread with select(), so neither
+    `pump` moves a source child's stdout through it in one thread with poll(), so neither
     side can block the other: bytes are read from the source only when the filter took the
     previous ones, and the filter's output is drained whenever it is ready. With
     `with_stdin=False` the child reads its input itself (a file named in argv; see `output`).
@@ -433,7 +433,7 @@ class FilterChild:
             if source_open and not pending:
                 readable.append(source_fd)
             writable = [self.stdin_fd] if pending else []
-            ready_read, ready_write, _ = select.select(readable, writable, [], 0.5)
+            ready_read, ready_write = polling.ready(readable, writable, 0.5)
             if source_fd in ready_read:
                 data = os.read(source_fd, size)
                 if data:
