@@ -177,11 +177,11 @@ def test_ready_status_watchdog_reload_and_stopping(setup: Setup, notify: NotifyS
     try:
         ready = notify.wait_for("READY")
         assert ready["STATUS"].startswith("1 job(s); next nightly ")
-        # The idle loop wakes for the watchdog (WATCHDOG_USEC=1 s: a ping every 0.5 s), not just
-        # every 30 s: four pings come within seconds, and never more than one per 0.5 s.
+        # The idle loop wakes for the watchdog (WATCHDOG_USEC=1 s: a ping every 0.25 s), not
+        # just every 30 s: four pings come within seconds, and never more than one per 0.25 s.
         for _ in range(4):
             notify.wait_for("WATCHDOG", timeout=10, value="1")
-        assert time.monotonic() - started >= 3 * 0.5
+        assert time.monotonic() - started >= 3 * 0.25
 
         # A good config: RELOADING with MONOTONIC_USEC, then READY with the new schedule.
         setup.job()["schedule"] = "15 4 * * *"
@@ -429,7 +429,7 @@ def test_watchdog_is_not_fed_while_a_real_dump_is_stalled_on_a_lock(
     setup.job()["globals"] = False
     setup.write()
     missed_state(setup, "nightly")  # due at once
-    monkeypatch.setenv("WATCHDOG_USEC", "2000000")  # a ping per (stepped) second
+    monkeypatch.setenv("WATCHDOG_USEC", "4000000")  # a ping per (stepped) second
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
     config = load(str(setup.path))
     clock = SteppedMonotonic()

@@ -154,7 +154,11 @@ class Notifier:
 
 
 def watchdog_interval(environ: Mapping[str, str] | None = None) -> float | None:
-    """Return how often to ping the watchdog in seconds (half of ``WATCHDOG_USEC``), or None.
+    """Return how often to ping the watchdog in seconds (a quarter of ``WATCHDOG_USEC``), or None.
+
+    A quarter, not systemd's suggested half: the loop wakes at least every half of the interval
+    (``Watchdog.max_sleep``), so two pings come at most 3/8 of ``WatchdogSec`` apart, under half
+    of it even when the host is so busy that a wake-up comes late.
 
     None when no watchdog is configured, the value is unusable, or ``WATCHDOG_PID`` names another
     process (the watchdog is meant for the main process only).
@@ -176,7 +180,7 @@ def watchdog_interval(environ: Mapping[str, str] | None = None) -> float | None:
         return None
     if usec <= 0:
         return None
-    return usec / 2 / 1_000_000
+    return usec / 4 / 1_000_000
 
 
 class Watchdog:
@@ -206,7 +210,7 @@ class Watchdog:
     def max_sleep(self) -> float | None:
         """Return the longest the loop may sleep between ``maybe_ping`` calls, or None.
 
-        Half the ping interval (a quarter of ``WatchdogSec``) keeps two pings at most 1.5 intervals
+        Half the ping interval (an eighth of ``WatchdogSec``) keeps two pings at most 1.5 intervals
         apart even when a wake-up lands just before the interval has elapsed.
         """
         if not self.enabled or self.interval is None:
