@@ -698,4 +698,3 @@ def _cmd_drill(config: Config, args: argparse.Namespace) -> int:
         for path in result.paths:
             print(path)
     return EXIT_OK if result.ok else EXIT_FAILED
-

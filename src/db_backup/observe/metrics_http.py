@@ -167,6 +167,7 @@ class MetricsServer:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._conns: dict[int, _Conn] = {}
+        self._warned = 0.0  # when "not accepted" was last logged
         self._selector = selectors.DefaultSelector()
         self.refresh()  # the first snapshot, before anyone can ask
         self._threads = [
@@ -287,21 +288,31 @@ class MetricsServer:
                 sock, _ = self.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # out of descriptors: drop nothing, try again later
-                log.warning("metrics connection not accepted", error=exc.strerror)
+            except OSError as exc:  # out of descriptors: the backlog waits, the loop goes on
+                if now - self._warned > 60:
+                    self._warned = now
+                    log.warning("metrics connection not accepted", error=exc.strerror)
                 return
-            if len(self._conns) >= MAX_CONNECTIONS and not self._evict(now):
-                sock.close()
-                continue
             sock.setblocking(False)
             conn = _Conn(sock, now)
             self._conns[sock.fileno()] = conn
             self._selector.register(sock, selectors.EVENT_READ, conn)
+            # A scraper's request is usually there already: answered now, it needs no place.
+            self._read(conn)
+            over = self._waiting(conn) and len(self._conns) > MAX_CONNECTIONS
+            if over and not self._evict(now, conn):
+                self._close(conn)  # over the cap and nobody to make room: closed at once
 
-    def _evict(self, now: float) -> bool:
+    def _waiting(self, conn: _Conn) -> bool:
+        """Returns whether `conn` is open and still sending its request."""
+        return conn.head is None and self._conns.get(conn.sock.fileno()) is conn
+
+    def _evict(self, now: float, newcomer: _Conn) -> bool:
         """Closes the oldest connection still sending its request after EVICT_AFTER_S."""
         slow = [
-            c for c in self._conns.values() if c.head is None and now - c.opened > EVICT_AFTER_S
+            c
+            for c in self._conns.values()
+            if c is not newcomer and c.head is None and now - c.opened > EVICT_AFTER_S
         ]
         if not slow:
             return False
@@ -337,7 +348,8 @@ class MetricsServer:
             self._answer(conn, "200 OK", [], b"")
         else:
             conn.head = (method, accept, encoding, names)
-            if self._stale(time.monotonic()):
+            # Parked only while there is room: over the cap the snapshot there is will do.
+            if len(self._conns) <= MAX_CONNECTIONS and self._stale(time.monotonic()):
                 conn.parked = time.monotonic()
                 conn.needs = self._begun + 1  # a refresh begun after the change
             else:
