@@ -241,12 +241,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.command == "check-config":
         from db_backup.storage.crypto import check_config as check_encryption
+        from db_backup.storage.crypto import identity_warnings
 
         try:  # beyond the schema: age itself checks every recipient (checksum, key)
             check_encryption(config)
         except ConfigError as exc:
             print(f"db-backup: {exc}", file=sys.stderr)
             return EXIT_CONFIG
+        for warning in identity_warnings(config):  # a private key others can read: not refused
+            print(f"db-backup: warning: {warning}", file=sys.stderr)
         from db_backup.observe.metrics import MetricsError
         from db_backup.observe.metrics import check_config as check_metrics
 

@@ -23,7 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from db_backup.config import AgeEncryption, Config, ConfigError, SecretRef
+from db_backup.storage.keyfile import identity_file_problem, identity_warnings
 from db_backup.util.execute import (
     F_SETPIPE_SZ,
     PIPE_SIZE,
@@ -45,6 +48,8 @@ CHUNK_SIZE = 1024 * 1024
 RECIPIENT_FORM = re.compile(r"age1[qpzry9x8gf2tvdw0s3jn54khce6mua7l]{58}")
 IDENTITY_FORM = re.compile(r"AGE-SECRET-KEY-1[QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L]{58}")
 FINGERPRINT_HEX = 16
+
+log = structlog.get_logger("db_backup.storage.crypto")
 
 # What age says, and what it means to the person reading the error.
 _AGE_HINTS = (
@@ -175,6 +180,9 @@ def identity_file(ref: SecretRef | None, private_dir: Path | None = None) -> Ite
             "this backup is encrypted: set encryption.age.identity to the age identity "
             "(a {file:} or {credential:} reference to the private key)"
         )
+    problem = identity_file_problem(ref)
+    if problem is not None:  # still used: refusing would leave the backups unrestorable
+        log.warning("age identity file not private", path=ref.name, problem=problem)
     text = resolve_text(ref, "encryption.age.identity")
     keys = IDENTITY_FORM.findall(text)
     for key in keys:
@@ -434,6 +442,7 @@ __all__ = [
     "fingerprint",
     "identity_file",
     "identity_recipients",
+    "identity_warnings",
     "is_encrypted",
     "recipient_problems",
     "recipients_of",
