@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from db_backup import __version__
 from db_backup.config import Config, ConfigError, SecretRef, config_path, load
+from db_backup.util import children
 from db_backup.util.clock import format_utc, parse_utc, to_the_second, utc_now
 from db_backup.util.secrets import SecretError
 
@@ -228,6 +229,7 @@ def _parse_since(text: str) -> datetime:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line and returns the process exit status."""
+    children.guard()  # from here on, no child but execute's (none inherits our environment)
     args = _parser().parse_args(argv)
     path = config_path(args.config)
     try:

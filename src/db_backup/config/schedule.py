@@ -54,7 +54,12 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import CroniterError, croniter
+from db_backup.util import children
+
+# croniter's import runs `file -b` (platform.architecture) with the whole environment, secrets
+# included: refused, platform answers from the interpreter instead.
+with children.refused():
+    from croniter import CroniterError, croniter
 
 _ALIASES = frozenset(
     {"@hourly", "@daily", "@midnight", "@weekly", "@monthly", "@yearly", "@annually"}

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import NoReturn
 
-from db_backup.util import polling
+from db_backup.util import children, polling
 from db_backup.util.secrets import is_secret, mask
 
 STDERR_TAIL_LINES = 25
@@ -208,14 +208,15 @@ def run(
     """
     program = os.path.basename(argv[0])
     try:
-        done = subprocess.run(
-            list(argv),
-            env=dict(env) if env is not None else child_env(),
-            input=input_bytes,
-            capture_output=True,
-            timeout=timeout,
-            check=False,
-        )
+        with children.ours():
+            done = subprocess.run(
+                list(argv),
+                env=dict(env) if env is not None else child_env(),
+                input=input_bytes,
+                capture_output=True,
+                timeout=timeout,
+                check=False,
+            )
     except FileNotFoundError:
         raise CommandError(program, None, "", f"{program} not found on PATH") from None
     except subprocess.TimeoutExpired:
@@ -236,14 +237,15 @@ class _Child:
     ) -> None:
         self.program = os.path.basename(argv[0])
         try:
-            self._proc = subprocess.Popen(
-                list(argv),
-                env=dict(env) if env is not None else child_env(),
-                stdin=stdin,
-                stdout=stdout,
-                stderr=subprocess.PIPE,
-                start_new_session=True,  # a Ctrl-C reaches us first; a stop reaches its children
-            )
+            with children.ours():
+                self._proc = subprocess.Popen(
+                    list(argv),
+                    env=dict(env) if env is not None else child_env(),
+                    stdin=stdin,
+                    stdout=stdout,
+                    stderr=subprocess.PIPE,
+                    start_new_session=True,  # a Ctrl-C reaches us first; a stop its children
+                )
         except FileNotFoundError:
             raise CommandError(
                 self.program, None, "", f"{self.program} not found on PATH"
@@ -382,14 +384,15 @@ class FilterChild:
     ) -> None:
         self.program = os.path.basename(argv[0])
         try:
-            self._proc = subprocess.Popen(
-                list(argv),
-                env=dict(env) if env is not None else child_env(),
-                stdin=subprocess.PIPE if with_stdin else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-            )
+            with children.ours():
+                self._proc = subprocess.Popen(
+                    list(argv),
+                    env=dict(env) if env is not None else child_env(),
+                    stdin=subprocess.PIPE if with_stdin else subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    start_new_session=True,
+                )
         except FileNotFoundError:
             raise CommandError(
                 self.program, None, "", f"{self.program} not found on PATH"

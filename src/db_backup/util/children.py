@@ -1,0 +1,84 @@
+"""Child processes only through `util.execute`: none inherits the operator's environment.
+
+`execute` builds every child's environment from an allow-list (`child_env`), so no secret held in
+the operator's environment (an `{env:}` reference: a password, an OSS key) reaches it. A library
+that starts a child of its own passes the whole environment instead: croniter's import asks
+`platform.architecture()`, which runs `file -b` with `os.environ` (plus LC_ALL). An audit hook
+(`sys.addaudithook`, PEP 578) sees every process start before it happens and refuses, with a
+PermissionError (an OSError, which such callers already expect from a missing program):
+
+- inside `refused()` (around an import known to start a child), any process start;
+- once `guard()` has been called (the `db-backup` command does, first thing), any process start
+  not made by `execute` inside `ours()`.
+
+Replacing the process (`os.exec*`) is not a child and is not refused. The hook costs one set
+lookup per audit event.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+from collections.abc import Iterator
+
+SPAWN_EVENTS = frozenset({"subprocess.Popen", "os.posix_spawn", "os.spawn", "os.system"})
+
+_local = threading.local()
+_lock = threading.Lock()
+_installed = False
+_guarded = False
+_refusing = 0
+
+
+def _hook(event: str, args: tuple[object, ...]) -> None:
+    if event not in SPAWN_EVENTS:
+        return
+    if getattr(_local, "ours", False):
+        return
+    if _refusing or _guarded:
+        program = args[0] if args else "?"
+        raise PermissionError(
+            f"db-backup starts child processes only through db_backup.util.execute, with an "
+            f"environment of their own: {event} {program!r} refused"
+        )
+
+
+def _install() -> None:
+    global _installed
+    with _lock:
+        if not _installed:
+            sys.addaudithook(_hook)
+            _installed = True
+
+
+def guard() -> None:
+    """Refuses, from now on, every process start that `execute` does not make."""
+    global _guarded
+    _install()
+    _guarded = True
+
+
+@contextlib.contextmanager
+def refused() -> Iterator[None]:
+    """Refuses every process start (in any thread) while the block runs: for an import."""
+    global _refusing
+    _install()
+    with _lock:
+        _refusing += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _refusing -= 1
+
+
+@contextlib.contextmanager
+def ours() -> Iterator[None]:
+    """Marks the process starts of this thread, while the block runs, as `execute`'s own."""
+    before = getattr(_local, "ours", False)
+    _local.ours = True
+    try:
+        yield
+    finally:
+        _local.ours = before
