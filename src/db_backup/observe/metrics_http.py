@@ -15,7 +15,7 @@ down, so the endpoint costs the daemon a fixed amount whatever comes in:
 - A scrape is answered from a snapshot of the metrics (its encodings cached), never computed for
   the request. The refresher renews it when the daemon says something changed (`changed()`)
   or the sources did (the reports and drills directories, the stale and failure-count files:
-  a few `stat` calls, made at most every `STAMP_EVERY_S`), at most once per
+  a few `stat` calls per scrape), at most once per
   `MIN_REFRESH_INTERVAL_S`, and every `REFRESH_EVERY_S` anyway. A scrape that finds the
   sources changed waits for the new snapshot, `FRESH_WAIT_S` at most, so a report written by
   another process shows at the next scrape. The refresher reads the report index as a scrape
@@ -51,7 +51,6 @@ EVICT_AFTER_S = 0.5
 HEADER_TIMEOUT_S = 5.0
 REQUEST_TIMEOUT_S = 10.0
 MAX_HEADER_BYTES = 8192
-STAMP_EVERY_S = 0.2
 MIN_REFRESH_INTERVAL_S = 1.0
 REFRESH_EVERY_S = 60.0
 FRESH_WAIT_S = 5.0
@@ -139,6 +138,8 @@ class _Conn:
     out: memoryview | None = None  # the answer, once there is one
     parked: float | None = None  # waiting for a fresh snapshot since (monotonic)
     needs: int = 0  # parked: the number of the refresh whose snapshot it waits for
+    linger: bool = False  # an error answer: the rest of the request is read, not reset
+    draining: bool = False  # answered (and FIN sent): reading what is left until the client ends
     head: tuple[str, str, str, list[str]] | None = None  # method, accept, encoding, names
 
 
@@ -157,7 +158,6 @@ class MetricsServer:
         self._stamp = stamp
         self._snapshot: Snapshot | None = None
         self._snapshot_stamp: Stamp | None = None
-        self._seen_stamp: tuple[float, bool] = (0.0, False)  # (when, sources changed)
         self._want = threading.Event()
         self._stopping = threading.Event()
         self._last_refresh = 0.0
@@ -239,16 +239,13 @@ class MetricsServer:
                 return
             self.refresh()
 
-    def _stale(self, now: float) -> bool:
-        """Returns whether the sources changed since the snapshot (stats at most every
-        STAMP_EVERY_S); asks the refresher for a new one when they did."""
-        when, stale = self._seen_stamp
-        if now - when >= STAMP_EVERY_S:
-            try:
-                stale = self._snapshot_stamp is None or self._stamp() != self._snapshot_stamp
-            except Exception:  # a config without its directories: nothing to wait for
-                stale = False
-            self._seen_stamp = (now, stale)
+    def _stale(self) -> bool:
+        """Returns whether the sources changed since the snapshot (a few stats); asks the
+        refresher for a new one when they did."""
+        try:
+            stale = self._snapshot_stamp is None or self._stamp() != self._snapshot_stamp
+        except Exception:  # a config without its directories: nothing to wait for
+            stale = False
         if stale:
             self._want.set()
         return stale
@@ -329,27 +326,28 @@ class MetricsServer:
         if not data:
             self._close(conn)
             return
-        if conn.head is not None:
-            return  # parked: what follows the request is not read
+        if conn.head is not None or conn.draining:
+            return  # parked or answered: what follows the request is not wanted
         conn.request += data
         end = conn.request.find(b"\r\n\r\n")
+        if (end if end >= 0 else len(conn.request)) > MAX_HEADER_BYTES:
+            self._answer(conn, "431 Request Header Fields Too Large", [], b"", linger=True)
+            return
         if end < 0:
-            if len(conn.request) > MAX_HEADER_BYTES:
-                self._answer(conn, "431 Request Header Fields Too Large", [], b"")
             return
         parsed = _parse(bytes(conn.request[:end]))
         if parsed is None:
-            self._answer(conn, "400 Bad Request", [], b"")
+            self._answer(conn, "400 Bad Request", [], b"", linger=True)
             return
         method, path, accept, encoding, names = parsed
         if method not in {"GET", "HEAD"}:
-            self._answer(conn, "405 Method Not Allowed", ["Allow: GET, HEAD"], b"")
+            self._answer(conn, "405 Method Not Allowed", ["Allow: GET, HEAD"], b"", linger=True)
         elif path == "/favicon.ico":
             self._answer(conn, "200 OK", [], b"")
         else:
             conn.head = (method, accept, encoding, names)
             # Parked only while there is room: over the cap the snapshot there is will do.
-            if len(self._conns) <= MAX_CONNECTIONS and self._stale(time.monotonic()):
+            if len(self._conns) <= MAX_CONNECTIONS and self._stale():
                 conn.parked = time.monotonic()
                 conn.needs = self._begun + 1  # a refresh begun after the change
             else:
@@ -373,7 +371,12 @@ class MetricsServer:
         headers: list[str],
         body: bytes,
         head_only: bool = False,
+        linger: bool = False,
     ) -> None:
+        """Sends the answer and ends the connection: at once, or with `linger` (the request
+        may not all have been read) by sending FIN and reading the rest until the client
+        closes, so the unread bytes do not turn the close into a reset that loses the answer."""
+        conn.linger = linger
         lines = [f"HTTP/1.1 {status}", *headers, f"Content-Length: {len(body)}"]
         lines.append("Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
@@ -392,8 +395,15 @@ class MetricsServer:
             self._close(conn)
             return
         conn.out = conn.out[sent:]
-        if not conn.out:
+        if conn.out:
+            return
+        if not conn.linger:
             self._close(conn)
+            return
+        conn.out, conn.draining = None, True
+        with contextlib.suppress(OSError):
+            conn.sock.shutdown(socket.SHUT_WR)
+        self._selector.modify(conn.sock, selectors.EVENT_READ, conn)
 
     def _tend(self, now: float) -> None:
         """Answers parked scrapes whose snapshot came (or waited long enough), ends the slow."""
@@ -442,6 +452,9 @@ def listen(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # accept() only once the client has sent something: a scraper's request is then there
+        # to be answered at once, and a connection that sends nothing costs no descriptor.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, int(HEADER_TIMEOUT_S))
         sock.bind(address)
         sock.listen(128)
     except OSError:
