@@ -188,6 +188,32 @@ def wait_for_second(second: int) -> None:
     time.sleep(wait)
 
 
+def fill(cluster: Any) -> None:
+    """Creates the two databases the job dumps: `shop` (sample) and `bulk` (one big table)."""
+    load_sample(cluster, "shop", 20000)
+    cluster.psql("CREATE DATABASE bulk")
+    cluster.psql(
+        "CREATE TABLE blob AS SELECT i, md5(i::text) || md5((i*3)::text) AS a "
+        "FROM generate_series(1, 400000) i",
+        "bulk",
+    )
+
+
+def watch(
+    pid: int, port: int, seconds: float
+) -> tuple[list[tuple[float, int, int]], list[float | None]]:
+    """Samples the daemon's /proc and makes one ordinary scrape, every second for `seconds`;
+    returns the samples and each scrape's time (None: no answer)."""
+    started = time.monotonic()
+    samples: list[tuple[float, int, int]] = []
+    ordinary: list[float | None] = []
+    while time.monotonic() - started < seconds:
+        samples.append(proc_figures(pid))
+        ordinary.append(scrape_once(port))
+        time.sleep(max(0.0, 1.0 - (time.monotonic() - started) % 1.0))
+    return samples, ordinary
+
+
 def measure(seconds: float, scrapes: int, slow: int) -> dict[str, Any]:
     """Runs the whole scenario and returns its figures."""
     root = Path(tempfile.mkdtemp(prefix="db-backup-load-"))
@@ -196,13 +222,7 @@ def measure(seconds: float, scrapes: int, slow: int) -> dict[str, Any]:
     notify = Notify(root / "notify.sock")
     daemon: subprocess.Popen[bytes] | None = None
     try:
-        load_sample(cluster, "shop", 20000)
-        cluster.psql("CREATE DATABASE bulk")
-        cluster.psql(
-            "CREATE TABLE blob AS SELECT i, md5(i::text) || md5((i*3)::text) AS a "
-            "FROM generate_series(1, 400000) i",
-            "bulk",
-        )
+        fill(cluster)
         port = free_port()
         config = write_config(root, cluster.socket_dir, cluster.port, port)
         notify.start()
@@ -235,12 +255,7 @@ def measure(seconds: float, scrapes: int, slow: int) -> dict[str, Any]:
             crowd.start()
         started = time.monotonic()
         started_utc = datetime.now(UTC)
-        samples: list[tuple[float, int, int]] = []
-        ordinary: list[float | None] = []
-        while time.monotonic() - started < seconds:
-            samples.append(proc_figures(daemon.pid))
-            ordinary.append(scrape_once(port))
-            time.sleep(max(0.0, 1.0 - (time.monotonic() - started) % 1.0))
+        samples, ordinary = watch(daemon.pid, port, seconds)
         ended = time.monotonic()
         status_at_sigterm = notify.status
         stopping = time.monotonic()

@@ -516,3 +516,21 @@ def test_a_failed_drill_alerts_and_its_next_success_recovers(tmp_path: Path) -> 
     recovered = notifier.prepare(ok)
     assert recovered is not None and recovered.alert.state == messages.RECOVERED
     assert [c.name for c in recovered.channels] == ["all"]
+
+
+def test_a_channel_whose_alert_this_process_is_sending_is_not_piled_on() -> None:
+    from db_backup.observe.alerts import dedup
+
+    entry, first = dedup.fail(None, None, T0, None, ["a", "b"])
+    assert first.states == {"a": messages.FAILED, "b": messages.FAILED}
+    pending = dedup.new_pending({}, first.states, T0)
+    later = T0 + timedelta(hours=1)
+    _, again = dedup.fail(entry, pending, later, None, ["a", "b"], held={"a"})
+    # "a": its sender holds the alert (and retries it); "b": left pending by a run, sent again.
+    assert again.states == {"b": messages.FAILED} and again.failures == 2
+
+
+def test_the_pause_before_an_undelivered_alert_is_tried_again_doubles_up_to_an_hour() -> None:
+    from db_backup.observe.alerts.delivery import retry_pause
+
+    assert [retry_pause(n) for n in (1, 2, 3, 6, 7, 20)] == [60, 120, 240, 1920, 3600, 3600]

@@ -457,6 +457,7 @@ def send_test(config: Config) -> list[tuple[str, str | None]]:
     results: dict[str, str | None] = {}
 
     def one(channel: Channel) -> None:
+        """Sends to `channel` and keeps the outcome."""
         results[channel.name] = notifier.deliver(channel, alert, count=False)
 
     threads = [threading.Thread(target=one, args=(c,), daemon=True) for c in notifier.channels]

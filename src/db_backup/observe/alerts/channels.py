@@ -112,20 +112,24 @@ def _opener(deadline: Deadline) -> urllib.request.OpenerDirector:
 
     class Watched(http.client.HTTPConnection):
         def connect(self) -> None:
+            """Connects, then puts the socket under the deadline."""
             super().connect()
             deadline.watch(self.sock)
 
     class WatchedTLS(http.client.HTTPSConnection):
         def connect(self) -> None:
+            """Connects (TLS handshake included), then puts the socket under the deadline."""
             super().connect()
             deadline.watch(self.sock)
 
     class Plain(urllib.request.HTTPHandler):
         def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+            """Opens `req` over a watched connection."""
             return self.do_open(Watched, req)
 
     class Secure(urllib.request.HTTPSHandler):
         def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+            """Opens `req` over a watched TLS connection."""
             return self.do_open(WatchedTLS, req, context=ssl.create_default_context())
 
     return urllib.request.build_opener(Plain(), Secure())
@@ -314,6 +318,7 @@ class _WatchedSMTP(smtplib.SMTP):
         return sock
 
     def starttls(self, *args: Any, **kwargs: Any) -> tuple[int, bytes]:
+        """Starts TLS, then puts the new (TLS) socket under the deadline too."""
         answer = super().starttls(*args, **kwargs)
         if self.sock is not None:
             self.deadline.watch(self.sock)
