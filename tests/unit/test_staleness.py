@@ -24,7 +24,7 @@ from db_backup.config import Config, JobConfig, loads
 from db_backup.daemon.loop import Daemon
 from db_backup.daemon.sd_notify import Notifier
 from db_backup.observe import events, staleness
-from db_backup.observe.staleness import default_max_age, format_age, parse_duration
+from db_backup.observe.staleness import default_max_age, parse_duration
 from db_backup.reports.model import FAILED, SUCCESS, Report, stem, write_report
 from db_backup.util.names import host_label
 from tests.unit.test_schedule import SimulatedClock, utc
@@ -81,15 +81,6 @@ def test_default_max_age_counts_real_hours_across_a_dst_change() -> None:
     # run comes at 03:00 CEST, 23.5 real hours after the previous one; the longest gap stays 24h.
     berlin = ZoneInfo("Europe/Berlin")
     assert default_max_age("30 2 * * *", berlin, utc(2026, 3, 27)) == timedelta(hours=48)
-
-
-def test_ages_are_short_and_readable() -> None:
-    assert [format_age(timedelta(seconds=s)) for s in (59, 2700, 7 * 3600, 50 * 3600)] == [
-        "0m",
-        "45m",
-        "7h",
-        "2d",
-    ]
 
 
 # --- the daemon on a simulated clock -------------------------------------------------------------

@@ -33,13 +33,13 @@ from db_backup.config.schedule import due_at_start, next_run_after, sleep_second
 from db_backup.daemon.sd_notify import Notifier, Watchdog
 from db_backup.daemon.state import StateStore
 from db_backup.observe.staleness import StaleWatch
-from db_backup.observe.status import human_size
 from db_backup.reports.model import FAILED, SUCCESS
 from db_backup.restore.drill import DrillScheduler
 from db_backup.storage.crypto import check_config as check_encryption
 from db_backup.util.clock import utc_now
 from db_backup.util.execute import CancelToken
 from db_backup.util.locks import JobBusy, JobSetupError
+from db_backup.util.units import format_age, format_size
 
 if TYPE_CHECKING:
     from db_backup.observe.metrics import MetricsServer
@@ -116,8 +116,8 @@ class Running:
         if not self.dumps:
             return [f"running {self.job.name}/{self.database or self.job.name}"]
         return [
-            f"running {self.job.name}/{database} {human_size(size)} "
-            f"{human_size(int(size / max(now - started, 1e-6)))}/s"
+            f"running {self.job.name}/{database} {format_size(size)} "
+            f"{format_size(int(size / max(now - started, 1e-6)))}/s"
             for database, (size, started) in sorted(self.dumps.items())
         ]
 
@@ -449,7 +449,7 @@ class Daemon:
         if self.last:
             name = max(self.last, key=lambda n: self.last[n][1])
             status, when = self.last[name]
-            parts.append(f"last {name} {status} {_ago(now - when)} ago")
+            parts.append(f"last {name} {status} {format_age(now - when, minutes=True)} ago")
         return "; ".join(parts)
 
     def _update_status(self) -> None:
@@ -467,12 +467,6 @@ def _first_problem(exc: ConfigError) -> str:
     more = len(exc.problems) - 1
     tail = f" (+{more} more problem(s), see the journal)" if more else ""
     return f"{exc.source}: {exc.problems[0]}{tail}"
-
-
-def _ago(delta: timedelta) -> str:
-    seconds = max(0, int(delta.total_seconds()))
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}:{rest // 60:02d}" if hours < 48 else f"{hours // 24}d"
 
 
 def run_daemon(config_path: str) -> int:

@@ -15,10 +15,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from db_backup.observe.staleness import format_age, load_state, still_stale
+from db_backup.observe.staleness import load_state, still_stale
 from db_backup.reports.index import EPOCH, decode, encode, micros, snapshot
 from db_backup.reports.model import SUCCESS, parse_report
 from db_backup.util.clock import format_utc, utc_now
+from db_backup.util.units import format_age, format_size
 
 
 class StatusError(Exception):
@@ -176,16 +177,6 @@ def _check_readable(reports_dir: Path) -> None:
         ) from None
 
 
-def human_size(size: int) -> str:
-    """Returns `size` bytes as e.g. '1.2 GiB'."""
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"  # pragma: no cover
-
-
 def _last_success(row: dict[str, Any]) -> str:
     """Returns e.g. `7h ago`, `3d ago STALE`, or `never`."""
     age = row.get("lastSuccessAgeSeconds")
@@ -223,7 +214,7 @@ def render_table(page: StatusPage) -> str:
             row.get("job", ""),
             row["database"],
             row["status"],
-            human_size(row["local"]["sizeBytes"]),
+            format_size(row["local"]["sizeBytes"]),
             f"{row['durationSeconds']} s",
         )
         if summary:
