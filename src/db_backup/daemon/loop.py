@@ -30,7 +30,7 @@ from db_backup.backup.run import (
 )
 from db_backup.config import Config, ConfigError, JobConfig, load
 from db_backup.config.schedule import due_at_start, next_run_after, sleep_seconds_until
-from db_backup.daemon.sd_notify import Notifier, Watchdog
+from db_backup.daemon.sd_notify import SdNotifier, Watchdog
 from db_backup.daemon.state import StateStore
 from db_backup.observe.staleness import StaleWatch
 from db_backup.reports.model import FAILED, SUCCESS
@@ -137,13 +137,13 @@ class Daemon:
         self,
         config_path: str,
         config: Config,
-        notifier: Notifier | None = None,
+        notifier: SdNotifier | None = None,
         clock: Clock | None = None,
         runner: JobRunner = run_job,
     ) -> None:
         self.config_path = config_path
         self.config = config
-        self.notifier = notifier or Notifier()
+        self.notifier = notifier or SdNotifier()
         self.clock = clock or Clock()
         self.run_job = runner
         self.watchdog = Watchdog(self.notifier, clock=self.clock.monotonic)
