@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -470,19 +469,18 @@ def _first_problem(exc: ConfigError) -> str:
 
 
 def run_daemon(config_path: str) -> int:
-    """Entry point of `db-backup daemon`: 78 on a bad config, 1 if it cannot start, 0 at stop."""
-    try:
-        config = load(config_path)
-        check_encryption(config)
-    except ConfigError as exc:
-        print(f"db-backup: {exc}", file=sys.stderr)
-        return 78  # EX_CONFIG, as the other commands; the unit does not restart on it
+    """Entry point of `db-backup daemon`: runs until SIGTERM/SIGINT and returns 0.
+
+    Raises ConfigError for a config it refuses (the command exits 78, which the unit does not
+    restart on) and JobSetupError, logged, when it cannot start (directories, metrics).
+    """
+    config = load(config_path)
+    check_encryption(config)
     daemon = Daemon(config_path, config)
     daemon.install_signal_handlers()
     try:
         daemon.start()
     except JobSetupError as exc:
         log.error("daemon cannot start", error=str(exc))
-        print(f"db-backup: {exc}", file=sys.stderr)
-        return 1
+        raise
     return daemon.run()

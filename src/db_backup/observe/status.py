@@ -191,36 +191,36 @@ def _last_drill(row: dict[str, Any]) -> str:
     return f"{drill.get('status')} {str(drill.get('startedAt') or '')[:10]}".strip()
 
 
-def render_table(page: StatusPage) -> str:
-    """Returns the page as an aligned text table with a footer, or says why there is none."""
+def render_table(
+    page: StatusPage, *, hosts: bool = False, empty: str = "no matching reports"
+) -> str:
+    """Returns the page as an aligned text table with a footer, or says why there is none.
+
+    `hosts` adds a HOST column (the fleet view); `empty` is what to say when nothing matches.
+    """
     if page.total == 0:
-        return "no matching reports"
+        return empty
     if not page.rows:
         return (
             f"page {page.page} is empty: the {page.total} matching report(s) fill "
             f"{page.pages} page(s) of this size"
         )
-    summary = bool(page.rows) and "stale" in page.rows[0]  # the latest view
-    header: tuple[str, ...] = ("STARTED (UTC)", "JOB", "DATABASE", "STATUS", "SIZE", "DURATION")
+    summary = "stale" in page.rows[0]  # the latest view of the reports directory
+    header: tuple[str, ...] = ("STARTED (UTC)", *(("HOST",) if hosts else ()), "JOB", "DATABASE")
+    header += ("STATUS", "SIZE", "DURATION")
     if summary:
         header += ("LAST SUCCESS", "LAST DRILL")
-    header += ("WHERE / ERROR",)
-    lines = [header]
+    lines = [(*header, "WHERE / ERROR")]
     for row in page.rows:
         where = row["local"]["file"] or ", ".join(row["remote"]["urls"])
-        detail = where if row["status"] == "SUCCESS" else row["errorMessage"][:120]
-        line: tuple[str, ...] = (
-            row["startedAt"],
-            row.get("job", ""),
-            row["database"],
-            row["status"],
-            format_size(row["local"]["sizeBytes"]),
-            f"{row['durationSeconds']} s",
-        )
+        detail = where if row["status"] == SUCCESS else str(row["errorMessage"])[:120]
+        line: tuple[str, ...] = (row["startedAt"], *((row["hostname"],) if hosts else ()))
+        line += (row.get("job", ""), row["database"], row["status"])
+        line += (format_size(int(row["local"]["sizeBytes"] or 0)), f"{row['durationSeconds']} s")
         if summary:
             line += (_last_success(row), _last_drill(row))
         lines.append((*line, detail))
-    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header) - 1)]
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     out = []
     for line in lines:
         cells = [str(c).ljust(w) for c, w in zip(line[:-1], widths, strict=True)]
