@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from db_backup.cli.command import Context
 from db_backup.cli.output import EXIT_OK, CommandError, warn
@@ -13,7 +13,7 @@ from db_backup.cli.parser import positive, since
 if TYPE_CHECKING:
     from db_backup.config import Config
     from db_backup.observe.jobtable.settings import SinkSettings
-    from db_backup.observe.status import StatusQuery
+    from db_backup.observe.status import StatusPage, StatusQuery
 
 
 def status_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,14 +73,7 @@ def _local(config: Config, query: StatusQuery, as_json: bool) -> int:
     for warning in [*page.notes, *page.warnings]:
         warn(warning)
     if as_json:
-        document = {
-            "page": page.page,
-            "pages": page.pages,
-            "total": page.total,
-            "reports": page.rows,
-            "drills": drills,
-        }
-        print(json.dumps(document, indent=2, ensure_ascii=False))
+        print(json.dumps(_document(page, drills), indent=2, ensure_ascii=False))
     else:
         print(render_table(page))
         if drills:
@@ -99,22 +92,25 @@ def _fleet(config: Config, query: StatusQuery, as_json: bool) -> int:
         fleet = read_fleet(settings, query)
     except SinkError as exc:
         raise CommandError(str(exc)) from None
-    page = fleet.page
     if as_json:
-        document = {
-            "source": fleet.source,
-            "page": page.page,
-            "pages": page.pages,
-            "total": page.total,
-            "reports": page.rows,
-            "drills": fleet.drills,
-        }
+        document = {"source": fleet.source, **_document(fleet.page, fleet.drills)}
         print(json.dumps(document, indent=2, ensure_ascii=False, default=str))
     else:
-        print(render_table(page, hosts=True, empty="no matching reports in the database"))
+        print(render_table(fleet.page, hosts=True, empty="no matching reports in the database"))
         if fleet.drills:
             print(render_fleet_drills(fleet.drills))
     return EXIT_OK
+
+
+def _document(page: StatusPage, drills: list[dict[str, Any]]) -> dict[str, Any]:
+    """Returns the `--json` document of a page: paging, the reports and the newest drills."""
+    return {
+        "page": page.page,
+        "pages": page.pages,
+        "total": page.total,
+        "reports": page.rows,
+        "drills": drills,
+    }
 
 
 def sink_settings_for(command: str, config: Config) -> SinkSettings:
