@@ -24,7 +24,7 @@ import pytest
 
 from db_backup.config import load
 from db_backup.daemon.loop import Daemon
-from db_backup.daemon.sd_notify import Notifier
+from db_backup.daemon.sd_notify import SdNotifier
 from db_backup.restore.drill import DrillScheduler
 from tests.conftest import CLI, RunCli, Setup
 from tests.integration import test_restore
@@ -353,7 +353,7 @@ def test_daemon_runs_scheduled_drills_but_never_beside_a_backup_of_the_job(
     enable_drill(setup, drill_dir, schedule="* * * * *")
     backup_all(setup, run_cli, cluster)
     config = load(str(setup.path))
-    daemon = Daemon(str(setup.path), config, Notifier({}))
+    daemon = Daemon(str(setup.path), config, SdNotifier({}))
     daemon.start()
     due = daemon.drills.next_due()
     assert due is not None
