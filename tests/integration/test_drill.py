@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 
 from db_backup.config import load
+from db_backup.daemon.drills import DrillScheduler
 from db_backup.daemon.loop import Daemon
 from db_backup.daemon.sd_notify import Notifier
-from db_backup.restore.drill import DrillScheduler
 from tests.conftest import CLI, RunCli, Setup
 from tests.integration import test_restore
 from tests.integration.test_restore import OSS_ENV, use_oss

@@ -6,7 +6,10 @@ import shlex
 from pathlib import Path
 
 from db_backup.config import Connection
-from db_backup.restore.run import BackupSource, RestoreOptions, Server, plan
+from db_backup.postgres.server import Server
+from db_backup.restore.plan import plan_restore
+from db_backup.restore.source import BackupSource
+from db_backup.restore.steps import RestoreOptions
 
 SERVER = Server(Connection("/var/run/postgresql", 5432, "postgres", None, 10), {})
 CONN = ["--host", "/var/run/postgresql", "--port", "5432", "--username", "postgres"]
@@ -16,7 +19,7 @@ STEM = "shop_20260101T020000Z_h"
 
 def texts(source: BackupSource, options: RestoreOptions) -> list[str]:
     """Returns the plan's lines as --dry-run prints them."""
-    return plan(source, SERVER, options)
+    return [step.text for step in plan_restore(source, SERVER, options)]
 
 
 def local_custom(**extra: object) -> BackupSource:
@@ -38,8 +41,14 @@ def test_a_local_custom_dump_is_verified_checked_created_and_restored() -> None:
         f"check the archive: pg_restore --list /data/{STEM}.dump",
         "create database 'shop' (refused if it exists and is not empty)",
         shlex.join(
-            ["pg_restore", *CONN, "--dbname=dbname='shop'", "--exit-on-error", "--jobs=2"]
-            + [f"/data/{STEM}.dump"]
+            [
+                "pg_restore",
+                *CONN,
+                "--dbname=dbname='shop'",
+                "--exit-on-error",
+                "--jobs=2",
+                f"/data/{STEM}.dump",
+            ]
         ),
     ]
 
@@ -55,8 +64,17 @@ def test_globals_clean_jobs_and_no_tablespaces_each_show_in_the_plan() -> None:
         "postgres@/var/run/postgresql:5432 (existing roles are altered, not re-created)",
         "restore over database 'x' (dropping its objects first)",
         shlex.join(
-            ["pg_restore", *CONN, "--dbname=dbname='x'", "--exit-on-error", "--jobs=4"]
-            + ["--clean", "--if-exists", "--no-tablespaces", f"/data/{STEM}.dump"]
+            [
+                "pg_restore",
+                *CONN,
+                "--dbname=dbname='x'",
+                "--exit-on-error",
+                "--jobs=4",
+                "--clean",
+                "--if-exists",
+                "--no-tablespaces",
+                f"/data/{STEM}.dump",
+            ]
         ),
     ]
 
@@ -78,8 +96,14 @@ def test_a_remote_dump_is_downloaded_first_into_the_download_directory() -> None
         "postgres@/var/run/postgresql:5432 (existing roles are altered, not re-created)",
         "create database 'shop' (refused if it exists and is not empty)",
         shlex.join(
-            ["pg_restore", *CONN, "--dbname=dbname='shop'", "--exit-on-error", "--jobs=2"]
-            + [f"<download dir>/{STEM}.dump"]
+            [
+                "pg_restore",
+                *CONN,
+                "--dbname=dbname='shop'",
+                "--exit-on-error",
+                "--jobs=2",
+                f"<download dir>/{STEM}.dump",
+            ]
         ),
     ]
 
@@ -93,8 +117,14 @@ def test_a_directory_dump_is_verified_against_its_manifest() -> None:
         "check the archive: pg_restore --list /srv/crm.dump.d",
         'create database "it\'s" (refused if it exists and is not empty)',
         shlex.join(
-            ["pg_restore", *CONN, "--dbname=dbname='it\\'s'", "--exit-on-error", "--jobs=1"]
-            + ["/srv/crm.dump.d"]
+            [
+                "pg_restore",
+                *CONN,
+                "--dbname=dbname='it\\'s'",
+                "--exit-on-error",
+                "--jobs=1",
+                "/srv/crm.dump.d",
+            ]
         ),
     ]
 
@@ -107,7 +137,15 @@ def test_a_plain_dump_is_restored_with_psql_and_has_no_archive_step() -> None:
         "verify the sha256 of crm.sql against crm.sql.sha256",
         "restore over database 'crm' (dropping its objects first)",
         shlex.join(
-            ["psql", *CONN, "--dbname=dbname='crm'", "--no-psqlrc", "--quiet"]
-            + ["--set=ON_ERROR_STOP=1", "--file", "/srv/crm.sql"]
+            [
+                "psql",
+                *CONN,
+                "--dbname=dbname='crm'",
+                "--no-psqlrc",
+                "--quiet",
+                "--set=ON_ERROR_STOP=1",
+                "--file",
+                "/srv/crm.sql",
+            ]
         ),
     ]

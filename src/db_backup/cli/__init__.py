@@ -562,14 +562,10 @@ def _cmd_restore(config: Config, args: argparse.Namespace) -> int:
 
     import structlog
 
-    from db_backup.restore.run import (
-        DEFAULT_CONNECTION,
-        RestoreError,
-        RestoreOptions,
-        resolve_source,
-        restore,
-        server_env,
-    )
+    from db_backup.postgres.server import DEFAULT_CONNECTION, server_env
+    from db_backup.restore.run import restore
+    from db_backup.restore.source import RestoreError, resolve_source
+    from db_backup.restore.steps import RestoreOptions
 
     log = structlog.get_logger("db_backup.cli")
     cancel = _cancel_on_signals()

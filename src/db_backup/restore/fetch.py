@@ -1,9 +1,12 @@
-"""Reading back what the OSS target stored: download, head and hash checks for restore and verify.
+"""Getting a backup's files to local disk: OSS reads (download, head, hash) and the checksums.
 
 Downloads stream to a temporary file in the destination directory while the sha256 and oss2's
 CRC-64 are computed on the way; the file gets its final name only when the CRC-64 of the bytes
 received equals the one OSS sent (`x-oss-hash-crc64ecma`). Nothing here trusts a key read from a
 report: callers build keys from validated file names with `OssTarget.key`.
+
+`fetch` is what restore and drill use: a local backup is found in its directory, a remote one
+downloaded, and either way its sha256 is verified before anything uses it.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from pathlib import Path
 import oss2
 
 from db_backup.config import Config
+from db_backup.restore.checksums import read_checksum_file, sha256_file, verify_directory_dump
+from db_backup.restore.source import BackupSource, RestoreError
 from db_backup.storage import oss_settings
-from db_backup.storage.base import StorageError
+from db_backup.storage.base import StorageError, split_member
 from db_backup.storage.local import describe_os_error
 from db_backup.storage.oss import OssTarget
 from db_backup.util.execute import Cancelled, CancelToken
@@ -171,3 +176,157 @@ def download(
             temp.unlink()
         raise
     return got
+
+
+# --------------------------------------------------------------------------- a backup's files
+
+
+@dataclass(frozen=True)
+class BackupFiles:
+    """Where a backup's files are on local disk, before their checksums are verified."""
+
+    dump: Path
+    checksum: Path | None
+    globals_file: Path | None
+    downloaded: bool
+
+
+@dataclass
+class Fetched:
+    """The backup's files on local disk, checksum verified."""
+
+    dump: Path
+    globals_file: Path | None
+    sha256: str
+    downloaded: bool
+    size: int
+
+
+def fetch(
+    config: Config,
+    source: BackupSource,
+    workdir: Path,
+    cancel: CancelToken | None = None,
+    want_globals: bool = True,
+) -> Fetched:
+    """Makes the backup available on local disk and verifies its sha256; raises RestoreError.
+
+    A remote dump is downloaded into `workdir` (CRC-64 checked); see verify_files for the checks.
+    """
+    if source.local_dir is not None:
+        files = local_files(source, want_globals)
+    else:
+        files = download_files(config, source, workdir, cancel, want_globals)
+    return verify_files(source, files, cancel)
+
+
+def local_files(source: BackupSource, want_globals: bool) -> BackupFiles:
+    """Returns the files of a backup in a local directory; raises RestoreError without its dump."""
+    assert source.local_dir is not None
+    dump = source.local_dir / source.dump_name
+    globals_path = None
+    if source.globals_name and want_globals:
+        candidate = source.local_dir / source.globals_name
+        globals_path = candidate if candidate.is_file() else None
+    if not dump.exists():
+        raise RestoreError(f"{dump}: the dump is not there")
+    return BackupFiles(dump, source.local_dir / source.checksum_name, globals_path, False)
+
+
+def verify_files(
+    source: BackupSource, files: BackupFiles, cancel: CancelToken | None = None
+) -> Fetched:
+    """Verifies the dump's sha256; returns it with the files. Raises RestoreError on a mismatch.
+
+    The sha256 must match the report and the `.sha256` file, whichever exist (both when both
+    do); a dump with neither is refused. A directory dump is checked file by file against its
+    manifest, and the manifest against the report.
+    """
+    dump = files.dump
+    checksum_path = files.checksum
+    if checksum_path is not None and not checksum_path.exists():
+        checksum_path = None
+    if source.dump_format == "directory":
+        if checksum_path is None:
+            raise RestoreError(f"{dump}: no {source.checksum_name} manifest to verify it against")
+        sha = verify_directory_dump(dump, checksum_path, source.expected_sha256)
+        size = sum(p.stat().st_size for p in dump.rglob("*") if p.is_file())
+        return Fetched(dump, files.globals_file, sha, files.downloaded, size)
+    expectations = []
+    if source.expected_sha256:
+        expectations.append((source.expected_sha256, f"the report {source.report_file}".strip()))
+    if checksum_path is not None:
+        expectations.append(
+            (read_checksum_file(checksum_path, source.dump_name), str(checksum_path))
+        )
+    if not expectations:
+        raise RestoreError(
+            f"{source.description}: no report and no {source.checksum_name} to verify it "
+            "against; refusing to restore an unverified dump"
+        )
+    actual = sha256_file(dump, cancel)
+    for expected, where in expectations:
+        if actual != expected:
+            raise RestoreError(
+                f"{source.description}: checksum mismatch: sha256 of the dump is {actual}, "
+                f"{where} says {expected}. The backup is damaged or was changed; "
+                "nothing was restored"
+            )
+    return Fetched(dump, files.globals_file, actual, files.downloaded, dump.stat().st_size)
+
+
+def download_files(
+    config: Config,
+    source: BackupSource,
+    workdir: Path,
+    cancel: CancelToken | None,
+    want_globals: bool,
+) -> BackupFiles:
+    """Downloads a remote backup's dump, `.sha256` and globals file into `workdir`.
+
+    A missing dump raises RestoreError; a missing `.sha256` or globals file is left out.
+    """
+    try:
+        target = oss_target(config)
+        workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        dump = workdir / source.dump_name
+        if source.dump_format == "directory":
+            _download_directory(target, source.remote_keys["dump"], dump, cancel)
+        else:
+            download(target, source.remote_keys["dump"], dump, cancel)
+        checksum: Path | None = workdir / source.checksum_name
+        try:
+            download(target, source.remote_keys["checksum"], checksum, cancel)  # type: ignore[arg-type]
+        except ObjectMissing:
+            checksum = None
+        globals_path: Path | None = None
+        if want_globals and "globals" in source.remote_keys and source.globals_name:
+            globals_path = workdir / source.globals_name
+            try:
+                download(target, source.remote_keys["globals"], globals_path, cancel)
+            except ObjectMissing:
+                globals_path = None
+    except ObjectMissing as exc:
+        raise RestoreError(f"{exc}: nothing to restore") from None
+    except StorageError as exc:
+        raise RestoreError(str(exc)) from None
+    return BackupFiles(dump, checksum, globals_path, True)
+
+
+def _download_directory(
+    target: OssTarget, dir_key: str, destination: Path, cancel: CancelToken | None
+) -> None:
+    """Downloads every object under `dir_key` ("<prefix><name>.dump.d/") into `destination`."""
+    prefix = target.settings.prefix
+    if not dir_key.startswith(prefix):
+        raise RestoreError(f"{target.url(dir_key)}: not under the configured prefix {prefix!r}")
+    under = dir_key[len(prefix) :]
+    names = target.list_names(under)
+    if not names:
+        raise ObjectMissing(f"{target.url(dir_key)}: no objects (missing)")
+    destination.mkdir(mode=0o700, exist_ok=True)
+    for name in names:
+        member = split_member(name)
+        if member is None:
+            raise RestoreError(f"{target.url(target.key(name))}: not a directory dump member")
+        download(target, target.key(name), destination / member[1], cancel)

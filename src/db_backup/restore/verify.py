@@ -17,16 +17,15 @@ from typing import Any
 
 from db_backup.config import Config
 from db_backup.reports.model import SUCCESS, load_reports
-from db_backup.restore.run import (
+from db_backup.restore.checksums import read_checksum_file, sha256_file, verify_directory_dump
+from db_backup.restore.source import (
+    BackupSource,
     RestoreError,
     dump_format_of,
-    explain_restore_error,
-    read_checksum_file,
     safe_file_name,
-    sha256_file,
     source_from_report,
-    verify_directory_dump,
 )
+from db_backup.restore.steps import explain_restore_error
 from db_backup.storage.base import StorageError, split_member
 from db_backup.storage.crypto import is_encrypted
 from db_backup.util.execute import CancelToken, CommandError, run
@@ -225,8 +224,6 @@ def _structure(result: Result, fmt: str, dump: Path, doc: dict[str, Any]) -> Non
     try:
         out = run(["pg_restore", "--list", str(dump)], timeout=600)
     except CommandError as exc:
-        from db_backup.restore.run import BackupSource
-
         stand_in = BackupSource(dump.name, fmt, str(doc["database"]), report=doc)
         result.problems.append(f"pg_restore --list: {explain_restore_error(str(exc), stand_in)}")
         return
