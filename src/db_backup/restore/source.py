@@ -150,7 +150,7 @@ def source_from_report(
 
 
 def _set_remote_keys(config: Config, source: BackupSource) -> None:
-    from db_backup.restore.fetch import oss_target
+    from db_backup.restore.oss_read import oss_target
 
     try:
         target = oss_target(config)
@@ -255,7 +255,7 @@ def _source_from_path(path: Path) -> BackupSource:
 
 
 def _source_from_url(config: Config, url: str) -> BackupSource:
-    from db_backup.restore.fetch import oss_target, parse_oss_url
+    from db_backup.restore.oss_read import oss_target, parse_oss_url
 
     try:
         bucket, key = parse_oss_url(url)

@@ -93,7 +93,7 @@ def verify(
             results.append(_verify_local(config, stored.path, doc, deep))
         if (remote or deep) and has_oss:
             if target is None:
-                from db_backup.restore.fetch import oss_target
+                from db_backup.restore.oss_read import oss_target
 
                 try:
                     target = oss_target(config)
@@ -234,7 +234,7 @@ def _structure(result: Result, fmt: str, dump: Path, doc: dict[str, Any]) -> Non
 def _verify_oss(
     target: Any, path: Path, doc: dict[str, Any], deep: bool, cancel: CancelToken | None
 ) -> Result:
-    from db_backup.restore.fetch import ObjectMissing, hash_object, head
+    from db_backup.restore.oss_read import ObjectMissing, hash_object, head
 
     result = _result(path, doc, "oss", "")
     artefacts = doc.get("artefacts") or []
@@ -325,7 +325,7 @@ def _verify_oss_directory(
     cancel: CancelToken | None,
 ) -> Result:
     """Checks a directory dump on OSS: HEADs every member (size, CRC-64) and its manifest."""
-    from db_backup.restore.fetch import ObjectMissing, hash_object, head
+    from db_backup.restore.oss_read import ObjectMissing, hash_object, head
 
     directory = {member[0] for member in map(split_member, members) if member is not None}
     if len(directory) != 1:
