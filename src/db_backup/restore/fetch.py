@@ -24,7 +24,6 @@ class BackupFiles:
     dump: Path
     checksum: Path | None
     globals_file: Path | None
-    downloaded: bool
 
 
 @dataclass
@@ -34,8 +33,6 @@ class Fetched:
     dump: Path
     globals_file: Path | None
     sha256: str
-    downloaded: bool
-    size: int
 
 
 def fetch(
@@ -66,7 +63,7 @@ def local_files(source: BackupSource, want_globals: bool) -> BackupFiles:
         globals_path = candidate if candidate.is_file() else None
     if not dump.exists():
         raise RestoreError(f"{dump}: the dump is not there")
-    return BackupFiles(dump, source.local_dir / source.checksum_name, globals_path, False)
+    return BackupFiles(dump, source.local_dir / source.checksum_name, globals_path)
 
 
 def verify_files(
@@ -86,8 +83,7 @@ def verify_files(
         if checksum_path is None:
             raise RestoreError(f"{dump}: no {source.checksum_name} manifest to verify it against")
         sha = verify_directory_dump(dump, checksum_path, source.expected_sha256)
-        size = sum(p.stat().st_size for p in dump.rglob("*") if p.is_file())
-        return Fetched(dump, files.globals_file, sha, files.downloaded, size)
+        return Fetched(dump, files.globals_file, sha)
     expectations = []
     if source.expected_sha256:
         expectations.append((source.expected_sha256, f"the report {source.report_file}".strip()))
@@ -108,7 +104,7 @@ def verify_files(
                 f"{where} says {expected}. The backup is damaged or was changed; "
                 "nothing was restored"
             )
-    return Fetched(dump, files.globals_file, actual, files.downloaded, dump.stat().st_size)
+    return Fetched(dump, files.globals_file, actual)
 
 
 def download_files(
@@ -148,4 +144,4 @@ def download_files(
         raise RestoreError(f"{exc}: nothing to restore") from None
     except StorageError as exc:
         raise RestoreError(str(exc)) from None
-    return BackupFiles(dump, checksum, globals_path, True)
+    return BackupFiles(dump, checksum, globals_path)
