@@ -64,6 +64,7 @@ class DrillScheduler:
         return min(self.due.values()) if self.due else None
 
     def _work(self, config: Config, job: JobConfig) -> None:
+        """Runs one scheduled drill in its thread; what goes wrong is logged, never raised."""
         try:
             run_drill(config, job, cancel=self.stop_token, trigger="schedule")
         except JobBusy as exc:

@@ -139,6 +139,7 @@ class ThrowawayCluster:
 
 
 def _tail(path: Path, lines: int) -> list[str]:
+    """Returns the last `lines` lines of a log file (none when it cannot be read)."""
     try:
         return path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
     except OSError:

@@ -136,6 +136,8 @@ def run_drill(
 
 @dataclass
 class _Drill:
+    """One drill run of a job: its settings, its deadline, the reports it has written."""
+
     config: Config
     job: JobConfig
     settings: DrillSettings

@@ -73,6 +73,7 @@ def oss_target(config: Config) -> OssTarget:
 
 
 def _missing(target: OssTarget, key: str) -> ObjectMissing:
+    """Returns the error for an object that is not in the bucket."""
     return ObjectMissing(f"oss: object {target.url(key)} does not exist")
 
 

@@ -150,6 +150,7 @@ def source_from_report(
 
 
 def _set_remote_keys(config: Config, source: BackupSource) -> None:
+    """Points `source` at its objects under the configured OSS prefix."""
     from db_backup.restore.oss_read import oss_target
 
     try:
@@ -235,6 +236,7 @@ def resolve_source(
 
 
 def _source_from_path(path: Path) -> BackupSource:
+    """Returns the backup of a dump path (its companions found beside it by name)."""
     if not path.exists():
         raise RestoreError(f"{path}: no such dump file or report")
     name = path.name
@@ -255,6 +257,7 @@ def _source_from_path(path: Path) -> BackupSource:
 
 
 def _source_from_url(config: Config, url: str) -> BackupSource:
+    """Returns the backup of an oss:// URL in the configured bucket (companions by name)."""
     from db_backup.restore.oss_read import oss_target, parse_oss_url
 
     try:
