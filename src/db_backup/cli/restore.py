@@ -52,13 +52,10 @@ def restore(context: Context) -> int:
     """Restores one backup (checksums first), or with --dry-run prints the plan."""
     import structlog
 
-    from db_backup.restore.run import (
-        RestoreError,
-        RestoreOptions,
-        resolve_source,
-        server_env,
-    )
+    from db_backup.postgres.server import server_env
     from db_backup.restore.run import restore as run_restore
+    from db_backup.restore.source import RestoreError, resolve_source
+    from db_backup.restore.steps import RestoreOptions
 
     log = structlog.get_logger("db_backup.cli")
     args, config = context.args, context.config
@@ -110,7 +107,7 @@ def _job_of(config: Config, name: str) -> JobConfig | None:
 
 def _target(args: argparse.Namespace, job: JobConfig | None) -> Connection:
     """Returns the server to restore to: the job's, with --host/--port/--username applied."""
-    from db_backup.restore.run import DEFAULT_CONNECTION
+    from db_backup.postgres.server import DEFAULT_CONNECTION
 
     connection = job.connection if job is not None else DEFAULT_CONNECTION
     if args.host is None and args.port is None and args.username is None:

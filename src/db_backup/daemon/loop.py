@@ -29,11 +29,11 @@ from db_backup.backup.run import (
 )
 from db_backup.config import Config, ConfigError, JobConfig, load
 from db_backup.config.schedule import due_at_start, next_run_after, sleep_seconds_until
+from db_backup.daemon.drills import DrillScheduler
 from db_backup.daemon.sd_notify import SdNotifier, Watchdog
 from db_backup.daemon.state import StateStore
 from db_backup.observe.staleness import StaleWatch
 from db_backup.reports.model import FAILED, SUCCESS
-from db_backup.restore.drill import DrillScheduler
 from db_backup.storage.crypto import check_config as check_encryption
 from db_backup.util.clock import utc_now
 from db_backup.util.execute import CancelToken
