@@ -107,9 +107,9 @@ def test_every_query_of_the_dashboard_names_exported_metrics_and_labels(
     exported = families(text)
     samples = parse(text)
     labels = labels_by_metric(samples)
-    assert REQUIRED <= exported
+    assert exported >= REQUIRED
     # Each metric the dashboard uses has series in this scrape, so its labels can be checked.
-    assert REQUIRED <= set(labels), REQUIRED - set(labels)
+    assert set(labels) >= REQUIRED, REQUIRED - set(labels)
     dashboard = grafana.load()
     used: set[str] = set()
     for query in grafana.queries(dashboard):
@@ -128,7 +128,7 @@ def test_every_query_of_the_dashboard_names_exported_metrics_and_labels(
         available = SCRAPE_LABELS.union(*(labels[name] for name in names))
         legend = set(grafana.LEGEND_LABEL.findall(target.get("legendFormat", "")))
         assert legend <= available, (panel["title"], legend - available)
-    assert REQUIRED <= used, REQUIRED - used
+    assert used >= REQUIRED, REQUIRED - used
 
 
 def test_promtool_parses_every_query_of_the_dashboard(tmp_path: Path) -> None:
