@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 from db_backup.observe import svg_chart
 from db_backup.observe.staleness import format_age
-from db_backup.observe.status import human_size
 from db_backup.reports.calendar import Plan, Policy, plan, policy_for
 from db_backup.reports.drills import load_drills
 from db_backup.reports.index import Entry, default_path, encode, snapshot
 from db_backup.reports.model import SUCCESS, parse_report
 from db_backup.util.clock import format_utc, parse_utc, utc_now
 from db_backup.util.fsutil import describe_os_error, write_atomically
+from db_backup.util.units import format_size
 
 if TYPE_CHECKING:
     from db_backup.config import Config
@@ -252,7 +252,7 @@ def _summary(page: Page) -> str:
             f"{_e(history.database)}</a></td><td>{_status(last.status)}</td>"
             f"<td>{_e(format_utc(last.started))}</td><td>{_e(success)}</td>"
             f'<td class="num">{_e(svg_chart.format_seconds(last.duration_seconds))}</td>'
-            f'<td class="num">{_e(human_size(good[-1].size_bytes)) if good else "-"}</td>'
+            f'<td class="num">{_e(format_size(good[-1].size_bytes)) if good else "-"}</td>'
             f'<td>{drill_text}</td><td class="error">{_e(last.error[:ERROR_CHARS])}</td></tr>'
         )
     head = (
@@ -277,7 +277,7 @@ def _history(index: int, history: History, now: datetime) -> str:
             "Backup size",
             [(run.started, float(run.size_bytes)) for run in good],
             failed,
-            lambda value: human_size(int(value)),
+            lambda value: format_size(int(value)),
             svg_chart.SIZE_UNITS,
         ),
         svg_chart.Chart(
@@ -371,7 +371,7 @@ def _recent(history: History) -> str:
     """Returns the newest runs of this database, newest first."""
     rows = []
     for run in reversed(history.runs[-RECENT_RUNS:]):
-        size = human_size(run.size_bytes) if run.status == SUCCESS else "-"
+        size = format_size(run.size_bytes) if run.status == SUCCESS else "-"
         rows.append(
             f"<tr><td>{_e(format_utc(run.started))}</td><td>{_status(run.status)}</td>"
             f'<td class="num">{_e(svg_chart.format_seconds(run.duration_seconds))}</td>'
