@@ -7,15 +7,10 @@ from pathlib import Path
 import pytest
 
 from db_backup.config import ConfigError, loads
-from db_backup.restore.drill import drill_settings
-from db_backup.restore.run import (
-    BackupSource,
-    RestoreError,
-    dump_format_of,
-    explain_restore_error,
-    globals_script,
-    safe_file_name,
-)
+from db_backup.postgres.server import globals_script
+from db_backup.restore.drill_settings import drill_settings
+from db_backup.restore.source import BackupSource, RestoreError, dump_format_of, safe_file_name
+from db_backup.restore.steps import explain_restore_error
 
 GLOBALS = r'''--
 -- PostgreSQL database cluster dump

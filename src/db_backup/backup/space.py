@@ -42,6 +42,7 @@ from db_backup.storage.base import StorageError
 from db_backup.storage.local import TEMP_DIR_NAME, temp_name
 from db_backup.util.fsutil import describe_os_error, disk_size, write_atomically
 from db_backup.util.secrets import mask
+from db_backup.util.units import format_size
 
 if TYPE_CHECKING:
     from db_backup.storage.oss.target import BucketStat
@@ -78,16 +79,6 @@ def parse_size(value: int | float | str | None) -> int | None:
         raise ValueError(f"not a size: {value!r} (write bytes, or e.g. 500GB, 1.5TiB)")
     number, unit = match.groups()
     return int(float(number) * 1024 ** _POWERS[unit.lower()] if unit else float(number))
-
-
-def format_size(size: int) -> str:
-    """Returns `size` for a person: "1.5 GiB", "312.0 KiB", "17 B"."""
-    amount = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(amount) < 1024 or unit == "TiB":
-            return f"{size} B" if unit == "B" else f"{amount:.1f} {unit}"
-        amount /= 1024
-    return f"{amount:.1f} PiB"  # pragma: no cover - the loop returns
 
 
 @dataclass(frozen=True)

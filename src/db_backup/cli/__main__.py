@@ -1,4 +1,4 @@
-"""`python -m db_backup.cli`: the same as the `db-backup` command."""
+"""`python -m db_backup.cli`: the `db-backup` command without its console script."""
 
 import sys
 

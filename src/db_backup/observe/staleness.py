@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from db_backup.util.clock import format_utc, parse_utc
+from db_backup.util.units import format_age
 
 if TYPE_CHECKING:
     import sqlite3
@@ -71,16 +72,6 @@ def parse_duration(value: object) -> timedelta | None:
         if seconds > 0:
             return timedelta(seconds=seconds)
     raise ValueError(f"not a duration: {value!r} (use e.g. 26h, 90m, 2d, or seconds)")
-
-
-def format_age(delta: timedelta) -> str:
-    """Returns a short age: `45m`, `7h`, `2d` (the STATUS line and `status` use it)."""
-    seconds = max(0, int(delta.total_seconds()))
-    if seconds < 3600:
-        return f"{seconds // 60}m"
-    if seconds < 2 * 86400:
-        return f"{seconds // 3600}h"
-    return f"{seconds // 86400}d"
 
 
 @functools.lru_cache(maxsize=256)

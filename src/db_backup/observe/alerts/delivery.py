@@ -238,6 +238,12 @@ class Lane:
                 self._release(key)
 
     def _settle(self, item: Item, outcome: Outcome) -> None:
+        # The outcome is recorded while the item still counts as held: a decision made
+        # meanwhile sees it held (not piled on), never neither held nor told.
+        try:
+            self._finish(self, item, outcome)
+        except Exception as exc:  # the bookkeeping must not end the lane
+            log.error("alert bookkeeping failed", error=mask(f"{type(exc).__name__}: {exc}"))
         with self._cond:
             self._busy = None
             again = outcome.error is not None and outcome.retryable
@@ -249,10 +255,6 @@ class Lane:
                 self._later[item.key] = (item, time.monotonic() + pause)
             elif not newer:
                 self._rounds.pop(item.key, None)
-        try:
-            self._finish(self, item, outcome)
-        except Exception as exc:  # the bookkeeping must not end the lane
-            log.error("alert bookkeeping failed", error=mask(f"{type(exc).__name__}: {exc}"))
         if not self.holds(item.key):
             self._release(item.key)
 

@@ -19,15 +19,6 @@ STALE = "stale"
 LOW_DISK = "low_disk"
 OSS_USAGE = "oss_usage"
 SUSPICIOUS_SIZE = "suspicious_size"
-EVENT_NAMES = (
-    BACKUP_FAILED,
-    BACKUP_SUCCEEDED,
-    DRILL_FAILED,
-    STALE,
-    LOW_DISK,
-    OSS_USAGE,
-    SUSPICIOUS_SIZE,
-)
 
 DEFAULT_SMTP_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
 
