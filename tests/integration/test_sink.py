@@ -187,7 +187,7 @@ def test_v2_on_a_filled_v1_table_keeps_every_row_and_the_sink_then_updates_them(
     # db-backup's own migration step (advisory lock, every file again) is harmless too.
     monkeypatch.setenv(DSN_ENV, tcp_dsn(cluster, platform))
     config = with_sink(setup)
-    settings = sink.sink_settings(config)
+    settings = config.sink
     assert settings is not None
     conn, _ = sink.connect(settings)
     with conn:
@@ -488,7 +488,7 @@ def test_with_migrate_false_a_database_without_the_tables_keeps_the_report_waiti
 ) -> None:
     monkeypatch.setenv(DSN_ENV, tcp_dsn(cluster, platform))
     config = with_sink(setup, migrate=False)
-    settings = sink.sink_settings(config)
+    settings = config.sink
     assert settings is not None
     outbox = sink.Outbox(setup.state)
     outbox.put(sink.Entry(sink.BACKUP, "r.json", make_report().to_json()))

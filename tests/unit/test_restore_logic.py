@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from db_backup.config import ConfigError, loads
-from db_backup.restore.drill import drill_settings
 from db_backup.restore.run import (
     BackupSource,
     RestoreError,
@@ -96,7 +95,7 @@ jobs:
 
 def test_drill_defaults_are_weekly_throwaway_cluster_under_the_state_directory() -> None:
     config = loads(CONFIG)
-    settings = drill_settings(config, config.jobs[0])
+    settings = config.jobs[0].drill
     assert not settings.enabled and settings.schedule == "0 4 * * 0"
     assert settings.target == "cluster" and settings.source == "auto"
     assert settings.directory == Path("/var/lib/db-backup/drill")
@@ -114,7 +113,7 @@ def test_drill_settings_are_read_from_the_job() -> None:
       checks: [{name: c, sql: SELECT true, database: shop}]
 """
     )
-    settings = drill_settings(config, config.jobs[0])
+    settings = config.jobs[0].drill
     assert settings.enabled and settings.target == "server"
     assert settings.server is not None and settings.server.port == 5433
     assert settings.server.user == "postgres" and settings.server.password is not None

@@ -33,7 +33,7 @@ import structlog
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
-from db_backup.config import SecretRef, schema
+from db_backup.config import SinkSettings
 from db_backup.observe import events
 from db_backup.reports.model import FAILED, REPORT_NAMESPACE, SUCCESS, load_reports, parse_report
 from db_backup.util.clock import format_utc, parse_utc
@@ -71,32 +71,6 @@ MIGRATION_NAME = re.compile(r"^V(\d+)__[A-Za-z0-9_]+\.sql$")
 
 class SinkError(Exception):
     """The sink cannot be used; the message names the server (never the password) and why."""
-
-
-@dataclass(frozen=True)
-class SinkSettings:
-    """The `sink:` section of the config, defaults filled in."""
-
-    dsn: SecretRef
-    connect_timeout_seconds: int
-    migrate: bool
-    batch_size: int
-
-
-def sink_settings(config: Config) -> SinkSettings | None:
-    """Returns the sink settings of `config`, or None when it has no `sink:` section."""
-    given = config.raw.get("sink")
-    if not given:
-        return None
-    props = schema()["properties"]["sink"]["properties"]
-    values = {k: given.get(k, p.get("default")) for k, p in props.items()}
-    ((kind, name),) = values["dsn"].items()
-    return SinkSettings(
-        dsn=SecretRef(kind, name),
-        connect_timeout_seconds=int(values["connect_timeout_seconds"]),
-        migrate=bool(values["migrate"]),
-        batch_size=int(values["batch_size"]),
-    )
 
 
 # --------------------------------------------------------------------------- connecting
@@ -603,7 +577,7 @@ class SinkConsumer:
 
 def consumer(config: Config) -> SinkConsumer | None:
     """Returns the sink consumer of `config`, or None when there is no `sink:` section."""
-    settings = sink_settings(config)
+    settings = config.sink
     if settings is None:
         return None
     return SinkConsumer(settings, config.directories.state)
@@ -645,7 +619,7 @@ def report_entries(config: Config) -> tuple[list[Entry], list[str]]:
 
 def _settings_for(command: str, config: Config, err: TextIO) -> SinkSettings | None:
     """Returns the sink's settings, or says on `err` that `command` needs them and returns None."""
-    settings = sink_settings(config)
+    settings = config.sink
     if settings is None:
         print(f"db-backup: {command} needs a `sink:` section with `dsn:` in the config", file=err)
     return settings

@@ -35,7 +35,7 @@ from typing import Any
 
 import structlog
 
-from db_backup.config import Config, Connection, JobConfig, SecretRef, schema
+from db_backup.config import Config, Connection, DrillSettings, JobConfig
 from db_backup.observe import events
 from db_backup.reports.drills import drills_dir
 from db_backup.reports.model import (
@@ -115,70 +115,6 @@ class DrillError(Exception):
 
 
 # --------------------------------------------------------------------------- settings
-
-
-@dataclass(frozen=True)
-class DrillCheck:
-    """One user SQL check: a query that must return one row holding true."""
-
-    name: str
-    sql: str
-    database: str | None
-
-
-@dataclass(frozen=True)
-class DrillSettings:
-    """A job's `drill` section with every default filled in."""
-
-    enabled: bool
-    schedule: str
-    target: str
-    source: str
-    directory: Path
-    bindir: str
-    run_as: str
-    server: Connection | None
-    globals: bool
-    jobs: int
-    timeout_seconds: int
-    space_factor: float
-    checks: tuple[DrillCheck, ...]
-
-
-def drill_settings(config: Config, job: JobConfig) -> DrillSettings:
-    """Returns the drill settings of `job` (read from the validated config document)."""
-    given = dict(job.drill)
-    props = schema()["properties"]["jobs"]["items"]["properties"]["drill"]["properties"]
-    values = {k: given.get(k, p.get("default")) for k, p in props.items()}
-    server = None
-    if values["server"]:
-        raw = values["server"]
-        password = raw.get("password")
-        server = Connection(
-            host=raw.get("host", "/var/run/postgresql"),
-            port=int(raw.get("port", 5432)),
-            user=raw.get("user", "postgres"),
-            password=SecretRef(*next(iter(password.items()))) if password else None,
-            connect_timeout_seconds=job.connection.connect_timeout_seconds,
-        )
-    directory = values["directory"] or str(config.directories.state / "drill")
-    return DrillSettings(
-        enabled=bool(values["enabled"]),
-        schedule=str(values["schedule"]),
-        target=str(values["target"]),
-        source=str(values["source"]),
-        directory=Path(directory),
-        bindir=str(values["bindir"]),
-        run_as=str(values["run_as"]),
-        server=server,
-        globals=bool(values["globals"]),
-        jobs=int(values["jobs"]),
-        timeout_seconds=int(values["timeout_seconds"]),
-        space_factor=float(values["space_factor"]),
-        checks=tuple(
-            DrillCheck(c["name"], c["sql"], c.get("database")) for c in values["checks"] or []
-        ),
-    )
 
 
 # --------------------------------------------------------------------------- throwaway cluster
@@ -495,7 +431,7 @@ def run_drill(
     config: Config, job: JobConfig, *, cancel: CancelToken | None = None, trigger: str = "manual"
 ) -> DrillResult:
     """Runs a drill of `job` under the job's lock; raises job.JobBusy while a backup runs."""
-    settings = drill_settings(config, job)
+    settings = job.drill
     token = CancelToken(
         time.monotonic() + settings.timeout_seconds,
         f"timed out after {settings.timeout_seconds} s (drill.timeout_seconds)",
@@ -874,7 +810,7 @@ class DrillScheduler:
 
         due = {}
         for job in config.jobs:
-            settings = drill_settings(config, job)
+            settings = job.drill
             if settings.enabled:
                 due[job.name] = next_run_after(settings.schedule, job.zone(), None, now)
         self.due = due
@@ -893,7 +829,7 @@ class DrillScheduler:
             due = self.due.get(job.name)
             if due is None or now < due or job.name in running_jobs or job.name in self.threads:
                 continue
-            settings = drill_settings(config, job)
+            settings = job.drill
             self.due[job.name] = next_run_after(settings.schedule, job.zone(), now, now)
             thread = threading.Thread(
                 target=self._work, args=(config, job), name=f"drill-{job.name}", daemon=True

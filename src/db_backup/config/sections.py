@@ -1,0 +1,115 @@
+"""The typed sections every backup needs: directories, storage, the daemon, a job's parts.
+
+Frozen dataclasses built once when the file loads (`config.build`), every default filled in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from db_backup.util.secrets import SecretRef
+
+
+@dataclass(frozen=True)
+class Directories:
+    data: Path
+    reports: Path
+    state: Path
+    logs: Path | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class OssOptions:
+    """The `storage.oss` settings that reach the OSS target as the config gives them.
+
+    A new setting of that kind is a key in the schema and a field here, of the same name: the
+    config (`OssConfig`) and the target's settings (`storage.oss.OssSettings`) both inherit it.
+    The defaults are the schema's (a test holds them equal), for code that builds settings
+    without a config file.
+    """
+
+    endpoint: str
+    bucket: str
+    prefix: str = "postgres/backups/"
+    region: str | None = None
+    signature_version: str = "v4"  # "v1" | "v4"
+    server_side_encryption: str | None = None  # None | "AES256" | "KMS"
+    kms_key_id: str | None = None
+    storage_class: str | None = None  # Standard | IA | Archive | ColdArchive
+    connect_timeout_seconds: float = 10.0
+    read_timeout_seconds: float = 120.0
+    retries: int = 5
+    parallel_parts: int = 2
+
+
+@dataclass(frozen=True, kw_only=True)
+class OssConfig(OssOptions):
+    """`storage.oss` as configured: secrets as references, sizes in the config's units."""
+
+    access_key_id: SecretRef
+    access_key_secret: SecretRef
+    security_token: SecretRef | None
+    part_size_mib: int
+    buffer_mib: int
+    bandwidth_limit_mbps: float | None
+
+
+@dataclass(frozen=True)
+class RcloneConfig:
+    remote: str
+    prefix: str
+    config_file: str | None
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    mode: str
+    tool: str
+    oss: OssConfig | None
+    rclone: RcloneConfig | None
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    max_parallel: int
+    max_dumps: int
+    catch_up_window_hours: float
+    stall_seconds: int
+
+
+@dataclass(frozen=True)
+class Connection:
+    host: str
+    port: int
+    user: str
+    password: SecretRef | None
+    connect_timeout_seconds: int
+
+
+@dataclass(frozen=True)
+class DumpOptions:
+    format: str
+    compression: int
+    jobs: int
+
+
+@dataclass(frozen=True)
+class Retention:
+    days: int
+    keep_last: int
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int
+    delay_seconds: int
+
+
+@dataclass(frozen=True)
+class AgeEncryption:
+    """Client-side encryption with age: the recipients to encrypt to, the identity to decrypt."""
+
+    recipients: tuple[str, ...]
+    recipients_file: Path | None
+    identity: SecretRef | None
