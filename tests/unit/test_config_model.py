@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import subprocess
 import sys
 from dataclasses import fields
 from datetime import timedelta
 from pathlib import Path
+
+import yaml
 
 from db_backup.config import (
     CapacitySettings,
@@ -130,3 +134,15 @@ def test_the_schedule_module_loads_without_the_config_loader() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.splitlines() == ["[]", "['jsonschema', 'yaml']"]
+
+
+def test_the_shipped_json_schema_is_schema_yaml_regenerated() -> None:
+    repo = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("gen", repo / "scripts" / "gen_config_docs.py")
+    assert spec is not None and spec.loader is not None
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    shipped = (repo / "src" / "db_backup" / "config" / "schema.json").read_text(encoding="utf-8")
+    assert shipped == generator.render_json(), "run: python scripts/gen_config_docs.py"
+    written = yaml.safe_load((repo / "src" / "db_backup" / "config" / "schema.yaml").read_text())
+    assert json.loads(shipped) == written == schema()
