@@ -120,6 +120,11 @@ def test_a_secret_written_in_plain_text_is_named_by_its_place_and_kind_never_sho
             "file, credential",
         ),
         (
+            "{S3cr3t-plainvalue}",  # YAML for a mapping whose key is the secret
+            "At 'jobs[0].connection.password': unknown key (not shown; known here: credential, "
+            "env, file)",
+        ),
+        (
             "[a, b]",
             f"At 'jobs[0].connection.password': must be {REF} or null, got a list; {HIDDEN}",
         ),

@@ -51,10 +51,14 @@ def _describe(error: jsonschema.ValidationError) -> Iterator[str]:
     path: Path = tuple(error.absolute_path)
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
+        known = f"known here: {', '.join(allowed)}"
+        if in_secret_ref(path):  # `password: {S3cr3t}` is YAML for a key S3cr3t
+            yield f"At '{format_path(path)}': unknown key (not shown; {known})"
+            return
         # YAML keys may be numbers, booleans or null, which do not sort with strings.
         extra = sorted(str(key) for key in error.instance if key not in allowed)
         for key in extra:
-            yield f"At '{format_path([*path, key])}': unknown key (known here: {', '.join(allowed)})"
+            yield f"At '{format_path([*path, key])}': unknown key ({known})"
     elif error.validator == "required":
         missing = str(error.message).split("'")[1] if "'" in error.message else error.message
         yield f"At '{format_path([*path, missing])}': required key is missing"
@@ -161,11 +165,23 @@ def _is_secret_ref(node: dict[str, Any]) -> bool:
 
 def hides_value(path: Path) -> bool:
     """Returns whether a value at `path` may hold a secret: at, inside or around a reference."""
-    here = tuple("*" if isinstance(part, int) else str(part) for part in path)
-    return any(
-        ref[: len(here)] == here or here[: len(ref)] == ref
-        for ref in secret_places(id(schema_file.schema()))
-    )
+    here = _pattern(path)
+    return in_secret_ref(path) or any(ref[: len(here)] == here for ref in _secret_places())
+
+
+def in_secret_ref(path: Path) -> bool:
+    """Returns whether `path` is a secret reference or inside one."""
+    here = _pattern(path)
+    return any(here[: len(ref)] == ref for ref in _secret_places())
+
+
+def _pattern(path: Path) -> tuple[str, ...]:
+    return tuple("*" if isinstance(part, int) else str(part) for part in path)
+
+
+def _secret_places() -> frozenset[tuple[str, ...]]:
+    # Keyed by the schema object, so a schema a test changes gets its own.
+    return secret_places(id(schema_file.schema()))
 
 
 @cache
