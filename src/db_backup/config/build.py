@@ -142,10 +142,12 @@ def _max_age(value: int | str | bool | None) -> timedelta | Literal[False] | Non
 
 
 def _size_or_zero(value: int | float | str | None) -> int:
+    """Returns a size in bytes, 0 for none."""
     return parse_size(value) or 0
 
 
 def _float_or_none(value: float | None) -> float | None:
+    """Returns `value` as a float, None for none."""
     return float(value) if value is not None else None
 
 
@@ -270,6 +272,7 @@ def _channel(section: dict[str, Any]) -> ChannelSettings:
 
 
 def _encryption(section: dict[str, Any] | None) -> AgeEncryption | None:
+    """Returns the age settings of an `encryption` mapping, None without one."""
     if not section:
         return None
     age = section["age"]
@@ -282,6 +285,7 @@ def _encryption(section: dict[str, Any] | None) -> AgeEncryption | None:
 
 
 def _secret(value: dict[str, str] | None) -> SecretRef | None:
+    """Returns a `{kind: name}` mapping as a SecretRef, None for none."""
     if not value:
         return None
     ((kind, name),) = value.items()
@@ -289,6 +293,7 @@ def _secret(value: dict[str, str] | None) -> SecretRef | None:
 
 
 def _required_secret(value: dict[str, str]) -> SecretRef:
+    """Returns the SecretRef of a reference the schema requires."""
     ref = _secret(value)
     assert ref is not None  # the schema requires it
     return ref
@@ -300,4 +305,5 @@ def _secret_or_value(value: Any) -> Any:
 
 
 def _as_list(value: str | list[str]) -> list[str]:
+    """Returns one name or a list of names as a list."""
     return [value] if isinstance(value, str) else list(value)

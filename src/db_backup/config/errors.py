@@ -9,6 +9,7 @@ class ConfigError(Exception):
     """A config file that cannot be used; `problems` holds one line per mistake."""
 
     def __init__(self, source: str, problems: Sequence[str]) -> None:
+        """Keeps the file and its problems; the message lists them one per line."""
         self.source = source
         self.problems = list(problems)
         lines = "\n".join(f"  {p}" for p in self.problems)

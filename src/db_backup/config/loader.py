@@ -122,6 +122,7 @@ def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:
 
 
 def _mark(mark: yaml.Mark | None) -> str:
+    """Returns a YAML mark as "line L, column C" (1-based), "" for none."""
     return f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
 
 

@@ -138,6 +138,7 @@ def _plain(error: jsonschema.ValidationError, path: Path) -> str:
 
 
 def _kind(instance: object) -> str:
+    """Returns the kind of `instance` in words ("a string"), never its value."""
     return KINDS.get(type(instance).__name__, "a value")
 
 
@@ -160,6 +161,7 @@ def _resolve(node: dict[str, Any]) -> dict[str, Any]:
 
 
 def _is_secret_ref(node: dict[str, Any]) -> bool:
+    """Returns whether a (resolved) schema node is the secret reference."""
     return node == schema_file.schema()["$defs"]["secret_ref"]
 
 
@@ -176,10 +178,12 @@ def in_secret_ref(path: Path) -> bool:
 
 
 def _pattern(path: Path) -> tuple[str, ...]:
+    """Returns `path` with every list index as `*`, as the schema places are written."""
     return tuple("*" if isinstance(part, int) else str(part) for part in path)
 
 
 def _secret_places() -> frozenset[tuple[str, ...]]:
+    """Returns the secret places of the schema in use."""
     # Keyed by the schema object, so a schema a test changes gets its own.
     return secret_places(id(schema_file.schema()))
 

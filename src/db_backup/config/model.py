@@ -36,6 +36,8 @@ from db_backup.util.secrets import SecretRef
 
 @dataclass(frozen=True)
 class JobConfig:
+    """One backup job with every default filled in and its effective settings."""
+
     name: str
     schedule: str
     timezone: str | None
@@ -70,6 +72,8 @@ class JobConfig:
 
 @dataclass(frozen=True)
 class Config:
+    """The whole config: directories, storage, the daemon, the jobs and the optional sections."""
+
     source: str
     directories: Directories
     storage: StorageConfig

@@ -13,6 +13,8 @@ from db_backup.util.secrets import SecretRef
 
 @dataclass(frozen=True)
 class Directories:
+    """Where dumps, reports, state and log files live."""
+
     data: Path
     reports: Path
     state: Path
@@ -57,6 +59,8 @@ class OssConfig(OssOptions):
 
 @dataclass(frozen=True)
 class RcloneConfig:
+    """`storage.rclone`: the remote, the path under it and rclone's config file."""
+
     remote: str
     prefix: str
     config_file: str | None
@@ -64,6 +68,8 @@ class RcloneConfig:
 
 @dataclass(frozen=True)
 class StorageConfig:
+    """`storage`: the default mode, the remote tool and its section."""
+
     mode: str
     tool: str
     oss: OssConfig | None
@@ -72,6 +78,8 @@ class StorageConfig:
 
 @dataclass(frozen=True)
 class DaemonConfig:
+    """`daemon`: how much runs at once, catch-up and the stall limit."""
+
     max_parallel: int
     max_dumps: int
     catch_up_window_hours: float
@@ -80,6 +88,8 @@ class DaemonConfig:
 
 @dataclass(frozen=True)
 class Connection:
+    """How to reach a PostgreSQL server (the password stays a reference)."""
+
     host: str
     port: int
     user: str
@@ -89,6 +99,8 @@ class Connection:
 
 @dataclass(frozen=True)
 class DumpOptions:
+    """pg_dump's format, -Z level and -j workers."""
+
     format: str
     compression: int
     jobs: int
@@ -96,12 +108,16 @@ class DumpOptions:
 
 @dataclass(frozen=True)
 class Retention:
+    """How long backups are kept, and how many always."""
+
     days: int
     keep_last: int
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
+    """Extra attempts after a FAILED run and the wait before each."""
+
     attempts: int
     delay_seconds: int
 
