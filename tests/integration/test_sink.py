@@ -22,7 +22,7 @@ from db_backup.observe.jobtable.migrate import V2_COLUMNS, migrate, schema_ready
 from db_backup.observe.jobtable.outbox import OUTBOX_DIR, REJECTED_DIR, Outbox, flush
 from db_backup.observe.jobtable.rows import BACKUP, Entry, send
 from db_backup.observe.jobtable.sender import consumer as sink_consumer
-from db_backup.observe.jobtable.settings import SinkError, sink_settings
+from db_backup.observe.jobtable.settings import SinkError
 from db_backup.observe.jobtable.settings import connect as sink_connect
 from db_backup.reports.model import REPORT_NAMESPACE, Report, stem
 from tests.conftest import BACKUP_PASSWORD, RunCli, Setup
@@ -193,7 +193,7 @@ def test_v2_on_a_filled_v1_table_keeps_every_row_and_the_sink_then_updates_them(
     # db-backup's own migration step (advisory lock, every file again) is harmless too.
     monkeypatch.setenv(DSN_ENV, tcp_dsn(cluster, platform))
     config = with_sink(setup)
-    settings = sink_settings(config)
+    settings = config.sink
     assert settings is not None
     conn, _ = sink_connect(settings)
     with conn:
@@ -494,7 +494,7 @@ def test_with_migrate_false_a_database_without_the_tables_keeps_the_report_waiti
 ) -> None:
     monkeypatch.setenv(DSN_ENV, tcp_dsn(cluster, platform))
     config = with_sink(setup, migrate=False)
-    settings = sink_settings(config)
+    settings = config.sink
     assert settings is not None
     outbox = Outbox(setup.state)
     outbox.put(Entry(BACKUP, "r.json", make_report().to_json()))

@@ -23,7 +23,6 @@ from db_backup.reports.calendar import (
     keep_reasons,
     plan,
     policy_for,
-    policy_of,
 )
 from db_backup.reports.retention import Backup, choose_expired
 
@@ -378,8 +377,13 @@ def test_the_plan_keeps_failed_runs_only_while_younger_than_days_and_per_databas
 
 
 def test_policy_defaults_are_the_schemas() -> None:
-    assert policy_of(None) == Policy() == policy_of({})
-    assert policy_of({"keep_daily": 14, "days": 2}) == Policy(days=2, keep_daily=14)
+    from db_backup.config import loads
+
+    config = loads(
+        "storage: {mode: local}\njobs:\n  - name: nightly\n    schedule: '0 2 * * *'\n"
+        "    databases: shop\n"
+    )
+    assert policy_for(config.job("nightly")) == Policy()
     assert not Policy().by_calendar and Policy(keep_yearly=1).by_calendar
 
 

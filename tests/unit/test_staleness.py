@@ -20,11 +20,11 @@ import pytest
 import yaml
 
 from db_backup.backup.run import RunResult
-from db_backup.config import Config, JobConfig, loads
+from db_backup.config import Config, JobConfig, loads, parse_duration
 from db_backup.daemon.loop import Daemon
 from db_backup.daemon.sd_notify import SdNotifier
 from db_backup.observe import events, staleness
-from db_backup.observe.staleness import default_max_age, parse_duration
+from db_backup.observe.staleness import default_max_age
 from db_backup.reports.model import FAILED, SUCCESS, Report, stem, write_report
 from db_backup.util.names import host_label
 from tests.unit.test_schedule import SimulatedClock, utc

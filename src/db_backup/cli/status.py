@@ -11,8 +11,7 @@ from db_backup.cli.output import EXIT_OK, CommandError, warn
 from db_backup.cli.parser import positive, since
 
 if TYPE_CHECKING:
-    from db_backup.config import Config
-    from db_backup.observe.jobtable.settings import SinkSettings
+    from db_backup.config import Config, SinkSettings
     from db_backup.observe.status import StatusPage, StatusQuery
 
 
@@ -115,9 +114,8 @@ def _document(page: StatusPage, drills: list[dict[str, Any]]) -> dict[str, Any]:
 
 def sink_settings_for(command: str, config: Config) -> SinkSettings:
     """Returns the sink's settings; CommandError saying that `command` needs them when absent."""
-    from db_backup.observe.jobtable.settings import sink_settings
 
-    settings = sink_settings(config)
+    settings = config.sink
     if settings is None:
         raise CommandError(f"{command} needs a `sink:` section with `dsn:` in the config")
     return settings

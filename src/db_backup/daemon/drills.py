@@ -10,7 +10,6 @@ import structlog
 from db_backup.config import Config, JobConfig
 from db_backup.config.schedule import next_run_after
 from db_backup.restore.drill import run_drill
-from db_backup.restore.drill_settings import drill_settings
 from db_backup.util.execute import CancelToken
 from db_backup.util.locks import JobBusy, JobSetupError
 
@@ -33,7 +32,7 @@ class DrillScheduler:
         """Computes the next drill of every job that has drills enabled."""
         due = {}
         for job in config.jobs:
-            settings = drill_settings(config, job)
+            settings = job.drill
             if settings.enabled:
                 due[job.name] = next_run_after(settings.schedule, job.zone(), None, now)
         self.due = due
@@ -50,7 +49,7 @@ class DrillScheduler:
             due = self.due.get(job.name)
             if due is None or now < due or job.name in running_jobs or job.name in self.threads:
                 continue
-            settings = drill_settings(config, job)
+            settings = job.drill
             self.due[job.name] = next_run_after(settings.schedule, job.zone(), now, now)
             thread = threading.Thread(
                 target=self._work, args=(config, job), name=f"drill-{job.name}", daemon=True

@@ -145,17 +145,8 @@ def hook_env(variables: Mapping[str, str]) -> dict[str, str]:
 
 def hooks_for(config: Config, job: str, event: str) -> list[Hook]:
     """Returns the hooks of `event` for `job`: the top-level ones first, then the job's own."""
-    from db_backup.config import schema
-
-    item = schema()["properties"]["hooks"]["properties"][event]["items"]
-    default_timeout = float(item["properties"]["timeout_seconds"]["default"])
-    sections = [config.raw.get("hooks"), config.job(job).raw.get("hooks")]
-    found = []
-    for section in sections:
-        for entry in (section or {}).get(event) or []:
-            timeout = float(entry.get("timeout_seconds", default_timeout))
-            found.append(Hook(tuple(entry["command"]), timeout))
-    return found
+    commands = (*config.hooks.of(event), *config.job(job).hooks.of(event))
+    return [Hook(c.argv, c.timeout_seconds) for c in commands]
 
 
 def _stdin_with(data: bytes) -> int:

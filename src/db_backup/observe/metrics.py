@@ -15,7 +15,6 @@ newlines).
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import socket
 import threading
@@ -33,7 +32,7 @@ from db_backup.reports.model import SUCCESS, parse_report
 from db_backup.util.clock import parse_utc, utc_now
 
 if TYPE_CHECKING:
-    from db_backup.config import Config
+    from db_backup.config import Config, MetricsSettings
     from db_backup.observe.events import Event
     from db_backup.observe.metrics_http import MetricsServer
 
@@ -46,38 +45,6 @@ LABELS = ["backup_job", "database"]
 
 class MetricsError(Exception):
     """The metrics cannot be written or served; the message names the place and the cause."""
-
-
-@dataclass(frozen=True)
-class MetricsSettings:
-    """The `metrics` section with its defaults."""
-
-    textfile_dir: Path | None
-    file_name: str
-    listen: str | None
-    allow_remote: bool
-
-    @property
-    def textfile(self) -> Path | None:
-        """Returns the path of the metrics file, None when no file is written."""
-        return self.textfile_dir / self.file_name if self.textfile_dir else None
-
-
-def settings(config: Config) -> MetricsSettings | None:
-    """Returns the `metrics` settings of `config`, None when the section is absent."""
-    given = config.raw.get("metrics")
-    if not isinstance(given, dict):
-        return None
-    from db_backup.config import schema
-
-    props = schema()["properties"]["metrics"]["properties"]
-    values = {key: given.get(key, prop.get("default")) for key, prop in props.items()}
-    return MetricsSettings(
-        textfile_dir=Path(values["textfile_dir"]) if values["textfile_dir"] else None,
-        file_name=str(values["file_name"]),
-        listen=values["listen"] or None,
-        allow_remote=bool(values["allow_remote"]),
-    )
 
 
 # --- what the metrics say ---------------------------------------------------------------------
@@ -266,10 +233,9 @@ def _max_ages(config: Config, now: datetime) -> GaugeMetricFamily:
         "db_backup_max_age_seconds", "The job's max_age (staleness limit).", ["backup_job"]
     )
     for job_config in config.jobs:
-        with contextlib.suppress(ValueError):
-            limit = staleness.max_age(job_config, now)
-            if limit is not None:
-                max_age.add_metric([job_config.name], limit.total_seconds())
+        limit = staleness.max_age(job_config, now)
+        if limit is not None:
+            max_age.add_metric([job_config.name], limit.total_seconds())
     return max_age
 
 
@@ -336,7 +302,7 @@ class MetricsConsumer:
 
 def consumer(config: Config) -> MetricsConsumer | None:
     """Returns the textfile writer, None when no `metrics.textfile_dir` is configured."""
-    found = settings(config)
+    found = config.metrics
     if found is None or found.textfile is None:
         return None
     return MetricsConsumer(config, found.textfile)
@@ -378,7 +344,7 @@ def check_listen(found: MetricsSettings) -> tuple[str, int] | None:
 
 def check_config(config: Config) -> None:
     """Raises MetricsError when `metrics.listen` would be refused by the daemon."""
-    found = settings(config)
+    found = config.metrics
     if found is not None:
         check_listen(found)
 
@@ -387,7 +353,7 @@ def serve(config: Callable[[], Config]) -> MetricsServer | None:
     """Starts /metrics when `metrics.listen` is set; raises MetricsError on a bad address."""
     from db_backup.observe import metrics_http
 
-    found = settings(config())
+    found = config().metrics
     where = check_listen(found) if found is not None else None
     if where is None:
         return None

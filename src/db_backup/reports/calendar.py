@@ -23,10 +23,10 @@ borg's local-time label would merge them); the hour skipped when they go forward
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta, tzinfo
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from db_backup.reports.retention import Backup
 
@@ -89,19 +89,10 @@ class Policy:
         return any(getattr(self, rule) > 0 for rule, _ in CALENDAR_RULES)
 
 
-def policy_of(section: Mapping[str, Any] | None) -> Policy:
-    """Returns the policy of a `retention` mapping as written, the schema's defaults filled in."""
-    from db_backup.config import schema
-
-    props = schema()["properties"]["jobs"]["items"]["properties"]["retention"]["properties"]
-    given = dict(section or {})
-    values = {f.name: int(given.get(f.name, props[f.name]["default"])) for f in fields(Policy)}
-    return Policy(**values)
-
-
 def policy_for(job: JobConfig) -> Policy:
-    """Returns the retention policy of `job` (its validated `retention` section)."""
-    return policy_of(job.raw.get("retention"))
+    """Returns the retention policy of `job` (its typed `retention` section)."""
+    retention = job.retention
+    return Policy(**{f.name: getattr(retention, f.name) for f in fields(Policy)})
 
 
 def keep_reasons(

@@ -26,7 +26,7 @@ from typing import Any
 
 import structlog
 
-from db_backup.config import Config, JobConfig
+from db_backup.config import Config, DrillSettings, JobConfig
 from db_backup.observe import events
 from db_backup.postgres.cluster import (
     ClusterError,
@@ -59,7 +59,6 @@ from db_backup.restore.drill_report import (
     new_report,
     verdict,
 )
-from db_backup.restore.drill_settings import DrillSettings, drill_settings
 from db_backup.restore.drill_target import (
     ScratchDatabases,
     cleanup_leftovers,
@@ -124,7 +123,7 @@ def run_drill(
     config: Config, job: JobConfig, *, cancel: CancelToken | None = None, trigger: str = "manual"
 ) -> DrillResult:
     """Runs a drill of `job` under the job's lock; raises util.locks.JobBusy while a backup runs."""
-    settings = drill_settings(config, job)
+    settings = job.drill
     token = CancelToken(
         time.monotonic() + settings.timeout_seconds,
         f"timed out after {settings.timeout_seconds} s (drill.timeout_seconds)",

@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from db_backup.config import Config, JobConfig
+from db_backup.config import Config, DrillSettings, JobConfig
 from db_backup.postgres.cluster import (
     ClusterError,
     ThrowawayCluster,
@@ -29,7 +29,6 @@ from db_backup.postgres.cluster import (
 )
 from db_backup.postgres.server import Server, drop_database, server_env
 from db_backup.reports.model import StoredReport, write_json_atomically
-from db_backup.restore.drill_settings import DrillSettings
 from db_backup.util.execute import CommandError, child_env
 
 log = structlog.get_logger("db_backup.restore.drill")

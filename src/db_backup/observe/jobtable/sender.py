@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from db_backup.config import SinkSettings
 from db_backup.observe import events
 from db_backup.observe.jobtable.outbox import Outbox, flush
 from db_backup.observe.jobtable.rows import BACKUP, DRILL, Entry
-from db_backup.observe.jobtable.settings import SinkError, SinkSettings, sink_settings
+from db_backup.observe.jobtable.settings import SinkError
 from db_backup.util.secrets import mask
 
 if TYPE_CHECKING:
@@ -99,7 +100,7 @@ class SinkConsumer:
 
 def consumer(config: Config) -> SinkConsumer | None:
     """Returns the sink consumer of `config`, or None when there is no `sink:` section."""
-    settings = sink_settings(config)
+    settings = config.sink
     if settings is None:
         return None
     return SinkConsumer(settings, config.directories.state)

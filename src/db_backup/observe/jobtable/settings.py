@@ -2,49 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from db_backup.config import SecretRef, schema
+from db_backup.config import SinkSettings
 from db_backup.util.secrets import SecretError, mask, register, resolve
-
-if TYPE_CHECKING:
-    from db_backup.config import Config
 
 STATEMENT_TIMEOUT_SECONDS = 120  # one batch or one migration; bounds a hung server too
 
 
 class SinkError(Exception):
     """The sink cannot be used; the message names the server (never the password) and why."""
-
-
-@dataclass(frozen=True)
-class SinkSettings:
-    """The `sink:` section of the config, defaults filled in."""
-
-    dsn: SecretRef
-    connect_timeout_seconds: int
-    migrate: bool
-    batch_size: int
-
-
-def sink_settings(config: Config) -> SinkSettings | None:
-    """Returns the sink settings of `config`, or None when it has no `sink:` section."""
-    given = config.raw.get("sink")
-    if not given:
-        return None
-    props = schema()["properties"]["sink"]["properties"]
-    values = {k: given.get(k, p.get("default")) for k, p in props.items()}
-    ((kind, name),) = values["dsn"].items()
-    return SinkSettings(
-        dsn=SecretRef(kind, name),
-        connect_timeout_seconds=int(values["connect_timeout_seconds"]),
-        migrate=bool(values["migrate"]),
-        batch_size=int(values["batch_size"]),
-    )
 
 
 def describe_dsn(dsn: str) -> str:
