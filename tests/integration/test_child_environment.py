@@ -81,13 +81,14 @@ def test_the_guard_refuses_a_library_child_and_lets_executes_own_through(
     script = """
 import platform, subprocess
 from db_backup.util import children, execute
-children.guard()
-print(platform.architecture()[0])            # answered without running `file`
-try:
-    subprocess.run(["true"], check=True)
-except PermissionError as exc:
-    print("refused:", exc)
-print(execute.run(["echo", "ours"]).strip())  # execute's children, with their own environment
+with children.guarded():
+    print(platform.architecture()[0])            # answered without running `file`
+    try:
+        subprocess.run(["true"], check=True)
+    except PermissionError as exc:
+        print("refused:", exc)
+    print(execute.run(["echo", "ours"]).strip())  # execute's children, own environment
+subprocess.run(["true"], check=True)             # outside the block: not refused
 """
     env = {**os.environ, **_env(fakes, **OSS_ENV)}
     done = subprocess.run(

@@ -33,7 +33,11 @@ EVENTS_FINISH_SECONDS = 30.0  # at most this long after a run for alerts and the
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line and returns the process exit status."""
-    children.guard()  # from here on, no child but execute's (none inherits our environment)
+    with children.guarded():  # no child but execute's: none inherits our environment
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser(COMMANDS).parse_args(argv)
     command = BY_NAME[args.command]
     try:

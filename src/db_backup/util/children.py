@@ -8,8 +8,8 @@ that starts a child of its own passes the whole environment instead: croniter's 
 PermissionError (an OSError, which such callers already expect from a missing program):
 
 - inside `refused()` (around an import known to start a child), any process start;
-- once `guard()` has been called (the `db-backup` command does, first thing), any process start
-  not made by `execute` inside `ours()`.
+- inside `guarded()` (the `db-backup` command runs in it, from its first line to its last), any
+  process start not made by `execute` inside `ours()`.
 
 Replacing the process (`os.exec*`) is not a child and is not refused. The hook costs one set
 lookup per audit event.
@@ -27,7 +27,7 @@ SPAWN_EVENTS = frozenset({"subprocess.Popen", "os.posix_spawn", "os.spawn", "os.
 _local = threading.local()
 _lock = threading.Lock()
 _installed = False
-_guarded = False
+_guarded = 0
 _refusing = 0
 
 
@@ -52,11 +52,18 @@ def _install() -> None:
             _installed = True
 
 
-def guard() -> None:
-    """Refuses, from now on, every process start that `execute` does not make."""
+@contextlib.contextmanager
+def guarded() -> Iterator[None]:
+    """Refuses, while the block runs, every process start that `execute` does not make."""
     global _guarded
     _install()
-    _guarded = True
+    with _lock:
+        _guarded += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _guarded -= 1
 
 
 @contextlib.contextmanager
