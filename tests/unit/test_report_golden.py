@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from db_backup.reports.model import FAILED, SUCCESS, Report, stem, write_report
+from db_backup.reports.model import FAILED, SUCCESS, Report, TargetResult, stem, write_report
 from db_backup.storage.base import StoredObject
 
 GOLDEN = Path(__file__).with_name("golden") / "reports"
@@ -57,7 +57,6 @@ def dumped(report: Report, size: int = 7_340_321, sha256: str = SHA) -> None:
 
 def stored_on(
     report: Report,
-    stored: dict[str, list[str]],
     target: str,
     dump_names: list[str],
     dump: StoredObject,
@@ -66,7 +65,7 @@ def stored_on(
     location: Callable[[str], str],
 ) -> None:
     """A target holds the dump, then the globals file and the .sha256 beside it."""
-    names = stored[target]
+    names = report.stored[target]
     names.extend(dump_names)
     globals_location = ""
     if globals_name:
@@ -74,53 +73,37 @@ def stored_on(
         names.append(globals_name)
     checksum_location = location(checksum_name)
     names.append(checksum_name)
-    report.targets[target] = {
-        "status": SUCCESS,
-        "location": dump.location,
-        "sizeBytes": dump.size_bytes,
-        **dump.extra,
-        "files": list(names),
-    }
-    if target == "local":
-        report.local_file = dump.location
-        report.checksum_file = checksum_location
-        report.globals_file = globals_location
-    elif "objects" in dump.extra:
-        report.remote_urls.extend(dump.extra["objects"])
-    else:
-        report.remote_urls.append(dump.location)
+    report.targets[target] = TargetResult(
+        SUCCESS,
+        location=dump.location,
+        size_bytes=dump.size_bytes,
+        extra=dump.extra,
+        checksum_location=checksum_location,
+        globals_location=globals_location,
+    )
 
 
-def failed_on(report: Report, stored: dict[str, list[str]], target: str, error: str) -> None:
+def failed_on(report: Report, target: str, error: str) -> None:
     """A target failed: what it had stored of this database is deleted."""
-    stored[target].clear()
-    report.targets[target] = {"status": FAILED, "error": error}
+    report.stored[target].clear()
+    report.targets[target] = TargetResult(FAILED, error=error)
 
 
 def settled(report: Report) -> None:
     """Every target has answered: SUCCESS unless one failed."""
-    failed = {n: r for n, r in report.targets.items() if r["status"] == FAILED}
+    failed = report.failed_targets()
     if failed:
-        report.error_message = "; ".join(f"{name}: {r['error']}" for name, r in failed.items())
+        report.error_message = "; ".join(f"{name}: {error}" for name, error in failed.items())
     else:
         report.status = SUCCESS
 
 
-def removed_partial(report: Report, stored: dict[str, list[str]], error: str) -> None:
+def removed_partial(report: Report, error: str) -> None:
     """The database failed after something was stored: all of it is deleted again."""
     report.error_message = error
     report.status = FAILED
-    for names in stored.values():
+    for names in report.stored.values():
         names.clear()
-    report.local_file = report.checksum_file = report.globals_file = ""
-    report.remote_urls.clear()
-    for result in report.targets.values():
-        result.pop("files", None)
-
-
-def finished(report: Report, stored: dict[str, list[str]]) -> None:
-    """The report is about to be written: it names what some target still holds."""
-    report.artefacts = list(dict.fromkeys(n for names in stored.values() for n in names))
 
 
 # --- the cases ---------------------------------------------------------------------------------
@@ -152,15 +135,14 @@ def oss_dump(name: str, size: int) -> StoredObject:
 def case_local() -> Report:
     report = new_report(mode="local")
     s = report.stem
-    stored: dict[str, list[str]] = {"local": []}
+    report.stored = {"local": []}
     report.capacity = {"space": {"estimateBytes": 7_000_000, "source": "history"}}
     dumped(report)
     report.row_counts, report.tables = "exact", {"public.orders": 1200, 'public."Order Items"': 3}
     dump = StoredObject(local_path(f"{s}.dump"), 7_340_321, {"sha256": SHA})
     names = (f"{s}_globals.sql", f"{s}.dump.sha256")
-    stored_on(report, stored, "local", [f"{s}.dump"], dump, *names, local_path)
+    stored_on(report, "local", [f"{s}.dump"], dump, *names, local_path)
     settled(report)
-    finished(report, stored)
     report.retention_deleted = [local_path("shop_20261001T020000Z_db01.dump")]
     return report
 
@@ -168,14 +150,13 @@ def case_local() -> Report:
 def case_oss() -> Report:
     report = new_report(mode="oss", compression=6)
     s = report.stem
-    stored: dict[str, list[str]] = {"oss": []}
+    report.stored = {"oss": []}
     dumped(report, size=52_428_800)
     report.row_counts, report.tables = "estimate", {"public.orders": 1000}
     names = ("", f"{s}.dump.sha256")
     dump = oss_dump(f"{s}.dump", 52_428_800)
-    stored_on(report, stored, "oss", [f"{s}.dump"], dump, *names, oss_url)
+    stored_on(report, "oss", [f"{s}.dump"], dump, *names, oss_url)
     settled(report)
-    finished(report, stored)
     report.retention_held = "the newest backup is suspiciously small"
     return report
 
@@ -183,16 +164,15 @@ def case_oss() -> Report:
 def case_both() -> Report:
     report = new_report(attempt=2)
     s = report.stem
-    stored: dict[str, list[str]] = {"local": [], "oss": []}
+    report.stored = {"local": [], "oss": []}
     dumped(report)
     report.row_counts = "off"
     names = (f"{s}_globals.sql", f"{s}.dump.sha256")
     local = StoredObject(local_path(f"{s}.dump"), 7_340_321, {"sha256": SHA})
-    stored_on(report, stored, "local", [f"{s}.dump"], local, *names, local_path)
+    stored_on(report, "local", [f"{s}.dump"], local, *names, local_path)
     remote = oss_dump(f"{s}.dump", 7_340_321)
-    stored_on(report, stored, "oss", [f"{s}.dump"], remote, *names, oss_url)
+    stored_on(report, "oss", [f"{s}.dump"], remote, *names, oss_url)
     settled(report)
-    finished(report, stored)
     report.retention_deleted = [
         local_path("shop_20261001T020000Z_db01.dump"),
         oss_url("shop_20261001T020000Z_db01.dump"),
@@ -204,20 +184,19 @@ def case_both() -> Report:
 def case_directory() -> Report:
     report = new_report(dump_format="directory", compression=5)
     s = report.stem
-    stored: dict[str, list[str]] = {"local": [], "oss": []}
+    report.stored = {"local": [], "oss": []}
     dumped(report, size=9_000, sha256=PLAIN_SHA)  # the manifest's checksum, the files' sum
     report.row_counts, report.tables = "exact", {"public.orders": 1200}
     names = (f"{s}_globals.sql", f"{s}.dump.d.sha256")
     manifest = {"manifestSha256": PLAIN_SHA}
     local = StoredObject(local_path(f"{s}.dump.d"), 9_000, manifest)
-    stored_on(report, stored, "local", [f"{s}.dump.d"], local, *names, local_path)
+    stored_on(report, "local", [f"{s}.dump.d"], local, *names, local_path)
     members = [f"{s}.dump.d/{f}" for f in ("3001.dat.gz", "3002.dat.gz", "toc.dat")]
     remote = StoredObject(
         oss_url(f"{s}.dump.d/"), 9_000, {"objects": [oss_url(m) for m in members]}
     )
-    stored_on(report, stored, "oss", members, remote, *names, oss_url)
+    stored_on(report, "oss", members, remote, *names, oss_url)
     settled(report)
-    finished(report, stored)
     return report
 
 
@@ -225,7 +204,7 @@ def case_encrypted() -> Report:
     encryption = {"method": "age", "recipientFingerprints": ["sha256:0123456789abcdef"]}
     report = new_report(encryption=dict(encryption))
     s = report.stem
-    stored: dict[str, list[str]] = {"local": [], "oss": []}
+    report.stored = {"local": [], "oss": []}
     dumped(report, size=7_340_500)
     assert report.encryption is not None
     report.encryption.update(
@@ -237,11 +216,10 @@ def case_encrypted() -> Report:
     report.row_counts, report.tables = "exact", {"public.orders": 1200}
     names = (f"{s}_globals.sql.age", f"{s}.dump.age.sha256")
     local = StoredObject(local_path(f"{s}.dump.age"), 7_340_500, {"sha256": SHA})
-    stored_on(report, stored, "local", [f"{s}.dump.age"], local, *names, local_path)
+    stored_on(report, "local", [f"{s}.dump.age"], local, *names, local_path)
     remote = oss_dump(f"{s}.dump.age", 7_340_500)
-    stored_on(report, stored, "oss", [f"{s}.dump.age"], remote, *names, oss_url)
+    stored_on(report, "oss", [f"{s}.dump.age"], remote, *names, oss_url)
     settled(report)
-    finished(report, stored)
     return report
 
 
@@ -249,72 +227,66 @@ def case_rclone() -> Report:
     report = new_report(mode="oss")
     report.tool = "rclone"
     s = report.stem
-    stored: dict[str, list[str]] = {"rclone": []}
+    report.stored = {"rclone": []}
     dumped(report)
     names = ("", f"{s}.dump.sha256")
     dump = StoredObject(f"store:bucket/pg/{s}.dump", 7_340_321, {"tool": "rclone", "sha256": SHA})
-    stored_on(report, stored, "rclone", [f"{s}.dump"], dump, *names, lambda n: f"store:pg/{n}")
+    stored_on(report, "rclone", [f"{s}.dump"], dump, *names, lambda n: f"store:pg/{n}")
     settled(report)
-    finished(report, stored)
     return report
 
 
 def case_failed_before_the_dump() -> Report:
     report = new_report(database="*")
     report.error_message = "cannot connect to 127.0.0.1:5432: password authentication failed"
-    finished(report, {})
     return report
 
 
 def case_failed_dump() -> Report:
     report = new_report()
-    stored: dict[str, list[str]] = {"local": [], "oss": []}
+    report.stored = {"local": [], "oss": []}
     report.capacity = {"space": {"estimateBytes": 7_000_000, "source": "history"}}
-    removed_partial(report, stored, "pg_dump failed (exit 1): permission denied for table orders")
-    finished(report, stored)
+    removed_partial(report, "pg_dump failed (exit 1): permission denied for table orders")
     return report
 
 
 def case_upload_failed_local_kept() -> Report:
     report = new_report()
     s = report.stem
-    stored: dict[str, list[str]] = {"local": [], "oss": []}
+    report.stored = {"local": [], "oss": []}
     dumped(report)
     names = (f"{s}_globals.sql", f"{s}.dump.sha256")
     local = StoredObject(local_path(f"{s}.dump"), 7_340_321, {"sha256": SHA})
-    stored_on(report, stored, "local", [f"{s}.dump"], local, *names, local_path)
-    failed_on(report, stored, "oss", "oss: upload of part 2 failed: 503 ServiceUnavailable")
+    stored_on(report, "local", [f"{s}.dump"], local, *names, local_path)
+    failed_on(report, "oss", "oss: upload of part 2 failed: 503 ServiceUnavailable")
     settled(report)
-    finished(report, stored)
     return report
 
 
 def case_checksum_upload_failed() -> Report:
     report = new_report(mode="oss")
     s = report.stem
-    stored: dict[str, list[str]] = {"oss": []}
+    report.stored = {"oss": []}
     dumped(report)
-    stored["oss"].append(f"{s}.dump")  # the dump is there when the .sha256 upload fails
-    failed_on(report, stored, "oss", "oss: put .sha256 failed: connection reset")
+    report.stored["oss"].append(f"{s}.dump")  # the dump is there when the .sha256 upload fails
+    failed_on(report, "oss", "oss: put .sha256 failed: connection reset")
     settled(report)
-    finished(report, stored)
     return report
 
 
 def case_partial_removed() -> Report:
     report = new_report()
     s = report.stem
-    stored: dict[str, list[str]] = {"local": [], "oss": []}
+    report.stored = {"local": [], "oss": []}
     dumped(report)
     names = (f"{s}_globals.sql", f"{s}.dump.sha256")
     local = StoredObject(local_path(f"{s}.dump"), 7_340_321, {"sha256": SHA})
-    stored_on(report, stored, "local", [f"{s}.dump"], local, *names, local_path)
+    stored_on(report, "local", [f"{s}.dump"], local, *names, local_path)
     remote = oss_dump(f"{s}.dump", 7_340_321)
-    stored_on(report, stored, "oss", [f"{s}.dump"], remote, *names, oss_url)
+    stored_on(report, "oss", [f"{s}.dump"], remote, *names, oss_url)
     settled(report)
-    removed_partial(report, stored, "stopped during the dump: SIGTERM")
+    removed_partial(report, "stopped during the dump: SIGTERM")
     report.row_counts, report.row_counts_error = "failed", "statement timeout"
-    finished(report, stored)
     return report
 
 
