@@ -295,3 +295,20 @@ def test_a_long_lived_index_opens_the_new_file_after_the_old_one_was_deleted(
             assert got == reference_backups(reports_dir, job, database)
     finally:
         long_lived.close()
+
+
+def test_a_slow_listing_never_takes_the_index_back_in_time(populated: tuple[Path, Path]) -> None:
+    # Another process listed before this report was written, and writes its result after this
+    # process brought the index up to date: the index keeps the newer state.
+    reports_dir, index = populated
+    slow_started, slow_listing = time.monotonic_ns(), index_db.list_reports(reports_dir)
+    newer = write_report(reports_dir, make_report(random.Random(16), 400))
+    with snapshot(reports_dir, index) as snap:
+        assert newer.name in snap.page(latest=False, limit=-1, offset=0)[1]
+    conn = index_db.connect(index, writable=True)
+    try:
+        index_db.sync(conn, reports_dir, slow_listing, slow_started, writable=True)
+        names = {os.fsdecode(name) for (name,) in conn.execute("SELECT name FROM reports")}
+    finally:
+        conn.close()
+    assert newer.name in names

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -140,12 +141,14 @@ class ReportIndex:
         self._writable = True
         self._identity: tuple[int, int] | None = None  # the index file's device and inode
         self._listing: Listing | None = None
+        self._listed_ns = 0  # when that listing began (time.monotonic_ns)
         self._synced = False
         self._transient: dict[bytes, str] = {}  # unreadable now: name -> why
         self._listing_error = ""
 
     def refresh(self) -> None:
         """Lists the reports directory once and brings the index in line with it."""
+        listed_ns = time.monotonic_ns()  # before the listing: what it can show is from then on
         try:
             listing = index_db.list_reports(self.reports_dir)
         except FileNotFoundError:
@@ -156,7 +159,7 @@ class ReportIndex:
         if self._listing_error or (self._conn is not None and self._file_replaced()):
             self._close()  # back from an unlistable directory, or the file is another now
         self._listing_error = ""
-        self._listing = listing
+        self._listing, self._listed_ns = listing, listed_ns
         self._synced = False
         self._use(lambda _conn: None)
 
@@ -169,7 +172,7 @@ class ReportIndex:
         self._listing_error = message
         self._listing = {}
         self._conn = index_db.memory_connection()
-        self._transient = index_db.sync(self._conn, self.reports_dir, {}, writable=True)
+        self._transient = index_db.sync(self._conn, self.reports_dir, {}, 0, writable=True)
         self._synced = True
 
     def _file_replaced(self) -> bool:
@@ -245,7 +248,9 @@ class ReportIndex:
                 opening = False
                 if not self._synced:
                     writable = self._writable or self._memory
-                    self._transient = index_db.sync(conn, self.reports_dir, self._listing, writable)
+                    self._transient = index_db.sync(
+                        conn, self.reports_dir, self._listing, self._listed_ns, writable
+                    )
                     self._synced = True
                 return query(conn)
             except (sqlite3.Error, OSError, index_db.CannotUpdate) as exc:

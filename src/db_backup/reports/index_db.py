@@ -24,6 +24,7 @@ RACY_SECONDS = 2.0
 BUSY_TIMEOUT_S = 30.0
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
+_LISTED = "listed_ns"  # meta: when the listing the index is in line with began (monotonic)
 
 Signature = bytes  # inode, size, mtime_ns, ctime_ns packed with _SIGNATURE
 Listing = dict[bytes, Signature | None]  # file name -> its stat (None: the stat failed)
@@ -43,6 +44,7 @@ CREATE TABLE IF NOT EXISTS reports (
     files BLOB                  -- retention's file names, NUL-separated
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS reports_by_job ON reports (job, database, started_us, name);
+CREATE INDEX IF NOT EXISTS reports_racy ON reports (name) WHERE racy = 1;
 CREATE TABLE IF NOT EXISTS report_files (
     name BLOB NOT NULL,         -- the report
     file BLOB NOT NULL,         -- a file name it names (retention's view)
@@ -82,15 +84,25 @@ def _signature(st: os.stat_result) -> Signature:
 
 
 def list_reports(reports_dir: Path) -> Listing:
-    """Returns every `*.json` name in the directory with its stat: the one listing of a refresh."""
-    found: Listing = {}
-    with os.scandir(os.fsencode(reports_dir)) as entries:  # bytes: names as stored
-        for entry in entries:
-            if entry.name.endswith(b".json"):
-                try:
-                    found[entry.name] = _signature(entry.stat())
-                except OSError:
-                    found[entry.name] = None
+    """Returns every `*.json` name in the directory with its stat: the one listing of a refresh.
+
+    Each name is stat'ed relative to the open directory (one path component to resolve, not
+    the whole path): at 20,000 reports these stats are most of a refresh.
+    """
+    fd = os.open(reports_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        # Bytes: names as stored, undecodable ones too (listdir of an fd would give str).
+        names = [name for name in os.listdir(os.fsencode(reports_dir)) if name.endswith(b".json")]
+        found: Listing = {}
+        for name in names:
+            try:
+                st = os.stat(name, dir_fd=fd)
+            except OSError:
+                found[name] = None
+            else:
+                found[name] = _SIGNATURE.pack(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    finally:
+        os.close(fd)
     return found
 
 
@@ -134,12 +146,8 @@ def _read(reports_dir: Path, name: bytes) -> _Parsed:
 
 def _stored(conn: sqlite3.Connection) -> tuple[dict[bytes, Signature], set[bytes]]:
     """Returns what the index holds: name -> stat signature, and the names to re-read."""
-    signatures: dict[bytes, Signature] = {}
-    racy: set[bytes] = set()
-    for name, sig, young in conn.execute("SELECT name, sig, racy FROM reports"):
-        signatures[name] = sig
-        if young:
-            racy.add(name)
+    signatures: dict[bytes, Signature] = dict(conn.execute("SELECT name, sig FROM reports"))
+    racy = {name for (name,) in conn.execute("SELECT name FROM reports WHERE racy = 1")}
     return signatures, racy
 
 
@@ -217,12 +225,19 @@ class CannotUpdate(Exception):
 
 
 def sync(
-    conn: sqlite3.Connection, reports_dir: Path, listing: Listing, writable: bool
+    conn: sqlite3.Connection,
+    reports_dir: Path,
+    listing: Listing,
+    listed_ns: int,
+    writable: bool,
 ) -> dict[bytes, str]:
-    """Brings the index in line with `listing`; returns the unreadable files (name -> why).
+    """Brings the index in line with `listing` (begun at `listed_ns`, `time.monotonic_ns`);
+    returns the unreadable files (name -> why).
 
-    The comparison runs under a read lock; only a change takes the write lock, and is then
-    planned again from what the index holds at that moment, so it matches the listing exactly.
+    The comparison, and the reading of what changed, run under a read lock: only the writing
+    takes the write lock, and when another process wrote in between, the changes are planned
+    again from what the index holds then. An index already in line with a listing begun later
+    than this one is newer: it is left as it is (a slow listing never takes it back in time).
     Raises CannotUpdate when a needed write is not allowed, `sqlite3.Error` when the index
     cannot be read or written.
     """
@@ -231,19 +246,37 @@ def sync(
         stored = _stored(conn) if current else ({}, set())
         if current and listing == stored[0] and not stored[1]:
             return {}  # the common case, compared in C
-        if not writable:
-            if not current:
-                raise CannotUpdate("the index is out of date and this user cannot rebuild it")
-            plan = _plan(conn, reports_dir, listing, stored)
-            if plan.writes:
-                raise CannotUpdate("the index is out of date and this user cannot update it")
-            return plan.transient
+        if current and _listed_ns(conn) > listed_ns:
+            return {}
+        version = _data_version(conn)
+        plan = _plan(conn, reports_dir, listing, stored)
+    if not writable and (not current or plan.writes):
+        raise CannotUpdate("the index is out of date and this user cannot rebuild or update it")
+    if not writable or (current and not plan.writes and not plan.settle):
+        return plan.transient
     with transaction(conn, "BEGIN IMMEDIATE"):
-        if not _meta_matches(conn, reports_dir):
+        if _data_version(conn) != version:  # another process wrote first: plan from its result
+            current = _meta_matches(conn, reports_dir)
+            if current and _listed_ns(conn) > listed_ns:
+                return plan.transient
+            plan = _plan(conn, reports_dir, listing, _stored(conn) if current else ({}, set()))
+        if not current:
             _reset(conn, reports_dir)
-        plan = _plan(conn, reports_dir, listing, _stored(conn))
         _apply(conn, plan)
+        conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (_LISTED, str(listed_ns)))
     return plan.transient
+
+
+def _listed_ns(conn: sqlite3.Connection) -> int:
+    """Returns when the listing the index is in line with began (0: not known)."""
+    found = conn.execute("SELECT value FROM meta WHERE key = ?", (_LISTED,)).fetchone()
+    return int(found[0]) if found is not None else 0
+
+
+def _data_version(conn: sqlite3.Connection) -> int:
+    """Returns SQLite's counter of the changes other connections committed to the file."""
+    (version,) = conn.execute("PRAGMA data_version").fetchone()
+    return int(version)
 
 
 @contextlib.contextmanager
@@ -298,7 +331,8 @@ def _meta_matches(conn: sqlite3.Connection, reports_dir: Path) -> bool:
     """Returns whether the index has our tables, format and version, for this directory."""
     if _schema_of(conn) != _expected_schema():
         return False  # empty, an older layout, or altered by hand
-    return dict(conn.execute("SELECT key, value FROM meta")) == _meta_wanted(reports_dir)
+    found = dict(conn.execute("SELECT key, value FROM meta WHERE key != ?", (_LISTED,)))
+    return found == _meta_wanted(reports_dir)
 
 
 def _create_tables(conn: sqlite3.Connection) -> None:

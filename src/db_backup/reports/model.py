@@ -374,12 +374,17 @@ class StoredReport:
 
     def named_files(self) -> list[str]:
         """Returns every file name the report gives: itself, `artefacts`, the local files' and
-        the URLs' last parts, in that order (retention keeps only the report's own)."""
+        the URLs' last parts, in that order (retention keeps only the report's own). Read
+        defensively, as a document made by hand may not have been through `parse_report`."""
         local = self.document["local"]
-        names = [self.name, *self.document.get("artefacts", [])]
-        names += [local[k].rsplit("/", 1)[-1] for k in LOCAL_FILE_KEYS if local.get(k)]
-        names += [url.rsplit("/", 1)[-1] for url in self.remote_urls]
-        return names
+        artefacts = self.document.get("artefacts", [])
+        listed: list[object] = [self.name, *(artefacts if isinstance(artefacts, list) else [])]
+        for key in LOCAL_FILE_KEYS:
+            location = local.get(key)
+            if isinstance(location, str) and location:
+                listed.append(location.rsplit("/", 1)[-1])
+        listed += [url.rsplit("/", 1)[-1] for url in self.document["remote"].get("urls", [])]
+        return [name for name in listed if isinstance(name, str)]
 
 
 LOCAL_FILE_KEYS = ("file", "globalsFile", "checksumFile")
