@@ -37,8 +37,9 @@ from db_backup.storage import crypto, delete_quietly, make_targets
 from db_backup.storage.base import StorageError, StoredObject, Target
 from db_backup.storage.crypto import EncryptionError
 from db_backup.storage.local import LocalTarget
+from db_backup.util.cancel import Cancelled, CancelToken
 from db_backup.util.clock import utc_now
-from db_backup.util.execute import Cancelled, CancelToken, CommandError, StreamingChild
+from db_backup.util.execute import CommandError, StreamingChild
 from db_backup.util.fsutil import describe_os_error
 from db_backup.util.locks import JobSetupError, job_lock
 from db_backup.util.secrets import SecretError, mask
