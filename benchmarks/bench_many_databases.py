@@ -212,8 +212,7 @@ def render(command: str, databases: int, others: int, runs: list[Timed]) -> str:
     ratio = median(wall["crowded"]) / median(wall["empty"])
     per_database_ms = (median(wall["crowded"]) - median(wall["empty"])) / databases * 1000
     lines = [
-        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} at "
-        f"{git_revision(REPO)}.",
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} at {git_revision(REPO)}.",
         *machine_lines(),
         "",
         f"Command: `{command}`",
