@@ -19,7 +19,7 @@ from db_backup.util.clock import format_utc, parse_utc, to_the_second, utc_now
 from db_backup.util.secrets import SecretError
 
 if TYPE_CHECKING:
-    from db_backup.util.execute import CancelToken
+    from db_backup.util.cancel import CancelToken
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -370,7 +370,7 @@ def _cmd_reload(args: argparse.Namespace) -> int:
 
 def _cancel_on_signals() -> CancelToken:
     """Returns a token that SIGTERM and SIGINT cancel, naming the signal as the reason."""
-    from db_backup.util.execute import CancelToken
+    from db_backup.util.cancel import CancelToken
 
     cancel = CancelToken()
 
@@ -386,7 +386,7 @@ def _cmd_run(config: Config, args: argparse.Namespace) -> int:
     import structlog
 
     from db_backup.backup.run import run_job
-    from db_backup.util.execute import CancelToken
+    from db_backup.util.cancel import CancelToken
     from db_backup.util.locks import JobBusy, JobSetupError
 
     log = structlog.get_logger("db_backup.cli")

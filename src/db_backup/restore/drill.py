@@ -67,8 +67,9 @@ from db_backup.restore.run import (
 )
 from db_backup.storage.base import StorageError
 from db_backup.storage.crypto import EncryptionError
+from db_backup.util.cancel import Cancelled, CancelToken
 from db_backup.util.clock import format_utc, parse_utc, utc_now
-from db_backup.util.execute import Cancelled, CancelToken, CommandError, child_env, run
+from db_backup.util.execute import CommandError, child_env, run
 from db_backup.util.locks import job_lock
 from db_backup.util.secrets import SecretError, mask
 

@@ -37,7 +37,8 @@ from db_backup.reports.model import SUCCESS, load_reports, seed_field_problems
 from db_backup.storage.base import StorageError, split_member
 from db_backup.storage.crypto import EncryptionError
 from db_backup.storage.local import describe_os_error
-from db_backup.util.execute import Cancelled, CancelToken, CommandError, StreamingChild
+from db_backup.util.cancel import Cancelled, CancelToken
+from db_backup.util.execute import CommandError, StreamingChild
 from db_backup.util.secrets import SecretError, mask
 
 if TYPE_CHECKING:
