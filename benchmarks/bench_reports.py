@@ -10,12 +10,13 @@ hourly start times), measured side by side, interleaved (the order rotates every
   +1      this version, one new report since the index was last used (what follows every run);
   cold    this version, no index yet (its one-off rebuild); measured once per count;
   and, for the start-up floor, each version's `status` over an empty reports directory.
-- One retention step in-process (what the run's retention step does before it deletes
-  anything: read the job's reports of the database, then `choose_expired`), each time after
-  the run's own new report was written (to the directory only: no writer tells the index):
+- One retention step in-process (what a run of one database does for retention: read the
+  job's reports of the database, then `choose_expired`), each time after a new report was
+  written (to the directory only: no writer tells the index):
   full    `model.load_reports` + filter + `retention.backup_of` (every report parsed);
   index   `reports.index.snapshot` (one listing of the directory, the new report read) +
-          `retention_view`; the script checks that it lists exactly once.
+          `backups`, as `backup.history` reads them once per run; the script checks that it
+          lists exactly once.
 
 Usage::
 
@@ -190,11 +191,11 @@ index_db.list_reports = _counted_listing(index_db.list_reports)  # type: ignore[
 
 
 def retention_index(reports_dir: Path, index: Path) -> list[Backup]:
-    """The retention step through the index, as the run takes it."""
+    """The retention step through the index, as a run of one database takes it: the run's one
+    read of the job's reports (`backup.history`), then the choice over them."""
     now = datetime.now(UTC)
     with report_index.snapshot(reports_dir, index) as snap:
-        cutoff = now - timedelta(days=RETENTION_DAYS)
-        backups = snap.retention_view(JOB, DATABASE, cutoff=cutoff, keep_last=KEEP_LAST)
+        backups = snap.backups(JOB, DATABASE)
     choose_expired(backups, days=RETENTION_DAYS, keep_last=KEEP_LAST, now=now)
     return backups
 

@@ -220,20 +220,9 @@ class ReportIndex:
         found = self.entries(Match(job=job, database=database, status=SUCCESS), limit=1)
         return found[0].started if found else None
 
-    def retention_view(
-        self, job: str, database: str, *, cutoff: datetime, keep_last: int
-    ) -> list[Backup]:
-        """Returns the reports of `job` and `database` that retention's choice depends on.
-
-        `retention.choose_expired` gives the same expired backups and, for their files, the
-        same "still named" answer from this list as from every report of the database, as
-        long as its `now - days` is not earlier than `cutoff`: the list holds every report
-        started before `cutoff` (the only ones that can expire), the newest `keep_last`
-        successful ones (which decide what is protected), and any newer report naming a file
-        of an old one. So a retention step reads a handful of rows, not the whole history.
-        """
-        found = self._use(lambda conn: _retention_entries(conn, job, database, cutoff, keep_last))
-        return [entry.backup() for entry in found]
+    def backups(self, job: str, database: str) -> list[Backup]:
+        """Returns retention's view of every report of `job` and `database`, newest first."""
+        return [entry.backup() for entry in self.entries(Match(job=job, database=database))]
 
     # --- keeping a usable connection -----------------------------------------------------------
 
@@ -405,31 +394,3 @@ def _newest(conn: sqlite3.Connection) -> list[Newest]:
         )
         for job, database, newest_us, success_us in rows
     ]
-
-
-def _retention_entries(
-    conn: sqlite3.Connection, job: str, database: str, cutoff: datetime, keep_last: int
-) -> list[Entry]:
-    key = " AND job = ? AND database = ?", (encode(job), encode(database))
-    limit = micros(cutoff)
-    with index_db.transaction(conn, "BEGIN"):
-        old = _entries(conn, f"{key[0]} AND started_us < ?", (*key[1], limit))
-        newest = _entries(
-            conn,
-            f"{key[0]} AND status = ? AND started_us >= ?",
-            (*key[1], encode(SUCCESS), limit),
-            limit=keep_last,
-        )
-        # From the old reports' files to the reports naming them ("+": not through
-        # reports_by_job, which would visit every newer report of the database).
-        sharing = _entries(
-            conn,
-            " AND +job = ? AND +database = ? AND +started_us >= ? AND name IN (SELECT f.name "
-            "FROM report_files AS f JOIN report_files AS o ON o.file = f.file JOIN reports AS r "
-            "ON r.name = o.name WHERE r.job = ? AND r.database = ? AND r.started_us < ? "
-            "AND r.problem IS NULL)",
-            (*key[1], limit, *key[1], limit),
-        )
-    found = {entry.name: entry for entry in (*old, *newest, *sharing)}
-    # In the order of a full read: choose_expired breaks ties of startedAt by list order.
-    return sorted(found.values(), key=lambda e: (e.started, e.name), reverse=True)

@@ -45,12 +45,6 @@ CREATE TABLE IF NOT EXISTS reports (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS reports_by_job ON reports (job, database, started_us, name);
 CREATE INDEX IF NOT EXISTS reports_racy ON reports (name) WHERE racy = 1;
-CREATE TABLE IF NOT EXISTS report_files (
-    name BLOB NOT NULL,         -- the report
-    file BLOB NOT NULL,         -- a file name it names (retention's view)
-    PRIMARY KEY (name, file)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS report_files_by_file ON report_files (file);
 """
 _COLUMNS = "name, sig, racy, problem, job, database, status, started_us, files"
 Row = tuple[bytes, bytes, int, bytes | None, bytes, bytes, bytes, int, bytes]
@@ -205,19 +199,8 @@ def _apply(conn: sqlite3.Connection, plan: _Plan) -> None:
     rows = [*plan.upsert, *plan.settle]
     gone = [(name,) for name in plan.delete] + [(row[0],) for row in rows]
     conn.executemany("DELETE FROM reports WHERE name = ?", gone)
-    conn.executemany("DELETE FROM report_files WHERE name = ?", gone)
     marks = ", ".join("?" * len(_COLUMNS.split(",")))
     conn.executemany(f"INSERT INTO reports ({_COLUMNS}) VALUES ({marks})", rows)
-    conn.executemany(
-        "INSERT OR IGNORE INTO report_files (name, file) VALUES (?, ?)",
-        [
-            (row[0], file)
-            for row in rows
-            if row[3] is None  # a report, not a skipped file
-            for file in row[8].split(b"\0")  # files
-            if file
-        ],
-    )
 
 
 class CannotUpdate(Exception):
