@@ -3,18 +3,20 @@
 The JSON reports stay the source of truth; the index (SQLite, stdlib `sqlite3`, default
 ``/var/lib/db-backup/reports-index.sqlite3`` beside the state file) is a cache of what `status`,
 retention and the metrics need from each report: job, database, status, start time and the file
-names retention may delete. Every refresh lists the reports directory once (`os.scandir`, one
-stat per file: inode, size, mtime, ctime); a report that appeared, changed or disappeared since
-the index last saw it is re-read (or dropped) before any answer is given. Only the changed files
-are parsed, and no writer of the reports directory has to tell the index anything.
+names retention may delete. Every refresh lists the reports directory once (one stat per file:
+inode, size, mtime, ctime); a report that appeared, changed or disappeared since the index last
+saw it is re-read (or dropped) before any answer is given. Only the changed files are parsed,
+and no writer of the reports directory has to tell the index anything.
 
 - Missing, corrupt (not a database, malformed), of another index format or db-backup version, or
   built for another reports directory: the index is rebuilt from the reports.
 - Deleted, overwritten or truncated while in use, or a write to it fails: the answer comes from
   the index rebuilt, or when that fails too from one built in memory; never a traceback.
-- Concurrent users (a daemon run, a manual run, an operator's `status`) are serialised by
-  SQLite's own locking; changes go in one transaction, so a process killed at any line leaves the
-  old index or the new one (SQLite's rollback journal), never a mix.
+- Concurrent users (a daemon run, a manual run, an operator's `status`) compare under a read
+  lock and take SQLite's write lock only to write what changed, in one transaction: a process
+  killed at any line leaves the old index or the new one (SQLite's rollback journal), never a
+  mix. The index remembers when the listing it is in line with began, so a slower process with
+  an older listing never takes it back in time.
 - A report whose ctime is under `RACY_SECONDS` old may still change within the file system's
   timestamp granularity without changing its stat; it is indexed but re-read next time (git's
   "racily clean" rule).
