@@ -205,11 +205,20 @@ def runs_text(values: list[float]) -> str:
     return ", ".join(f"{value:.1f}" for value in values)
 
 
+def paired_ratios(runs: list[Timed]) -> list[float]:
+    """Returns crowded / empty wall time of each repetition (the two runs next to each other)."""
+    empty = [t.wall_s for t in runs if t.variant == "empty"]
+    crowded = [t.wall_s for t in runs if t.variant == "crowded"]
+    return [c / e for c, e in zip(crowded, empty, strict=True)]
+
+
 def render(command: str, databases: int, others: int, runs: list[Timed]) -> str:
     """Returns the RESULTS.md section."""
     wall = {v: [t.wall_s for t in runs if t.variant == v] for v in VARIANTS}
     cpu = {v: [t.cpu_s for t in runs if t.variant == v] for v in VARIANTS}
     ratio = median(wall["crowded"]) / median(wall["empty"])
+    cpu_ratio = median(cpu["crowded"]) / median(cpu["empty"])
+    pairs = paired_ratios(runs)
     per_database_ms = (median(wall["crowded"]) - median(wall["empty"])) / databases * 1000
     lines = [
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} at {git_revision(REPO)}.",
@@ -220,7 +229,8 @@ def render(command: str, databases: int, others: int, runs: list[Timed]) -> str:
         f"One job, `databases: all` over {databases} small databases (two tables, 700 rows), "
         "mode `local`, defaults otherwise (globals, exact row counts, capacity check, "
         f"retention); {len(runs) // 2} repetitions per variant, interleaved. Each timed run "
-        f"starts with the job's previous run's {databases} reports in place.",
+        f"starts with the job's previous run's {databases} reports in place. CPU: user + "
+        "system time of db-backup and its children (pg_dump, psql; not the server's).",
         "",
         "| variant | wall time per run (s) | median wall | median CPU |",
         "| --- | --- | ---: | ---: |",
@@ -232,6 +242,9 @@ def render(command: str, databases: int, others: int, runs: list[Timed]) -> str:
         f"- with / without other reports (ratio of median wall times): **{ratio:.3f}** "
         f"(target <= {TARGET_RATIO}: {'met' if ratio <= TARGET_RATIO else 'missed'}); "
         f"{per_database_ms:+.0f} ms per database",
+        f"- the same per repetition (the two runs side by side): "
+        f"{', '.join(f'{r:.3f}' for r in pairs)}; median {median(pairs):.3f}",
+        f"- ratio of median CPU times: {cpu_ratio:.3f}",
     ]
     return "\n".join(lines)
 
