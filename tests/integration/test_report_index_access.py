@@ -225,7 +225,7 @@ def test_a_run_prunes_every_database_while_the_index_is_deleted(
     assert not [path for path in expired if path.exists()]
     reports = setup.reports_json()
     assert sorted(r["database"] for r in reports) == ["crm", "shop"]
-    for report in reports:
-        assert report["status"] == "SUCCESS"
-        assert report["retention"]["error"] == ""
-        assert len(report["retention"]["deleted"]) == 40
+    for document in reports:
+        assert document["status"] == "SUCCESS"
+        assert document["retention"]["error"] == ""
+        assert len(document["retention"]["deleted"]) == 40
