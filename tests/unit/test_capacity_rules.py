@@ -17,8 +17,7 @@ from db_backup.backup import sizeguard, usage
 from db_backup.backup import space as capacity
 from db_backup.backup.conditions import Conditions
 from db_backup.backup.reservations import Reservations
-from db_backup.backup.space import Settings, parse_size
-from db_backup.config import Config, ConfigError, loads
+from db_backup.config import CapacitySettings, Config, ConfigError, loads, parse_size
 from db_backup.observe import events
 
 GIB = 1024**3
@@ -80,14 +79,14 @@ def test_format_size_reads_like_df_h() -> None:
 def test_settings_default_from_the_schema_and_a_job_overrides_its_own_keys(
     tmp_path: Path,
 ) -> None:
-    assert capacity.settings(_config(tmp_path)) == Settings()
+    assert _config(tmp_path).capacity == CapacitySettings()
     config = _config(
         tmp_path,
         {"margin_percent": 30, "oss_usage_limit": "1TB", "oss_usage_warn_percent": 80},
         capacity={"margin_percent": 50, "warn_free_size": "20GB", "suspicious_ratio": None},
     )
-    top = capacity.settings(config)
-    job = capacity.settings(config, config.job("nightly"))
+    top = config.capacity
+    job = config.job("nightly").capacity
     assert top.margin_percent == 30 and top.warn_free_size == 0
     assert job.margin_percent == 50 and job.warn_free_size == 20 * GIB
     assert job.suspicious_ratio == 0.5, "null in a job means the top level's value"
@@ -206,8 +205,9 @@ def test_the_example_configs_capacity_block_loads_and_shows_the_defaults(tmp_pat
     from db_backup.config import load
 
     config = load(str(path))
-    assert config.raw["capacity"].keys() == capacity.settings(config).__dict__.keys()
-    assert capacity.settings(config) == Settings()
+    shown = yaml.safe_load(path.read_text())["capacity"]
+    assert shown.keys() == config.capacity.__dict__.keys()
+    assert config.capacity == CapacitySettings()
 
 
 @pytest.mark.parametrize(
@@ -317,13 +317,13 @@ GUESS = capacity.Estimate(1000, "history", "the largest of the last one")
 def test_a_dump_fits_when_the_estimate_and_margin_fit_beside_the_reservations(
     margin_percent: float, margin_min: int, free: int, reserved: int, needed: int, fits: bool
 ) -> None:
-    wanted = Settings(margin_percent=margin_percent, margin_min=margin_min)
+    wanted = CapacitySettings(margin_percent=margin_percent, margin_min=margin_min)
     room = capacity.decide_room(GUESS, wanted, free, reserved)
     assert room == capacity.Room(needed, free, reserved, fits)
 
 
 def test_the_refusal_says_where_how_much_and_what_to_do(tmp_path: Path) -> None:
-    wanted = Settings(margin_percent=20.0, margin_min=2048)
+    wanted = CapacitySettings(margin_percent=20.0, margin_min=2048)
     room = capacity.decide_room(GUESS, wanted, free=1024, reserved=512)
     assert not room.fits
     assert capacity.refusal(tmp_path, "shop", GUESS, room, wanted) == (

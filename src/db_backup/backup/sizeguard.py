@@ -18,10 +18,11 @@ import structlog
 
 from db_backup.backup.conditions import publish_condition
 from db_backup.backup.history import JobHistory
-from db_backup.backup.space import format_size, local_size, settings
+from db_backup.backup.space import local_size
 from db_backup.config import Config, JobConfig
 from db_backup.observe import events
 from db_backup.reports.model import Report
+from db_backup.util.units import format_size
 
 log = structlog.get_logger("db_backup.backup.sizeguard")
 
@@ -103,7 +104,7 @@ def hold_retention(config: Config, job: JobConfig, current: Report, history: Job
     Then the report is marked, a warning logged and SUSPICIOUS_SIZE published; a backup of
     normal size publishes the condition's clearing (once, when it was raised before).
     """
-    threshold = settings(config, job).suspicious_ratio
+    threshold = job.capacity.suspicious_ratio
     if threshold <= 0:
         return False  # off: not even the history is read
     document = current.to_json()

@@ -1,4 +1,4 @@
-"""Capacity before a dump: is there room for it? Also the capacity settings and sizes.
+"""Capacity before a dump: is there room for it?
 
 `room_for_dump` (before each dump) estimates the space the dump needs (the largest of this job's
 and database's recent successful backups of the same format, or pg_database_size for a first
@@ -16,7 +16,6 @@ starts, leaving nothing behind.
 from __future__ import annotations
 
 import contextlib
-import re
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,93 +27,20 @@ import structlog
 from db_backup.backup.history import JobHistory
 from db_backup.backup.naming import dump_name
 from db_backup.backup.reservations import Reservations
-from db_backup.config import Config, JobConfig, schema
+from db_backup.config import CapacitySettings, Config, JobConfig
 from db_backup.postgres import tools as pg
 from db_backup.reports.model import Report
 from db_backup.storage.base import StorageError
 from db_backup.storage.local import TEMP_DIR_NAME, temp_name
 from db_backup.util.fsutil import describe_os_error
 from db_backup.util.secrets import mask
+from db_backup.util.units import format_size
 
 log = structlog.get_logger("db_backup.backup.space")
-
-# The keys a job may override; the bucket's `oss_usage_*` are the top level's only.
-JOB_KEYS = (
-    "check_space",
-    "estimate_from_last",
-    "margin_percent",
-    "margin_min",
-    "warn_free_percent",
-    "warn_free_size",
-    "suspicious_ratio",
-)
-
-_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(?:([kmgtp])(?:i?b)?|b)?\s*$", re.IGNORECASE)
-_POWERS = {"k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
 
 
 class NotEnoughSpace(StorageError):
     """The local file system cannot hold the dump about to start; the message says the numbers."""
-
-
-def parse_size(value: int | float | str | None) -> int | None:
-    """Returns a size in bytes from an integer or a text like "500GB" (powers of 1024)."""
-    if value is None:
-        return None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return int(value)
-    match = _SIZE.match(str(value))
-    if match is None:
-        raise ValueError(f"not a size: {value!r} (write bytes, or e.g. 500GB, 1.5TiB)")
-    number, unit = match.groups()
-    return int(float(number) * 1024 ** _POWERS[unit.lower()] if unit else float(number))
-
-
-def format_size(size: int) -> str:
-    """Returns `size` for a person: "1.5 GiB", "312.0 KiB", "17 B"."""
-    amount = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(amount) < 1024 or unit == "TiB":
-            return f"{size} B" if unit == "B" else f"{amount:.1f} {unit}"
-        amount /= 1024
-    return f"{amount:.1f} PiB"  # pragma: no cover - the loop returns
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The effective `capacity` settings of one job (top level, then the job's own keys)."""
-
-    check_space: bool = True
-    estimate_from_last: int = 5
-    margin_percent: float = 20.0
-    margin_min: int = 0
-    warn_free_percent: float = 10.0
-    warn_free_size: int = 0
-    suspicious_ratio: float = 0.5
-    oss_usage_limit: int | None = None
-    oss_usage_warn_percent: float | None = None
-
-
-def settings(config: Config, job: JobConfig | None = None) -> Settings:
-    """Returns the capacity settings of `job` (or the top level's), defaults from the schema."""
-    props = schema()["properties"]["capacity"]["properties"]
-    given = config.raw.get("capacity") or {}
-    values = {key: given.get(key, prop.get("default")) for key, prop in props.items()}
-    own = (job.raw.get("capacity") or {}) if job is not None else {}
-    values.update({k: v for k, v in own.items() if k in JOB_KEYS and v is not None})
-    limit = values["oss_usage_limit"]
-    warn_percent = values["oss_usage_warn_percent"]
-    return Settings(
-        check_space=bool(values["check_space"]),
-        estimate_from_last=int(values["estimate_from_last"]),
-        margin_percent=float(values["margin_percent"]),
-        margin_min=parse_size(values["margin_min"]) or 0,
-        warn_free_percent=float(values["warn_free_percent"]),
-        warn_free_size=parse_size(values["warn_free_size"]) or 0,
-        suspicious_ratio=float(values["suspicious_ratio"]),
-        oss_usage_limit=parse_size(limit) if limit is not None else None,
-        oss_usage_warn_percent=float(warn_percent) if warn_percent is not None else None,
-    )
 
 
 # --------------------------------------------------------------------------- the decision
@@ -188,7 +114,7 @@ class Room:
     fits: bool
 
 
-def decide_room(guess: Estimate, wanted: Settings, free: int, reserved: int) -> Room:
+def decide_room(guess: Estimate, wanted: CapacitySettings, free: int, reserved: int) -> Room:
     """Returns whether a dump of `guess`'s size, with the margin, fits next to the reservations."""
     needed = needed_bytes(guess.size, wanted.margin_percent, wanted.margin_min)
     return Room(needed, free, reserved, fits=needed <= free - reserved)
@@ -206,7 +132,9 @@ def space_record(directory: Path, guess: Estimate, room: Room) -> dict[str, Any]
     }
 
 
-def refusal(directory: Path, database: str, guess: Estimate, room: Room, wanted: Settings) -> str:
+def refusal(
+    directory: Path, database: str, guess: Estimate, room: Room, wanted: CapacitySettings
+) -> str:
     """Returns the FAILED report's message of a refused dump: directory, estimate, free space."""
     needed, free, reserved = room.needed, room.free, room.reserved
     others = (
@@ -291,7 +219,7 @@ def room_for_dump(
     the numbers in `report.capacity["space"]`. Anything that keeps the check from being made
     (no estimate, statvfs failing) is logged and the dump goes ahead.
     """
-    wanted = settings(config, job)
+    wanted = job.capacity
     directory = dump_directory(config, job, staging)
     guess = None
     if directory is not None and wanted.check_space:
@@ -307,7 +235,11 @@ def room_for_dump(
 
 
 def _guess(
-    job: JobConfig, env: dict[str, str], report: Report, reports: JobHistory, wanted: Settings
+    job: JobConfig,
+    env: dict[str, str],
+    report: Report,
+    reports: JobHistory,
+    wanted: CapacitySettings,
 ) -> Estimate | None:
     """Returns the estimate of the dump of `report.database`, or None (logged) without one."""
     try:
@@ -342,7 +274,7 @@ def _reserve(
     report: Report,
     directory: Path,
     guess: Estimate,
-    wanted: Settings,
+    wanted: CapacitySettings,
 ) -> Path | None:
     """Checks the room and reserves it; returns the reservation's token, None if not checked.
 

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 import structlog
 
 from db_backup.backup.conditions import publish_condition
-from db_backup.backup.space import Settings, format_size, settings
-from db_backup.config import Config, JobConfig
+from db_backup.config import CapacitySettings, Config, JobConfig
 from db_backup.observe import events
 from db_backup.util.fsutil import describe_os_error
 from db_backup.util.secrets import mask
+from db_backup.util.units import format_size
 
 if TYPE_CHECKING:
     from db_backup.storage.oss.target import BucketStat
@@ -28,7 +28,7 @@ log = structlog.get_logger("db_backup.backup.usage")
 
 def after_run(config: Config, job: JobConfig) -> None:
     """Checks free space on the job's file systems and the bucket's usage; never raises."""
-    wanted = settings(config, job)
+    wanted = job.capacity
     try:
         check_free_space(config, job, wanted)
     except Exception as exc:  # a check must never turn a run into a failure
@@ -62,7 +62,7 @@ def watched_directories(config: Config, job: JobConfig) -> list[Path]:
     return found
 
 
-def check_free_space(config: Config, job: JobConfig, wanted: Settings) -> None:
+def check_free_space(config: Config, job: JobConfig, wanted: CapacitySettings) -> None:
     """Publishes LOW_DISK for each watched file system under a threshold (ok=True once clear)."""
     if wanted.warn_free_percent <= 0 and wanted.warn_free_size <= 0:
         return
@@ -130,7 +130,7 @@ def bucket_stat(config: Config) -> BucketStat:
     return OssTarget(oss_settings(config)).bucket_stat()
 
 
-def check_oss_usage(config: Config, job: JobConfig, wanted: Settings) -> None:
+def check_oss_usage(config: Config, job: JobConfig, wanted: CapacitySettings) -> None:
     """Publishes OSS_USAGE when the bucket's usage reaches the limit (or its warning level)."""
     limit = wanted.oss_usage_limit
     if limit is None or job.mode not in {"oss", "both"} or config.storage.tool != "oss2":
