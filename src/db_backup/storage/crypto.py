@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from db_backup.config import AgeEncryption, Config, ConfigError, SecretRef
+from db_backup.util.cancel import CancelToken
 from db_backup.util.execute import (
     F_SETPIPE_SZ,
     PIPE_SIZE,
-    CancelToken,
     CommandError,
     FilterChild,
     child_env,
