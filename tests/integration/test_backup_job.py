@@ -7,21 +7,22 @@ import fcntl
 import json
 import os
 import signal
-import sqlite3
 import stat
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from db_backup import config
+from db_backup.backup.run import run_job
 from db_backup.postgres import tools as pg
-from db_backup.reports import index as report_index
 from db_backup.reports.model import seed_field_problems
 from tests.conftest import BACKUP_PASSWORD, RunCli, Setup
+from tests.support.files import replace_json
 from tests.support.pgcluster import (
     Cluster,
     free_port,
@@ -355,15 +356,11 @@ def test_retention_deletes_old_backups_but_keeps_the_newest(setup: Setup, run_cl
     setup.write()
     for _ in range(3):
         assert run_cli("--config", str(setup.path), "run", "nightly").returncode == 0
-        # Each run leaves the report index in step with the directory (its own changes go
-        # through it), so the next run's retention step need not list the directory.
-        assert index_in_step(setup)
         time.sleep(1.1)  # distinct second-resolution stems
     reports = sorted(setup.reports.glob("*.json"))
     assert len(reports) == 3
     # Age the two oldest runs to eleven and ten days ago (retention reads startedAt). Replaced,
-    # as an editor does: an edit in place of a report the retention step does not read waits
-    # for the next listing (`report_index`, "Skipping the listing").
+    # as an editor does: a new file, which the next run's listing of the reports sees.
     aged = []
     for days, path in enumerate(reports[:2]):
         doc = json.loads(path.read_text())
@@ -392,11 +389,46 @@ def test_retention_deletes_old_backups_but_keeps_the_newest(setup: Setup, run_cl
     assert "retention removed old backups" in done.stderr
 
 
-def index_in_step(setup: Setup) -> bool:
-    """Returns whether the report index's stamp is the reports directory's stat now."""
-    with contextlib.closing(sqlite3.connect(report_index.default_path(setup.state))) as conn:
-        found = conn.execute("SELECT value FROM meta WHERE key = 'dir_stamp'").fetchone()
-    return found is not None and found[0] == report_index._dir_stamp(setup.reports.stat())
+def test_a_run_lists_the_reports_directory_once_whatever_its_databases_decide(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The capacity estimate, the size guard and retention of every database ask the job's
+    # history in memory: one listing per run (at the run's start), not two per database.
+    setup.job()["databases"] = ["shop", "crm"]
+    setup.job()["retention"] = {"days": 1, "keep_last": 1}
+    setup.write()
+    listed: list[str] = []
+
+    def counted(real: Callable[..., Any]) -> Callable[..., Any]:
+        def call(path: Any = ".", *args: Any) -> Any:
+            where = path if isinstance(path, int) else os.path.realpath(os.fsdecode(path))
+            if where == os.path.realpath(setup.reports):
+                listed.append(real.__name__)
+            return real(path, *args)
+
+        return call
+
+    monkeypatch.setattr(os, "scandir", counted(os.scandir))
+    monkeypatch.setattr(os, "listdir", counted(os.listdir))
+    loaded = config.load(str(setup.path))
+    first: list[Path] = []
+    for round_number in range(3):
+        listed.clear()
+        result = run_job(loaded, loaded.job("nightly"))
+        assert result.ok, result.reports
+        assert len(listed) == 1, f"run {round_number + 1} listed the reports directory: {listed}"
+        first = first or result.report_paths
+        if round_number == 1:
+            # Let the first run's backups expire: the third run's retention deletes them.
+            for path in first:
+                doc = json.loads(path.read_text())
+                doc["startedAt"] = "2020-01-01T00:00:00Z"
+                replace_json(path, doc)
+        time.sleep(1.1)  # distinct second-resolution stems
+    assert not any(path.exists() for path in first)
+    deleted = [r["retention"]["deleted"] for r in setup.reports_json()]
+    assert sum(len(d) for d in deleted) > 0, "retention deleted nothing: the test proves less"
+    assert len(setup.reports_json()) == 4
 
 
 def test_status_shows_latest_per_job_and_filters(setup: Setup, run_cli: RunCli) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from db_backup.backup.directory import DirectoryUpload
 from db_backup.storage.oss import OssTarget
-from db_backup.util.execute import CancelToken
+from db_backup.util.cancel import CancelToken
 from tests.support.oss_fixtures import OSS_BUCKET, target_settings
 from tests.support.oss_server import OssServer
 

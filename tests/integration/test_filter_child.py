@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
 
-from db_backup.util.execute import Cancelled, CancelToken, CommandError, FilterChild, StreamingChild
+from db_backup.util.cancel import Cancelled, CancelToken
+from db_backup.util.execute import CommandError, FilterChild, StreamingChild
 
 pytestmark = pytest.mark.integration
 SIZE = 5_000_000
@@ -59,3 +61,29 @@ def test_cancelling_stops_the_filter_and_raises_cancelled() -> None:
                 cancel.cancel("operator said stop")
     source.terminate()
     assert through.wait(timeout=5) is not None
+
+
+def test_a_filter_program_that_is_not_there_is_a_clear_error() -> None:
+    with pytest.raises(CommandError) as caught:
+        FilterChild(["no-such-filter-x"])
+    assert str(caught.value) == "no-such-filter-x not found on PATH"
+    assert caught.value.returncode is None
+
+
+@pytest.mark.parametrize(
+    ("mode", "content", "reason"),
+    [
+        (0o644, b"#!/bin/sh\ncat\n", "Permission denied"),  # no x bit: even root cannot exec it
+        (0o755, b"\x7fELF garbage", "Exec format error"),
+    ],
+)
+def test_a_filter_program_that_cannot_start_is_a_clear_error_not_an_os_error(
+    tmp_path: Path, mode: int, content: bytes, reason: str
+) -> None:
+    program = tmp_path / "filter"
+    program.write_bytes(content)
+    program.chmod(mode)
+    with pytest.raises(CommandError) as caught:
+        FilterChild([str(program)], with_stdin=False)
+    assert str(caught.value) == f"filter could not be started: {reason}"
+    assert caught.value.returncode is None

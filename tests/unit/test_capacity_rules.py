@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 import yaml
 
+from db_backup.backup import sizeguard, usage
 from db_backup.backup import space as capacity
-from db_backup.backup.space import Conditions, Reservations
+from db_backup.backup.conditions import Conditions
+from db_backup.backup.reservations import Reservations
 from db_backup.config import CapacitySettings, Config, ConfigError, loads, parse_size
 from db_backup.observe import events
 
@@ -152,8 +154,8 @@ def test_low_disk_is_published_while_low_and_its_clearing_once(
     total = shutil.disk_usage(tmp_path).total
     # A threshold above the file system's size: low, whatever the machine has free.
     low = _config(tmp_path, {"warn_free_percent": 0, "warn_free_size": total + 1})
-    capacity.after_run(low, low.job("nightly"))
-    capacity.after_run(low, low.job("nightly"))
+    usage.after_run(low, low.job("nightly"))
+    usage.after_run(low, low.job("nightly"))
     assert [e.kind for e in published] == [events.LOW_DISK, events.LOW_DISK]
     first = published[0]
     assert first.ok is False and first.job == "nightly"
@@ -162,8 +164,8 @@ def test_low_disk_is_published_while_low_and_its_clearing_once(
     assert 0 <= first.details["freeBytes"] <= total
     published.clear()
     fine = _config(tmp_path, {"warn_free_percent": 0, "warn_free_size": 1})
-    capacity.after_run(fine, fine.job("nightly"))
-    capacity.after_run(fine, fine.job("nightly"))
+    usage.after_run(fine, fine.job("nightly"))
+    usage.after_run(fine, fine.job("nightly"))
     assert len(published) == 1, "cleared once, then nothing"
     assert published[0].ok is True and "back above the threshold" in published[0].message
 
@@ -174,7 +176,7 @@ def test_free_space_checks_are_off_with_both_thresholds_zero(
     published: list[events.Event] = []
     monkeypatch.setattr(events, "publish", lambda config, event: published.append(event))
     config = _config(tmp_path, {"warn_free_percent": 0, "warn_free_size": 0})
-    capacity.after_run(config, config.job("nightly"))
+    usage.after_run(config, config.job("nightly"))
     assert published == []
 
 
@@ -182,16 +184,16 @@ def test_watched_directories_are_one_per_file_system(tmp_path: Path) -> None:
     config = _config(tmp_path)
     job = config.job("nightly")
     # data, reports and state share tmp_path's file system: one of them is watched.
-    assert capacity.watched_directories(config, job) == [tmp_path / "data"]
+    assert usage.watched_directories(config, job) == [tmp_path / "data"]
     assert os.stat(tmp_path / "data").st_dev == os.stat(tmp_path / "state").st_dev
 
 
 def test_dump_size_is_the_plaintext_size_of_an_encrypted_dump() -> None:
     plain = {"local": {"sizeBytes": 1000}}
     encrypted = {"local": {"sizeBytes": 1200}, "encryption": {"plaintextSizeBytes": 990}}
-    assert capacity.dump_size(plain) == 1000
-    assert capacity.dump_size(encrypted) == 990
-    assert capacity.dump_size({"local": {"sizeBytes": True}}) is None
+    assert sizeguard.dump_size(plain) == 1000
+    assert sizeguard.dump_size(encrypted) == 990
+    assert sizeguard.dump_size({"local": {"sizeBytes": True}}) is None
 
 
 def test_the_example_configs_capacity_block_loads_and_shows_the_defaults(tmp_path: Path) -> None:
@@ -247,3 +249,96 @@ def test_the_checked_directory_is_where_the_dump_lands(
     staging = tmp_path / "staging"
     found = capacity.dump_directory(config, config.job("n"), staging)
     assert found == {"data": tmp_path / "data", "staging": staging, None: None}[expected]
+
+
+def sized(
+    size: int | None, fmt: str = "custom", compression: int = 9, **more: Any
+) -> dict[str, Any]:
+    """Returns a successful report document of a dump of `size` bytes (None: no size)."""
+    return {"format": fmt, "compression": compression, "local": {"sizeBytes": size}, **more}
+
+
+@pytest.mark.parametrize(
+    ("documents", "history", "expected"),
+    [
+        # the largest of the newest `history` comparable ones
+        ([sized(100), sized(300), sized(200)], 5, (300, "the largest of the last 3 successful backups")),
+        ([sized(100), sized(300), sized(200)], 2, (300, "the largest of the last 2 successful backups")),
+        ([sized(100), sized(300), sized(200)], 1, (100, "the largest of the last one")),
+        # others made another way are passed over, not counted
+        ([sized(900, fmt="plain"), sized(100), sized(800, compression=0), sized(50)], 2,
+         (100, "the largest of the last 2 successful backups")),
+        ([sized(900, encryption={"method": "age"}), sized(70)], 1, (70, "the largest of the last one")),
+        ([sized(None), sized(True), sized(40)], 3, (40, "the largest of the last one")),
+        # an older report without format or compression was made the default way
+        ([{"local": {"sizeBytes": 60}}], 3, (60, "the largest of the last one")),
+        # nothing comparable: no estimate from history
+        ([], 5, None),
+        ([sized(900, fmt="directory")], 5, None),
+        ([sized(None)], 5, None),
+    ],
+)  # fmt: skip
+def test_the_estimate_is_the_largest_of_the_last_comparable_backups(
+    documents: list[dict[str, Any]], history: int, expected: tuple[int, str] | None
+) -> None:
+    found = capacity.estimate_from_history(
+        documents, dump_format="custom", compression=9, encrypted=False, history=history
+    )
+    if expected is None:
+        assert found is None
+    else:
+        assert found == capacity.Estimate(expected[0], "history", expected[1])
+
+
+def test_an_encrypted_job_is_estimated_from_encrypted_backups_only() -> None:
+    documents = [sized(10), sized(500, encryption={"method": "age"}), sized(20)]
+    found = capacity.estimate_from_history(
+        documents, dump_format="custom", compression=9, encrypted=True, history=5
+    )
+    assert found == capacity.Estimate(500, "history", "the largest of the last one")
+
+
+GUESS = capacity.Estimate(1000, "history", "the largest of the last one")
+
+
+@pytest.mark.parametrize(
+    ("margin_percent", "margin_min", "free", "reserved", "needed", "fits"),
+    [
+        (20.0, 0, 1200, 0, 1200, True),  # exactly enough
+        (20.0, 0, 1199, 0, 1200, False),
+        (20.0, 0, 5000, 3800, 1200, True),  # what others reserved is not free
+        (20.0, 0, 5000, 3801, 1200, False),
+        (20.0, 500, 1500, 0, 1500, True),  # the minimum margin is larger
+        (20.0, 500, 1499, 0, 1500, False),
+        (0.0, 0, 1000, 0, 1000, True),
+        (20.0, 0, 100, 200, 1200, False),  # over-reserved: less than nothing left
+    ],
+)
+def test_a_dump_fits_when_the_estimate_and_margin_fit_beside_the_reservations(
+    margin_percent: float, margin_min: int, free: int, reserved: int, needed: int, fits: bool
+) -> None:
+    wanted = CapacitySettings(margin_percent=margin_percent, margin_min=margin_min)
+    room = capacity.decide_room(GUESS, wanted, free, reserved)
+    assert room == capacity.Room(needed, free, reserved, fits)
+
+
+def test_the_refusal_says_where_how_much_and_what_to_do(tmp_path: Path) -> None:
+    wanted = CapacitySettings(margin_percent=20.0, margin_min=2048)
+    room = capacity.decide_room(GUESS, wanted, free=1024, reserved=512)
+    assert not room.fits
+    assert capacity.refusal(tmp_path, "shop", GUESS, room, wanted) == (
+        f"not enough free space in {tmp_path} for the dump of shop: it needs about 3.0 KiB "
+        "(3048 bytes), 1.0 KiB (1024 bytes) are free, of which 512 B (512 bytes) are reserved "
+        "by dumps running on the same file system; the dump was not started. Estimate: "
+        "1000 B from the largest of the last one, plus a 20% margin (at least 2.0 KiB). Free "
+        "space there, or adjust capacity.margin_percent (capacity.check_space: false turns the "
+        "check off)"
+    )
+    assert capacity.space_record(tmp_path, GUESS, room) == {
+        "directory": str(tmp_path),
+        "estimateBytes": 1000,
+        "estimateSource": "history",
+        "neededBytes": 3048,
+        "freeBytes": 1024,
+        "reservedBytes": 512,
+    }

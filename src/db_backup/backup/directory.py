@@ -27,7 +27,7 @@ import structlog
 from db_backup.backup.closed_files import ClosedFiles
 from db_backup.storage import delete_quietly
 from db_backup.storage.base import StorageError, StoredObject, Target, is_plain_name
-from db_backup.util.execute import CancelToken
+from db_backup.util.cancel import CancelToken
 from db_backup.util.fsutil import StatKey, describe_os_error, stat_key
 from db_backup.util.secrets import mask
 

@@ -31,7 +31,7 @@ import structlog
 
 from db_backup.config import JobConfig
 from db_backup.reports.model import Report
-from db_backup.util.execute import CancelToken
+from db_backup.util.cancel import CancelToken
 from db_backup.util.secrets import mask
 
 if TYPE_CHECKING:
@@ -46,7 +46,6 @@ EXACT = "exact"
 ESTIMATE = "estimate"
 OFF = "off"
 FAILED = "failed"
-MODES = (EXACT, ESTIMATE, OFF)
 
 # The session settings pg_dump uses for its own connection, so counting sees what pg_dump
 # sees (row_security off: a table that RLS would filter is an error, not a smaller number) and

@@ -18,7 +18,7 @@ from db_backup.cli.output import EXIT_USAGE, CommandError
 
 if TYPE_CHECKING:
     from db_backup.config import Config, JobConfig
-    from db_backup.util.execute import CancelToken
+    from db_backup.util.cancel import CancelToken
 
 
 class Logs(enum.Enum):
@@ -106,7 +106,7 @@ def selected_jobs(config: Config, args: argparse.Namespace, choice: JobChoice) -
 
 def cancel_on_signals() -> CancelToken:
     """Returns a token that SIGTERM and SIGINT cancel, naming the signal as the reason."""
-    from db_backup.util.execute import CancelToken
+    from db_backup.util.cancel import CancelToken
 
     cancel = CancelToken()
 

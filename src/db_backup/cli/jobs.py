@@ -16,7 +16,7 @@ def run(context: Context) -> int:
     import structlog
 
     from db_backup.backup.run import run_job
-    from db_backup.util.execute import CancelToken
+    from db_backup.util.cancel import CancelToken
     from db_backup.util.locks import JobBusy, JobSetupError
 
     log = structlog.get_logger("db_backup.cli")

@@ -10,7 +10,7 @@ import structlog
 from db_backup.config import Config, JobConfig
 from db_backup.config.schedule import next_run_after
 from db_backup.restore.drill import run_drill
-from db_backup.util.execute import CancelToken
+from db_backup.util.cancel import CancelToken
 from db_backup.util.locks import JobBusy, JobSetupError
 
 log = structlog.get_logger("db_backup.daemon.drills")

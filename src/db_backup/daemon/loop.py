@@ -36,8 +36,8 @@ from db_backup.observe.staleness import StaleWatch
 from db_backup.reports.model import FAILED, SUCCESS
 from db_backup.storage.crypto import check_config as check_encryption
 from db_backup.util.background import Background
+from db_backup.util.cancel import CancelToken
 from db_backup.util.clock import utc_now
-from db_backup.util.execute import CancelToken
 from db_backup.util.locks import JobBusy, JobSetupError
 from db_backup.util.units import format_age, format_size
 
@@ -84,12 +84,11 @@ class Running:
     outcome: str = ""  # SUCCESS, FAILED, or "" when it did not run (lock held elsewhere)
     monotonic: Callable[[], float] = time.monotonic
     last_progress: float = field(init=False)
-    started_mono: float = field(init=False)
     # database -> (bytes so far, monotonic start) of every dump of this job running now
     dumps: dict[str, tuple[int, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.last_progress = self.started_mono = self.monotonic()
+        self.last_progress = self.monotonic()
 
     def progress(self, _job: str, database: str, size: int) -> None:
         """Records dump progress (called from worker threads); a negative size ends a dump."""
@@ -100,15 +99,8 @@ class Running:
             return
         started = self.dumps.get(database, (0, now))[1]
         self.dumps[database] = (size, started)
-        if database != self.database:
-            self.database = database
-            self.started_mono = started
+        self.database = database
         self.bytes = size
-
-    def rate(self) -> float:
-        """Returns the current database's dump rate in bytes per second."""
-        elapsed = self.monotonic() - self.started_mono
-        return self.bytes / elapsed if elapsed > 0 else 0.0
 
     def describe(self) -> list[str]:
         """Returns `job/database size rate/s` for every dump running now (the job alone if none)."""

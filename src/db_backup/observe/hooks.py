@@ -29,14 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from db_backup.util.execute import (
-    CHILD_ENV_NAMES,
-    Cancelled,
-    CancelToken,
-    CommandError,
-    StreamingChild,
-    read_until_eof,
-)
+from db_backup.util.cancel import Cancelled, CancelToken
+from db_backup.util.execute import CHILD_ENV_NAMES, CommandError, StreamingChild, read_until_eof
 from db_backup.util.secrets import is_secret, mask
 
 if TYPE_CHECKING:

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 from db_backup.config import Config, Connection, JobConfig
 from db_backup.postgres import tools as pg
-from db_backup.util.execute import CancelToken, StreamingChild, run
+from db_backup.util.cancel import CancelToken
+from db_backup.util.execute import StreamingChild, run
 
 DEFAULT_CONNECTION = Connection("/var/run/postgresql", 5432, "postgres", None, 10)
 CREATE_ROLE_RE = re.compile(r'^CREATE ROLE ((?:"(?:[^"]|"")+")|[^\s;"]+);$')

@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 
 from db_backup.restore.source import SHA256_RE, RestoreError
-from db_backup.util.execute import CancelToken
+from db_backup.util.cancel import CancelToken
 
 
 def read_checksum_file(path: Path, dump_name: str) -> str:

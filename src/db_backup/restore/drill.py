@@ -78,8 +78,9 @@ from db_backup.restore.steps import (
 )
 from db_backup.storage.base import StorageError
 from db_backup.storage.crypto import EncryptionError
+from db_backup.util.cancel import Cancelled, CancelToken
 from db_backup.util.clock import format_utc, parse_utc, utc_now
-from db_backup.util.execute import Cancelled, CancelToken, CommandError
+from db_backup.util.execute import CommandError
 from db_backup.util.locks import job_lock
 from db_backup.util.secrets import SecretError, mask
 

@@ -14,7 +14,7 @@ from db_backup.config import Config
 from db_backup.restore.checksums import read_checksum_file, sha256_file, verify_directory_dump
 from db_backup.restore.source import BackupSource, RestoreError
 from db_backup.storage.base import StorageError
-from db_backup.util.execute import CancelToken
+from db_backup.util.cancel import CancelToken
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from db_backup.storage import oss_settings
 from db_backup.storage.base import StorageError, split_member
 from db_backup.storage.local import describe_os_error
 from db_backup.storage.oss import OssTarget
-from db_backup.util.execute import Cancelled, CancelToken
+from db_backup.util.cancel import Cancelled, CancelToken
 
 CHUNK = 1024 * 1024
 

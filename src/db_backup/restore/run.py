@@ -44,7 +44,8 @@ from db_backup.restore.steps import (
 )
 from db_backup.storage.crypto import EncryptionError
 from db_backup.storage.local import describe_os_error
-from db_backup.util.execute import Cancelled, CancelToken, CommandError
+from db_backup.util.cancel import Cancelled, CancelToken
+from db_backup.util.execute import CommandError
 from db_backup.util.secrets import mask
 
 OutputFn = Callable[[str], None]

@@ -24,7 +24,8 @@ from db_backup.postgres.server import (
 from db_backup.restore.fetch import Fetched
 from db_backup.restore.source import BackupSource, RestoreError
 from db_backup.storage import crypto
-from db_backup.util.execute import CancelToken, CommandError, run
+from db_backup.util.cancel import CancelToken
+from db_backup.util.execute import CommandError, run
 from db_backup.util.secrets import SecretError
 
 ROLE_MISSING_RE = re.compile(r'role "((?:[^"]|"")+)" does not exist')

@@ -28,7 +28,8 @@ from db_backup.restore.source import (
 from db_backup.restore.steps import explain_restore_error
 from db_backup.storage.base import StorageError, split_member
 from db_backup.storage.crypto import is_encrypted
-from db_backup.util.execute import CancelToken, CommandError, run
+from db_backup.util.cancel import CancelToken
+from db_backup.util.execute import CommandError, run
 from db_backup.util.secrets import SecretError, mask
 
 

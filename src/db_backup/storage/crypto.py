@@ -27,10 +27,10 @@ import structlog
 
 from db_backup.config import AgeEncryption, Config, ConfigError, SecretRef
 from db_backup.storage.keyfile import identity_file_problem, identity_warnings
+from db_backup.util.cancel import CancelToken
 from db_backup.util.execute import (
     F_SETPIPE_SZ,
     PIPE_SIZE,
-    CancelToken,
     CommandError,
     FilterChild,
     child_env,

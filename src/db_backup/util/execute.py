@@ -14,11 +14,11 @@ import os
 import signal
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import NoReturn
 
 from db_backup.util import children, polling
+from db_backup.util.cancel import Cancelled, CancelToken
 from db_backup.util.secrets import is_secret, mask
 
 STDERR_TAIL_LINES = 25
@@ -46,60 +46,6 @@ class CommandError(Exception):
         if stderr_tail:
             text += f": {stderr_tail}"
         super().__init__(mask(text))
-
-
-class Cancelled(Exception):
-    """The run was asked to stop (daemon shutdown or job timeout); the message says why."""
-
-
-class CancelToken:
-    """Lets another thread stop a run: `cancel(reason)`; the run checks `raise_if_cancelled`."""
-
-    def __init__(
-        self,
-        deadline_monotonic: float | None = None,
-        timeout_reason: str = "",
-        parent: CancelToken | None = None,
-    ) -> None:
-        self._event = threading.Event()
-        self._reason = ""
-        self._deadline = deadline_monotonic
-        self._timeout_reason = timeout_reason
-        self._parent = parent
-
-    @classmethod
-    def for_job(cls, timeout_seconds: int | None, parent: CancelToken | None = None) -> CancelToken:
-        """Returns a token that also fires after `timeout_seconds` or when `parent` fires."""
-        deadline = time.monotonic() + timeout_seconds if timeout_seconds else None
-        return cls(deadline, f"timed out after {timeout_seconds} s (timeout_seconds)", parent)
-
-    def cancel(self, reason: str) -> None:
-        """Asks the run to stop, giving the reason that ends up in its report."""
-        if not self._event.is_set():
-            self._reason = reason
-            self._event.set()
-
-    @property
-    def reason(self) -> str:
-        """Returns why the run was stopped, or "" while it may go on."""
-        self._check_deadline()
-        return self._reason
-
-    def is_cancelled(self) -> bool:
-        """Returns whether the run must stop now."""
-        self._check_deadline()
-        return self._event.is_set()
-
-    def raise_if_cancelled(self) -> None:
-        """Raises Cancelled when the run must stop."""
-        if self.is_cancelled():
-            raise Cancelled(self._reason)
-
-    def _check_deadline(self) -> None:
-        if self._parent is not None and self._parent.is_cancelled():
-            self.cancel(self._parent.reason)
-        if self._deadline is not None and time.monotonic() >= self._deadline:
-            self.cancel(self._timeout_reason or "timed out")
 
 
 def read_until_eof(
@@ -229,6 +175,12 @@ def run(
     return done.stdout.decode("utf-8", "replace")
 
 
+def _widen_pipe(fd: int) -> None:
+    """Makes a pipe 1 MiB instead of 64 KiB: its writer blocks and wakes us far less often."""
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
+
+
 class _Child:
     """A running child in its own session; knows how to stop it and what it said on stderr."""
 
@@ -297,9 +249,7 @@ class StreamingChild(_Child):
         super().__init__(argv, env, stdin=stdin_fd, stdout=subprocess.PIPE)
         assert self._proc.stdout is not None
         self._stdout_fd = self._proc.stdout.fileno()
-        # A 1 MiB pipe instead of 64 KiB: the child blocks and wakes us far less often.
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(self._stdout_fd, F_SETPIPE_SZ, PIPE_SIZE)
+        _widen_pipe(self._stdout_fd)
 
     @property
     def stdout_fd(self) -> int:
@@ -366,7 +316,7 @@ class FeedingChild(_Child):
         super().terminate(grace)
 
 
-class FilterChild:
+class FilterChild(_Child):
     """A child that transforms a byte stream (age): we write its stdin and read its stdout.
 
     `pump` moves a source child's stdout through it in one thread with poll(), so neither
@@ -382,36 +332,16 @@ class FilterChild:
         *,
         with_stdin: bool = True,
     ) -> None:
-        self.program = os.path.basename(argv[0])
-        try:
-            with children.ours():
-                self._proc = subprocess.Popen(
-                    list(argv),
-                    env=dict(env) if env is not None else child_env(),
-                    stdin=subprocess.PIPE if with_stdin else subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    start_new_session=True,
-                )
-        except FileNotFoundError:
-            raise CommandError(
-                self.program, None, "", f"{self.program} not found on PATH"
-            ) from None
-        assert self._proc.stdout is not None and self._proc.stderr is not None
+        stdin = subprocess.PIPE if with_stdin else subprocess.DEVNULL
+        super().__init__(argv, env, stdin=stdin, stdout=subprocess.PIPE)
+        assert self._proc.stdout is not None
         self.stdout_fd = self._proc.stdout.fileno()
         self.stdin_fd = self._proc.stdin.fileno() if self._proc.stdin is not None else -1
         for fd in (self.stdout_fd, self.stdin_fd):
             if fd >= 0:
-                with contextlib.suppress(OSError):
-                    fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
+                _widen_pipe(fd)
         if self.stdin_fd >= 0:
             os.set_blocking(self.stdin_fd, False)
-        self._stderr = StderrTail(self._proc.stderr)
-
-    @property
-    def pid(self) -> int:
-        """Returns the child's process id."""
-        return self._proc.pid
 
     def pump(
         self,
@@ -481,25 +411,10 @@ class FilterChild:
             with contextlib.suppress(OSError):
                 self._proc.stdin.close()
 
-    def stderr_tail(self) -> str:
-        """Returns the last lines the child wrote to stderr, secrets masked."""
-        return self._stderr.text()
-
     def terminate(self, grace: float = TERMINATE_GRACE_SECONDS) -> None:
-        """Stops the child: SIGTERM, then SIGKILL after `grace` seconds; closes our pipe ends."""
+        """Stops the child like any child (after closing its stdin) and closes our pipe ends."""
         self.close_stdin()
-        if self._proc.poll() is None:
-            try:
-                os.killpg(self._proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            else:
-                try:
-                    self._proc.wait(timeout=grace)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(self._proc.pid, signal.SIGKILL)
-                    self._proc.wait()
+        super().terminate(grace)
         assert self._proc.stdout is not None
         self._proc.stdout.close()
 
