@@ -325,42 +325,13 @@ def decrypted(
     digest = hashlib.sha256()
     threads: list[threading.Thread] = []
 
-    def feed(chunks: Iterable[bytes]) -> None:
-        fd = child.stdin_fd
-        os.set_blocking(fd, True)
-        try:
-            for chunk in chunks:
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view) :]
-        except BrokenPipeError:
-            pass  # age stopped: its exit status says why
-        except Exception as exc:  # the source failed (a download): age must not see an EOF
-            result.errors.append(mask(f"reading {label} failed: {exc}"))
-            child.terminate(grace=2.0)
-        finally:
-            child.close_stdin()
-
-    def drain() -> None:
-        consumer_gone = False
-        try:
-            for chunk in child.output(CHUNK_SIZE, cancel):
-                digest.update(chunk)
-                result.size += len(chunk)
-                view = memoryview(chunk)
-                while view and not consumer_gone:
-                    try:
-                        view = view[os.write(write_fd, view) :]
-                    except BrokenPipeError:
-                        consumer_gone = True
-        except Exception as exc:
-            result.errors.append(mask(str(exc)))
-        finally:
-            os.close(write_fd)
-
     if not isinstance(source, Path):
-        threads.append(threading.Thread(target=feed, args=(source,), daemon=True))
-    threads.append(threading.Thread(target=drain, daemon=True))
+        threads.append(
+            threading.Thread(target=_feed, args=(child, source, result, label), daemon=True)
+        )
+    threads.append(
+        threading.Thread(target=_drain, args=(child, write_fd, result, digest, cancel), daemon=True)
+    )
     for thread in threads:
         thread.start()
     body_error: BaseException | None = None
@@ -390,6 +361,49 @@ def decrypted(
         raise EncryptionError(problem) from body_error
     if body_error is not None:
         raise body_error
+
+
+def _feed(child: FilterChild, chunks: Iterable[bytes], result: Decryption, label: str) -> None:
+    """Writes `chunks` (the encrypted bytes) to age's stdin; a failing source stops age."""
+    fd = child.stdin_fd
+    os.set_blocking(fd, True)
+    try:
+        for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+    except BrokenPipeError:
+        pass  # age stopped: its exit status says why
+    except Exception as exc:  # the source failed (a download): age must not see an EOF
+        result.errors.append(mask(f"reading {label} failed: {exc}"))
+        child.terminate(grace=2.0)
+    finally:
+        child.close_stdin()
+
+
+def _drain(
+    child: FilterChild,
+    write_fd: int,
+    result: Decryption,
+    digest: Any,
+    cancel: CancelToken | None,
+) -> None:
+    """Copies age's plaintext to `write_fd`, hashing all of it even after the reader left."""
+    consumer_gone = False
+    try:
+        for chunk in child.output(CHUNK_SIZE, cancel):
+            digest.update(chunk)
+            result.size += len(chunk)
+            view = memoryview(chunk)
+            while view and not consumer_gone:
+                try:
+                    view = view[os.write(write_fd, view) :]
+                except BrokenPipeError:
+                    consumer_gone = True
+    except Exception as exc:
+        result.errors.append(mask(str(exc)))
+    finally:
+        os.close(write_fd)
 
 
 def _decryption_problem(
