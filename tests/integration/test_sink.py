@@ -24,7 +24,7 @@ from db_backup.observe.jobtable.rows import BACKUP, Entry, send
 from db_backup.observe.jobtable.sender import consumer as sink_consumer
 from db_backup.observe.jobtable.settings import SinkError
 from db_backup.observe.jobtable.settings import connect as sink_connect
-from db_backup.reports.model import REPORT_NAMESPACE, Report, stem
+from db_backup.reports.model import REPORT_NAMESPACE, Report, TargetResult, stem
 from tests.conftest import BACKUP_PASSWORD, RunCli, Setup
 from tests.support.pgcluster import Cluster, free_port
 
@@ -82,7 +82,7 @@ def make_report(
 ) -> Report:
     started = started or datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
     name = stem(database, started, hostname)
-    return Report(
+    report = Report(
         job=job,
         database=database,
         host="/var/run/postgresql",
@@ -94,12 +94,21 @@ def make_report(
         finished=started + timedelta(seconds=42),
         status=status,
         error_message="" if status == "SUCCESS" else "pg_dump: connection refused",
-        local_file=f"/var/backups/postgres/{name}.dump" if status == "SUCCESS" else "",
         sha256="ab" * 32 if status == "SUCCESS" else "",
         size_bytes=size,
         hostname=hostname,
         trigger="schedule",
     )
+    if status == "SUCCESS":
+        kept_locally(report)
+    return report
+
+
+def kept_locally(report: Report) -> None:
+    """Records the dump as the local target holding it, as a run does."""
+    name = f"{report.stem}.dump"
+    report.stored["local"] = [name]
+    report.targets["local"] = TargetResult("SUCCESS", location=f"/var/backups/postgres/{name}")
 
 
 def write_reports(directory: Path, reports: list[Report]) -> None:
@@ -230,7 +239,7 @@ def test_sending_a_report_again_updates_its_row_and_never_duplicates(
     assert [(s, e) for s, e, _ in first] == [("FAILED", "pg_dump: connection refused")]
 
     report.status, report.error_message, report.size_bytes = "SUCCESS", "", 2048  # a rewrite
-    report.local_file = f"/var/backups/postgres/{report.stem}.dump"
+    kept_locally(report)
     consumer = sink_consumer(config)
     assert consumer is not None
     consumer.handle(backup_event(report))

@@ -25,9 +25,20 @@ from typing import Any
 
 import pytest
 
+from db_backup import __version__
 from db_backup.observe.status import StatusError, StatusQuery, query
 from db_backup.reports import index as report_index
-from db_backup.reports.model import Report, StoredReport, load_reports, stem, write_report
+from db_backup.reports import index_db
+from db_backup.reports.index import Match, snapshot
+from db_backup.reports.model import (
+    SUCCESS,
+    Report,
+    StoredReport,
+    TargetResult,
+    load_reports,
+    stem,
+    write_report,
+)
 from db_backup.reports.retention import Backup, backup_of, choose_expired
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -60,7 +71,13 @@ def reference_page(reports_dir: Path, q: StatusQuery) -> tuple[int, list[str], l
 
 def reference_backups(reports_dir: Path, job: str, database: str) -> list[Backup]:
     reports, _ = load_reports(reports_dir)
-    return [backup_of(r) for r in reports if r.job == job and r.document["database"] == database]
+    return [backup_of(r) for r in reports if r.job == job and r.database == database]
+
+
+def indexed_backups(reports_dir: Path, index: Path | None, job: str, database: str) -> list[Backup]:
+    """Returns every report of `job` and `database` as the index gives them, newest first."""
+    with snapshot(reports_dir, index) as snap:
+        return [e.backup() for e in snap.entries(Match(job=job, database=database))]
 
 
 def indexed_page(
@@ -90,43 +107,8 @@ def assert_same_answers(reports_dir: Path, index: Path, rng: random.Random) -> N
     for job in JOBS:
         for database in DATABASES:
             every = reference_backups(reports_dir, job, database)  # newest first
-            got = report_index.backups(reports_dir, index, job, database)
+            got = indexed_backups(reports_dir, index, job, database)
             assert got == every, (job, database)
-            assert_same_retention_choice(reports_dir, index, rng, job, database, every)
-
-
-def assert_same_retention_choice(
-    reports_dir: Path,
-    index: Path,
-    rng: random.Random,
-    job: str,
-    database: str,
-    every: list[Backup],
-) -> None:
-    """The few rows retention reads give the choice that every report of the database gives."""
-    now = T0 + timedelta(hours=rng.randrange(0, 80))
-    days = rng.choice([1, 2])
-    keep_last = rng.choice([1, 2, 3])
-    current = Backup("current.json", database, now, True, ("current.json", "shared-0.sql"))
-    view = report_index.retention_backups(
-        reports_dir, index, job, database, days=days, keep_last=keep_last, now=now
-    )
-    assert len(view) <= len(every)
-    later = now + timedelta(seconds=rng.choice([0, 1]))  # choose_expired's own, later, now
-    want_expired, want_named = choose_expired(
-        [*every, current], days=days, keep_last=keep_last, now=later
-    )
-    got_expired, got_named = choose_expired(
-        [*view, current], days=days, keep_last=keep_last, now=later
-    )
-    if later == now:
-        assert {b.key for b in got_expired} == {b.key for b in want_expired}
-    else:  # a report that expired in between may wait for the next run, never the reverse
-        assert {b.key for b in got_expired} <= {b.key for b in want_expired}
-    for backup in got_expired:
-        assert {f for f in backup.files if f in got_named} == {
-            f for f in backup.files if f in want_named
-        }, backup.key
 
 
 # --- generating and mangling a reports directory -------------------------------------------
@@ -147,11 +129,11 @@ def make_report(rng: random.Random, number: int) -> Report:
         stem=name,
         started=started,
         status=rng.choice(["SUCCESS", "SUCCESS", "FAILED"]),
-        local_file=f"/var/lib/db-backup/data/{name}.dump",
-        artefacts=[f"{name}.dump", f"{name}.dump.sha256"],
+        stored={"local": [f"{name}.dump", f"{name}.dump.sha256"]},
+        targets={"local": TargetResult(SUCCESS, location=f"/var/lib/db-backup/data/{name}.dump")},
     )
     if rng.random() < 0.3:  # a file several reports name (like a run's globals file)
-        report.artefacts.append(f"shared-{rng.randrange(3)}.sql")
+        report.stored["local"].append(f"shared-{rng.randrange(3)}.sql")
     report.finished = started + timedelta(minutes=1)
     return report
 
@@ -266,19 +248,19 @@ def test_index_trusts_unchanged_files_and_rereads_only_what_changed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reads: list[str] = []
-    real_read = report_index._read
+    real_read = index_db._read
 
     def counting_read(reports_dir: Path, name: bytes) -> Any:
         reads.append(os.fsdecode(name))
         return real_read(reports_dir, name)
 
-    monkeypatch.setattr(report_index, "_read", counting_read)
-    monkeypatch.setattr(report_index, "RACY_SECONDS", 0.0)  # stat changes are deliberate below
+    monkeypatch.setattr(index_db, "_read", counting_read)
+    monkeypatch.setattr(index_db, "RACY_SECONDS", 0.0)  # stat changes are deliberate below
     rng = random.Random(7)
     reports_dir, index = tmp_path / "reports", tmp_path / report_index.INDEX_NAME
     reports_dir.mkdir()
     paths = [write_report(reports_dir, make_report(rng, n)) for n in range(40)]
-    report_index.backups(reports_dir, index, "hourly", "shop")
+    indexed_backups(reports_dir, index, "hourly", "shop")
     assert len(reads) == 40
     reads.clear()
     assert_same_answers(reports_dir, index, rng)
@@ -298,24 +280,24 @@ def test_reports_written_a_moment_ago_are_reread_until_their_stat_can_be_trusted
     # Within the file system's timestamp granularity an in-place edit of the same size can
     # leave the stat unchanged; such young files are read again until they are old enough.
     reads: list[str] = []
-    real_read = report_index._read
+    real_read = index_db._read
 
     def counting_read(reports_dir: Path, name: bytes) -> Any:
         reads.append(os.fsdecode(name))
         return real_read(reports_dir, name)
 
-    monkeypatch.setattr(report_index, "_read", counting_read)
-    monkeypatch.setattr(report_index, "RACY_SECONDS", 0.5)
+    monkeypatch.setattr(index_db, "_read", counting_read)
+    monkeypatch.setattr(index_db, "RACY_SECONDS", 0.5)
     reports_dir, index = tmp_path / "reports", tmp_path / report_index.INDEX_NAME
     reports_dir.mkdir()
     path = write_report(reports_dir, make_report(random.Random(1), 1))
-    report_index.backups(reports_dir, index, "x", "y")
-    report_index.backups(reports_dir, index, "x", "y")
+    indexed_backups(reports_dir, index, "x", "y")
+    indexed_backups(reports_dir, index, "x", "y")
     assert reads == [path.name, path.name]  # young: not trusted yet
     time.sleep(0.6)
-    report_index.backups(reports_dir, index, "x", "y")  # read once more, now settled
+    indexed_backups(reports_dir, index, "x", "y")  # read once more, now settled
     reads.clear()
-    report_index.backups(reports_dir, index, "x", "y")
+    indexed_backups(reports_dir, index, "x", "y")
     assert reads == []
 
 
@@ -386,7 +368,7 @@ def test_damaged_or_foreign_index_is_rebuilt_from_the_reports(
     with sqlite3.connect(index) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         meta = dict(conn.execute("SELECT key, value FROM meta"))
-        assert meta["version"] == report_index.__version__
+        assert meta["version"] == __version__
         assert meta["reports_dir"] == str(reports_dir)
         (count,) = conn.execute("SELECT count(*) FROM reports").fetchone()
     assert count == 26  # 25 reports and the broken file, remembered with its warning
@@ -427,7 +409,7 @@ WORKER = textwrap.dedent(
     import random, sys
     from datetime import UTC, datetime, timedelta
     from pathlib import Path
-    from db_backup.reports import index as report_index
+    from db_backup.reports.index import Match, snapshot
     from db_backup.reports.model import Report, write_report
     from db_backup.observe.status import StatusQuery, query
 
@@ -439,11 +421,12 @@ WORKER = textwrap.dedent(
         started = t0 + timedelta(minutes=n)
         report = Report(job=tag, database="shop", host="h", port=5432, mode="local",
                         tool="local", stem=f"shop_{tag}_{n:03d}", started=started,
-                        status="SUCCESS", artefacts=[f"shop_{tag}_{n:03d}.dump"])
+                        status="SUCCESS", stored={"local": [f"shop_{tag}_{n:03d}.dump"]})
         mine.append(write_report(reports_dir, report).name)
         if n % 5 == 4:
             (reports_dir / mine.pop(0)).unlink()
-        seen = {b.key for b in report_index.backups(reports_dir, index, tag, "shop")}
+        with snapshot(reports_dir, index) as snap:
+            seen = {e.name for e in snap.entries(Match(job=tag, database="shop"))}
         assert seen == set(mine), (tag, n, sorted(seen ^ set(mine)))
         page = query(reports_dir, StatusQuery(history=True, job=tag, limit=1000), index)
         assert page.total == len(mine), (tag, n, page.total, len(mine))
@@ -490,8 +473,8 @@ def test_process_killed_while_rebuilding_leaves_a_usable_index(tmp_path: Path) -
         write_report(reports_dir, make_report(rng, n))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
     code = (
-        "import sys; from pathlib import Path; from db_backup.reports import index as report_index; "
-        "report_index.backups(Path(sys.argv[1]), Path(sys.argv[2]), 'x', 'y')"
+        "import sys; from pathlib import Path; from db_backup.reports.index import snapshot; "
+        "snapshot(Path(sys.argv[1]), Path(sys.argv[2])).__enter__()"
     )
     killed_in_transaction = False
     journal = index.with_name(index.name + "-journal")
@@ -512,18 +495,14 @@ def test_process_killed_while_rebuilding_leaves_a_usable_index(tmp_path: Path) -
     assert killed_in_transaction, "never caught the rebuild inside its transaction"
 
 
-# --- a retention step without a listing ----------------------------------------------------
+# --- a retention step: one listing, nothing told by the writers -----------------------------
 
 
 @pytest.fixture
-def listings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Counts the listings of the reports directory (and reads); stamps of tmp_path are trusted.
-
-    The file system of tmp_path (a container's overlay, say) is taken as local: the tests
-    make their changes one after another, not through a cache.
-    """
+def listings(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Counts the listings of the reports directory ("listing") and the reports read (names)."""
     calls: list[str] = []
-    real_listing, real_read = report_index._listing, report_index._read
+    real_listing, real_read = index_db.list_reports, index_db._read
 
     def counting_listing(reports_dir: Path) -> Any:
         calls.append("listing")
@@ -533,44 +512,24 @@ def listings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
         calls.append(os.fsdecode(name))
         return real_read(reports_dir, name)
 
-    monkeypatch.setattr(report_index, "_listing", counting_listing)
-    monkeypatch.setattr(report_index, "_read", counting_read)
-    local = report_index._file_system(tmp_path.stat().st_dev)
-    monkeypatch.setattr(
-        report_index, "LOCAL_FILE_SYSTEMS", report_index.LOCAL_FILE_SYSTEMS | {local}
-    )
+    monkeypatch.setattr(index_db, "list_reports", counting_listing)
+    monkeypatch.setattr(index_db, "_read", counting_read)
     return calls
 
 
 NOW = T0 + timedelta(hours=60)  # with one day kept: old before T0 + 36 h
 
 
-def retention_view(
-    reports_dir: Path, index: Path | None, job: str, *, quick: bool = True
-) -> list[Backup]:
-    return report_index.retention_backups(
-        reports_dir, index, job, "shop", days=1, keep_last=2, now=NOW, quick=quick
-    )
+def retention_view(reports_dir: Path, index: Path | None, job: str) -> list[Backup]:
+    """Returns what a run's retention step reads: every report of `job` and `shop`."""
+    return indexed_backups(reports_dir, index, job, "shop")
 
 
-def own_write(reports_dir: Path, index: Path, report: Report) -> Path:
-    """Writes a report as a run does: through the index."""
-    name = f"{report.stem}.json"
-    return report_index.own_change(
-        reports_dir, index, [name], lambda: write_report(reports_dir, report)
-    )
-
-
-def quick_view(
-    reports_dir: Path, index: Path, listings: list[str], job: str = "hourly"
-) -> tuple[list[Backup], bool]:
-    """Returns the quick retention view and whether it listed; checks it against a full read."""
-    listings.clear()
+def checked_view(reports_dir: Path, index: Path, job: str = "hourly") -> list[Backup]:
+    """Returns the retention view through the index, checked against a full read."""
     view = retention_view(reports_dir, index, job)
-    listed = "listing" in listings
-    full = retention_view(reports_dir, None, job, quick=False)  # in memory, from a full read
-    assert view == full
-    return view, listed
+    assert view == retention_view(reports_dir, None, job)  # in memory, from a full read
+    return view
 
 
 def run_report(number: int, hours: int = 50) -> Report:
@@ -587,61 +546,62 @@ def run_report(number: int, hours: int = 50) -> Report:
         started=started,
         finished=started + timedelta(minutes=1),
         status="SUCCESS" if number % 4 else "FAILED",
-        artefacts=[f"{name}.dump", f"{name}.dump.sha256"],
+        stored={"local": [f"{name}.dump", f"{name}.dump.sha256"]},
     )
 
 
 def one_job_directory(tmp_path: Path, count: int = 30) -> tuple[Path, Path, list[Path]]:
-    """Returns a directory of one job's reports over 48 hours, listed with a settled stamp."""
+    """Returns a directory of one job's reports over 48 hours, and an index of it."""
     reports_dir, index = tmp_path / "reports", tmp_path / "state" / report_index.INDEX_NAME
     reports_dir.mkdir()
     paths = [write_report(reports_dir, run_report(n, hours=n * 48 // 30)) for n in range(count)]
-    assert report_index._settled_stat(reports_dir, wait_s=1.0) is not None
-    report_index.backups(reports_dir, index, "hourly", "shop")  # lists, records the stamp
+    indexed_backups(reports_dir, index, "hourly", "shop")
     return reports_dir, index, paths
 
 
-def test_retention_after_a_runs_own_report_does_not_list_the_directory(
-    tmp_path: Path, listings: list[str]
+def test_every_query_lists_the_directory_once_and_rereads_only_the_new_report(
+    tmp_path: Path, listings: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(index_db, "RACY_SECONDS", 0.0)  # young files: see the test above
     reports_dir, index, _ = one_job_directory(tmp_path)
-    for number in (101, 102, 103, 105):  # successful ones
-        path = own_write(reports_dir, index, run_report(number, hours=number - 50))
-        view, listed = quick_view(reports_dir, index, listings)
-        assert not listed
-        assert path.name in {b.key for b in view}  # newest successful: seen without a listing
-    assert listings.count("listing") == 1  # the full read of quick_view only
+    for number in (101, 102, 103, 105):  # a run's own reports, written without telling anyone
+        path = write_report(reports_dir, run_report(number, hours=number - 50))
+        listings.clear()
+        view = retention_view(reports_dir, index, "hourly")
+        assert listings == ["listing", path.name]
+        assert path.name in {b.key for b in view}  # the newest successful one
+        assert view == retention_view(reports_dir, None, "hourly")
 
 
-@pytest.mark.parametrize("change", ["added", "removed", "renamed", "unlisted-own-change"])
-def test_any_other_change_to_the_directory_makes_retention_list_it(
-    tmp_path: Path, listings: list[str], change: str
+@pytest.mark.parametrize("change", ["added", "removed", "renamed", "replaced"])
+def test_any_change_to_the_directory_is_seen_by_the_next_retention_step(
+    tmp_path: Path, change: str
 ) -> None:
     reports_dir, index, paths = one_job_directory(tmp_path)
-    own_write(reports_dir, index, run_report(101))
-    assert not quick_view(reports_dir, index, listings)[1]
+    checked_view(reports_dir, index)
     if change == "added":
-        write_report(reports_dir, run_report(102, hours=55))  # another writer, not the index
+        write_report(reports_dir, run_report(102, hours=55))
     elif change == "removed":
         paths[-1].unlink()
     elif change == "renamed":
         paths[-2].rename(reports_dir / "renamed.json")
-    else:  # a run that could not take the index's lock writes anyway
-        write_report(reports_dir, run_report(101), replace=True)
-    view, listed = quick_view(reports_dir, index, listings)
-    assert listed
+    else:  # the run rewrites its own report with what retention did
+        report = run_report(29, hours=29 * 48 // 30)
+        report.status = "FAILED"
+        write_report(reports_dir, report, replace=True)
+    view = checked_view(reports_dir, index)
     if change == "added":
         assert run_report(102, hours=55).stem + ".json" in {b.key for b in view}
 
 
 @pytest.mark.parametrize("edit", ["same-size-same-mtime", "truncated", "status"])
-def test_edits_in_place_of_the_rows_retention_reads_are_seen_without_a_listing(
-    tmp_path: Path, listings: list[str], edit: str
+def test_edits_in_place_are_seen_by_the_next_retention_step(
+    tmp_path: Path, listings: list[str], edit: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(index_db, "RACY_SECONDS", 0.0)  # only a changed stat may tell
     reports_dir, index, _ = one_job_directory(tmp_path)
-    newest = own_write(reports_dir, index, run_report(101))
-    view, _ = quick_view(reports_dir, index, listings)
-    assert newest.name in {b.key for b in view}
+    newest = write_report(reports_dir, run_report(101))
+    assert newest.name in {b.key for b in checked_view(reports_dir, index)}
     if edit == "same-size-same-mtime":
         before = newest.stat()
         same_size_edit(newest)  # SUCCESS -> FAILED!: no report any more
@@ -654,81 +614,17 @@ def test_edits_in_place_of_the_rows_retention_reads_are_seen_without_a_listing(
         with open(newest, "r+b") as handle:
             handle.write(text.encode())
             handle.truncate()
-    view, listed = quick_view(reports_dir, index, listings)  # equal to a full read
-    assert not listed
-    assert newest.name in listings  # re-read
-    assert newest.name not in {b.key for b in view}
-
-
-def test_a_change_within_the_clock_tick_of_the_stamp_is_not_trusted(
-    tmp_path: Path, listings: list[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The clock has not passed the directory's ctime: a later change could keep that ctime.
-    reports_dir, index, _ = one_job_directory(tmp_path)
-    with monkeypatch.context() as patch:
-        patch.setattr(report_index, "_coarse_now", lambda: reports_dir.stat().st_ctime_ns)
-        patch.setattr(report_index, "SETTLE_WAIT_S", 0.01)
-        own_write(reports_dir, index, run_report(101))  # cannot settle: stamp dropped
-        assert quick_view(reports_dir, index, listings)[1]
-        report_index.backups(reports_dir, index, "hourly", "shop")  # lists, records none
-    assert quick_view(reports_dir, index, listings)[1]
-    assert not quick_view(reports_dir, index, listings)[1]  # that listing recorded one
-
-
-def test_the_directory_is_listed_again_once_the_last_listing_is_old(
-    tmp_path: Path, listings: list[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    reports_dir, index, _ = one_job_directory(tmp_path)
-    own_write(reports_dir, index, run_report(101))
-    monkeypatch.setattr(report_index, "FULL_LISTING_EVERY_S", 0.0)
-    assert quick_view(reports_dir, index, listings)[1]
-
-
-@pytest.mark.parametrize("how", ["edited-in-place", "added-unseen"])
-def test_a_report_that_may_name_an_old_reports_globals_file_is_checked(
-    tmp_path: Path, listings: list[str], how: str
-) -> None:
-    # `A_globals.json` is the one report that may name a file of `A.json` (A_globals.sql):
-    # whether an edit in place made it do so, or it appeared unseen (someone else's write in
-    # the milliseconds of an own change), retention must keep that file.
-    reports_dir, index, _ = one_job_directory(tmp_path, count=0)
-    old = run_report(1, hours=0)
-    old.artefacts = [f"{old.stem}.dump", f"{old.stem}_globals.sql"]
-    sharer = run_report(2, hours=40)
-    sharer.stem, sharer.status = f"{old.stem}_globals", "FAILED"
-    for report in (old, run_report(3, hours=45), run_report(5, hours=46)):
-        own_write(reports_dir, index, report)
-    sharer_path = reports_dir / f"{sharer.stem}.json"
-    if how == "edited-in-place":
-        sharer.artefacts = []
-        own_write(reports_dir, index, sharer)
-        document = json.loads(sharer_path.read_text())
-        document["artefacts"] = [f"{sharer.stem}.sql"]
-        with open(sharer_path, "r+b") as handle:  # in place: the directory's stamp stays
-            handle.write(json.dumps(document, indent=2).encode())
-            handle.truncate()
-    else:
-        sharer.artefacts = [f"{sharer.stem}.sql"]
-        other = run_report(6, hours=20)
-
-        def two_writes() -> Path:
-            write_report(reports_dir, sharer)  # another writer's, at the same moment
-            return write_report(reports_dir, other)
-
-        report_index.own_change(reports_dir, index, [f"{other.stem}.json"], two_writes)
-    view, listed = quick_view(reports_dir, index, listings)
-    assert not listed
-    assert sharer_path.name in listings  # checked, and read
-    expired, still_named = choose_expired(view, now=NOW, days=1, keep_last=2)
-    assert f"{old.stem}.json" in [b.key for b in expired]
-    assert f"{old.stem}_globals.sql" in still_named
-
-
-def test_two_jobs_writing_and_pruning_at_once_never_list_and_answer_as_a_full_read(
-    tmp_path: Path, listings: list[str]
-) -> None:
-    reports_dir, index, _ = one_job_directory(tmp_path, count=10)
     listings.clear()
+    view = checked_view(reports_dir, index)
+    assert newest.name in listings  # re-read
+    if edit == "status":
+        assert [b.successful for b in view if b.key == newest.name] == [False]
+    else:  # no report any more
+        assert newest.name not in {b.key for b in view}
+
+
+def test_two_jobs_writing_and_pruning_at_once_answer_as_a_full_read(tmp_path: Path) -> None:
+    reports_dir, index, _ = one_job_directory(tmp_path, count=10)
     errors: list[BaseException] = []
 
     def run(job: str, offset: int) -> None:
@@ -736,12 +632,11 @@ def test_two_jobs_writing_and_pruning_at_once_never_list_and_answer_as_a_full_re
             for n in range(12):
                 report = run_report(offset + n, hours=30 + n)
                 report.job = job
-                own_write(reports_dir, index, report)
+                write_report(reports_dir, report)
                 view = retention_view(reports_dir, index, job)
                 expired, _ = choose_expired(view, now=NOW, days=1, keep_last=2)
-                for backup in expired:  # what apply_retention does with the report file
-                    remove = functools.partial((reports_dir / backup.key).unlink, missing_ok=True)
-                    report_index.own_change(reports_dir, index, [backup.key], remove)
+                for backup in expired:  # what the retention step does with the report file
+                    (reports_dir / backup.key).unlink(missing_ok=True)
         except BaseException as exc:
             errors.append(exc)
 
@@ -751,30 +646,19 @@ def test_two_jobs_writing_and_pruning_at_once_never_list_and_answer_as_a_full_re
     for thread in threads:
         thread.join()
     assert errors == []
-    assert "listing" not in listings
     for job in ("a", "b", "hourly"):
-        assert not quick_view(reports_dir, index, listings, job)[1]
+        checked_view(reports_dir, index, job)
     assert sorted(p.name for p in reports_dir.glob("*.json")) == sorted(
         b.key
-        for b in report_index.backups(reports_dir, None, "a", "shop")
-        + report_index.backups(reports_dir, None, "b", "shop")
-        + report_index.backups(reports_dir, None, "hourly", "shop")
+        for job in ("a", "b", "hourly")
+        for b in indexed_backups(reports_dir, None, job, "shop")
     )
 
 
-def deleted_files(backups: list[Backup]) -> set[str]:
-    """Returns every file name retention deletes, choosing from `backups`."""
-    expired, still_named = choose_expired(backups, now=NOW, days=1, keep_last=2)
-    return {f for b in expired for f in b.files if f not in still_named}
-
-
 @pytest.mark.parametrize("seed", range(3))
-def test_quick_retention_never_deletes_what_a_full_read_keeps(
-    tmp_path: Path, listings: list[str], seed: int
-) -> None:
-    # Runs' own changes (new reports, rewrites, removals) through the index, and edits in place
-    # behind its back: every quick step deletes at most what a full read deletes, and exactly
-    # that while no edit touched a row it does not read.
+def test_retention_deletes_exactly_what_a_full_read_deletes(tmp_path: Path, seed: int) -> None:
+    # New reports, rewrites, removals and edits in place, one after another: every step's
+    # view gives the choice a full read gives.
     rng = random.Random(seed)
     reports_dir, index, paths = one_job_directory(tmp_path, count=40)
     names = [p.name for p in paths]
@@ -782,12 +666,10 @@ def test_quick_retention_never_deletes_what_a_full_read_keeps(
         action = rng.random()
         if action < 0.5:
             report = run_report(1000 + step, hours=rng.randrange(0, 60))
-            own_write(reports_dir, index, report)
+            write_report(reports_dir, report)
             names.append(f"{report.stem}.json")
         elif action < 0.7 and names:
-            victim = names.pop(rng.randrange(len(names)))
-            remove = functools.partial((reports_dir / victim).unlink, missing_ok=True)
-            report_index.own_change(reports_dir, index, [victim], remove)
+            (reports_dir / names.pop(rng.randrange(len(names)))).unlink(missing_ok=True)
         elif names:
             victim_path = reports_dir / rng.choice(names)
             try:
@@ -796,12 +678,12 @@ def test_quick_retention_never_deletes_what_a_full_read_keeps(
                 )
             except (ValueError, UnicodeDecodeError, TypeError, KeyError, AttributeError):
                 victim_path.write_text("{}")  # no report to begin with: by the same hand
-        listings.clear()
-        quick = retention_view(reports_dir, index, "hourly")
-        assert "listing" not in listings
-        full = retention_view(reports_dir, None, "hourly", quick=False)
-        assert deleted_files(quick) <= deleted_files(full), step
-    report_index.backups(reports_dir, index, "hourly", "shop")  # a listing (status) catches up
-    assert retention_view(reports_dir, index, "hourly") == retention_view(
-        reports_dir, None, "hourly", quick=False
-    )
+        view = retention_view(reports_dir, index, "hourly")
+        full = retention_view(reports_dir, None, "hourly")
+        assert deleted_files(view) == deleted_files(full), step
+
+
+def deleted_files(backups: list[Backup]) -> set[str]:
+    """Returns every file name retention deletes, choosing from `backups`."""
+    expired, still_named = choose_expired(backups, now=NOW, days=1, keep_last=2)
+    return {f for b in expired for f in b.files if f not in still_named}

@@ -20,7 +20,7 @@ from db_backup.backup.prune import apply_retention, plan_deletions
 from db_backup.backup.sizeguard import SizeCheck, check_size, hold_retention
 from db_backup.config import Config, loads
 from db_backup.observe import events
-from db_backup.reports.model import SUCCESS, Report, write_report
+from db_backup.reports.model import SUCCESS, Report, TargetResult, write_report
 from db_backup.reports.retention import Backup
 from db_backup.storage.local import LocalTarget
 
@@ -151,10 +151,15 @@ def backup(config: Config, started: datetime, size: int) -> Report:
         started=started,
         finished=started + timedelta(seconds=5),
         status=SUCCESS,
-        local_file=str(data / f"{stem}.dump"),
-        checksum_file=str(data / f"{stem}.dump.sha256"),
         size_bytes=size,
-        artefacts=[f"{stem}.dump", f"{stem}.dump.sha256"],
+        stored={"local": [f"{stem}.dump", f"{stem}.dump.sha256"]},
+        targets={
+            "local": TargetResult(
+                SUCCESS,
+                location=str(data / f"{stem}.dump"),
+                checksum_location=str(data / f"{stem}.dump.sha256"),
+            )
+        },
     )
     write_report(config.directories.reports, report)
     return report

@@ -1,7 +1,7 @@
 """One database's dump: pg_dump to every target, then its globals and .sha256 beside it.
 
 `dump` fills the database's report (checksums, sizes, per-target results); what a target
-stored is recorded in `stored` as it goes, so a failure can take it all away again
+stored is recorded in `report.stored` as it goes, so a failure can take it all away again
 (`finish.remove_partial`). The globals (`pg_dumpall --globals-only`) are dumped once per run
 (`dump_globals`) and stored beside every database's dump under that dump's own stem.
 """
@@ -19,7 +19,7 @@ from db_backup.backup.dirdump import dump_directory_format
 from db_backup.backup.naming import checksum_name, dump_name, globals_name
 from db_backup.backup.stream import StreamOutcome, encrypt_to_file, stream_dump
 from db_backup.postgres import tools as pg
-from db_backup.reports.model import FAILED, SUCCESS, Report
+from db_backup.reports.model import FAILED, SUCCESS, Report, TargetResult
 from db_backup.storage import crypto, delete_quietly
 from db_backup.storage.base import StorageError, StoredObject, Target
 from db_backup.util.execute import CommandError
@@ -55,7 +55,6 @@ def dump(
     ctx: RunContext,
     database: str,
     report: Report,
-    stored: dict[str, list[str]],
     claim: Claim,
     snap: rowcounts.DumpSnapshot,
 ) -> None:
@@ -79,14 +78,14 @@ def dump(
     for target in ctx.targets:
         if target.name in outcome.failed:
             error = mask(outcome.failed[target.name])
-            report.targets[target.name] = {"status": FAILED, "error": error}
+            report.targets[target.name] = TargetResult(FAILED, error=error)
             continue
         dump_names = outcome.names.get(target.name) or [dump_file]
         dump_object = outcome.stored[target.name]
-        store_beside(ctx, target, dump_names, dump_object, report, stored, checksum_path)
-    failed = {n: r for n, r in report.targets.items() if r["status"] == FAILED}
+        store_beside(ctx, target, dump_names, dump_object, report, checksum_path)
+    failed = report.failed_targets()
     if failed:
-        report.error_message = "; ".join(f"{name}: {r['error']}" for name, r in failed.items())
+        report.error_message = "; ".join(f"{name}: {error}" for name, error in failed.items())
     else:
         report.status = SUCCESS
 
@@ -144,11 +143,10 @@ def store_beside(
     dump_names: list[str],
     dump_object: StoredObject,
     report: Report,
-    stored: dict[str, list[str]],
     checksum_path: Path,
 ) -> None:
     """Stores the globals and the .sha256 next to a committed dump; on failure, the dump goes."""
-    names = stored[target.name]
+    names = report.stored[target.name]
     names.extend(dump_names)
     try:
         globals_obj = None
@@ -160,31 +158,13 @@ def store_beside(
         names.append(checksum_path.name)
     except StorageError as exc:
         delete_quietly(target, names)
-        report.targets[target.name] = {"status": FAILED, "error": mask(str(exc))}
+        report.targets[target.name] = TargetResult(FAILED, error=mask(str(exc)))
         return
-    report.targets[target.name] = {
-        "status": SUCCESS,
-        "location": dump_object.location,
-        "sizeBytes": dump_object.size_bytes,
-        **dump_object.extra,
-        "files": list(names),
-    }
-    _record_locations(target, dump_object, checksum_obj, globals_obj, report)
-
-
-def _record_locations(
-    target: Target,
-    dump_object: StoredObject,
-    checksum_obj: StoredObject,
-    globals_obj: StoredObject | None,
-    report: Report,
-) -> None:
-    """Records where the seed's fields say the backup is: local paths, or remote URLs."""
-    if target.name == "local":
-        report.local_file = dump_object.location
-        report.checksum_file = checksum_obj.location
-        report.globals_file = globals_obj.location if globals_obj else ""
-    elif "objects" in dump_object.extra:  # a directory dump: every object's URL
-        report.remote_urls.extend(dump_object.extra["objects"])
-    else:
-        report.remote_urls.append(dump_object.location)
+    report.targets[target.name] = TargetResult(
+        SUCCESS,
+        location=dump_object.location,
+        size_bytes=dump_object.size_bytes,
+        extra=dict(dump_object.extra),
+        checksum_location=checksum_obj.location,
+        globals_location=globals_obj.location if globals_obj else "",
+    )

@@ -28,28 +28,26 @@ from db_backup.util.secrets import mask
 log = structlog.get_logger("db_backup.backup.finish")
 
 
-def remove_partial(targets: list[Target], stored: dict[str, list[str]], report: Report) -> None:
-    """Deletes what a failed database's run had already stored, so nothing looks like a backup."""
+def remove_partial(targets: list[Target], report: Report) -> None:
+    """Deletes what a failed database's run had already stored, so nothing looks like a backup.
+
+    Each target's list in `report.stored` is emptied as its files go: the report then names
+    none of them (its `local`, `remote`, `targets` and `artefacts` all derive from those lists).
+    """
     report.status = FAILED
     for target in targets:
-        delete_quietly(target, stored.get(target.name, []))
-    report.local_file = report.checksum_file = report.globals_file = ""
-    report.remote_urls.clear()
-    for result in report.targets.values():
-        result.pop("files", None)
+        delete_quietly(target, report.stored.get(target.name, []))
 
 
-def finish(ctx: RunContext, report: Report, stored: dict[str, list[str]]) -> None:
+def finish(ctx: RunContext, report: Report) -> None:
     """Writes the report, then (after a success) applies retention and records what it did."""
     ctx.reported.add(report.database)
-    # A report names only what exists: the files some target still holds.
-    report.artefacts = list(dict.fromkeys(n for names in stored.values() for n in names))
     report.finished = utc_now()
     reports_dir = ctx.config.directories.reports
     try:
         path = write_report(reports_dir, report)
     except OSError as exc:
-        _unwritten(ctx, report, stored, exc)
+        _unwritten(ctx, report, exc)
         return
     ctx.history.add(current_backup(report))
     if report.status == SUCCESS:
@@ -82,15 +80,15 @@ def finish(ctx: RunContext, report: Report, stored: dict[str, list[str]]) -> Non
     after_report(ctx.config, document, path)
 
 
-def _unwritten(ctx: RunContext, report: Report, stored: dict[str, list[str]], exc: OSError) -> None:
+def _unwritten(ctx: RunContext, report: Report, exc: OSError) -> None:
     """Records a report that could not be written as FAILED and takes its dump away again."""
     reports_dir = ctx.config.directories.reports
     message = f"cannot write the report: {describe_os_error(exc, exc.filename or reports_dir)}"
     log.error("report not written", job=ctx.job.name, database=report.database, error=message)
+    document = report.to_json()  # what the report would have said, as the consumers hear it
     # A dump without a report must not look like a good backup: take it away again.
     for target in ctx.targets:
-        delete_quietly(target, stored.get(target.name, []))
-    document = report.to_json()
+        delete_quietly(target, report.stored.get(target.name, []))
     document["status"] = FAILED
     document["errorMessage"] = message
     ctx.result.reports.append(document)

@@ -14,7 +14,6 @@ for its whole length, and other jobs, `status`, restores and drills never touch 
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 
 from db_backup.config import Config
 from db_backup.reports import index as report_index
-from db_backup.reports.model import SUCCESS, Report
+from db_backup.reports.model import SUCCESS, NotAReport, Report, read_report
 from db_backup.reports.retention import Backup
 
 
@@ -100,11 +99,9 @@ class JobHistory:
             if not backup.successful or backup.key == exclude:
                 continue
             try:
-                document = json.loads((self.reports_dir / backup.key).read_bytes())
-            except (OSError, ValueError):
+                documents.append(read_report(self.reports_dir / backup.key).document)
+            except NotAReport:
                 continue
-            if isinstance(document, dict):
-                documents.append(document)
         return documents
 
     def add(self, backup: Backup) -> None:

@@ -210,7 +210,7 @@ def _fail_database(ctx: RunContext, database: str, message: str) -> None:
     try:
         report = _new_report(ctx, database, claim)
         report.error_message = message
-        finish(ctx, report, {})
+        finish(ctx, report)
     finally:
         claim.release()
 
@@ -220,7 +220,7 @@ def _run_database(ctx: RunContext, database: str) -> None:
     claim = _claim(ctx, database)
     try:
         report = _new_report(ctx, database, claim)
-        stored: dict[str, list[str]] = {t.name: [] for t in ctx.targets}
+        report.stored = {t.name: [] for t in ctx.targets}
         try:
             ctx.cancel.raise_if_cancelled()
             if ctx.globals_error:
@@ -230,16 +230,16 @@ def _run_database(ctx: RunContext, database: str) -> None:
                 room_for_dump(ctx.config, ctx.job, ctx.env, report, ctx.staging, ctx.history),
                 rowcounts.snapshot_for_dump(ctx.job, ctx.env, database) as snap,
             ):
-                one_database.dump(ctx, database, report, stored, claim, snap)
+                one_database.dump(ctx, database, report, claim, snap)
         except Cancelled as exc:
             report.error_message = f"stopped during the dump: {exc}"
-            remove_partial(ctx.targets, stored, report)
+            remove_partial(ctx.targets, report)
         except Exception as exc:
             report.error_message = describe_error(exc, ctx.staging)
             if not isinstance(exc, EXPECTED_ERRORS):
                 log.error("dump crashed", job=ctx.job.name, error=report.error_message)
-            remove_partial(ctx.targets, stored, report)
-        finish(ctx, report, stored)
+            remove_partial(ctx.targets, report)
+        finish(ctx, report)
     finally:
         claim.release()
         if ctx.progress is not None:

@@ -21,8 +21,8 @@ from db_backup.observe import svg_chart
 from db_backup.observe.staleness import format_age
 from db_backup.reports.calendar import Plan, Policy, plan, policy_for
 from db_backup.reports.drills import load_drills
-from db_backup.reports.index import Entry, default_path, encode, snapshot
-from db_backup.reports.model import SUCCESS, parse_report
+from db_backup.reports.index import Entry, Match, default_path, snapshot
+from db_backup.reports.model import SUCCESS, NotAReport, read_report
 from db_backup.util.clock import format_utc, parse_utc, utc_now
 from db_backup.util.fsutil import describe_os_error, write_atomically
 from db_backup.util.units import format_size
@@ -86,10 +86,8 @@ class Page:
 def _run(reports_dir: Path, entry: Entry) -> Run | None:
     """Returns the run of a report file, None when it went away or is no report any more."""
     try:
-        document, _ = parse_report((reports_dir / entry.name).read_bytes())
-    except OSError:
-        return None
-    if document is None:
+        document = read_report(reports_dir / entry.name).document
+    except NotAReport:
         return None
     retention = document.get("retention")
     return Run(
@@ -116,9 +114,8 @@ def collect(
     """Returns what the page shows of `config`'s reports and drills (of `job` only, if given)."""
     now = now or utc_now()
     reports_dir = config.directories.reports
-    where, params = ("job = ?", (encode(job),)) if job else ("", ())
     with snapshot(reports_dir, default_path(config.directories.state), _quiet) as snap:
-        entries = snap.entries(where, params)
+        entries = snap.entries(Match(job=job or None))
         warnings = snap.warnings()
     groups: dict[tuple[str, str], list[Entry]] = {}
     for entry in entries:  # newest first

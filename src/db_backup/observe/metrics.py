@@ -28,7 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from db_backup.reports.model import SUCCESS, parse_report
+from db_backup.reports.model import SUCCESS, NotAReport, read_report
 from db_backup.util.clock import parse_utc, utc_now
 
 if TYPE_CHECKING:
@@ -60,10 +60,9 @@ def _ts(text: object) -> float | None:
 
 def _read(path: Path) -> dict[str, Any] | None:
     try:
-        document, _ = parse_report(path.read_bytes())
-    except OSError:
+        return read_report(path).document
+    except NotAReport:
         return None
-    return document
 
 
 @dataclass
@@ -79,14 +78,14 @@ class _Reports:
 def _newest_reports(config: Config) -> _Reports:
     """Returns what the metrics say of the backup reports, through the report index."""
     from db_backup.observe import staleness
-    from db_backup.reports.index import default_path, encode, snapshot
+    from db_backup.reports.index import Match, default_path, snapshot
 
     reports_dir = config.directories.reports
     found = _Reports({}, {}, set(), 0)
     with snapshot(reports_dir, default_path(config.directories.state), _quiet) as snap:
-        _, latest = snap.page("", (), latest=True, limit=-1, offset=0)
-        _, good = snap.page("status = ?", (encode(SUCCESS),), latest=True, limit=-1, offset=0)
-        by_job = staleness.reports_by_job(snap.conn)
+        _, latest = snap.page(latest=True, limit=-1, offset=0)
+        _, good = snap.page(Match(status=SUCCESS), latest=True, limit=-1, offset=0)
+        by_job = staleness.reports_by_job(snap)
         found.problems = len(snap.warnings())
     for names, into in ((latest, found.newest), (good, found.success)):
         for name in names:

@@ -40,10 +40,9 @@ from db_backup.util.clock import format_utc, parse_utc
 from db_backup.util.units import format_age
 
 if TYPE_CHECKING:
-    import sqlite3
-
     from db_backup.config import Config, JobConfig
     from db_backup.observe.events import Event
+    from db_backup.reports.index import ReportIndex
 
 STATE_FILE = "stale.json"
 CHECK_INTERVAL_SECONDS = 60.0
@@ -125,24 +124,14 @@ class JobReports:
     newest_success: dict[str, datetime]
 
 
-def reports_by_job(conn: sqlite3.Connection) -> dict[str, JobReports]:
+def reports_by_job(index: ReportIndex) -> dict[str, JobReports]:
     """Returns, per job, the newest report and newest SUCCESS per database (one query)."""
-    from db_backup.reports.index import EPOCH, decode, encode
-    from db_backup.reports.model import SUCCESS
-
     found: dict[str, JobReports] = {}
-    rows = conn.execute(
-        "SELECT job, database, max(started_us), "
-        "max(CASE WHEN status = ? THEN started_us END) "
-        "FROM reports WHERE problem IS NULL GROUP BY job, database",
-        (encode(SUCCESS),),
-    )
-    for job, database, newest_us, success_us in rows:
-        entry = found.setdefault(decode(job), JobReports({}, {}))
-        name = decode(database)
-        entry.newest[name] = EPOCH + timedelta(microseconds=newest_us)
-        if success_us is not None:
-            entry.newest_success[name] = EPOCH + timedelta(microseconds=success_us)
+    for newest in index.newest():
+        entry = found.setdefault(newest.job, JobReports({}, {}))
+        entry.newest[newest.database] = newest.started
+        if newest.success is not None:
+            entry.newest_success[newest.database] = newest.success
     return found
 
 
@@ -283,7 +272,7 @@ class StaleWatch:
         cached = self._by_job
         if cached is None or cached[0] != listing or monotonic - cached[1] > REREAD_SECONDS:
             with snapshot(reports_dir, default_path(state)) as snap:
-                cached = (listing, monotonic, reports_by_job(snap.conn))
+                cached = (listing, monotonic, reports_by_job(snap))
             self._by_job = cached
         by_job = cached[2]
         current, watched = evaluate(self.config, by_job, now, self.watching_since)

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from db_backup.observe.staleness import load_state, still_stale
-from db_backup.reports.index import EPOCH, decode, encode, micros, snapshot
-from db_backup.reports.model import SUCCESS, parse_report
+from db_backup.reports.index import Match, snapshot
+from db_backup.reports.model import SUCCESS, read_reports
 from db_backup.util.clock import format_utc, utc_now
 from db_backup.util.units import format_age, format_size
 
@@ -68,18 +68,12 @@ def query(
     directory cannot be listed: "0 reports" would be a lie.
     """
     _check_readable(reports_dir)
-    conditions: list[str] = []
-    params: list[Any] = []
-    for column, value in (("job", q.job), ("database", q.database)):
-        if value is not None:
-            conditions.append(f"{column} = ?")
-            params.append(encode(value))
-    if q.status is not None:
-        conditions.append("status = ?")
-        params.append(encode(q.status.upper()))
-    if q.since is not None:
-        conditions.append("started_us >= ?")
-        params.append(micros(q.since))
+    match = Match(
+        job=q.job,
+        database=q.database,
+        status=q.status.upper() if q.status is not None else None,
+        since=q.since,
+    )
     notes: list[str] = []
 
     def note(event: str, fields: dict[str, str]) -> None:
@@ -89,55 +83,24 @@ def query(
     with snapshot(reports_dir, index_path, note) as snap:
         warnings = snap.warnings()
         total, names = snap.page(
-            " AND ".join(conditions),
-            tuple(params),
-            latest=not q.history,
-            limit=q.limit,
-            offset=(q.page - 1) * q.limit,
+            match, latest=not q.history, limit=q.limit, offset=(q.page - 1) * q.limit
         )
-        newest_success = _newest_successes(snap.conn, reports_dir, names) if not q.history else {}
-    rows = []
-    for name in names:
-        path = reports_dir / name
-        try:
-            document, problem = parse_report(path.read_bytes())
-        except OSError as exc:
-            document, problem = None, f"skipped, not readable JSON ({exc})"
-        if document is None:  # changed since the index was read
-            warnings.append(f"{path}: {problem}")
-            continue
-        rows.append({**document, "reportFile": str(path)})
+        reports, changed = read_reports(reports_dir / name for name in names)
+        warnings += changed  # changed since the index was read
+        newest_success = {
+            (r.job, r.database): snap.newest_success(r.job, r.database)
+            for r in (reports if not q.history else [])
+        }
+    rows = [{**r.document, "reportFile": str(r.path)} for r in reports]
     if not q.history:
         _add_summary(rows, newest_success, state_dir, drills or [], now or utc_now())
     pages = max(1, -(-total // q.limit))
     return StatusPage(rows, total, q.page, pages, warnings, notes)
 
 
-def _newest_successes(
-    conn: Any, reports_dir: Path, names: list[str]
-) -> dict[tuple[str, str], datetime]:
-    """Returns the start of the newest SUCCESS of each job and database of the page's reports."""
-    found: dict[tuple[str, str], datetime] = {}
-    for name in names:
-        row = conn.execute(
-            "SELECT job, database FROM reports WHERE name = ?", (os.fsencode(name),)
-        ).fetchone()
-        if row is None:
-            continue
-        newest = conn.execute(
-            "SELECT started_us FROM reports WHERE job = ? AND database = ? AND status = ? "
-            "AND problem IS NULL ORDER BY started_us DESC LIMIT 1",
-            (row[0], row[1], encode(SUCCESS)),
-        ).fetchone()
-        if newest is not None:
-            key = (decode(row[0]), decode(row[1]))
-            found[key] = EPOCH + timedelta(microseconds=newest[0])
-    return found
-
-
 def _add_summary(
     rows: list[dict[str, Any]],
-    newest_success: dict[tuple[str, str], datetime],
+    newest_success: dict[tuple[str, str], datetime | None],
     state_dir: Path | None,
     documents: list[dict[str, Any]],
     now: datetime,

@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +26,7 @@ SCHEMA_VERSION = 1
 SUCCESS = "SUCCESS"
 FAILED = "FAILED"
 REPORT_NAMESPACE = uuid.UUID("7d3f4a52-6c1e-4d0b-9a57-2f4c1e8b9d10")
+LOCAL = "local"  # the local target's name: its dump is the seed's `local.file`
 
 # The seed's report, field by field: name -> type. Tests validate every report against it.
 SEED_FIELDS: dict[str, type | tuple[type, ...]] = {
@@ -55,6 +57,29 @@ def stem(database: str, started: datetime, host: str) -> str:
 
 
 @dataclass
+class TargetResult:
+    """What one storage target did with a backup: the one record of where it stored it.
+
+    The report's `local`, `remote.urls`, `targets` and `artefacts` all derive from these results
+    and from `Report.stored` (the file names each target still holds).
+    """
+
+    status: str  # SUCCESS: the dump and the files beside it are stored; FAILED: nothing is
+    error: str = ""
+    location: str = ""  # the dump: a path, or the URL of the object (of the members' prefix)
+    size_bytes: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)  # the backend's own (crc64, objects, ...)
+    checksum_location: str = ""  # the .sha256 beside the dump
+    globals_location: str = ""  # the globals file beside it ("" without one)
+
+    def urls(self) -> list[str]:
+        """Returns the dump's URLs: every member's of a directory dump, else the one object's."""
+        if "objects" in self.extra:
+            return list(self.extra["objects"])
+        return [self.location]
+
+
+@dataclass
 class Report:
     """One database's result in one run; `to_json` gives the platform's document."""
 
@@ -69,13 +94,12 @@ class Report:
     finished: datetime | None = None
     status: str = FAILED
     error_message: str = ""
-    local_file: str = ""
-    globals_file: str = ""
-    checksum_file: str = ""
-    sha256: str = ""
+    sha256: str = ""  # of the stored dump (of the manifest for a directory dump)
     size_bytes: int = 0
-    remote_urls: list[str] = field(default_factory=list)
-    targets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Per target, the names it holds of this backup, in the order they were stored; a run adds
+    # each name as it is stored and empties the list when it deletes them again.
+    stored: dict[str, list[str]] = field(default_factory=dict)
+    targets: dict[str, TargetResult] = field(default_factory=dict)
     dump_format: str = "custom"
     compression: int = 9
     pg_dump_version: str = ""
@@ -87,7 +111,6 @@ class Report:
     retention_held: str = ""  # why retention deleted nothing (capacity's suspicious-size guard)
     # capacity's numbers: `space` (the estimate checked before the dump), `suspicious`.
     capacity: dict[str, Any] | None = None
-    artefacts: list[str] = field(default_factory=list)  # file names, the same on every target
     row_counts: str | None = None  # exact | estimate | off | failed; None: the dump did not end
     tables: dict[str, int | None] | None = None  # format('%I.%I', schema, table) -> rows
     row_counts_error: str = ""
@@ -99,6 +122,64 @@ class Report:
     def id(self) -> str:
         """Returns a stable UUID for this report (the db_backup_job primary key)."""
         return str(uuid.uuid5(REPORT_NAMESPACE, f"{self.job}/{self.stem}"))
+
+    def holds(self, target: str) -> TargetResult | None:
+        """Returns the result of `target` if it stored the dump and still holds it, else None."""
+        result = self.targets.get(target)
+        if result is None or result.status != SUCCESS or not self.stored.get(target):
+            return None
+        return result
+
+    @property
+    def local_file(self) -> str:
+        """Returns the local dump's path ("" when no local copy is kept)."""
+        local = self.holds(LOCAL)
+        return local.location if local is not None else ""
+
+    @property
+    def remote_urls(self) -> list[str]:
+        """Returns the URLs of the dump on every remote target that holds it."""
+        return [
+            url
+            for name in self.targets
+            if name != LOCAL and (result := self.holds(name)) is not None
+            for url in result.urls()
+        ]
+
+    @property
+    def artefacts(self) -> list[str]:
+        """Returns the file names some target still holds (retention deletes them in time)."""
+        return list(dict.fromkeys(name for names in self.stored.values() for name in names))
+
+    def failed_targets(self) -> dict[str, str]:
+        """Returns the error of every target that failed, in the order of the targets."""
+        return {name: r.error for name, r in self.targets.items() if r.status == FAILED}
+
+    def _local_json(self) -> dict[str, Any]:
+        local = self.holds(LOCAL)
+        return {
+            "file": local.location if local else "",
+            "globalsFile": local.globals_location if local else "",
+            "checksumSha256": self.sha256,
+            "sizeBytes": self.size_bytes,
+            "checksumFile": local.checksum_location if local else "",
+        }
+
+    def _targets_json(self) -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = {}
+        for name, result in self.targets.items():
+            if result.status != SUCCESS:
+                found[name] = {"status": result.status, "error": result.error}
+                continue
+            found[name] = {
+                "status": result.status,
+                "location": result.location,
+                "sizeBytes": result.size_bytes,
+                **result.extra,
+            }
+            if self.stored.get(name):
+                found[name]["files"] = list(self.stored[name])
+        return found
 
     def to_json(self) -> dict[str, Any]:
         """Returns the report document: the seed's fields first, additive fields after."""
@@ -116,14 +197,8 @@ class Report:
             "tool": self.tool,
             "status": self.status,
             "errorMessage": mask(self.error_message),
-            "local": {
-                "file": self.local_file,
-                "globalsFile": self.globals_file,
-                "checksumSha256": self.sha256,
-                "sizeBytes": self.size_bytes,
-                "checksumFile": self.checksum_file,
-            },
-            "remote": {"urls": list(self.remote_urls)},
+            "local": self._local_json(),
+            "remote": {"urls": self.remote_urls},
             "schemaVersion": SCHEMA_VERSION,
             "id": self.id,
             "job": self.job,
@@ -134,7 +209,7 @@ class Report:
             "serverVersion": self.server_version,
             "attempt": self.attempt,
             "trigger": self.trigger,
-            "targets": {name: dict(result) for name, result in self.targets.items()},
+            "targets": self._targets_json(),
             "retention": {
                 "deleted": list(self.retention_deleted),
                 "error": mask(self.retention_error),
@@ -214,12 +289,50 @@ def seed_field_problems(document: dict[str, Any]) -> list[str]:
     return problems
 
 
+class NotAReport(ValueError):
+    """A file in the reports directory that is no report; the message says why it is skipped."""
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 @dataclass(frozen=True)
 class StoredReport:
-    """A report read back from the reports directory."""
+    """A report read back from the reports directory: the one typed view every reader uses.
+
+    Made by `parse_report`, so the seed's fields are there with their types, and the fields
+    naming files are strings; the additive fields (absent from the seed's script's reports) are
+    read defensively. `document` is the whole document, as the platform reads it.
+    """
 
     path: Path
     document: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        """Returns the report's file name (`<stem>.json`): its key in the reports directory."""
+        return self.path.name
+
+    @property
+    def job(self) -> str:
+        """Returns the job name ("" for reports written by the seed's shell script)."""
+        return str(self.document.get("job", ""))
+
+    @property
+    def database(self) -> str:
+        """Returns the database the report is of."""
+        return str(self.document["database"])
+
+    @property
+    def status(self) -> str:
+        """Returns SUCCESS or FAILED."""
+        return str(self.document["status"])
+
+    @property
+    def successful(self) -> bool:
+        """Returns whether the backup succeeded."""
+        return self.status == SUCCESS
 
     @property
     def started(self) -> datetime:
@@ -227,13 +340,58 @@ class StoredReport:
         return parse_utc(self.document["startedAt"])
 
     @property
-    def job(self) -> str:
-        """Returns the job name ("" for reports written by the seed's shell script)."""
-        return str(self.document.get("job", ""))
+    def local(self) -> dict[str, Any]:
+        """Returns the seed's `local` block (file, globalsFile, checksumSha256, sizeBytes)."""
+        return dict(self.document["local"])
+
+    @property
+    def remote_urls(self) -> list[str]:
+        """Returns the URLs of the dump on the remote targets."""
+        return list(self.document["remote"].get("urls", []))
+
+    @property
+    def dump_format(self) -> str:
+        """Returns pg_dump's format (custom for reports that do not say)."""
+        return str(self.document.get("format", "custom"))
+
+    @property
+    def compression(self) -> int | None:
+        """Returns pg_dump's compression level, or None when the report does not say."""
+        return _int(self.document.get("compression"))
+
+    @property
+    def encrypted(self) -> bool:
+        """Returns whether the stored dump is encrypted."""
+        return bool(self.document.get("encryption"))
+
+    @property
+    def dump_size(self) -> int | None:
+        """Returns the size of pg_dump's output (before encryption), or None when unknown."""
+        encryption = self.document.get("encryption")
+        if isinstance(encryption, dict):
+            return _int(encryption.get("plaintextSizeBytes"))
+        return _int(self.document["local"]["sizeBytes"])
+
+    def named_files(self) -> list[str]:
+        """Returns every file name the report gives: itself, `artefacts`, the local files' and
+        the URLs' last parts, in that order (retention keeps only the report's own). Read
+        defensively, as a document made by hand may not have been through `parse_report`."""
+        local = self.document["local"]
+        artefacts = self.document.get("artefacts", [])
+        listed: list[object] = [self.name, *(artefacts if isinstance(artefacts, list) else [])]
+        for key in LOCAL_FILE_KEYS:
+            location = local.get(key)
+            if isinstance(location, str) and location:
+                listed.append(location.rsplit("/", 1)[-1])
+        listed += [url.rsplit("/", 1)[-1] for url in self.document["remote"].get("urls", [])]
+        return [name for name in listed if isinstance(name, str)]
 
 
-def parse_report(raw: bytes) -> tuple[dict[str, Any] | None, str]:
-    """Returns (document, "") for a valid report's bytes, else (None, why it is skipped).
+LOCAL_FILE_KEYS = ("file", "globalsFile", "checksumFile")
+
+
+def parse_report(raw: bytes, path: Path) -> StoredReport:
+    """Returns the typed view of the report `raw` read from `path`; NotAReport says why not.
 
     The text is decoded as `Path.read_text` does (UTF-8, universal newlines), so the reasons
     are the same whether a report is read by `load_reports` or by the report index.
@@ -242,20 +400,29 @@ def parse_report(raw: bytes) -> tuple[dict[str, Any] | None, str]:
         text = raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
         document = json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return None, f"skipped, not readable JSON ({exc})"
+        raise NotAReport(f"skipped, not readable JSON ({exc})") from None
     if not isinstance(document, dict):
-        return None, "skipped, not a report (top level is not an object)"
+        raise NotAReport("skipped, not a report (top level is not an object)")
     problems = seed_field_problems(document)
     if problems:
-        return None, f"skipped, not a report ({'; '.join(problems[:3])})"
+        raise NotAReport(f"skipped, not a report ({'; '.join(problems[:3])})")
     try:
         parse_utc(document["startedAt"])
     except (ValueError, OverflowError):  # e.g. year 1 with a positive offset
-        return None, "skipped, startedAt is not a time"
+        raise NotAReport("skipped, startedAt is not a time") from None
     problem = _file_field_problem(document)
     if problem:
-        return None, f"skipped, not a report ({problem})"
-    return document, ""
+        raise NotAReport(f"skipped, not a report ({problem})")
+    return StoredReport(path, document)
+
+
+def read_report(path: Path) -> StoredReport:
+    """Returns the typed view of the report at `path`; NotAReport says why it is skipped."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise NotAReport(f"skipped, not readable JSON ({exc})") from None
+    return parse_report(raw, path)
 
 
 def _file_field_problem(document: dict[str, Any]) -> str:
@@ -264,33 +431,33 @@ def _file_field_problem(document: dict[str, Any]) -> str:
     if not isinstance(artefacts, list) or not all(isinstance(a, str) for a in artefacts):
         return "artefacts is not a list of file names"
     local = document["local"]
-    for key in ("file", "globalsFile", "checksumFile"):
+    for key in LOCAL_FILE_KEYS:
         if not isinstance(local.get(key, ""), str):
             return f"local.{key} is not a string"
     return ""
 
 
+def read_reports(paths: Iterable[Path]) -> tuple[list[StoredReport], list[str]]:
+    """Returns the reports among `paths`, in their order, and a warning per skipped file."""
+    reports: list[StoredReport] = []
+    warnings: list[str] = []
+    for path in paths:
+        try:
+            reports.append(read_report(path))
+        except NotAReport as exc:
+            warnings.append(f"{path}: {exc}")
+    return reports, warnings
+
+
 def load_reports(reports_dir: Path) -> tuple[list[StoredReport], list[str]]:
     """Returns the reports in `reports_dir`, newest first, and a warning per skipped file.
 
-    Reads every file; `report_index` gives the same answers from an index.
+    Reads every file; `reports.index` gives the same answers from an index.
     """
-    reports: list[StoredReport] = []
-    warnings: list[str] = []
     try:
         paths = sorted(reports_dir.glob("*.json"))
     except OSError as exc:
         return [], [f"{reports_dir}: cannot list: {exc.strerror}"]
-    for path in paths:
-        try:
-            raw = path.read_bytes()
-        except OSError as exc:
-            warnings.append(f"{path}: skipped, not readable JSON ({exc})")
-            continue
-        document, problem = parse_report(raw)
-        if document is None:
-            warnings.append(f"{path}: {problem}")
-            continue
-        reports.append(StoredReport(path, document))
-    reports.sort(key=lambda r: (r.started, r.path.name), reverse=True)
+    reports, warnings = read_reports(paths)
+    reports.sort(key=lambda r: (r.started, r.name), reverse=True)
     return reports, warnings

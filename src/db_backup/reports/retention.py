@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from db_backup.reports.model import SUCCESS, StoredReport
+from db_backup.reports.model import StoredReport
 from db_backup.storage.base import is_plain_name, split_member
 
 
@@ -61,24 +61,13 @@ def backup_of(report: StoredReport) -> Backup:
     remote (`<stem>.dump.d/<file>`) are ever candidates: any other name with a directory part,
     "..", or another backup's stem, whoever wrote it into the report, is ignored.
     """
-    doc = report.document
-    own_stem = report.path.name.removesuffix(".json")
-    listed: list[object] = [report.path.name]
-    artefacts = doc.get("artefacts", [])
-    listed.extend(artefacts if isinstance(artefacts, list) else [])
-    local = doc["local"]
-    for key in ("file", "globalsFile", "checksumFile"):
-        location = local.get(key)
-        if isinstance(location, str) and location:
-            listed.append(location.rsplit("/", 1)[-1])
-    for url in doc["remote"].get("urls", []):
-        listed.append(url.rsplit("/", 1)[-1])
-    files = [name for name in listed if isinstance(name, str) and owned_by(name, own_stem)]
+    own_stem = report.name.removesuffix(".json")
+    files = [name for name in report.named_files() if owned_by(name, own_stem)]
     return Backup(
-        key=report.path.name,
-        database=doc["database"],
+        key=report.name,
+        database=report.database,
         started=report.started,
-        successful=doc["status"] == SUCCESS,
+        successful=report.successful,
         files=tuple(dict.fromkeys(files)),
     )
 

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -70,9 +71,8 @@ def _time(value: Any) -> datetime | None:
 
 def backup_row(entry: Entry) -> dict[str, Any]:
     """Returns the db_backup_job row of a backup report; ValueError when it is not one."""
-    document, problem = parse_report(json.dumps(entry.document).encode())
-    if document is None:
-        raise ValueError(problem)
+    # NotAReport (a ValueError) says why it is not one.
+    document = parse_report(json.dumps(entry.document).encode(), Path(entry.report_file)).document
     started = parse_utc(document["startedAt"])
     local = document["local"]
     hostname = _text(document, "hostname")
