@@ -408,3 +408,24 @@ def test_a_negative_count_is_refused_by_check_config() -> None:
             "    retention: {keep_hourly: -1}\n"
         )
     assert "jobs[0].retention.keep_hourly" in str(caught.value)
+
+
+def test_the_run_s_retention_step_deletes_what_the_calendar_plan_expires() -> None:
+    from db_backup.backup.prune import plan_deletions
+
+    zone = ZoneInfo("Europe/Berlin")
+    now = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    backups = [backup(f"shop_{n}", now - timedelta(days=n), ok=n != 5) for n in range(0, 60)]
+    policy = Policy(days=2, keep_last=1, keep_daily=7, keep_weekly=4)
+    deleted = plan_deletions(backups, days=2, keep_last=1, now=now, policy=policy, zone=zone)
+    expected = plan(backups, policy, zone, now)
+    assert {d.key for d in deleted} == {b.key for b in expected.expired}
+    assert "shop_0" not in {d.key for d in deleted}  # the newest is never deleted
+    # Without calendar rules the age and count rules decide, as before.
+    plain = plan_deletions(
+        backups, days=2, keep_last=1, now=now, policy=Policy(days=2, keep_last=1)
+    )
+    assert {d.key for d in plain} == {
+        b.key for b in choose_expired(backups, days=2, keep_last=1, now=now)[0]
+    }
+    assert len(plain) > len(deleted)

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
 
 import structlog
 
 from db_backup.backup.history import JobHistory, current_backup
 from db_backup.backup.sizeguard import hold_retention
 from db_backup.config import Config, JobConfig
+from db_backup.reports.calendar import Policy, policy_for
+from db_backup.reports.calendar import plan as calendar_plan
 from db_backup.reports.model import Report
 from db_backup.reports.retention import Backup, choose_expired
 from db_backup.storage.base import StorageError, Target
@@ -38,10 +40,23 @@ class Deletion:
 
 
 def plan_deletions(
-    backups: list[Backup], *, days: int, keep_last: int, now: datetime
+    backups: list[Backup],
+    *,
+    days: int,
+    keep_last: int,
+    now: datetime,
+    policy: Policy | None = None,
+    zone: tzinfo = UTC,
 ) -> list[Deletion]:
-    """Returns what retention deletes from `backups`: per expired backup, its unshared files."""
-    expired, still_named = choose_expired(backups, days=days, keep_last=keep_last, now=now)
+    """Returns what retention deletes from `backups`: per expired backup, its unshared files.
+
+    With calendar rules in `policy` (keep_daily, ...) the calendar plan decides, in `zone`.
+    """
+    if policy is not None and policy.by_calendar:
+        found = calendar_plan(backups, policy, zone, now)
+        expired, still_named = found.expired, found.still_named
+    else:
+        expired, still_named = choose_expired(backups, days=days, keep_last=keep_last, now=now)
     return [
         Deletion(b.key, b.database, [n for n in b.files if n not in still_named]) for b in expired
     ]
@@ -64,7 +79,12 @@ def apply_retention(
     backups = [b for b in history.backups(current.database) if b.key != current_key]
     backups.append(current_backup(current))
     plan = plan_deletions(
-        backups, days=job.retention.days, keep_last=job.retention.keep_last, now=utc_now()
+        backups,
+        days=job.retention.days,
+        keep_last=job.retention.keep_last,
+        now=utc_now(),
+        policy=policy_for(job),
+        zone=job.zone(),
     )
     removed: list[str] = []
     for deletion in plan:

@@ -33,6 +33,7 @@ from db_backup.backup.leftovers import remove_leftovers
 from db_backup.backup.slots import dump_slot
 from db_backup.backup.space import room_for_dump
 from db_backup.config import Config, JobConfig
+from db_backup.observe import hooks
 from db_backup.postgres import tools as pg
 from db_backup.reports.model import FAILED, SUCCESS, Report
 from db_backup.storage import crypto, make_targets
@@ -108,6 +109,10 @@ def _execute(ctx: RunContext) -> None:
                     "nothing to back up: every database of the server is excluded "
                     f"(exclude_databases: {', '.join(job.exclude_databases) or 'none'})"
                 )
+            refusal = hooks.before_backup(ctx.config, job.name, databases, ctx.trigger)
+            if refusal is not None:  # nothing is dumped; each database's report names the hook
+                planned = databases
+                raise JobSetupError(refusal)
             ctx.versions = pg.versions(job, env, databases)
             # The one read of the job's reports: every decision of the run asks it from here on.
             ctx.history = JobHistory.read(ctx.config, job.name, databases)

@@ -47,6 +47,7 @@ CONSUMERS: tuple[str, ...] = (
     "db_backup.observe.jobtable.sender:consumer",
     "db_backup.observe.metrics:consumer",
     "db_backup.observe.alerts:consumer",
+    "db_backup.observe.hooks:consumer",
 )
 
 

@@ -265,3 +265,60 @@ def run_document(
         "trigger": trigger,
         "startedAt": started_at,
     }
+
+
+class HookConsumer:
+    """The events consumer that runs `after_backup`, `on_failure` and `after_drill` hooks."""
+
+    name = CONSUMER
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def handle(self, event: Any) -> None:
+        """Runs the hooks an event calls for; their failures are logged and counted, never
+        raised (a hook never changes a backup's or a drill's result)."""
+        from db_backup.observe.events import BACKUP, DRILL
+
+        if event.kind == BACKUP:
+            names = [AFTER_BACKUP] if event.ok else [AFTER_BACKUP, ON_FAILURE]
+        elif event.kind == DRILL:
+            names = [AFTER_DRILL]
+        else:
+            return
+        for name in names:
+            context = HookContext(
+                event=name,
+                job=event.job,
+                database=event.database,
+                status="SUCCESS" if event.ok else "FAILED",
+                report_path=str(event.report_path or ""),
+            )
+            for result in run_event_hooks(self.config, context, event.report):
+                if not result.ok:
+                    log.error("hook failed", job=event.job, hook=name, error=result.describe())
+
+    def close(self, timeout: float) -> None:
+        """Nothing runs in the background: each hook ran to its end or its timeout."""
+
+
+def consumer(config: Config) -> HookConsumer | None:
+    """Returns the hook runner, None when no job has an after/failure/drill hook."""
+    events = (AFTER_BACKUP, ON_FAILURE, AFTER_DRILL)
+    sections = [config.hooks, *(job.hooks for job in config.jobs)]
+    if not any(section.of(name) for section in sections for name in events):
+        return None
+    return HookConsumer(config)
+
+
+def before_backup(config: Config, job: str, databases: Sequence[str], trigger: str) -> str | None:
+    """Runs the job's `before_backup` hooks; returns why the run must fail, None when all
+    passed (or there are none)."""
+    from db_backup.util.clock import format_utc, utc_now
+
+    if not hooks_for(config, job, BEFORE_BACKUP):
+        return None
+    document = run_document(job, databases, trigger, format_utc(utc_now()))
+    results = run_event_hooks(config, HookContext(event=BEFORE_BACKUP, job=job), document)
+    failed = [r for r in results if not r.ok]
+    return failed[0].describe() if failed else None
