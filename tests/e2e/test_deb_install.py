@@ -91,6 +91,15 @@ def test_virtualenv_has_every_locked_dependency_and_working_extensions(
             "assert yaml.__with_libyaml__",
         ]
     )  # fmt: skip
+    # psycopg runs on Debian's libpq (libpq5), not on a copy bundled in a wheel.
+    container.exec(
+        [
+            venv_python, "-c",
+            "import re, psycopg; assert psycopg.pq.__impl__ == 'python', psycopg.pq.__impl__; "
+            "maps = open('/proc/self/maps').read(); "
+            "assert re.search(r' /usr/lib/[^/ ]*-linux-gnu/libpq[.]so[.]5', maps), 'no libpq5'",
+        ]
+    )  # fmt: skip
 
 
 def test_config_is_installed_readable_only_by_root_and_postgres(container: Container) -> None:
