@@ -149,6 +149,21 @@ def test_migration_and_docs_are_installed(container: Container) -> None:
     assert {"README.md", "packaging.md", "copyright"} <= docs
 
 
+def test_log_files_are_deleted_30_days_after_their_last_write(container: Container) -> None:
+    old = "/var/log/db-backup/backup_2026-01-01.log"
+    recent = "/var/log/db-backup/backup_2026-01-02.log"
+    as_postgres = ["runuser", "-u", "postgres", "--"]
+    container.exec([*as_postgres, "touch", "-d", "31 days ago", old])
+    container.exec([*as_postgres, "touch", "-d", "29 days ago", recent])
+    try:
+        # What systemd-tmpfiles-clean.timer runs daily, with the package's tmpfiles.d file.
+        container.exec(["systemd-tmpfiles", "--clean"])
+        assert container.exec(["test", "-e", old], check=False).returncode != 0
+        container.exec(["test", "-f", recent])
+    finally:
+        container.exec(["rm", "-f", old, recent])
+
+
 def test_unit_documentation_links_resolve(container: Container) -> None:
     for unit in shipped_units(container):
         text = container.read_file(unit)

@@ -33,5 +33,7 @@ def test_encrypting_without_age_says_to_install_it() -> None:
 def test_decrypting_without_age_keygen_says_to_install_age(tmp_path: Path) -> None:
     identity = tmp_path / "identity"
     identity.write_text("AGE-SECRET-KEY-1...\n")
-    with pytest.raises(EncryptionError, match=r"age-keygen program is not installed \(apt install age\)"):
+    with pytest.raises(
+        EncryptionError, match=r"age-keygen program is not installed \(apt install age\)"
+    ):
         identity_recipients(identity)

@@ -191,7 +191,7 @@ def state_of(root: Path) -> dict[str, Any]:
 def last_ran_yesterday(root: Path) -> None:
     """The job last ran at yesterday's slot, so today's 02:00 slot is due at T0."""
     StateStore(root / "state" / "state.json").record(
-        "nightly", T0 - 24 * HOUR, SUCCESS, T0 - 23 * HOUR
+        "nightly", T0 - 24 * HOUR, "SUCCESS", T0 - 23 * HOUR
     )
 
 
@@ -251,7 +251,7 @@ def test_a_run_the_daemon_died_in_runs_again_at_start_and_is_not_also_caught_up(
     path = write_config(tmp_path)
     # What a SIGKILL (or a power cut) leaves: the mark of today's run, no record of its end.
     state = StateStore(tmp_path / "state" / "state.json")
-    state.record("nightly", T0 - 24 * HOUR, SUCCESS, T0 - 23 * HOUR)
+    state.record("nightly", T0 - 24 * HOUR, "SUCCESS", T0 - 23 * HOUR)
     state.mark_running("nightly", T0, 1, "schedule")
     runner = Runner(SUCCESS)
     back = T0 + timedelta(minutes=2)
@@ -289,7 +289,7 @@ def test_an_owed_run_gives_way_to_a_catch_up_run_due_at_start(tmp_path: Path) ->
     # Stopped during yesterday's run, the host stayed down past today's slot: one run, not two.
     state = StateStore(tmp_path / "state" / "state.json")
     yesterday = T0 - 24 * HOUR
-    state.record("nightly", yesterday, FAILED, yesterday, Pending(yesterday, 1, RERUN))
+    state.record("nightly", yesterday, "FAILED", yesterday, Pending(yesterday, 1, RERUN))
     runner = Runner(SUCCESS, SUCCESS)
     back = T0 + HOUR
     restarted = daemon(path, runner, back)
