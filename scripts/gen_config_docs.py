@@ -1,21 +1,33 @@
-"""Writes docs/configuration.md from the config schema (src/db_backup/config/schema.yaml).
+"""Writes docs/configuration.md and the shipped schema.json from src/db_backup/config/schema.yaml.
 
-Run `python scripts/gen_config_docs.py`; tests/unit/test_docs.py fails when the file is stale.
+Run `python scripts/gen_config_docs.py` after changing schema.yaml; tests/unit/test_docs.py fails
+when the reference is stale, tests/unit/test_config_model.py when schema.json is.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
-
-from db_backup.config import schema  # noqa: E402
-
 OUTPUT = REPO / "docs" / "configuration.md"
+SCHEMA_DIR = REPO / "src" / "db_backup" / "config"
+
+
+def schema() -> dict[str, Any]:
+    """Returns the schema as written (schema.yaml), the source of everything generated here."""
+    loaded: dict[str, Any] = yaml.safe_load(
+        (SCHEMA_DIR / "schema.yaml").read_text(encoding="utf-8")
+    )
+    return loaded
+
+
+def render_json() -> str:
+    """Returns schema.json: the same schema, for the program to read fast."""
+    return json.dumps(schema(), indent=1, ensure_ascii=False) + "\n"
 
 
 def _value(value: Any) -> str:
@@ -68,9 +80,12 @@ def render() -> str:
         "",
         "Secrets are never written in the file: a *secret reference* is exactly one of",
         "`{env: NAME}`, `{file: PATH}` or `{credential: NAME}` (`$CREDENTIALS_DIRECTORY/NAME`,",
-        "set by `LoadCredential=` in the unit). `check-config` resolves each one from where it",
-        "runs and names those it cannot resolve and why (never a value); a `{credential:}` outside",
-        'the unit "cannot be checked here". Exit status 0 means the config is usable here, 78 not.',
+        "set by `LoadCredential=` in the unit). A value typed where a reference belongs (or in a",
+        "section that holds one) is refused by its place and kind only; the value is never shown,",
+        "not by `check-config`, nor by the daemon in the journal. `check-config` resolves each",
+        "reference from where it runs and names those it cannot resolve and why (never a value);",
+        "a `sink.dsn` must be a connection string libpq reads; a `{credential:}` outside the unit",
+        '"cannot be checked here". Exit status 0 means the config is usable here, 78 not.',
         "",
         "Schedules are portable Vixie cron: 5 fields of numbers, month and day names, `*`, `,`,",
         "`-` and `/`, or an alias (`@daily`, `@hourly`, ...). croniter's extensions (`L`, `W`,",
@@ -87,3 +102,6 @@ def render() -> str:
 if __name__ == "__main__":
     OUTPUT.write_text(render(), encoding="utf-8")
     print(f"wrote {OUTPUT}")
+    shipped = SCHEMA_DIR / "schema.json"
+    shipped.write_text(render_json(), encoding="utf-8")
+    print(f"wrote {shipped}")

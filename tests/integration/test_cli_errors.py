@@ -160,11 +160,18 @@ def test_config_error_failed_backup_and_busy_job_have_different_exit_codes(
     assert len(setup.reports_json()) == 1
 
 
-def test_unknown_job_name_is_a_usage_error(tmp_path: Path, run_cli: RunCli) -> None:
+@pytest.mark.parametrize("command", ["run", "next", "drill"])
+def test_unknown_job_name_is_a_usage_error_in_every_command_that_takes_one(
+    tmp_path: Path, run_cli: RunCli, command: str
+) -> None:
     good = write_config(tmp_path, with_directories(tmp_path, GOOD))
-    done = run_cli("--config", str(good), "run", "weekly")
-    assert done.returncode == 2
+    done = run_cli("--config", str(good), command, "weekly")
+    assert done.returncode == 2, done.stderr  # as `--help` promises: "unknown ... job name"
     assert "no job named 'weekly'" in done.stderr and "(jobs: nightly)" in done.stderr
+    assert done.stderr.count("db-backup: ") == 1 and "Traceback" not in done.stderr
+    assert done.stdout == ""
+    help_text = run_cli(command, "--help").stdout
+    assert "  2   wrong command line: unknown option, command or job name" in help_text
 
 
 # --- check-config resolves every secret it can from where it runs -------------------------------

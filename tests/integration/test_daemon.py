@@ -16,7 +16,7 @@ import pytest
 
 from db_backup.config import load
 from db_backup.daemon.loop import Clock, Daemon, utc_now
-from db_backup.daemon.sd_notify import Notifier
+from db_backup.daemon.sd_notify import SdNotifier
 from tests.conftest import CLI, Setup
 from tests.support.pgcluster import Cluster, locked_table, wait_for_lock_wait
 from tests.support.waiting import wait_until
@@ -422,7 +422,7 @@ def test_wall_clock_jumps_run_a_due_job_once_and_never_rerun_it(setup: Setup) ->
     setup.job()["globals"] = False
     setup.write()
     config = load(str(setup.path))
-    daemon = Daemon(str(setup.path), config, Notifier({}))
+    daemon = Daemon(str(setup.path), config, SdNotifier({}))
     start = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
     daemon.state.load()
     daemon._schedule_all(start, catch_up=True)
@@ -476,7 +476,7 @@ def test_watchdog_is_not_fed_while_a_real_dump_is_stalled_on_a_lock(
     config = load(str(setup.path))
     clock = SteppedMonotonic()
     daemon = Daemon(
-        str(setup.path), config, Notifier({"NOTIFY_SOCKET": str(notify.path)}), clock=clock
+        str(setup.path), config, SdNotifier({"NOTIFY_SOCKET": str(notify.path)}), clock=clock
     )
     interval, stall = 1.0, config.daemon.stall_seconds
 

@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 
 from db_backup.config import load
+from db_backup.daemon.drills import DrillScheduler
 from db_backup.daemon.loop import Daemon
-from db_backup.daemon.sd_notify import Notifier
-from db_backup.restore.drill import DrillScheduler
+from db_backup.daemon.sd_notify import SdNotifier
 from tests.conftest import CLI, RunCli, Setup
 from tests.integration import test_restore
 from tests.integration.test_restore import OSS_ENV, use_oss
@@ -71,6 +71,41 @@ def backup_all(
 
 def drill_reports(setup: Setup) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted((setup.reports / "drills").glob("*.json"))]
+
+
+DRILL_REPORT_KEYS = [
+    "schemaVersion", "kind", "id", "job", "database", "status", "errorMessage", "startedAt",
+    "finishedAt", "durationSeconds", "restoreSeconds", "trigger", "hostname", "backupReportId",
+    "backupReport", "backupStartedAt", "source", "sha256", "target", "rowCounts",
+    "tablesChecked", "mismatches", "checks",
+]  # fmt: skip
+
+
+def assert_drill_report_shape(setup: Setup, report: dict[str, Any]) -> None:
+    """Pins the drill report's JSON: its keys in order, their types, and the file's bytes."""
+    assert list(report) == DRILL_REPORT_KEYS
+    assert report["schemaVersion"] == 1 and report["kind"] == "drill"
+    assert list(report["target"]) == ["kind", "database", "serverVersion"]
+    for name in ("durationSeconds", "restoreSeconds"):
+        assert isinstance(report[name], float), (name, report[name])
+    assert isinstance(report["tablesChecked"], int) and not isinstance(
+        report["tablesChecked"], bool
+    )
+    for mismatch in report["mismatches"]:
+        assert list(mismatch) == ["table", "expected", "actual"]
+    for check in report["checks"]:
+        keys = ["name", "database", "passed"] + (["error"] if not check["passed"] else [])
+        assert list(check) == keys
+    [path] = [
+        p
+        for p in (setup.reports / "drills").glob("*.json")
+        if json.loads(p.read_text())["id"] == report["id"]
+    ]
+    backup = report["backupReport"][: -len(".json")] if report["backupReport"] else "none"
+    stamp = datetime.fromisoformat(report["startedAt"]).strftime("%Y%m%dT%H%M%SZ")
+    assert path.name == f"{backup}.drill-{stamp}.json"
+    expected = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
+    assert path.read_text(encoding="utf-8") == expected
 
 
 def postgres_processes_under(path: Path) -> list[int]:
@@ -126,6 +161,8 @@ def test_drill_restores_roles_and_tables_and_writes_a_passing_report(
     assert [c["name"] for c in reports["shop"]["checks"]] == ["orders exist", "owner owns app"]
     assert all(c["passed"] for c in reports["shop"]["checks"])
     assert [c["name"] for c in reports[owned_db]["checks"]] == ["owner owns app"]
+    for report in reports.values():
+        assert_drill_report_shape(setup, report)
     assert '"drill finished"' in done.stderr
     assert_nothing_left(drill_dir)
     status = run_cli("--config", str(setup.path), "status")
@@ -165,6 +202,9 @@ def test_tampered_dump_fails_the_drill_loudly(
     assert done.returncode == 1
     [report] = drill_reports(setup)
     assert report["status"] == "FAILED" and "checksum mismatch" in report["errorMessage"]
+    assert report["sha256"] == "" and report["source"] == str(dump)
+    assert report["target"]["database"] == "crm" and report["restoreSeconds"] == 0.0
+    assert_drill_report_shape(setup, report)
     assert any(
         '"drill finished"' in line and '"error"' in line for line in done.stderr.splitlines()
     )
@@ -188,6 +228,7 @@ def test_row_count_that_differs_from_the_report_fails_the_drill(
     assert report["mismatches"] == [
         {"table": "public.orders", "expected": expected, "actual": expected - 1}
     ]
+    assert_drill_report_shape(setup, report)
 
 
 def test_user_check_returning_false_fails_the_drill(
@@ -211,6 +252,7 @@ def test_user_check_returning_false_fails_the_drill(
     first, second = report["checks"]
     assert first["passed"] is False and "'f'" in first["error"]
     assert second["passed"] is False and "no_such_table" in second["error"]
+    assert_drill_report_shape(setup, report)
 
 
 def test_drill_is_refused_while_the_job_holds_its_lock(
@@ -236,6 +278,10 @@ def test_drill_without_a_successful_backup_writes_a_failed_report(
     assert done.returncode == 1
     [report] = drill_reports(setup)
     assert report["status"] == "FAILED" and "no successful backup" in report["errorMessage"]
+    assert report["database"] == "*" and report["finishedAt"] == report["startedAt"]
+    assert report["backupReport"] == "" and report["target"]["database"] == ""
+    assert report["durationSeconds"] == 0.0 and report["rowCounts"] == "none"
+    assert_drill_report_shape(setup, report)
 
 
 def cmdline(pid: int) -> bytes:
@@ -353,7 +399,7 @@ def test_daemon_runs_scheduled_drills_but_never_beside_a_backup_of_the_job(
     enable_drill(setup, drill_dir, schedule="* * * * *")
     backup_all(setup, run_cli, cluster)
     config = load(str(setup.path))
-    daemon = Daemon(str(setup.path), config, Notifier({}))
+    daemon = Daemon(str(setup.path), config, SdNotifier({}))
     daemon.start()
     due = daemon.drills.next_due()
     assert due is not None

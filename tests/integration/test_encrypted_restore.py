@@ -30,6 +30,17 @@ def test_restore_decrypts_with_the_identity_and_the_tables_come_back(
     report = only_report(setup)
     report_file = next(setup.reports.glob("*.json"))
     cluster.psql('DROP DATABASE IF EXISTS "shop_dec"')
+    dry = run_cli(
+        "--config", str(setup.path), "restore", str(report_file),
+        "--to-database", "shop_dec", "--dry-run",
+    )  # fmt: skip
+    assert dry.returncode == 0, dry.stderr
+    # The plan shows what the real run does with an encrypted dump: the identity is tried
+    # first, and the dump reaches pg_restore decrypted on its stdin (so without --jobs).
+    assert "check that the age identity opens" in dry.stdout
+    [restore_line] = [line for line in dry.stdout.splitlines() if "pg_restore" in line]
+    assert "| pg_restore" in restore_line and "--jobs" not in restore_line
+    assert not database_exists(cluster, "shop_dec")
     done = run_cli(
         "--config", str(setup.path), "restore", str(report_file),
         "--to-database", "shop_dec", "--identity", str(keys[1].path),

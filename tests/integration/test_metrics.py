@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from db_backup.config import Config, load
 from db_backup.daemon.loop import Daemon
-from db_backup.daemon.sd_notify import Notifier
+from db_backup.daemon.sd_notify import SdNotifier
 from db_backup.observe import events, metrics, staleness
 from db_backup.reports.model import FAILED, SUCCESS, Report, stem, write_report
 from db_backup.util.clock import parse_utc
@@ -351,7 +351,7 @@ def test_allow_remote_serves_on_any_address(offline: Config, setup: Setup) -> No
     setup.document["metrics"].update(listen="0.0.0.0:0", allow_remote=True)
     setup.write()
     config = load(str(setup.path))
-    daemon = Daemon(str(setup.path), config, Notifier({}))
+    daemon = Daemon(str(setup.path), config, SdNotifier({}))
     daemon.start()
     server = daemon.metrics_server
     assert server is not None

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from db_backup.daemon.sd_notify import Notifier, Watchdog, watchdog_interval
+from db_backup.daemon.sd_notify import SdNotifier, Watchdog, watchdog_interval
 
 
 class NotifySocket:
@@ -61,7 +61,7 @@ def notify_socket(monkeypatch: pytest.MonkeyPatch) -> Iterator[NotifySocket]:
 
 def test_without_notify_socket_everything_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
-    notifier = Notifier()
+    notifier = SdNotifier()
     assert not notifier.enabled
     assert notifier.ready() is False
     assert notifier.status("idle") is False
@@ -70,50 +70,50 @@ def test_without_notify_socket_everything_is_a_no_op(monkeypatch: pytest.MonkeyP
 
 def test_unreachable_notify_socket_is_not_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NOTIFY_SOCKET", "/nonexistent/notify")
-    notifier = Notifier()
+    notifier = SdNotifier()
     assert not notifier.enabled
     assert notifier.ready() is False
 
 
 def test_ready_sends_ready_1(notify_socket: NotifySocket) -> None:
-    notifier = Notifier()
+    notifier = SdNotifier()
     assert notifier.ready()
     assert notify_socket.receive() == {"READY": "1"}
 
 
 def test_ready_can_carry_the_first_status_line(notify_socket: NotifySocket) -> None:
-    Notifier().ready(status="next run nightly at 01:30")
+    SdNotifier().ready(status="next run nightly at 01:30")
     assert notify_socket.receive() == {"READY": "1", "STATUS": "next run nightly at 01:30"}
 
 
 def test_status_with_chinese_and_accents_arrives_as_utf8(notify_socket: NotifySocket) -> None:
-    assert Notifier().status("备份 running ü")
+    assert SdNotifier().status("备份 running ü")
     raw = notify_socket.sock.recv(65536)
     assert raw == "STATUS=备份 running ü".encode()
 
 
 def test_status_is_flattened_to_one_line(notify_socket: NotifySocket) -> None:
-    Notifier().status("job failed:\npg_dump: error\r\nconnection refused")
+    SdNotifier().status("job failed:\npg_dump: error\r\nconnection refused")
     assert notify_socket.receive() == {
         "STATUS": "job failed: pg_dump: error  connection refused",
     }
 
 
 def test_very_long_status_is_shortened_to_fit_a_datagram(notify_socket: NotifySocket) -> None:
-    Notifier().status("数" * 5000)
+    SdNotifier().status("数" * 5000)
     status = notify_socket.receive()["STATUS"]
     assert status.endswith("...")
     assert len(status.encode("utf-8")) <= 1024
 
 
 def test_stopping_sends_stopping_1(notify_socket: NotifySocket) -> None:
-    Notifier().stopping()
+    SdNotifier().stopping()
     assert notify_socket.receive() == {"STOPPING": "1"}
 
 
 def test_reloading_sends_monotonic_usec_in_the_same_datagram(notify_socket: NotifySocket) -> None:
     before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-    Notifier().reloading()
+    SdNotifier().reloading()
     after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
     message = notify_socket.receive()
     assert message["RELOADING"] == "1"
@@ -122,12 +122,12 @@ def test_reloading_sends_monotonic_usec_in_the_same_datagram(notify_socket: Noti
 
 
 def test_extend_timeout_is_in_microseconds(notify_socket: NotifySocket) -> None:
-    Notifier().extend_timeout(90)
+    SdNotifier().extend_timeout(90)
     assert notify_socket.receive() == {"EXTEND_TIMEOUT_USEC": "90000000"}
 
 
 def test_send_puts_several_fields_in_one_datagram(notify_socket: NotifySocket) -> None:
-    Notifier().send(STATUS="ok", ERRNO=0)
+    SdNotifier().send(STATUS="ok", ERRNO=0)
     assert notify_socket.receive() == {"STATUS": "ok", "ERRNO": "0"}
     assert notify_socket.pending() == 0
 
@@ -139,7 +139,7 @@ def test_abstract_namespace_socket_is_supported(monkeypatch: pytest.MonkeyPatch)
     sock.settimeout(5)
     monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
     try:
-        notifier = Notifier()
+        notifier = SdNotifier()
         assert notifier.enabled
         notifier.status("备份 abstract")
         assert sock.recv(65536) == "STATUS=备份 abstract".encode()
@@ -177,7 +177,7 @@ class FakeClock:
 
 def test_watchdog_pings_at_most_once_per_interval(notify_socket: NotifySocket) -> None:
     clock = FakeClock()
-    watchdog = Watchdog(Notifier(), interval=30.0, clock=clock)
+    watchdog = Watchdog(SdNotifier(), interval=30.0, clock=clock)
     sent = []
     for _ in range(13):  # 0, 10, ..., 120 s
         sent.append(watchdog.maybe_ping(healthy=True))
@@ -188,7 +188,7 @@ def test_watchdog_pings_at_most_once_per_interval(notify_socket: NotifySocket) -
 
 def test_watchdog_stays_silent_while_unhealthy(notify_socket: NotifySocket) -> None:
     clock = FakeClock()
-    watchdog = Watchdog(Notifier(), interval=30.0, clock=clock)
+    watchdog = Watchdog(SdNotifier(), interval=30.0, clock=clock)
     assert watchdog.maybe_ping(healthy=True)
     assert notify_socket.receive() == {"WATCHDOG": "1"}
     for _ in range(10):
@@ -205,7 +205,7 @@ def test_watchdog_reads_watchdog_usec_and_pings_with_real_time(
 ) -> None:
     monkeypatch.setenv("WATCHDOG_USEC", "200000")  # ping every 0.1 s
     monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
-    watchdog = Watchdog(Notifier())
+    watchdog = Watchdog(SdNotifier())
     assert watchdog.interval == pytest.approx(0.1)
     assert watchdog.max_sleep() == pytest.approx(0.05)
     # Asked far more often than the interval, it pings five times, no faster than every 0.1 s.
@@ -226,7 +226,7 @@ def test_watchdog_for_another_pid_is_disabled(
 ) -> None:
     monkeypatch.setenv("WATCHDOG_USEC", "200000")
     monkeypatch.setenv("WATCHDOG_PID", str(os.getpid() + 1))
-    watchdog = Watchdog(Notifier())
+    watchdog = Watchdog(SdNotifier())
     assert not watchdog.enabled
     assert watchdog.max_sleep() is None
     assert watchdog.maybe_ping(healthy=True) is False

@@ -15,16 +15,22 @@ import pytest
 import structlog
 import yaml
 
+import db_backup
 from db_backup.config import Config, loads
 from db_backup.observe import events
-from db_backup.observe import jobtable as sink
+from db_backup.observe.jobtable.migrate import V2_COLUMNS, migrate, schema_ready
+from db_backup.observe.jobtable.outbox import OUTBOX_DIR, REJECTED_DIR, Outbox, flush
+from db_backup.observe.jobtable.rows import BACKUP, Entry, send
+from db_backup.observe.jobtable.sender import consumer as sink_consumer
+from db_backup.observe.jobtable.settings import SinkError
+from db_backup.observe.jobtable.settings import connect as sink_connect
 from db_backup.reports.model import REPORT_NAMESPACE, Report, stem
 from tests.conftest import BACKUP_PASSWORD, RunCli, Setup
 from tests.support.pgcluster import Cluster, free_port
 
 pytestmark = pytest.mark.integration
 
-SQL_DIR = Path(sink.__file__).parents[1] / "sql"
+SQL_DIR = Path(db_backup.__file__).parent / "sql"
 V1 = (SQL_DIR / "V1__create_db_backup_job.sql").read_text()
 V2 = (SQL_DIR / "V2__multi_host_and_drills.sql").read_text()
 DSN_ENV = "DB_BACKUP_TEST_SINK_DSN"
@@ -158,7 +164,7 @@ def test_v1_then_v2_on_an_empty_database_twice_give_the_multi_host_tables(
         cluster.psql(V1, platform)
         cluster.psql(V2, platform)
     assert {"id", "started_at", "status", "deleted"} <= columns(cluster, platform, "db_backup_job")
-    assert set(sink.V2_COLUMNS) <= columns(cluster, platform, "db_backup_job")
+    assert set(V2_COLUMNS) <= columns(cluster, platform, "db_backup_job")
     assert {"id", "backup_id", "hostname", "report"} <= columns(
         cluster, platform, "db_backup_drill"
     )
@@ -187,16 +193,16 @@ def test_v2_on_a_filled_v1_table_keeps_every_row_and_the_sink_then_updates_them(
     # db-backup's own migration step (advisory lock, every file again) is harmless too.
     monkeypatch.setenv(DSN_ENV, tcp_dsn(cluster, platform))
     config = with_sink(setup)
-    settings = sink.sink_settings(config)
+    settings = config.sink
     assert settings is not None
-    conn, _ = sink.connect(settings)
+    conn, _ = sink_connect(settings)
     with conn:
-        assert sink.schema_ready(conn)
-        assert sink.migrate(conn) == [
+        assert schema_ready(conn)
+        assert migrate(conn) == [
             "V1__create_db_backup_job.sql",
             "V2__multi_host_and_drills.sql",
         ]
-        assert sink.send(conn, [sink.Entry(sink.BACKUP, f"{old.stem}.json", old.to_json())]) == []
+        assert send(conn, [Entry(BACKUP, f"{old.stem}.json", old.to_json())]) == []
     got = rows(cluster, platform, "SELECT count(*) FROM db_backup_job")
     assert got == [(2,)]
     assert rows(
@@ -215,7 +221,7 @@ def test_sending_a_report_again_updates_its_row_and_never_duplicates(
 ) -> None:
     monkeypatch.setenv(DSN_ENV, tcp_dsn(cluster, platform))
     config = with_sink(setup)  # migrate: true (default) on an empty database
-    consumer = sink.consumer(config)
+    consumer = sink_consumer(config)
     assert consumer is not None
     report = make_report(status="FAILED")
     consumer.handle(backup_event(report))
@@ -225,7 +231,7 @@ def test_sending_a_report_again_updates_its_row_and_never_duplicates(
 
     report.status, report.error_message, report.size_bytes = "SUCCESS", "", 2048  # a rewrite
     report.local_file = f"/var/backups/postgres/{report.stem}.dump"
-    consumer = sink.consumer(config)
+    consumer = sink_consumer(config)
     assert consumer is not None
     consumer.handle(backup_event(report))
     drill = drill_document(report, status="FAILED")
@@ -268,8 +274,8 @@ def test_a_real_backup_run_puts_its_report_into_the_table(
     assert got == [
         (written["id"], "nightly", "shop", "SUCCESS", written["local"]["sizeBytes"], written)
     ]
-    assert not (setup.state / sink.OUTBOX_DIR).exists() or not list(
-        (setup.state / sink.OUTBOX_DIR).glob("*.json")
+    assert not (setup.state / OUTBOX_DIR).exists() or not list(
+        (setup.state / OUTBOX_DIR).glob("*.json")
     )
 
 
@@ -284,7 +290,7 @@ def test_reports_wait_in_the_outbox_while_the_sink_is_down_and_go_out_with_the_n
     config = with_sink(setup, connect_timeout_seconds=2)
     first, second = make_report(database="shop"), make_report(database="crm")
     with structlog.testing.capture_logs() as logged:
-        consumer = sink.consumer(config)
+        consumer = sink_consumer(config)
         assert consumer is not None
         consumer.handle(backup_event(first))
         consumer.close(60)
@@ -296,7 +302,7 @@ def test_reports_wait_in_the_outbox_while_the_sink_is_down_and_go_out_with_the_n
 
     # The sink is back: the next report takes the one left behind with it.
     monkeypatch.setenv(DSN_ENV, tcp_dsn(cluster, platform))
-    consumer = sink.consumer(config)
+    consumer = sink_consumer(config)
     assert consumer is not None
     consumer.handle(backup_event(second))
     consumer.close(60)
@@ -316,7 +322,7 @@ def test_a_backup_run_succeeds_when_the_sink_is_down(
     done = run_cli("--config", str(setup.path), "run", "nightly", env={DSN_ENV: dsn})
     assert done.returncode == 0, done.stderr
     assert [r["status"] for r in setup.reports_json()] == ["SUCCESS"]
-    waiting = list((setup.state / sink.OUTBOX_DIR).glob("backup-*.json"))
+    waiting = list((setup.state / OUTBOX_DIR).glob("backup-*.json"))
     assert len(waiting) == 1
     assert "database sink down" in done.stderr and BACKUP_PASSWORD not in done.stderr
 
@@ -326,19 +332,19 @@ def test_a_malformed_outbox_file_is_moved_aside_and_the_rest_is_sent(
 ) -> None:
     monkeypatch.setenv(DSN_ENV, tcp_dsn(cluster, platform))
     config = with_sink(setup)
-    outbox = sink.Outbox(setup.state)
+    outbox = Outbox(setup.state)
     outbox.directory.mkdir(parents=True)
     broken = outbox.directory / f"backup-{uuid.uuid4()}.json"
     broken.write_text('{"kind": "backup", "report": {"database": 1}}')
     truncated = outbox.directory / f"backup-{uuid.uuid4()}.json"
     truncated.write_text('{"kind": "backup", "rep')
-    consumer = sink.consumer(config)
+    consumer = sink_consumer(config)
     assert consumer is not None
     with structlog.testing.capture_logs() as logged:
         consumer.handle(backup_event(make_report()))
         consumer.close(60)
     assert outbox.pending() == []
-    rejected = sorted(p.name for p in (outbox.directory / sink.REJECTED_DIR).iterdir())
+    rejected = sorted(p.name for p in (outbox.directory / REJECTED_DIR).iterdir())
     assert rejected == sorted([broken.name, truncated.name])
     assert sum(e["event"].startswith("malformed sink outbox file") for e in logged) == 2
     assert rows(cluster, platform, "SELECT count(*) FROM db_backup_job") == [(1,)]
@@ -347,9 +353,9 @@ def test_a_malformed_outbox_file_is_moved_aside_and_the_rest_is_sent(
 def test_outbox_names_come_from_the_report_id_never_from_its_content(
     setup: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    outbox = sink.Outbox(setup.state)
+    outbox = Outbox(setup.state)
     document = make_report().to_json() | {"id": "../../etc/passwd"}
-    path = outbox.put(sink.Entry(sink.BACKUP, "../x.json", document))
+    path = outbox.put(Entry(BACKUP, "../x.json", document))
     assert path.parent == outbox.directory
     assert uuid.UUID(path.name.removeprefix("backup-").removesuffix(".json"))
 
@@ -488,14 +494,14 @@ def test_with_migrate_false_a_database_without_the_tables_keeps_the_report_waiti
 ) -> None:
     monkeypatch.setenv(DSN_ENV, tcp_dsn(cluster, platform))
     config = with_sink(setup, migrate=False)
-    settings = sink.sink_settings(config)
+    settings = config.sink
     assert settings is not None
-    outbox = sink.Outbox(setup.state)
-    outbox.put(sink.Entry(sink.BACKUP, "r.json", make_report().to_json()))
+    outbox = Outbox(setup.state)
+    outbox.put(Entry(BACKUP, "r.json", make_report().to_json()))
     cluster.psql(V1, platform)  # Flyway ran V1 only
-    with pytest.raises(sink.SinkError, match=r"lacks the V2 columns.*sink\.migrate: true"):
-        sink.flush(settings, outbox)
+    with pytest.raises(SinkError, match=r"lacks the V2 columns.*sink\.migrate: true"):
+        flush(settings, outbox)
     assert len(outbox.pending()) == 1
     cluster.psql(V2, platform)  # now Flyway has applied V2 too
-    assert sink.flush(settings, outbox).sent == 1
+    assert flush(settings, outbox).sent == 1
     assert rows(cluster, platform, "SELECT count(*) FROM db_backup_job") == [(1,)]

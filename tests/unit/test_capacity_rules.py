@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from db_backup.backup import space as capacity
-from db_backup.backup.space import Conditions, Reservations, Settings, parse_size
-from db_backup.config import Config, ConfigError, loads
+from db_backup.backup.space import Conditions, Reservations
+from db_backup.config import CapacitySettings, Config, ConfigError, loads, parse_size
 from db_backup.observe import events
 
 GIB = 1024**3
@@ -77,14 +77,14 @@ def test_format_size_reads_like_df_h() -> None:
 def test_settings_default_from_the_schema_and_a_job_overrides_its_own_keys(
     tmp_path: Path,
 ) -> None:
-    assert capacity.settings(_config(tmp_path)) == Settings()
+    assert _config(tmp_path).capacity == CapacitySettings()
     config = _config(
         tmp_path,
         {"margin_percent": 30, "oss_usage_limit": "1TB", "oss_usage_warn_percent": 80},
         capacity={"margin_percent": 50, "warn_free_size": "20GB", "suspicious_ratio": None},
     )
-    top = capacity.settings(config)
-    job = capacity.settings(config, config.job("nightly"))
+    top = config.capacity
+    job = config.job("nightly").capacity
     assert top.margin_percent == 30 and top.warn_free_size == 0
     assert job.margin_percent == 50 and job.warn_free_size == 20 * GIB
     assert job.suspicious_ratio == 0.5, "null in a job means the top level's value"
@@ -203,8 +203,9 @@ def test_the_example_configs_capacity_block_loads_and_shows_the_defaults(tmp_pat
     from db_backup.config import load
 
     config = load(str(path))
-    assert config.raw["capacity"].keys() == capacity.settings(config).__dict__.keys()
-    assert capacity.settings(config) == Settings()
+    shown = yaml.safe_load(path.read_text())["capacity"]
+    assert shown.keys() == config.capacity.__dict__.keys()
+    assert config.capacity == CapacitySettings()
 
 
 @pytest.mark.parametrize(

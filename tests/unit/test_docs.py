@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from db_backup.cli.commands import COMMANDS
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -22,3 +24,10 @@ def test_readme_names_every_command_of_the_cli() -> None:
     for command in ("check-config", "run", "status", "next", "daemon", "oss-lifecycle"):
         assert f"db-backup {command}" in readme, command
     assert "make demo" in readme and "make test" in readme
+
+
+def test_every_command_of_the_table_is_documented() -> None:
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    text = "\n".join(page.read_text(encoding="utf-8") for page in pages)
+    missing = [c.name for c in COMMANDS if f"db-backup {c.name}" not in text]
+    assert missing == [], "say in README.md or docs/ what these commands do"

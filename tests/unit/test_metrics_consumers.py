@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from db_backup.observe import events
 from db_backup.observe.alerts import Notifier
-from db_backup.observe.jobtable import SinkConsumer
+from db_backup.observe.jobtable.sender import SinkConsumer
 from db_backup.observe.metrics import CONSUMER_NAMES, MetricsConsumer
 
 

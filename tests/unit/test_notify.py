@@ -21,7 +21,7 @@ from db_backup.observe import events
 from db_backup.observe.alerts import Notifier, consumer, messages
 from db_backup.observe.alerts.channels import dingtalk_sign, feishu_sign
 from db_backup.observe.alerts.dedup import DedupState
-from db_backup.observe.alerts.settings import ChannelSettings, NotifySettings, parse
+from db_backup.observe.alerts.settings import ChannelSettings, NotifySettings
 
 T0 = datetime(2026, 11, 24, 2, 0, tzinfo=UTC)
 
@@ -95,8 +95,9 @@ def test_defaults_alert_failures_and_conditions_but_not_successes(tmp_path: Path
     assert "db_backup.observe.alerts:consumer" in events.CONSUMERS
 
 
-def test_channel_settings_are_read_with_their_defaults() -> None:
-    settings = parse(
+def test_channel_settings_are_read_with_their_defaults(tmp_path: Path) -> None:
+    settings = _config(
+        tmp_path,
         {
             "language": "zh",
             "events": {"backup_succeeded": True, "low_disk": False},
@@ -112,8 +113,8 @@ def test_channel_settings_are_read_with_their_defaults() -> None:
                     "events": ["backup_failed"],
                 }
             ],
-        }
-    )
+        },
+    ).notifications
     [mail] = settings.channels
     assert mail.port == 465 and mail.sender == "a@example.com" and mail.to == ("b@example.com",)
     assert mail.password is not None and mail.password.kind == "credential"
@@ -384,7 +385,7 @@ def test_the_commented_example_in_config_example_yaml_is_valid() -> None:
         "jobs": [{"name": "a", "schedule": "0 2 * * *", "databases": "x"}],
         **yaml.safe_load(uncommented),
     }
-    settings = parse(config.loads(yaml.safe_dump(document)).raw["notifications"])
+    settings = config.loads(yaml.safe_dump(document)).notifications
     assert {c.type for c in settings.channels} == {
         "feishu",
         "dingtalk",

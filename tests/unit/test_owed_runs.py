@@ -20,7 +20,7 @@ import yaml
 from db_backup.backup.run import RunResult
 from db_backup.config import Config, JobConfig, loads
 from db_backup.daemon.loop import Clock, Daemon
-from db_backup.daemon.sd_notify import Notifier
+from db_backup.daemon.sd_notify import SdNotifier
 from db_backup.daemon.state import (
     RERUN,
     RETRY,
@@ -169,7 +169,7 @@ def write_config(root: Path, **job: Any) -> Path:
 def daemon(path: Path, runner: Runner, now: datetime) -> Daemon:
     """Starts (without its loop) a daemon on the config at `path`, as systemd would."""
     config = loads(path.read_text(encoding="utf-8"), source=str(path))
-    started = Daemon(str(path), config, Notifier({}), clock=WallClock(now), runner=runner)
+    started = Daemon(str(path), config, SdNotifier({}), clock=WallClock(now), runner=runner)
     started.start()
     return started
 

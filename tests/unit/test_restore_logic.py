@@ -7,15 +7,9 @@ from pathlib import Path
 import pytest
 
 from db_backup.config import ConfigError, loads
-from db_backup.restore.drill import drill_settings
-from db_backup.restore.run import (
-    BackupSource,
-    RestoreError,
-    dump_format_of,
-    explain_restore_error,
-    globals_script,
-    safe_file_name,
-)
+from db_backup.postgres.server import globals_script
+from db_backup.restore.source import BackupSource, RestoreError, dump_format_of, safe_file_name
+from db_backup.restore.steps import explain_restore_error
 
 GLOBALS = r'''--
 -- PostgreSQL database cluster dump
@@ -96,7 +90,7 @@ jobs:
 
 def test_drill_defaults_are_weekly_throwaway_cluster_under_the_state_directory() -> None:
     config = loads(CONFIG)
-    settings = drill_settings(config, config.jobs[0])
+    settings = config.jobs[0].drill
     assert not settings.enabled and settings.schedule == "0 4 * * 0"
     assert settings.target == "cluster" and settings.source == "auto"
     assert settings.directory == Path("/var/lib/db-backup/drill")
@@ -114,7 +108,7 @@ def test_drill_settings_are_read_from_the_job() -> None:
       checks: [{name: c, sql: SELECT true, database: shop}]
 """
     )
-    settings = drill_settings(config, config.jobs[0])
+    settings = config.jobs[0].drill
     assert settings.enabled and settings.target == "server"
     assert settings.server is not None and settings.server.port == 5433
     assert settings.server.user == "postgres" and settings.server.password is not None

@@ -37,7 +37,7 @@ from db_backup.config.schedule import (
 )
 from db_backup.daemon import loop as daemon_module
 from db_backup.daemon.loop import Clock, Daemon
-from db_backup.daemon.sd_notify import Notifier
+from db_backup.daemon.sd_notify import SdNotifier
 from db_backup.daemon.state import StateStore
 from db_backup.reports.model import SUCCESS
 
@@ -143,7 +143,7 @@ class Simulation:
         self.clock = SimulatedClock(start, end, jumps)
         self.recorder = JobRecorder(self.clock)
         self.daemon = Daemon(
-            str(path), config, Notifier({}), clock=self.clock, runner=self.recorder
+            str(path), config, SdNotifier({}), clock=self.clock, runner=self.recorder
         )
         self.clock.daemon = self.daemon
         self.daemon.start()

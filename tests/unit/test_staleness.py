@@ -20,11 +20,11 @@ import pytest
 import yaml
 
 from db_backup.backup.run import RunResult
-from db_backup.config import Config, JobConfig, loads
+from db_backup.config import Config, JobConfig, loads, parse_duration
 from db_backup.daemon.loop import Daemon
-from db_backup.daemon.sd_notify import Notifier
+from db_backup.daemon.sd_notify import SdNotifier
 from db_backup.observe import events, staleness
-from db_backup.observe.staleness import default_max_age, format_age, parse_duration
+from db_backup.observe.staleness import default_max_age
 from db_backup.reports.model import FAILED, SUCCESS, Report, stem, write_report
 from db_backup.util.names import host_label
 from tests.unit.test_schedule import SimulatedClock, utc
@@ -83,15 +83,6 @@ def test_default_max_age_counts_real_hours_across_a_dst_change() -> None:
     assert default_max_age("30 2 * * *", berlin, utc(2026, 3, 27)) == timedelta(hours=48)
 
 
-def test_ages_are_short_and_readable() -> None:
-    assert [format_age(timedelta(seconds=s)) for s in (59, 2700, 7 * 3600, 50 * 3600)] == [
-        "0m",
-        "45m",
-        "7h",
-        "2d",
-    ]
-
-
 # --- the daemon on a simulated clock -------------------------------------------------------------
 
 seen: list[events.Event] = []
@@ -122,7 +113,7 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[events.Event]]:
     events.shutdown(timeout=1)
 
 
-class StatusLines(Notifier):
+class StatusLines(SdNotifier):
     """Keeps every STATUS text with the simulated time it was sent."""
 
     def __init__(self, clock: SimulatedClock) -> None:
@@ -318,7 +309,7 @@ def test_a_database_the_job_stopped_dumping_is_cleared_not_stale_forever(
     daemon = Daemon(
         config.source,
         config,
-        Notifier({}),
+        SdNotifier({}),
         clock=SimulatedClock(utc(2026, 5, 2, 3), utc(2026, 5, 9)),
     )
     daemon.stale.check(utc(2026, 5, 2, 3), 0.0)

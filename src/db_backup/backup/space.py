@@ -22,7 +22,6 @@ import contextlib
 import fcntl
 import json
 import os
-import re
 import shutil
 import threading
 from collections.abc import Iterator, Mapping
@@ -32,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from db_backup.config import Config, JobConfig, schema
+from db_backup.config import CapacitySettings, Config, JobConfig
 from db_backup.observe import events
 from db_backup.postgres import tools as pg
 from db_backup.reports import index as report_index
@@ -42,89 +41,16 @@ from db_backup.storage.base import StorageError
 from db_backup.storage.local import TEMP_DIR_NAME, temp_name
 from db_backup.util.fsutil import describe_os_error, disk_size, write_atomically
 from db_backup.util.secrets import mask
+from db_backup.util.units import format_size
 
 if TYPE_CHECKING:
     from db_backup.storage.oss.target import BucketStat
 
 log = structlog.get_logger("db_backup.backup.space")
 
-# The keys a job may override; the bucket's `oss_usage_*` are the top level's only.
-JOB_KEYS = (
-    "check_space",
-    "estimate_from_last",
-    "margin_percent",
-    "margin_min",
-    "warn_free_percent",
-    "warn_free_size",
-    "suspicious_ratio",
-)
-
-_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(?:([kmgtp])(?:i?b)?|b)?\s*$", re.IGNORECASE)
-_POWERS = {"k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
-
 
 class NotEnoughSpace(StorageError):
     """The local file system cannot hold the dump about to start; the message says the numbers."""
-
-
-def parse_size(value: int | float | str | None) -> int | None:
-    """Returns a size in bytes from an integer or a text like "500GB" (powers of 1024)."""
-    if value is None:
-        return None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return int(value)
-    match = _SIZE.match(str(value))
-    if match is None:
-        raise ValueError(f"not a size: {value!r} (write bytes, or e.g. 500GB, 1.5TiB)")
-    number, unit = match.groups()
-    return int(float(number) * 1024 ** _POWERS[unit.lower()] if unit else float(number))
-
-
-def format_size(size: int) -> str:
-    """Returns `size` for a person: "1.5 GiB", "312.0 KiB", "17 B"."""
-    amount = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(amount) < 1024 or unit == "TiB":
-            return f"{size} B" if unit == "B" else f"{amount:.1f} {unit}"
-        amount /= 1024
-    return f"{amount:.1f} PiB"  # pragma: no cover - the loop returns
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The effective `capacity` settings of one job (top level, then the job's own keys)."""
-
-    check_space: bool = True
-    estimate_from_last: int = 5
-    margin_percent: float = 20.0
-    margin_min: int = 0
-    warn_free_percent: float = 10.0
-    warn_free_size: int = 0
-    suspicious_ratio: float = 0.5
-    oss_usage_limit: int | None = None
-    oss_usage_warn_percent: float | None = None
-
-
-def settings(config: Config, job: JobConfig | None = None) -> Settings:
-    """Returns the capacity settings of `job` (or the top level's), defaults from the schema."""
-    props = schema()["properties"]["capacity"]["properties"]
-    given = config.raw.get("capacity") or {}
-    values = {key: given.get(key, prop.get("default")) for key, prop in props.items()}
-    own = (job.raw.get("capacity") or {}) if job is not None else {}
-    values.update({k: v for k, v in own.items() if k in JOB_KEYS and v is not None})
-    limit = values["oss_usage_limit"]
-    warn_percent = values["oss_usage_warn_percent"]
-    return Settings(
-        check_space=bool(values["check_space"]),
-        estimate_from_last=int(values["estimate_from_last"]),
-        margin_percent=float(values["margin_percent"]),
-        margin_min=parse_size(values["margin_min"]) or 0,
-        warn_free_percent=float(values["warn_free_percent"]),
-        warn_free_size=parse_size(values["warn_free_size"]) or 0,
-        suspicious_ratio=float(values["suspicious_ratio"]),
-        oss_usage_limit=parse_size(limit) if limit is not None else None,
-        oss_usage_warn_percent=float(warn_percent) if warn_percent is not None else None,
-    )
 
 
 # --------------------------------------------------------------------------- before a dump
@@ -242,7 +168,7 @@ def room_for_dump(
     the numbers in `report.capacity["space"]`. Anything that keeps the check from being made
     (no estimate, statvfs failing) is logged and the dump goes ahead.
     """
-    wanted = settings(config, job)
+    wanted = job.capacity
     directory = dump_directory(config, job, staging)
     if directory is None or not wanted.check_space:
         yield
@@ -329,7 +255,7 @@ def _refusal(
     needed: int,
     free: int,
     reserved: int,
-    wanted: Settings,
+    wanted: CapacitySettings,
 ) -> str:
     """Returns the FAILED report's message of a refused dump: directory, estimate, free space."""
     others = (
@@ -484,7 +410,7 @@ def _publish_condition(
 
 def after_run(config: Config, job: JobConfig) -> None:
     """Checks free space on the job's file systems and the bucket's usage; never raises."""
-    wanted = settings(config, job)
+    wanted = job.capacity
     try:
         check_free_space(config, job, wanted)
     except Exception as exc:  # a check must never turn a run into a failure
@@ -518,7 +444,7 @@ def watched_directories(config: Config, job: JobConfig) -> list[Path]:
     return found
 
 
-def check_free_space(config: Config, job: JobConfig, wanted: Settings) -> None:
+def check_free_space(config: Config, job: JobConfig, wanted: CapacitySettings) -> None:
     """Publishes LOW_DISK for each watched file system under a threshold (ok=True once clear)."""
     if wanted.warn_free_percent <= 0 and wanted.warn_free_size <= 0:
         return
@@ -586,7 +512,7 @@ def bucket_stat(config: Config) -> BucketStat:
     return OssTarget(oss_settings(config)).bucket_stat()
 
 
-def check_oss_usage(config: Config, job: JobConfig, wanted: Settings) -> None:
+def check_oss_usage(config: Config, job: JobConfig, wanted: CapacitySettings) -> None:
     """Publishes OSS_USAGE when the bucket's usage reaches the limit (or its warning level)."""
     limit = wanted.oss_usage_limit
     if limit is None or job.mode not in {"oss", "both"} or config.storage.tool != "oss2":
@@ -666,7 +592,7 @@ def hold_retention(config: Config, job: JobConfig, current: Report) -> bool:
     (`retention.held`, `capacity.suspicious`), a warning logged and SUSPICIOUS_SIZE published;
     the first backup of normal size afterwards publishes its clearing.
     """
-    wanted = settings(config, job)
+    wanted = job.capacity
     if wanted.suspicious_ratio <= 0:
         return False
     document = current.to_json()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -30,17 +29,17 @@ from db_backup.backup.run import (
 )
 from db_backup.config import Config, ConfigError, JobConfig, load
 from db_backup.config.schedule import due_at_start, next_run_after, sleep_seconds_until
+from db_backup.daemon.drills import DrillScheduler
 from db_backup.daemon.owed import OwedRuns
-from db_backup.daemon.sd_notify import Notifier, Watchdog
+from db_backup.daemon.sd_notify import SdNotifier, Watchdog
 from db_backup.daemon.state import Pending, RunMark, StateStore
 from db_backup.observe.staleness import StaleWatch
-from db_backup.observe.status import human_size
 from db_backup.reports.model import FAILED, SUCCESS
-from db_backup.restore.drill import DrillScheduler
 from db_backup.storage.crypto import check_config as check_encryption
 from db_backup.util.clock import utc_now
 from db_backup.util.execute import CancelToken
 from db_backup.util.locks import JobBusy, JobSetupError
+from db_backup.util.units import format_age, format_size
 
 if TYPE_CHECKING:
     from db_backup.observe.metrics import MetricsServer
@@ -118,8 +117,8 @@ class Running:
         if not self.dumps:
             return [f"running {self.job.name}/{self.database or self.job.name}"]
         return [
-            f"running {self.job.name}/{database} {human_size(size)} "
-            f"{human_size(int(size / max(now - started, 1e-6)))}/s"
+            f"running {self.job.name}/{database} {format_size(size)} "
+            f"{format_size(int(size / max(now - started, 1e-6)))}/s"
             for database, (size, started) in sorted(self.dumps.items())
         ]
 
@@ -131,13 +130,13 @@ class Daemon:
         self,
         config_path: str,
         config: Config,
-        notifier: Notifier | None = None,
+        notifier: SdNotifier | None = None,
         clock: Clock | None = None,
         runner: JobRunner = run_job,
     ) -> None:
         self.config_path = config_path
         self.config = config
-        self.notifier = notifier or Notifier()
+        self.notifier = notifier or SdNotifier()
         self.clock = clock or Clock()
         self.run_job = runner
         self.watchdog = Watchdog(self.notifier, clock=self.clock.monotonic)
@@ -435,7 +434,7 @@ class Daemon:
         if self.last:
             name = max(self.last, key=lambda n: self.last[n][1])
             status, when = self.last[name]
-            parts.append(f"last {name} {status} {_ago(now - when)} ago")
+            parts.append(f"last {name} {status} {format_age(now - when, minutes=True)} ago")
         return "; ".join(parts)
 
     def _update_status(self) -> None:
@@ -455,26 +454,19 @@ def _first_problem(exc: ConfigError) -> str:
     return f"{exc.source}: {exc.problems[0]}{tail}"
 
 
-def _ago(delta: timedelta) -> str:
-    seconds = max(0, int(delta.total_seconds()))
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}:{rest // 60:02d}" if hours < 48 else f"{hours // 24}d"
-
-
 def run_daemon(config_path: str) -> int:
-    """Entry point of `db-backup daemon`: 78 on a bad config, 1 if it cannot start, 0 at stop."""
-    try:
-        config = load(config_path)
-        check_encryption(config)
-    except ConfigError as exc:
-        print(f"db-backup: {exc}", file=sys.stderr)
-        return 78  # EX_CONFIG, as the other commands; the unit does not restart on it
+    """Entry point of `db-backup daemon`: runs until SIGTERM/SIGINT and returns 0.
+
+    Raises ConfigError for a config it refuses (the command exits 78, which the unit does not
+    restart on) and JobSetupError, logged, when it cannot start (directories, metrics).
+    """
+    config = load(config_path)
+    check_encryption(config)
     daemon = Daemon(config_path, config)
     daemon.install_signal_handlers()
     try:
         daemon.start()
     except JobSetupError as exc:
         log.error("daemon cannot start", error=str(exc))
-        print(f"db-backup: {exc}", file=sys.stderr)
-        return 1
+        raise
     return daemon.run()

@@ -42,7 +42,7 @@ def _truncate_utf8(text: str, limit: int) -> str:
     return raw[: limit - 3].decode("utf-8", errors="ignore") + "..."
 
 
-class Notifier:
+class SdNotifier:
     """Send sd_notify messages to the service manager; does nothing outside systemd."""
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
@@ -188,7 +188,7 @@ class Watchdog:
 
     def __init__(
         self,
-        notifier: Notifier,
+        notifier: SdNotifier,
         interval: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

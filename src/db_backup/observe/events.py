@@ -43,7 +43,7 @@ SUSPICIOUS_SIZE = "suspicious_size"  # retention held back: the newest backup lo
 
 # The consumers, as "module:factory"; each factory returns None when it is not configured.
 CONSUMERS: tuple[str, ...] = (
-    "db_backup.observe.jobtable:consumer",
+    "db_backup.observe.jobtable.sender:consumer",
     "db_backup.observe.metrics:consumer",
     "db_backup.observe.alerts:consumer",
 )

@@ -15,7 +15,6 @@ newlines).
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import socket
 import threading
@@ -35,7 +34,7 @@ from db_backup.util.clock import parse_utc, utc_now
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from db_backup.config import Config
+    from db_backup.config import Config, MetricsSettings
     from db_backup.observe.events import Event
 
 NAME = "metrics"
@@ -50,38 +49,6 @@ CONSUMER_NAMES = ("metrics", "notify", "sink")
 
 class MetricsError(Exception):
     """The metrics cannot be written or served; the message names the place and the cause."""
-
-
-@dataclass(frozen=True)
-class MetricsSettings:
-    """The `metrics` section with its defaults."""
-
-    textfile_dir: Path | None
-    file_name: str
-    listen: str | None
-    allow_remote: bool
-
-    @property
-    def textfile(self) -> Path | None:
-        """Returns the path of the metrics file, None when no file is written."""
-        return self.textfile_dir / self.file_name if self.textfile_dir else None
-
-
-def settings(config: Config) -> MetricsSettings | None:
-    """Returns the `metrics` settings of `config`, None when the section is absent."""
-    given = config.raw.get("metrics")
-    if not isinstance(given, dict):
-        return None
-    from db_backup.config import schema
-
-    props = schema()["properties"]["metrics"]["properties"]
-    values = {key: given.get(key, prop.get("default")) for key, prop in props.items()}
-    return MetricsSettings(
-        textfile_dir=Path(values["textfile_dir"]) if values["textfile_dir"] else None,
-        file_name=str(values["file_name"]),
-        listen=values["listen"] or None,
-        allow_remote=bool(values["allow_remote"]),
-    )
 
 
 # --- what the metrics say ---------------------------------------------------------------------
@@ -143,62 +110,64 @@ def _newest_drills(config: Config) -> dict[tuple[str, str], dict[str, Any]]:
     return {(str(d.get("job")), str(d.get("database"))): d for d in latest_drills(config)}
 
 
+def _gauge(name: str, doc: str, labels: list[str] = LABELS) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, labels=labels)
+
+
 def families(config: Config, now: datetime | None = None) -> list[Metric]:
     """Returns every metric family of `config`'s reports, drills, stale state and failures."""
-    from db_backup.observe import events, staleness
+    from db_backup.observe import events
 
-    now = now or utc_now()
     reports = _newest_reports(config)
-    newest, success, stale = reports.newest, reports.success, reports.stale
-    drills = _newest_drills(config)
-
-    def gauge(name: str, doc: str, labels: list[str] = LABELS) -> GaugeMetricFamily:
-        return GaugeMetricFamily(name, doc, labels=labels)
-
-    run_time = gauge(
-        "db_backup_last_run_timestamp_seconds", "When the newest backup report finished."
-    )
-    run_ok = gauge(
-        "db_backup_last_run_success", "1 when the newest backup report is SUCCESS, else 0."
-    )
-    run_duration = gauge(
-        "db_backup_last_run_duration_seconds", "Duration of the newest backup (its report)."
-    )
-    ok_time = gauge(
-        "db_backup_last_success_timestamp_seconds",
-        "When the newest successful backup finished.",
-    )
-    ok_started = gauge(
-        "db_backup_last_success_started_timestamp_seconds",
-        "When the newest successful backup started (its snapshot; staleness counts from it).",
-    )
-    ok_size = gauge("db_backup_last_success_size_bytes", "Size of the newest successful backup.")
-    uploaded = gauge(
-        "db_backup_last_success_uploaded_bytes",
-        "Bytes the newest successful backup stored on each remote target.",
-        [*LABELS, "target"],
-    )
-    drill_time = gauge(
-        "db_backup_last_drill_timestamp_seconds", "When the newest restore drill started."
-    )
-    drill_ok = gauge(
-        "db_backup_last_drill_success", "1 when the newest restore drill is SUCCESS, else 0."
-    )
-    stale_flag = gauge(
-        "db_backup_stale",
-        "1 when the daemon found no SUCCESS within the job's max_age (database '' = the job "
-        "has reported nothing), else 0.",
-    )
-    max_age = gauge(
-        "db_backup_max_age_seconds", "The job's max_age (staleness limit).", ["backup_job"]
-    )
+    run_time, run_ok, run_duration, stale_flag = _last_runs(reports.newest, reports.stale)
+    ok_time, ok_started, ok_size, uploaded = _last_successes(reports.success)
+    drill_time, drill_ok = _last_drills(_newest_drills(config))
     failures = CounterMetricFamily(
         "db_backup_consumer_failures",
         "Failures of report consumers (notifiers, database sink, metrics) so far.",
         labels=["consumer"],
     )
-    problems = gauge("db_backup_report_problems", "Report files skipped as malformed.", [])
+    counts = dict.fromkeys(CONSUMER_NAMES, 0)  # a series from the start: increase() needs it
+    counts.update(events.failure_counts(config.directories.state))
+    for consumer, count in sorted(counts.items()):
+        failures.add_metric([consumer], float(count))
+    problems = _gauge("db_backup_report_problems", "Report files skipped as malformed.", [])
+    problems.add_metric([], float(reports.problems))
+    return [
+        run_time,
+        run_ok,
+        run_duration,
+        ok_time,
+        ok_started,
+        ok_size,
+        uploaded,
+        drill_time,
+        drill_ok,
+        stale_flag,
+        _max_ages(config, now or utc_now()),
+        failures,
+        problems,
+    ]
 
+
+def _last_runs(
+    newest: dict[tuple[str, str], dict[str, Any]], stale: set[tuple[str, str]]
+) -> list[GaugeMetricFamily]:
+    """Returns when the newest run finished, whether it succeeded, its duration, and staleness."""
+    run_time = _gauge(
+        "db_backup_last_run_timestamp_seconds", "When the newest backup report finished."
+    )
+    run_ok = _gauge(
+        "db_backup_last_run_success", "1 when the newest backup report is SUCCESS, else 0."
+    )
+    run_duration = _gauge(
+        "db_backup_last_run_duration_seconds", "Duration of the newest backup (its report)."
+    )
+    stale_flag = _gauge(
+        "db_backup_stale",
+        "1 when the daemon found no SUCCESS within the job's max_age (database '' = the job "
+        "has reported nothing), else 0.",
+    )
     for (job, database), document in sorted(newest.items()):
         labels = [job, database]
         finished = _ts(document.get("finishedAt"))
@@ -207,6 +176,27 @@ def families(config: Config, now: datetime | None = None) -> list[Metric]:
         run_ok.add_metric(labels, 1.0 if document.get("status") == SUCCESS else 0.0)
         run_duration.add_metric(labels, float(document.get("durationSeconds") or 0))
         stale_flag.add_metric(labels, 1.0 if (job, database) in stale else 0.0)
+    for key in sorted(stale - set(newest)):
+        stale_flag.add_metric(list(key), 1.0)  # a job or database with no report at all
+    return [run_time, run_ok, run_duration, stale_flag]
+
+
+def _last_successes(success: dict[tuple[str, str], dict[str, Any]]) -> list[GaugeMetricFamily]:
+    """Returns when the newest SUCCESS finished and started, its size, and what it uploaded."""
+    ok_time = _gauge(
+        "db_backup_last_success_timestamp_seconds",
+        "When the newest successful backup finished.",
+    )
+    ok_started = _gauge(
+        "db_backup_last_success_started_timestamp_seconds",
+        "When the newest successful backup started (its snapshot; staleness counts from it).",
+    )
+    ok_size = _gauge("db_backup_last_success_size_bytes", "Size of the newest successful backup.")
+    uploaded = _gauge(
+        "db_backup_last_success_uploaded_bytes",
+        "Bytes the newest successful backup stored on each remote target.",
+        [*LABELS, "target"],
+    )
     for (job, database), document in sorted(success.items()):
         labels = [job, database]
         finished = _ts(document.get("finishedAt"))
@@ -222,38 +212,37 @@ def families(config: Config, now: datetime | None = None) -> list[Metric]:
                 continue
             if result.get("status") == SUCCESS:
                 uploaded.add_metric([*labels, target], float(result.get("sizeBytes") or 0))
-    for key in sorted(set(stale) - set(newest)):
-        stale_flag.add_metric(list(key), 1.0)  # a job or database with no report at all
+    return [ok_time, ok_started, ok_size, uploaded]
+
+
+def _last_drills(drills: dict[tuple[str, str], dict[str, Any]]) -> list[GaugeMetricFamily]:
+    """Returns when the newest drill started and whether it succeeded."""
+    drill_time = _gauge(
+        "db_backup_last_drill_timestamp_seconds", "When the newest restore drill started."
+    )
+    drill_ok = _gauge(
+        "db_backup_last_drill_success", "1 when the newest restore drill is SUCCESS, else 0."
+    )
     for (job, database), document in sorted(drills.items()):
         started = _ts(document.get("startedAt"))
         if started is not None:
             drill_time.add_metric([job, database], started)
         drill_ok.add_metric([job, database], 1.0 if document.get("status") == SUCCESS else 0.0)
+    return [drill_time, drill_ok]
+
+
+def _max_ages(config: Config, now: datetime) -> GaugeMetricFamily:
+    """Returns each job's max_age (its own or its schedule's default) in seconds."""
+    from db_backup.observe import staleness
+
+    max_age = _gauge(
+        "db_backup_max_age_seconds", "The job's max_age (staleness limit).", ["backup_job"]
+    )
     for job_config in config.jobs:
-        with contextlib.suppress(ValueError):
-            limit = staleness.max_age(job_config, now)
-            if limit is not None:
-                max_age.add_metric([job_config.name], limit.total_seconds())
-    counts = dict.fromkeys(CONSUMER_NAMES, 0)  # a series from the start: increase() needs it
-    counts.update(events.failure_counts(config.directories.state))
-    for consumer, count in sorted(counts.items()):
-        failures.add_metric([consumer], float(count))
-    problems.add_metric([], float(reports.problems))
-    return [
-        run_time,
-        run_ok,
-        run_duration,
-        ok_time,
-        ok_started,
-        ok_size,
-        uploaded,
-        drill_time,
-        drill_ok,
-        stale_flag,
-        max_age,
-        failures,
-        problems,
-    ]
+        limit = staleness.max_age(job_config, now)
+        if limit is not None:
+            max_age.add_metric([job_config.name], limit.total_seconds())
+    return max_age
 
 
 class ReportsCollector:
@@ -319,7 +308,7 @@ class MetricsConsumer:
 
 def consumer(config: Config) -> MetricsConsumer | None:
     """Returns the textfile writer, None when no `metrics.textfile_dir` is configured."""
-    found = settings(config)
+    found = config.metrics
     if found is None or found.textfile is None:
         return None
     return MetricsConsumer(config, found.textfile)
@@ -361,7 +350,7 @@ def check_listen(found: MetricsSettings) -> tuple[str, int] | None:
 
 def check_config(config: Config) -> None:
     """Raises MetricsError when `metrics.listen` would be refused by the daemon."""
-    found = settings(config)
+    found = config.metrics
     if found is not None:
         check_listen(found)
 
@@ -390,7 +379,7 @@ def serve(config: Callable[[], Config]) -> MetricsServer | None:
     """Starts /metrics when `metrics.listen` is set; raises MetricsError on a bad address."""
     from prometheus_client.exposition import start_http_server
 
-    found = settings(config())
+    found = config().metrics
     where = check_listen(found) if found is not None else None
     if where is None:
         return None

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -38,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from db_backup.util.clock import format_utc, parse_utc
+from db_backup.util.units import format_age
 
 if TYPE_CHECKING:
     import sqlite3
@@ -50,37 +50,8 @@ CHECK_INTERVAL_SECONDS = 60.0
 REREAD_SECONDS = 600.0  # the index is asked again at least this often, changed or not
 DEFAULT_HORIZON = timedelta(days=8)  # longer than a week: weekly gaps and weekends are seen
 MAX_SLOTS = 6000  # a dense schedule's gaps are known long before the horizon
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_DURATION = re.compile(r"^(?:[0-9]+[smhdw])+$")
-_PART = re.compile(r"([0-9]+)([smhdw])")
 
 Key = tuple[str, str]  # job, database ("" for a job that has reported nothing)
-
-
-def parse_duration(value: object) -> timedelta | None:
-    """Returns the duration `value` names (`26h`, `90m`, `1d12h`, seconds), or None for off.
-
-    Raises ValueError for anything else (the schema refuses such values first).
-    """
-    if value is False:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return timedelta(seconds=value)
-    if isinstance(value, str) and _DURATION.match(value.strip()):
-        seconds = sum(int(n) * _UNITS[unit] for n, unit in _PART.findall(value.strip()))
-        if seconds > 0:
-            return timedelta(seconds=seconds)
-    raise ValueError(f"not a duration: {value!r} (use e.g. 26h, 90m, 2d, or seconds)")
-
-
-def format_age(delta: timedelta) -> str:
-    """Returns a short age: `45m`, `7h`, `2d` (the STATUS line and `status` use it)."""
-    seconds = max(0, int(delta.total_seconds()))
-    if seconds < 3600:
-        return f"{seconds // 60}m"
-    if seconds < 2 * 86400:
-        return f"{seconds // 3600}h"
-    return f"{seconds // 86400}d"
 
 
 @functools.lru_cache(maxsize=256)
@@ -107,10 +78,9 @@ def default_max_age(schedule: str, zone: ZoneInfo, now: datetime) -> timedelta:
 
 def max_age(job: JobConfig, now: datetime) -> timedelta | None:
     """Returns the job's `max_age` (its own or the schedule's default), None when turned off."""
-    given = job.raw.get("max_age")
-    if given is None:
+    if job.max_age is None:
         return default_max_age(job.schedule, job.zone(), now)
-    return parse_duration(given)
+    return job.max_age or None
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from db_backup.observe.staleness import format_age, load_state, still_stale
+from db_backup.observe.staleness import load_state, still_stale
 from db_backup.reports.index import EPOCH, decode, encode, micros, snapshot
 from db_backup.reports.model import SUCCESS, parse_report
 from db_backup.util.clock import format_utc, utc_now
+from db_backup.util.units import format_age, format_size
 
 
 class StatusError(Exception):
@@ -176,16 +177,6 @@ def _check_readable(reports_dir: Path) -> None:
         ) from None
 
 
-def human_size(size: int) -> str:
-    """Returns `size` bytes as e.g. '1.2 GiB'."""
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"  # pragma: no cover
-
-
 def _last_success(row: dict[str, Any]) -> str:
     """Returns e.g. `7h ago`, `3d ago STALE`, or `never`."""
     age = row.get("lastSuccessAgeSeconds")
@@ -200,36 +191,36 @@ def _last_drill(row: dict[str, Any]) -> str:
     return f"{drill.get('status')} {str(drill.get('startedAt') or '')[:10]}".strip()
 
 
-def render_table(page: StatusPage) -> str:
-    """Returns the page as an aligned text table with a footer, or says why there is none."""
+def render_table(
+    page: StatusPage, *, hosts: bool = False, empty: str = "no matching reports"
+) -> str:
+    """Returns the page as an aligned text table with a footer, or says why there is none.
+
+    `hosts` adds a HOST column (the fleet view); `empty` is what to say when nothing matches.
+    """
     if page.total == 0:
-        return "no matching reports"
+        return empty
     if not page.rows:
         return (
             f"page {page.page} is empty: the {page.total} matching report(s) fill "
             f"{page.pages} page(s) of this size"
         )
-    summary = bool(page.rows) and "stale" in page.rows[0]  # the latest view
-    header: tuple[str, ...] = ("STARTED (UTC)", "JOB", "DATABASE", "STATUS", "SIZE", "DURATION")
+    summary = "stale" in page.rows[0]  # the latest view of the reports directory
+    header: tuple[str, ...] = ("STARTED (UTC)", *(("HOST",) if hosts else ()), "JOB", "DATABASE")
+    header += ("STATUS", "SIZE", "DURATION")
     if summary:
         header += ("LAST SUCCESS", "LAST DRILL")
-    header += ("WHERE / ERROR",)
-    lines = [header]
+    lines = [(*header, "WHERE / ERROR")]
     for row in page.rows:
         where = row["local"]["file"] or ", ".join(row["remote"]["urls"])
-        detail = where if row["status"] == "SUCCESS" else row["errorMessage"][:120]
-        line: tuple[str, ...] = (
-            row["startedAt"],
-            row.get("job", ""),
-            row["database"],
-            row["status"],
-            human_size(row["local"]["sizeBytes"]),
-            f"{row['durationSeconds']} s",
-        )
+        detail = where if row["status"] == SUCCESS else str(row["errorMessage"])[:120]
+        line: tuple[str, ...] = (row["startedAt"], *((row["hostname"],) if hosts else ()))
+        line += (row.get("job", ""), row["database"], row["status"])
+        line += (format_size(int(row["local"]["sizeBytes"] or 0)), f"{row['durationSeconds']} s")
         if summary:
             line += (_last_success(row), _last_drill(row))
         lines.append((*line, detail))
-    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header) - 1)]
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     out = []
     for line in lines:
         cells = [str(c).ljust(w) for c, w in zip(line[:-1], widths, strict=True)]

@@ -1,173 +1,147 @@
-"""Reading back what the OSS target stored: download, head and hash checks for restore and verify.
+"""Getting a backup's files to local disk, verified: what restore and drill do first.
 
-Downloads stream to a temporary file in the destination directory while the sha256 and oss2's
-CRC-64 are computed on the way; the file gets its final name only when the CRC-64 of the bytes
-received equals the one OSS sent (`x-oss-hash-crc64ecma`). Nothing here trusts a key read from a
-report: callers build keys from validated file names with `OssTarget.key`.
+A local backup is found in its directory; a remote one is downloaded from OSS (restore.oss_read,
+CRC-64 checked) into a private directory. Either way, the dump's sha256 is verified against the
+report and the `.sha256` file before anything uses it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import oss2
-
 from db_backup.config import Config
-from db_backup.storage import oss_settings
+from db_backup.restore.checksums import read_checksum_file, sha256_file, verify_directory_dump
+from db_backup.restore.source import BackupSource, RestoreError
 from db_backup.storage.base import StorageError
-from db_backup.storage.local import describe_os_error
-from db_backup.storage.oss import OssTarget
-from db_backup.util.execute import Cancelled, CancelToken
-
-CHUNK = 1024 * 1024
-
-
-class ObjectMissing(StorageError):
-    """The object does not exist in the bucket."""
+from db_backup.util.execute import CancelToken
 
 
 @dataclass(frozen=True)
-class ObjectInfo:
-    """What HEAD (and the tag request) says about one object."""
+class BackupFiles:
+    """Where a backup's files are on local disk, before their checksums are verified."""
 
-    key: str
-    size: int
-    crc64: int | None
-    sha256_tag: str | None
+    dump: Path
+    checksum: Path | None
+    globals_file: Path | None
 
 
-@dataclass(frozen=True)
-class Downloaded:
-    """One object's bytes as received: size, sha256 and CRC-64 (computed and sent)."""
+@dataclass
+class Fetched:
+    """The backup's files on local disk, checksum verified."""
 
-    size: int
+    dump: Path
+    globals_file: Path | None
     sha256: str
-    crc64: int | None
-    server_crc64: int | None
 
 
-def parse_oss_url(url: str) -> tuple[str, str]:
-    """Returns (bucket, key) of `oss://bucket/key`; raises ValueError for anything else.
+def fetch(
+    config: Config,
+    source: BackupSource,
+    workdir: Path,
+    cancel: CancelToken | None = None,
+    want_globals: bool = True,
+) -> Fetched:
+    """Makes the backup available on local disk and verifies its sha256; raises RestoreError.
 
-    The key may end with "/" only for a directory dump (`<name>.dump.d/`, its objects).
+    A remote dump is downloaded into `workdir` (CRC-64 checked); see verify_files for the checks.
     """
-    if not url.startswith("oss://"):
-        raise ValueError(f"not an oss:// URL: {url!r}")
-    bucket, _, key = url[len("oss://") :].partition("/")
-    if not bucket or not key or (key.endswith("/") and not key.endswith(".dump.d/")):
-        raise ValueError(f"an oss:// URL needs a bucket and an object key: {url!r}")
-    return bucket, key
+    if source.local_dir is not None:
+        files = local_files(source, want_globals)
+    else:
+        files = download_files(config, source, workdir, cancel, want_globals)
+    return verify_files(source, files, cancel)
 
 
-def oss_target(config: Config) -> OssTarget:
-    """Returns the configured OSS target (secrets resolved); raises StorageError if there is none."""
-    if config.storage.tool != "oss2" or config.storage.oss is None:
-        raise StorageError(
-            "oss: reading from OSS needs a storage.oss section and storage.tool oss2 in the config"
+def local_files(source: BackupSource, want_globals: bool) -> BackupFiles:
+    """Returns the files of a backup in a local directory; raises RestoreError without its dump."""
+    assert source.local_dir is not None
+    dump = source.local_dir / source.dump_name
+    globals_path = None
+    if source.globals_name and want_globals:
+        candidate = source.local_dir / source.globals_name
+        globals_path = candidate if candidate.is_file() else None
+    if not dump.exists():
+        raise RestoreError(f"{dump}: the dump is not there")
+    return BackupFiles(dump, source.local_dir / source.checksum_name, globals_path)
+
+
+def verify_files(
+    source: BackupSource, files: BackupFiles, cancel: CancelToken | None = None
+) -> Fetched:
+    """Verifies the dump's sha256; returns it with the files. Raises RestoreError on a mismatch.
+
+    The sha256 must match the report and the `.sha256` file, whichever exist (both when both
+    do); a dump with neither is refused. A directory dump is checked file by file against its
+    manifest, and the manifest against the report.
+    """
+    dump = files.dump
+    checksum_path = files.checksum
+    if checksum_path is not None and not checksum_path.exists():
+        checksum_path = None
+    if source.dump_format == "directory":
+        if checksum_path is None:
+            raise RestoreError(f"{dump}: no {source.checksum_name} manifest to verify it against")
+        sha = verify_directory_dump(dump, checksum_path, source.expected_sha256)
+        return Fetched(dump, files.globals_file, sha)
+    expectations = []
+    if source.expected_sha256:
+        expectations.append((source.expected_sha256, f"the report {source.report_file}".strip()))
+    if checksum_path is not None:
+        expectations.append(
+            (read_checksum_file(checksum_path, source.dump_name), str(checksum_path))
         )
-    return OssTarget(oss_settings(config))
-
-
-def _missing(target: OssTarget, key: str) -> ObjectMissing:
-    return ObjectMissing(f"oss: object {target.url(key)} does not exist")
-
-
-def head(target: OssTarget, key: str, with_tag: bool = True) -> ObjectInfo:
-    """Returns size, CRC-64 and sha256 tag of `key` without downloading it."""
-
-    def request() -> oss2.models.HeadObjectResult | None:
-        try:
-            return target.bucket.head_object(key)
-        except oss2.exceptions.NotFound:
-            return None
-
-    result = target.call("read object metadata", key, request)
-    if result is None:
-        raise _missing(target, key)
-    tag = None
-    if with_tag:
-        tags = target.call("read tags", key, lambda: target.bucket.get_object_tagging(key))
-        tag = tags.tag_set.tagging_rule.get("sha256")
-    crc = result.server_crc
-    return ObjectInfo(key, int(result.content_length), int(crc) if crc is not None else None, tag)
-
-
-def _stream(
-    target: OssTarget, key: str, sink: object | None, cancel: CancelToken | None
-) -> Downloaded:
-    """Reads `key` once, writing to `sink` (a binary file) if given; returns what it saw."""
-    try:
-        result = target.bucket.get_object(key)
-    except oss2.exceptions.NoSuchKey:
-        raise _missing(target, key) from None
-    except oss2.exceptions.OssError as exc:
-        raise target.error("download", key, exc) from None
-    digest = hashlib.sha256()
-    size = 0
-    try:
-        while True:
-            if cancel is not None:
-                cancel.raise_if_cancelled()
-            try:
-                chunk = result.read(CHUNK)
-            except oss2.exceptions.OssError as exc:
-                raise target.error("download", key, exc) from None
-            except OSError as exc:  # the connection broke mid-body (requests raises OSErrors)
-                raise StorageError(f"oss: download of {target.url(key)} broke: {exc}") from None
-            if not chunk:
-                break
-            digest.update(chunk)
-            size += len(chunk)
-            if sink is not None:
-                sink.write(chunk)  # type: ignore[attr-defined]
-    finally:
-        result.close()
-    client = result.client_crc
-    server = result.server_crc
-    return Downloaded(
-        size,
-        digest.hexdigest(),
-        int(client) if client is not None else None,
-        int(server) if server is not None else None,
-    )
-
-
-def hash_object(target: OssTarget, key: str, cancel: CancelToken | None = None) -> Downloaded:
-    """Downloads `key` without storing it and returns its size, sha256 and CRC-64s."""
-    return _stream(target, key, None, cancel)
-
-
-def download(
-    target: OssTarget, key: str, destination: Path, cancel: CancelToken | None = None
-) -> Downloaded:
-    """Downloads `key` to `destination` (temp name, CRC-64 checked, renamed, mode 0600).
-
-    Raises ObjectMissing when the object is not there and StorageError when the bytes received
-    do not have the CRC-64 OSS sent; no file is left under `destination` then.
-    """
-    temp = destination.with_name(f".tmp-download.{destination.name}")
-    try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    except OSError as exc:
-        raise StorageError(f"cannot create {describe_os_error(exc, temp)}") from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            try:
-                got = _stream(target, key, handle, cancel)
-            except OSError as exc:
-                raise StorageError(f"cannot write {describe_os_error(exc, temp)}") from None
-        if got.server_crc64 is not None and got.crc64 != got.server_crc64:
-            raise StorageError(
-                f"oss: {target.url(key)}: CRC-64 of the downloaded bytes ({got.crc64}) is not "
-                f"the one OSS sent ({got.server_crc64}); the download is corrupt"
+    if not expectations:
+        raise RestoreError(
+            f"{source.description}: no report and no {source.checksum_name} to verify it "
+            "against; refusing to restore an unverified dump"
+        )
+    actual = sha256_file(dump, cancel)
+    for expected, where in expectations:
+        if actual != expected:
+            raise RestoreError(
+                f"{source.description}: checksum mismatch: sha256 of the dump is {actual}, "
+                f"{where} says {expected}. The backup is damaged or was changed; "
+                "nothing was restored"
             )
-        os.replace(temp, destination)
-    except (StorageError, Cancelled, OSError, KeyboardInterrupt):
-        with contextlib.suppress(OSError):
-            temp.unlink()
-        raise
-    return got
+    return Fetched(dump, files.globals_file, actual)
+
+
+def download_files(
+    config: Config,
+    source: BackupSource,
+    workdir: Path,
+    cancel: CancelToken | None,
+    want_globals: bool,
+) -> BackupFiles:
+    """Downloads a remote backup's dump, `.sha256` and globals file into `workdir`.
+
+    A missing dump raises RestoreError; a missing `.sha256` or globals file is left out.
+    """
+    from db_backup.restore.oss_read import ObjectMissing, download, download_directory, oss_target
+
+    try:
+        target = oss_target(config)
+        workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        dump = workdir / source.dump_name
+        if source.dump_format == "directory":
+            download_directory(target, source.remote_keys["dump"], dump, cancel)
+        else:
+            download(target, source.remote_keys["dump"], dump, cancel)
+        checksum: Path | None = workdir / source.checksum_name
+        try:
+            download(target, source.remote_keys["checksum"], checksum, cancel)  # type: ignore[arg-type]
+        except ObjectMissing:
+            checksum = None
+        globals_path: Path | None = None
+        if want_globals and "globals" in source.remote_keys and source.globals_name:
+            globals_path = workdir / source.globals_name
+            try:
+                download(target, source.remote_keys["globals"], globals_path, cancel)
+            except ObjectMissing:
+                globals_path = None
+    except ObjectMissing as exc:
+        raise RestoreError(f"{exc}: nothing to restore") from None
+    except StorageError as exc:
+        raise RestoreError(str(exc)) from None
+    return BackupFiles(dump, checksum, globals_path)

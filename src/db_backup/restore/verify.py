@@ -17,16 +17,15 @@ from typing import Any
 
 from db_backup.config import Config
 from db_backup.reports.model import SUCCESS, load_reports
-from db_backup.restore.run import (
+from db_backup.restore.checksums import read_checksum_file, sha256_file, verify_directory_dump
+from db_backup.restore.source import (
+    BackupSource,
     RestoreError,
     dump_format_of,
-    explain_restore_error,
-    read_checksum_file,
     safe_file_name,
-    sha256_file,
     source_from_report,
-    verify_directory_dump,
 )
+from db_backup.restore.steps import explain_restore_error
 from db_backup.storage.base import StorageError, split_member
 from db_backup.storage.crypto import is_encrypted
 from db_backup.util.execute import CancelToken, CommandError, run
@@ -94,7 +93,7 @@ def verify(
             results.append(_verify_local(config, stored.path, doc, deep))
         if (remote or deep) and has_oss:
             if target is None:
-                from db_backup.restore.fetch import oss_target
+                from db_backup.restore.oss_read import oss_target
 
                 try:
                     target = oss_target(config)
@@ -225,8 +224,6 @@ def _structure(result: Result, fmt: str, dump: Path, doc: dict[str, Any]) -> Non
     try:
         out = run(["pg_restore", "--list", str(dump)], timeout=600)
     except CommandError as exc:
-        from db_backup.restore.run import BackupSource
-
         stand_in = BackupSource(dump.name, fmt, str(doc["database"]), report=doc)
         result.problems.append(f"pg_restore --list: {explain_restore_error(str(exc), stand_in)}")
         return
@@ -237,7 +234,7 @@ def _structure(result: Result, fmt: str, dump: Path, doc: dict[str, Any]) -> Non
 def _verify_oss(
     target: Any, path: Path, doc: dict[str, Any], deep: bool, cancel: CancelToken | None
 ) -> Result:
-    from db_backup.restore.fetch import ObjectMissing, hash_object, head
+    from db_backup.restore.oss_read import ObjectMissing, hash_object, head
 
     result = _result(path, doc, "oss", "")
     artefacts = doc.get("artefacts") or []
@@ -328,7 +325,7 @@ def _verify_oss_directory(
     cancel: CancelToken | None,
 ) -> Result:
     """Checks a directory dump on OSS: HEADs every member (size, CRC-64) and its manifest."""
-    from db_backup.restore.fetch import ObjectMissing, hash_object, head
+    from db_backup.restore.oss_read import ObjectMissing, hash_object, head
 
     directory = {member[0] for member in map(split_member, members) if member is not None}
     if len(directory) != 1:

@@ -9,6 +9,7 @@ from typing import Any
 
 from db_backup.util.clock import format_utc
 from db_backup.util.secrets import mask
+from db_backup.util.units import format_size
 
 # What happened to the thing an alert is about.
 FAILED = "failed"  # the first failure (or a condition raised)
@@ -166,7 +167,7 @@ def lines(alert: Alert, language: str) -> list[tuple[str, str]]:
     if alert.state == SUCCEEDED or (alert.state == RECOVERED and alert.kind == "backup"):
         size = (report.get("local") or {}).get("sizeBytes")
         if isinstance(size, int) and size:
-            out.append((label["size"], _size(size)))
+            out.append((label["size"], format_size(size)))
         if isinstance(report.get("durationSeconds"), int):
             out.append((label["duration"], f"{report['durationSeconds']} s"))
     if report.get("backupReport"):
@@ -212,12 +213,3 @@ def document(alert: Alert, language: str) -> dict[str, Any]:
         "title": title(alert, language),
         "text": plain_text(alert, language),
     }
-
-
-def _size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"

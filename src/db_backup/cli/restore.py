@@ -1,0 +1,181 @@
+"""The commands that read backups back: restore and verify."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from typing import TYPE_CHECKING, Any
+
+from db_backup.cli.command import Context
+from db_backup.cli.output import EXIT_FAILED, EXIT_OK, CommandError
+from db_backup.cli.parser import positive
+from db_backup.config import SecretRef
+from db_backup.util.secrets import SecretError
+
+if TYPE_CHECKING:
+    from db_backup.config import Config, Connection, JobConfig
+
+
+def restore_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the source, target and options of `restore`."""
+    parser.add_argument("source", nargs="?", help="report file, report id, dump path, oss:// URL")
+    parser.add_argument("--job", help="job of the backup (and whose connection to restore to)")
+    parser.add_argument("--database", help="database of the backup (with --job, no SOURCE)")
+    parser.add_argument("--to-database", help="restore under this name (default: the original)")
+    parser.add_argument(
+        "--clean", action="store_true", help="restore over an existing database (drop its objects)"
+    )
+    parser.add_argument(
+        "--globals", action="store_true", help="restore roles and tablespaces first"
+    )
+    parser.add_argument(
+        "--no-tablespaces", action="store_true", help="leave tablespaces out (all objects default)"
+    )
+    parser.add_argument(
+        "-j", "--jobs", type=positive, default=2, help="pg_restore parallel jobs (default 2)"
+    )
+    parser.add_argument("--from-oss", action="store_true", help="use the OSS copy, not local")
+    parser.add_argument(
+        "--identity",
+        metavar="FILE",
+        help="age identity (private key) file for an encrypted backup "
+        "(default: the job's encryption.age.identity)",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    parser.add_argument("--host", help="target server (default: the job's connection)")
+    parser.add_argument("--port", type=positive, help="target port")
+    parser.add_argument("--username", help="target role (a superuser for --globals)")
+
+
+def restore(context: Context) -> int:
+    """Restores one backup (checksums first), or with --dry-run prints the plan."""
+    import structlog
+
+    from db_backup.postgres.server import server_env
+    from db_backup.restore.run import restore as run_restore
+    from db_backup.restore.source import RestoreError, resolve_source
+    from db_backup.restore.steps import RestoreOptions
+
+    log = structlog.get_logger("db_backup.cli")
+    args, config = context.args, context.config
+    options = RestoreOptions(
+        target_database=args.to_database,
+        clean=args.clean,
+        globals=args.globals,
+        jobs=args.jobs,
+        dry_run=args.dry_run,
+        skip_tablespaces=args.no_tablespaces,
+        prefer_remote=args.from_oss,
+        identity=SecretRef("file", args.identity) if args.identity else None,
+    )
+    try:
+        source = resolve_source(
+            config, args.source, job=args.job, database=args.database, prefer_remote=args.from_oss
+        )
+        job = _job_of(config, args.job or str((source.report or {}).get("job", "")))
+        connection = _target(args, job)
+        with server_env(config, connection, job) as server:
+            result = run_restore(config, source, server, options, cancel=context.cancel, say=print)
+    except RestoreError as exc:
+        log.error("restore failed", source=args.source, error=str(exc))
+        raise CommandError(f"restore failed: {exc}") from None
+    except SecretError as exc:
+        raise CommandError(str(exc)) from None
+    if options.dry_run:
+        print("plan (nothing was changed):")
+        for number, step in enumerate(result.steps, 1):
+            print(f"  {number}. {step}")
+        return EXIT_OK
+    log.info(
+        "restore finished",
+        source=result.source,
+        database=result.database,
+        sha256=result.sha256,
+        duration_s=round(result.seconds, 3),
+    )
+    return EXIT_OK
+
+
+def _job_of(config: Config, name: str) -> JobConfig | None:
+    """Returns the job called `name`, the only job when none is named, or None."""
+    job = next((j for j in config.jobs if j.name == name), None)
+    if job is None and not name and len(config.jobs) == 1:
+        job = config.jobs[0]  # one job: its server is the one meant
+    return job
+
+
+def _target(args: argparse.Namespace, job: JobConfig | None) -> Connection:
+    """Returns the server to restore to: the job's, with --host/--port/--username applied."""
+    from db_backup.postgres.server import DEFAULT_CONNECTION
+
+    connection = job.connection if job is not None else DEFAULT_CONNECTION
+    if args.host is None and args.port is None and args.username is None:
+        return connection
+    moved = args.host is not None or args.port is not None
+    # The job's password belongs to the job's server: never offer it to another one.
+    return dataclasses.replace(
+        connection,
+        host=args.host or connection.host,
+        port=args.port or connection.port,
+        user=args.username or connection.user,
+        password=None if moved else connection.password,
+    )
+
+
+def verify_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the filters and options of `verify`."""
+    parser.add_argument("--job", help="only this job")
+    parser.add_argument("--database", help="only this database")
+    parser.add_argument("--latest", action="store_true", help="only the newest per job/database")
+    parser.add_argument(
+        "--remote", action="store_true", help="also check the OSS objects (HEAD, no download)"
+    )
+    parser.add_argument(
+        "--deep",
+        action="store_true",
+        help="download the OSS objects and hash them (implies --remote)",
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def verify(context: Context) -> int:
+    """Checks every stored copy of the matching backups; fails when one is wrong or none match."""
+    import structlog
+
+    from db_backup.restore.verify import render
+    from db_backup.restore.verify import verify as run_verify
+
+    log = structlog.get_logger("db_backup.cli")
+    args = context.args
+    results = run_verify(
+        context.config,
+        job=args.job,
+        database=args.database,
+        latest=args.latest,
+        remote=args.remote or args.deep,
+        deep=args.deep,
+    )
+    bad = [r for r in results if not r.ok]
+    if args.json:
+        document: dict[str, Any] = {
+            "ok": bool(results) and not bad,
+            "checked": len(results),
+            "problems": len(bad),
+            "results": [r.to_json() for r in results],
+        }
+        print(json.dumps(document, indent=2, ensure_ascii=False))
+    elif results:
+        print(render(results))
+    if not results:
+        raise CommandError("no stored successful backup matches; nothing was verified")
+    for result in bad:
+        log.error(
+            "verify found a problem",
+            job=result.job,
+            database=result.database,
+            target=result.target,
+            location=result.location,
+            error="; ".join(result.problems),
+        )
+    return EXIT_FAILED if bad else EXIT_OK

@@ -1,0 +1,127 @@
+"""What a restore will do, decided before anything is done: the plan and the database's fate.
+
+`plan_restore` turns a backup, a target server and the options into a list of steps; `restore
+--dry-run` prints their text, and the real run executes the same list, step by step (so what
+the plan says is what happens). `database_action` decides what happens to the target database
+once the server has said whether it exists and is empty. Both are pure: plain data in, plain
+data out, no files, processes or SQL.
+"""
+
+from __future__ import annotations
+
+import enum
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from db_backup.postgres.server import Server
+from db_backup.restore.source import BackupSource
+from db_backup.restore.steps import RestoreOptions, is_encrypted, restore_argv
+
+DOWNLOAD_DIR = "<download dir>"  # where a remote dump lands, as a dry run names it
+
+
+class Action(enum.Enum):
+    """The kinds of step a restore is made of, in the order they may appear."""
+
+    DOWNLOAD = "download"
+    VERIFY = "verify"
+    CHECK_ARCHIVE = "check archive"
+    CHECK_IDENTITY = "check identity"
+    RESTORE_ROLES = "restore roles"
+    PREPARE_DATABASE = "prepare database"
+    RESTORE = "restore"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a restore: what it does, the line a dry run prints, the command it runs."""
+
+    action: Action
+    text: str
+    argv: tuple[str, ...] = ()  # RESTORE: the pg_restore or psql command line
+
+
+class DatabaseAction(enum.Enum):
+    """What happens to the target database before the data goes in."""
+
+    CREATE = "create"  # it does not exist: create it (and drop it again if the restore fails)
+    RECREATE = "recreate"  # --clean of a plain dump (no DROP statements): drop, create anew
+    REUSE = "reuse"  # restore into it as it is (empty, or --clean drops its objects)
+    REFUSE = "refuse"  # it exists and holds objects, and --clean was not given
+
+
+def plan_restore(
+    source: BackupSource,
+    server: Server,
+    options: RestoreOptions,
+    download_dir: Path | None = None,
+) -> list[Step]:
+    """Returns the steps a restore of `source` into `server` takes, in order.
+
+    A remote dump is downloaded into `download_dir` (a dry run passes None: `<download dir>`).
+    An encrypted dump is checked by opening it with the age identity instead of `pg_restore
+    --list`, and reaches pg_restore decrypted on its stdin; a plain dump's header is checked
+    as part of its verification.
+    """
+    database = options.target_database or source.database
+    where = Path(source.local_dir or download_dir or DOWNLOAD_DIR) / source.dump_name
+    encrypted = is_encrypted(source)
+    steps = []
+    if source.remote_keys:
+        text = f"download {source.description} (CRC-64 checked) and its .sha256"
+        steps.append(Step(Action.DOWNLOAD, text))
+    steps.append(Step(Action.VERIFY, _verify_text(source)))
+    if encrypted:
+        text = f"check that the age identity opens {source.dump_name}"
+        steps.append(Step(Action.CHECK_IDENTITY, text))
+    elif source.dump_format != "plain":
+        text = f"check the archive: pg_restore --list {where}"
+        steps.append(Step(Action.CHECK_ARCHIVE, text))
+    if options.globals:
+        globals_name = source.globals_name or "(no globals file: this step would fail)"
+        text = (
+            f"restore roles and tablespaces from {globals_name} on {server.describe()} "
+            "(existing roles are altered, not re-created)"
+        )
+        steps.append(Step(Action.RESTORE_ROLES, text))
+    if options.clean:
+        text = f"restore over database {database!r} (dropping its objects first)"
+    else:
+        text = f"create database {database!r} (refused if it exists and is not empty)"
+    steps.append(Step(Action.PREPARE_DATABASE, text))
+    argv = restore_argv(server, source, None if encrypted else where, database, options)
+    text = shlex.join(argv)
+    if encrypted:
+        text = f"decrypt {where} (age, plaintext sha256 checked) | {text}"
+    steps.append(Step(Action.RESTORE, text, tuple(argv)))
+    return steps
+
+
+def _verify_text(source: BackupSource) -> str:
+    """Returns the verify step's line: the dump against the report and the checksum file."""
+    directory = source.dump_format == "directory"
+    checks = [
+        x
+        for x in (
+            "the report" if source.expected_sha256 else "",
+            source.checksum_name if not directory else "",
+            f"{source.checksum_name} manifest" if directory else "",
+        )
+        if x
+    ]
+    return f"verify the sha256 of {source.dump_name} against {' and '.join(checks)}"
+
+
+def database_action(exists: bool, clean: bool, plain: bool, empty: bool | None) -> DatabaseAction:
+    """Returns what to do with the target database before restoring into it.
+
+    `empty` (whether it holds no objects) is only needed when it exists and `clean` is off;
+    None there counts as not empty.
+    """
+    if not exists:
+        return DatabaseAction.CREATE
+    if clean:
+        # A plain dump has no DROP statements: start from an empty database instead.
+        return DatabaseAction.RECREATE if plain else DatabaseAction.REUSE
+    return DatabaseAction.REUSE if empty else DatabaseAction.REFUSE
