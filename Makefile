@@ -14,10 +14,18 @@ help:
 	@echo "make bench       run the benchmarks (see benchmarks/RESULTS.md)"
 	@echo "make demo-clean  remove everything the demo made"
 
-$(BIN)/db-backup: pyproject.toml
+# The dev lock (packaging/lock-requirements.sh writes it from pyproject.toml) pins every package
+# with its sha256, setuptools and wheel included: pip runs in hash-checking mode and installs
+# nothing else. db-backup itself is then installed editable with its dev extra, built by the
+# locked setuptools (--no-build-isolation: no isolated build env fetching an unpinned setuptools)
+# and without resolving anything (--no-deps); `pip check` proves the lock satisfies pyproject.
+DEV_LOCK := packaging/requirements-dev.lock
+
+$(BIN)/db-backup: pyproject.toml $(DEV_LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes --no-deps -r $(DEV_LOCK)
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e '.[dev]'
+	$(BIN)/pip check
 	touch $@
 
 venv: $(BIN)/db-backup

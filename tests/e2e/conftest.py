@@ -8,7 +8,8 @@ Fixtures meant for reuse by other e2e modules:
 - ``exec``: ``container.exec`` (``exec(["systemctl", "status", "db-backup"], check=False)``).
 - ``boot_container``: a context-manager factory for a fresh container of your own
   (``with boot_container("mine", install=True) as ct: ...``), for tests that break things.
-- ``upgrade_deb_path``: the same tree built with a higher version (built in the background).
+- ``upgrade_deb_path``: the same tree built with a higher version and a changed shipped config
+  (built in the background).
 
 The tier needs root, debootstrap and systemd-nspawn (installed with apt when missing) and the
 Debian mirror; it skips with the reason otherwise. It runs when selected explicitly
@@ -240,7 +241,10 @@ def _deb_builds(
         def build_upgrade() -> Path:
             version = deb_version(main.result()) + "+e2e1"
             t0 = time.monotonic()
-            path = _build_deb(["--version", version], out)
+            # A different shipped config, as between real releases: the conffile case that
+            # makes dpkg ask unless told what to do (--force-confdef/--force-confold).
+            note = f"changed in {version} (e2e upgrade build)"
+            path = _build_deb(["--version", version, "--config-note", note], out)
             _timed("build upgrade .deb (background)", time.monotonic() - t0)
             return path
 
@@ -272,14 +276,23 @@ def upgrade_deb_path(_deb_builds: _Builds, deb_path: Path) -> Path:
 # -- containers ------------------------------------------------------------------------------
 
 
+# The non-interactive upgrade docs/packaging.md documents: a conffile the admin changed is kept
+# (the package's new one goes beside it as .dpkg-dist), one the admin left alone is updated.
+CONFFILE_OPTIONS = [
+    "-o",
+    "Dpkg::Options::=--force-confdef",
+    "-o",
+    "Dpkg::Options::=--force-confold",
+]
+
+
 def install_deb(ct: Container, deb: Path, confold: bool = True) -> subprocess.CompletedProcess[str]:
-    """Install (or upgrade to) ``deb`` inside ``ct`` with apt; return apt's output."""
+    """Install (or upgrade to) ``deb`` inside ``ct`` with apt, stdin closed; return apt's output."""
     target = f"/root/{deb.name}"
     ct.copy_in(deb, target)
     argv = ["apt-get", "install", "-y", "--no-install-recommends"]
     if confold:
-        # Keep locally modified conffiles without asking, as an admin answering "N" would.
-        argv += ["-o", "Dpkg::Options::=--force-confold"]
+        argv += CONFFILE_OPTIONS
     return ct.exec([*argv, target], env={"DEBIAN_FRONTEND": "noninteractive"}, timeout=300)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import BootContainer, Container, deb_version, install_deb
+from .conftest import BootContainer, Container, deb_version, install_deb, wait_for
 
 CONFIG = "/etc/db-backup/config.yaml"
 UNIT_DIR = "/etc/systemd/system"
@@ -91,6 +91,15 @@ def test_virtualenv_has_every_locked_dependency_and_working_extensions(
             "assert yaml.__with_libyaml__",
         ]
     )  # fmt: skip
+    # psycopg runs on Debian's libpq (libpq5), not on a copy bundled in a wheel.
+    container.exec(
+        [
+            venv_python, "-c",
+            "import re, psycopg; assert psycopg.pq.__impl__ == 'python', psycopg.pq.__impl__; "
+            "maps = open('/proc/self/maps').read(); "
+            "assert re.search(r' /usr/lib/[^/ ]*-linux-gnu/libpq[.]so[.]5', maps), 'no libpq5'",
+        ]
+    )  # fmt: skip
 
 
 def test_config_is_installed_readable_only_by_root_and_postgres(container: Container) -> None:
@@ -140,6 +149,21 @@ def test_migration_and_docs_are_installed(container: Container) -> None:
     assert {"README.md", "packaging.md", "copyright"} <= docs
 
 
+def test_log_files_are_deleted_30_days_after_their_last_write(container: Container) -> None:
+    old = "/var/log/db-backup/backup_2026-01-01.log"
+    recent = "/var/log/db-backup/backup_2026-01-02.log"
+    as_postgres = ["runuser", "-u", "postgres", "--"]
+    container.exec([*as_postgres, "touch", "-d", "31 days ago", old])
+    container.exec([*as_postgres, "touch", "-d", "29 days ago", recent])
+    try:
+        # What systemd-tmpfiles-clean.timer runs daily, with the package's tmpfiles.d file.
+        container.exec(["systemd-tmpfiles", "--clean"])
+        assert container.exec(["test", "-e", old], check=False).returncode != 0
+        container.exec(["test", "-f", recent])
+    finally:
+        container.exec(["rm", "-f", old, recent])
+
+
 def test_unit_documentation_links_resolve(container: Container) -> None:
     for unit in shipped_units(container):
         text = container.read_file(unit)
@@ -164,7 +188,7 @@ def ensure_installed(ct: Container, deb: Path) -> None:
         install_deb(ct, deb)
 
 
-def test_upgrade_keeps_edited_config_and_enablement(
+def test_upgrade_over_an_edited_config_is_non_interactive_and_keeps_the_edit(
     lifecycle: Container, deb_path: Path, upgrade_deb_path: Path
 ) -> None:
     ensure_installed(lifecycle, deb_path)
@@ -174,11 +198,15 @@ def test_upgrade_keeps_edited_config_and_enablement(
     lifecycle.exec(["sh", "-c", f"printf '%s' '{edit}' >>{CONFIG}"])
     before = lifecycle.read_file(CONFIG)
 
+    # The upgrade ships a different config.yaml: without the documented options dpkg would ask
+    # (and, with no terminal, fail). With them, stdin closed, apt finishes on its own.
     output = install_deb(lifecycle, upgrade_deb_path, confold=True)
     print(output.stdout)
 
     assert package_status(lifecycle) == f"install ok installed {deb_version(upgrade_deb_path)}"
     assert lifecycle.read_file(CONFIG) == before
+    shipped = lifecycle.read_file(f"{CONFIG}.dpkg-dist")  # the new default, for the admin to merge
+    assert f"changed in {deb_version(upgrade_deb_path)}" in shipped
     assert stat(lifecycle, CONFIG) == "640 root postgres"
     assert lifecycle.systemctl("is-enabled", "db-backup.service", check=False).stdout.strip() == (
         "enabled"
@@ -191,16 +219,68 @@ def test_upgrade_keeps_edited_config_and_enablement(
         )
 
 
+TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
+PROM = f"{TEXTFILE_DIR}/db_backup.prom"
+TIMER = "db-backup@nightly.timer"
+TIMER_LINK = f"{UNIT_DIR}/timers.target.wants/{TIMER}"
+
+
+def remove(ct: Container) -> str:
+    """Runs `apt-get remove db-backup` and returns what it printed."""
+    done = ct.exec(
+        ["apt-get", "remove", "-y", "db-backup"], env={"DEBIAN_FRONTEND": "noninteractive"}
+    )
+    return done.stdout + done.stderr
+
+
+def test_remove_disables_the_timer_instances_and_deletes_the_metrics_file(
+    lifecycle: Container, deb_path: Path
+) -> None:
+    ensure_installed(lifecycle, deb_path)
+    # node_exporter's textfile directory, writable by the daemon; the daemon writes the file at
+    # start. And a job on the timer variant, enabled as docs/systemd.md says.
+    lifecycle.exec(["install", "-d", "-o", "postgres", "-g", "postgres", TEXTFILE_DIR])
+    lifecycle.exec(
+        ["sh", "-c", f"printf 'metrics: {{textfile_dir: {TEXTFILE_DIR}}}\\n' >>{CONFIG}"]
+    )
+    lifecycle.systemctl("restart", "db-backup.service")
+    wait_for(lambda: lifecycle.exec(["test", "-s", PROM], check=False).returncode == 0, 60,
+             what="the metrics file")  # fmt: skip
+    lifecycle.systemctl("enable", "--now", TIMER)
+    assert lifecycle.is_active(TIMER) == "active"
+
+    output = remove(lifecycle)
+    print(output)
+
+    assert lifecycle.exec(["test", "-e", PROM], check=False).returncode != 0
+    assert f"removed the metrics file {PROM}" in output
+    assert lifecycle.exec(["test", "-e", TIMER_LINK], check=False).returncode != 0
+    assert lifecycle.is_active(TIMER) != "active"
+    assert f"disabled {TIMER}" in output
+    # Nothing of db-backup would start at boot (the timer's unit file, a conffile, is still there).
+    assert lifecycle.systemctl("is-enabled", TIMER, check=False).stdout.strip() == "disabled"
+
+
+def test_reinstall_after_remove_enables_the_service_and_the_timers_again(
+    lifecycle: Container, deb_path: Path
+) -> None:
+    if package_status(lifecycle).startswith("install ok installed"):
+        remove(lifecycle)
+    install_deb(lifecycle, deb_path)
+    assert lifecycle.systemctl("is-enabled", "db-backup.service", check=False).stdout.strip() == (
+        "enabled"
+    )
+    assert lifecycle.systemctl("is-enabled", TIMER, check=False).stdout.strip() == "enabled"
+    assert lifecycle.is_active(TIMER) == "active"
+
+
 def test_remove_keeps_config_and_backups_and_disables_the_service(
     lifecycle: Container, deb_path: Path
 ) -> None:
     ensure_installed(lifecycle, deb_path)
     lifecycle.exec(["runuser", "-u", "postgres", "--", "touch", BACKUP_MARKER, REPORT_MARKER])
 
-    output = lifecycle.exec(
-        ["apt-get", "remove", "-y", "db-backup"], env={"DEBIAN_FRONTEND": "noninteractive"}
-    )
-    print(output.stdout)
+    print(remove(lifecycle))
 
     assert package_status(lifecycle).startswith("deinstall ok config-files")
     assert lifecycle.exec(["test", "-e", "/usr/bin/db-backup"], check=False).returncode != 0
@@ -220,25 +300,10 @@ def test_remove_keeps_config_and_backups_and_disables_the_service(
     assert lifecycle.is_active("db-backup.service") != "active"
 
 
-def test_reinstall_after_remove_enables_the_service_again(
-    lifecycle: Container, deb_path: Path
-) -> None:
-    if package_status(lifecycle).startswith("install ok installed"):
-        lifecycle.exec(
-            ["apt-get", "remove", "-y", "db-backup"], env={"DEBIAN_FRONTEND": "noninteractive"}
-        )
-    install_deb(lifecycle, deb_path)
-    assert lifecycle.systemctl("is-enabled", "db-backup.service", check=False).stdout.strip() == (
-        "enabled"
-    )
-
-
 def test_reinstall_keeps_a_disabled_service_disabled(lifecycle: Container, deb_path: Path) -> None:
     ensure_installed(lifecycle, deb_path)
     lifecycle.systemctl("disable", "db-backup.service")
-    lifecycle.exec(
-        ["apt-get", "remove", "-y", "db-backup"], env={"DEBIAN_FRONTEND": "noninteractive"}
-    )
+    remove(lifecycle)
     install_deb(lifecycle, deb_path)
     assert lifecycle.systemctl("is-enabled", "db-backup.service", check=False).stdout.strip() == (
         "disabled"
@@ -259,8 +324,55 @@ def test_purge_removes_config_and_state_but_keeps_backups(
 
     assert package_status(lifecycle) == ""  # dpkg forgot the package entirely
     units = [f"{UNIT_DIR}/{u}" for u in REQUIRED_UNITS]
-    for gone in ("/etc/db-backup", "/var/lib/db-backup", "/var/log/db-backup", *units):
+    for gone in ("/etc/db-backup", "/var/lib/db-backup", "/var/log/db-backup", TIMER_LINK, *units):
         assert lifecycle.exec(["test", "-e", gone], check=False).returncode != 0, gone
     lifecycle.exec(["test", "-f", BACKUP_MARKER])
     lifecycle.exec(["test", "-f", REPORT_MARKER])
     assert "backups and reports were kept in /data/db-backups" in output.stdout + output.stderr
+
+
+AGE_KEY = "/etc/db-backup/credentials/age-identity.txt"
+DROP_IN = f"{UNIT_DIR}/db-backup.service.d/credentials.conf"
+
+
+def test_purge_keeps_the_admins_key_and_drop_in_and_says_where(
+    lifecycle: Container, deb_path: Path
+) -> None:
+    ensure_installed(lifecycle, deb_path)
+    # As docs/encryption.md has the admin do: the identity under /etc/db-backup/credentials,
+    # handed to the service with LoadCredential= in a drop-in.
+    key = "# created: 2026-11-24\nAGE-SECRET-KEY-1QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ\n"
+    lifecycle.write_file(AGE_KEY, key, 0o600)
+    lifecycle.write_file(DROP_IN, f"[Service]\nLoadCredential=age-identity:{AGE_KEY}\n")
+
+    output = lifecycle.exec(
+        ["apt-get", "purge", "-y", "db-backup"], env={"DEBIAN_FRONTEND": "noninteractive"}
+    )
+    said = output.stdout + output.stderr
+    print(said)
+
+    assert package_status(lifecycle) == ""
+    assert lifecycle.read_file(AGE_KEY) == key
+    assert stat(lifecycle, AGE_KEY) == "600 root root"
+    lifecycle.exec(["test", "-f", DROP_IN])
+    for gone in (CONFIG, "/var/lib/db-backup", "/var/log/db-backup"):
+        assert lifecycle.exec(["test", "-e", gone], check=False).returncode != 0, gone
+    assert "kept these files an admin put there" in said
+    assert f"db-backup:   {AGE_KEY}" in said and f"db-backup:   {DROP_IN}" in said
+
+
+def test_reinstall_after_purge_starts_afresh_and_finds_the_key(
+    lifecycle: Container, deb_path: Path
+) -> None:
+    install_deb(lifecycle, deb_path)
+    assert package_status(lifecycle) == f"install ok installed {deb_version(deb_path)}"
+    assert "edited by the e2e upgrade test" not in lifecycle.read_file(CONFIG)
+    assert stat(lifecycle, CONFIG) == "640 root postgres"
+    assert lifecycle.systemctl("is-enabled", "db-backup.service", check=False).stdout.strip() == (
+        "enabled"
+    )
+    lifecycle.wait_active("db-backup.service")
+    # The timer the admin had enabled before the purge is not revived by the new install.
+    assert lifecycle.systemctl("is-enabled", TIMER, check=False).stdout.strip() == "disabled"
+    # The kept key is where the drop-in says: the service starts with it as a credential.
+    assert lifecycle.unit_property("db-backup.service", "LoadCredential") != ""

@@ -301,6 +301,48 @@ def test_sigterm_during_a_real_dump_reports_failed_and_leaves_nothing(
     assert setup.data_files() == []
 
 
+def test_a_dump_cut_short_by_sigterm_runs_again_at_the_next_start_and_succeeds(
+    setup: Setup, notify: NotifySocket, slow_db: str
+) -> None:
+    # What a package upgrade does to the daemon: SIGTERM in the middle of a real dump, then a
+    # new daemon. The slot was missed 5 minutes ago and the next one is a day away.
+    setup.job()["databases"] = slow_db
+    setup.job()["globals"] = False
+    setup.write()
+    missed_state(setup, "nightly")
+    proc = start_daemon(setup, notify)
+    try:
+        wait_until(lambda: bool(setup.temporaries()), "the dump to start")
+    finally:
+        code, stderr = stop_daemon(proc)
+    assert code == 0, stderr
+    assert "run cut short by the stop; it runs again at the next start" in stderr
+    state = json.loads((setup.state / "state.json").read_text())["nightly"]
+    assert state["last_status"] == "FAILED" and state["pending"]["trigger"] == "rerun"
+
+    restarted = time.monotonic()
+    proc = start_daemon(setup, notify)
+    try:
+        reports = wait_for_reports(setup, 2, timeout=120)
+        notify.wait_for_status(
+            lambda s: "last nightly SUCCESS" in s and "running " not in s, "after the re-run"
+        )
+    finally:
+        code, stderr = stop_daemon(proc)
+    assert code == 0, stderr
+    cut, rerun = sorted(reports, key=lambda r: r["startedAt"])
+    assert cut["status"] == "FAILED" and "daemon stopping (SIGTERM)" in cut["errorMessage"]
+    assert rerun["status"] == "SUCCESS", rerun["errorMessage"]
+    assert (rerun["trigger"], rerun["attempt"]) == ("rerun", cut["attempt"])
+    started = datetime.fromisoformat(rerun["startedAt"].replace("Z", "+00:00"))
+    print(
+        f"re-run started {started.timestamp() - time.time() + time.monotonic() - restarted:.2f} s after the restart"
+    )
+    state = json.loads((setup.state / "state.json").read_text())["nightly"]
+    assert state["last_status"] == "SUCCESS" and "pending" not in state and "running" not in state
+    assert len(setup.reports_json()) == 2, "the re-run ran once"
+
+
 def test_two_jobs_with_max_parallel_one_never_overlap(
     setup: Setup, notify: NotifySocket, slow_db: str
 ) -> None:

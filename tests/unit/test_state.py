@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from db_backup.daemon.state import JobState, StateStore
+from db_backup.daemon.state import RERUN, RETRY, JobState, Pending, RunMark, StateStore
 from db_backup.util.clock import format_utc, parse_utc
 
 STARTED = datetime(2024, 10, 27, 0, 30, tzinfo=UTC)
@@ -187,3 +187,80 @@ def test_timestamp_helpers_round_trip() -> None:
     assert parse_utc(format_utc(FINISHED)) == FINISHED
     with pytest.raises(ValueError):
         format_utc(STARTED.replace(tzinfo=None))
+
+
+def test_a_started_run_and_an_owed_run_survive_a_restart_and_are_stored_only_while_set(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.json"
+    store = StateStore(path)
+    store.record("nightly", STARTED, "SUCCESS", FINISHED)
+    store.mark_running("nightly", STARTED + timedelta(days=1), 1, "schedule")
+    assert json.loads(path.read_text())["nightly"]["running"] == {
+        "started_utc": "2024-10-28T00:30:00Z",
+        "attempt": 1,
+        "trigger": "schedule",
+    }
+    retry = Pending(STARTED + timedelta(days=1, minutes=10), 2, RETRY)
+    store.record("nightly", STARTED + timedelta(days=1), "FAILED", FINISHED, retry)
+
+    reloaded = StateStore(path)
+    assert reloaded.load() == {
+        "nightly": JobState(STARTED + timedelta(days=1), "FAILED", FINISHED, pending=retry)
+    }
+    assert "running" not in json.loads(path.read_text())["nightly"]
+    reloaded.mark_running("nightly", retry.due_utc, 2, RETRY)  # the owed run is this run
+    assert reloaded.get("nightly") == JobState(
+        STARTED + timedelta(days=1), "FAILED", FINISHED, running=RunMark(retry.due_utc, 2, RETRY)
+    )
+    reloaded.clear_running("nightly")
+    assert set(json.loads(path.read_text())["nightly"]) == {
+        "last_run_utc",
+        "last_status",
+        "last_finished_utc",
+    }
+
+
+def test_a_first_run_that_never_finished_is_remembered(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    StateStore(path).mark_running("nightly", STARTED, 1, "schedule")
+    assert json.loads(path.read_text()) == {
+        "nightly": {
+            "running": {"started_utc": "2024-10-27T00:30:00Z", "attempt": 1, "trigger": "schedule"}
+        }
+    }
+    store = StateStore(path)
+    assert store.load() == {"nightly": JobState(running=RunMark(STARTED, 1, "schedule"))}
+    assert store.last_run_utc("nightly") is None
+    assert store.settle_interrupted(STARTED + timedelta(minutes=5)) == {
+        "nightly": JobState(
+            STARTED, "FAILED", pending=Pending(STARTED + timedelta(minutes=5), 1, RERUN)
+        )
+    }
+    assert StateStore(path).load() == store.all()
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"running": {"started_utc": "yesterday", "attempt": 1, "trigger": "schedule"}},
+        {"running": {"started_utc": "2024-10-27T00:30:00Z", "attempt": 0, "trigger": "schedule"}},
+        {"pending": {"due_utc": "2024-10-27T00:30:00Z", "attempt": 2, "trigger": "whenever"}},
+        {"pending": {"due_utc": "2024-10-27T00:30:00Z", "attempt": True, "trigger": "retry"}},
+        {"pending": [1, 2]},
+        {},
+    ],
+    ids=[
+        "running-time",
+        "running-attempt",
+        "pending-trigger",
+        "pending-attempt",
+        "pending-list",
+        "empty",
+    ],
+)
+def test_malformed_owed_runs_are_skipped_with_the_entry(tmp_path: Path, entry: dict) -> None:
+    path = tmp_path / "state.json"
+    good = {"last_run_utc": "2024-10-27T00:30:00Z", "last_status": "SUCCESS"}
+    path.write_text(json.dumps({"good": good, "bad": entry}))
+    assert StateStore(path).load() == {"good": JobState(STARTED, "SUCCESS")}

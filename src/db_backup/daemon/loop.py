@@ -3,8 +3,8 @@
 One loop in the main thread owns everything: it computes when each job is due, starts due jobs in
 worker threads (at most `daemon.max_parallel`, never a job twice), feeds the watchdog only while
 the loop and every running job make progress, keeps STATUS current, and handles SIGHUP (reload)
-and SIGTERM/SIGINT (stop: running dumps are terminated and reported FAILED). Signal handlers only
-set flags; the loop acts on them.
+and SIGTERM/SIGINT (stop: running dumps are terminated, reported FAILED and run again at the next
+start, see `daemon.owed`). Signal handlers only set flags; the loop acts on them.
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ from db_backup.backup.run import (
 from db_backup.config import Config, ConfigError, JobConfig, load
 from db_backup.config.schedule import due_at_start, next_run_after, sleep_seconds_until
 from db_backup.daemon.drills import DrillScheduler
+from db_backup.daemon.owed import OwedRuns
 from db_backup.daemon.sd_notify import SdNotifier, Watchdog
-from db_backup.daemon.state import StateStore
+from db_backup.daemon.state import Pending, RunMark, StateStore
 from db_backup.observe.staleness import StaleWatch
 from db_backup.reports.model import FAILED, SUCCESS
 from db_backup.storage.crypto import check_config as check_encryption
@@ -78,6 +79,7 @@ class Running:
     attempt: int
     started_utc: datetime
     token: CancelToken
+    trigger: str = "schedule"
     thread: threading.Thread | None = None
     database: str = ""
     bytes: int = 0
@@ -114,14 +116,6 @@ class Running:
         ]
 
 
-@dataclass
-class Retry:
-    """A failed job's next attempt."""
-
-    due: datetime
-    attempt: int
-
-
 class Daemon:
     """The scheduler loop; `run()` returns the process exit status."""
 
@@ -142,12 +136,14 @@ class Daemon:
         self.state = StateStore(config.directories.state / "state.json")
         self.due: dict[str, datetime] = {}
         self.drills = DrillScheduler()  # restore drills (drill.schedule), beside the jobs
-        self.retries: dict[str, Retry] = {}
+        self.owed = OwedRuns(self.state)  # retries and re-runs, kept in the state file
+        self.retries: dict[str, Pending] = self.owed.runs
         self.running: dict[str, Running] = {}
         self.last: dict[str, tuple[str, datetime]] = {}
         self.reload_error = ""
         self.stop_token = CancelToken()
         self._stop_signal = ""
+        self._stopping = False  # shutdown() has begun: a run ending FAILED now was cut short
         self._reload_requested = False
         self._wake = threading.Event()
         self._signal_fd: int | None = None  # write end of the signal pipe, once installed
@@ -201,12 +197,18 @@ class Daemon:
         """Checks directories, loads state and computes the first due times; raises on trouble."""
         for job in self.config.jobs:
             check_directories(self.config, job)
-        for name, job_state in self.state.load().items():
-            self.last[name] = (
-                job_state.last_status,
-                job_state.last_finished_utc or job_state.last_run_utc,
-            )
-        self._schedule_all(self.clock.now(), catch_up=True)
+        self.state.load()
+        now = self.clock.now()
+        self.owed.settle_interrupted(now)  # before the schedule: it counts from those runs
+        for name, job_state in self.state.all().items():
+            if job_state.last_status is not None and job_state.last_run_utc is not None:
+                self.last[name] = (
+                    job_state.last_status,
+                    job_state.last_finished_utc or job_state.last_run_utc,
+                )
+        self._schedule_all(now, catch_up=True)
+        window = timedelta(hours=self.config.daemon.catch_up_window_hours)
+        self.owed.take_up(self.config.jobs, self.due, now, window)
         self._start_metrics()
 
     def _start_metrics(self) -> None:
@@ -252,9 +254,8 @@ class Daemon:
             if job.name in drilling:
                 continue
             retry = self.retries.get(job.name)
-            if retry is not None and now >= retry.due:
-                del self.retries[job.name]
-                self._start(job, retry.attempt, now, trigger="retry")
+            if retry is not None and now >= retry.due_utc:
+                self._start(job, retry.attempt, now, trigger=retry.trigger)
             elif now >= self.due[job.name]:
                 self.retries.pop(job.name, None)
                 self.due[job.name] = next_run_after(job.schedule, job.zone(), now, now)
@@ -286,7 +287,7 @@ class Daemon:
         watchdog_cap = self.watchdog.max_sleep()
         if watchdog_cap is not None:
             cap = min(cap, watchdog_cap)
-        upcoming = [*self.due.values(), *(r.due for r in self.retries.values())]
+        upcoming = [*self.due.values(), *(r.due_utc for r in self.retries.values())]
         if self.drills.next_due() is not None:
             upcoming.append(self.drills.next_due())  # type: ignore[arg-type]
         if not upcoming:
@@ -297,7 +298,8 @@ class Daemon:
 
     def _start(self, job: JobConfig, attempt: int, now: datetime, trigger: str) -> None:
         token = CancelToken.for_job(job.timeout_seconds, parent=self.stop_token)
-        running = Running(job, attempt, now, token, monotonic=self.clock.monotonic)
+        running = Running(job, attempt, now, token, trigger, monotonic=self.clock.monotonic)
+        self.owed.started(job.name, now, attempt, trigger)  # in the state file before it runs
         thread = threading.Thread(
             target=self._work, args=(running, trigger), name=f"job-{job.name}", daemon=True
         )
@@ -337,31 +339,14 @@ class Daemon:
                 continue
             del self.running[name]
             self.stale.request()  # a new report may end (or start) a stale condition
-            if not running.outcome:
-                continue
-            self.last[name] = (running.outcome, now)
-            try:
-                self.state.record(name, running.started_utc, running.outcome, now)  # type: ignore[arg-type]
-            except OSError as exc:
-                log.error("state file not written", job=name, error=str(exc))
-            if running.outcome == FAILED and not self._stop_signal:
-                self._plan_retry(running, now)
-
-    def _plan_retry(self, running: Running, now: datetime) -> None:
-        job = running.job
-        if running.attempt > job.retry.attempts:
-            return
-        retry_at = now + timedelta(seconds=job.retry.delay_seconds)
-        current = next((j for j in self.config.jobs if j.name == job.name), None)
-        if current is None:
-            return
-        if retry_at >= self.due[job.name]:
-            log.info("retry dropped: the next scheduled run comes first", job=job.name)
-            return
-        self.retries[job.name] = Retry(retry_at, running.attempt + 1)
-        log.info(
-            "retry planned", job=job.name, attempt=running.attempt + 1, at=retry_at.isoformat()
-        )
+            mark = RunMark(running.started_utc, running.attempt, running.trigger)
+            # Records the end (and the retry or, when stopping, the re-run it leaves owed).
+            self.owed.finished(
+                running.job, mark, running.outcome, now,
+                stopping=self._stopping, next_slot=self.due.get(name),
+            )  # fmt: skip
+            if running.outcome:
+                self.last[name] = (running.outcome, now)
 
     def _schedule_all(self, now: datetime, catch_up: bool) -> None:
         window = timedelta(hours=self.config.daemon.catch_up_window_hours)
@@ -373,7 +358,7 @@ class Daemon:
             if due[job.name] <= now:
                 log.info("catching up a missed run", job=job.name, missed=due[job.name].isoformat())
         self.due = due
-        self.retries = {k: v for k, v in self.retries.items() if k in due}
+        self.owed.forget_others(due)
         self.drills.schedule(self.config, now)
 
     # --- reload and stop ---------------------------------------------------------------------
@@ -411,6 +396,7 @@ class Daemon:
     def shutdown(self) -> int:
         """Stops running jobs (their reports say so), waits for them, and returns 0."""
         reason = f"db-backup daemon stopping ({self._stop_signal})"
+        self._stopping = True
         log.info("daemon stopping", running=list(self.running), signal=self._stop_signal)
         self.notifier.stopping(f"stopping; {len(self.running)} job(s) being stopped")
         self.stop_token.cancel(reason)

@@ -41,6 +41,9 @@ FILE_MODE = 0o644  # node_exporter runs as its own user; the service's umask is 
 # `job` is Prometheus's own target label (a scraped `job` would become `exported_job`): the
 # db-backup job is `backup_job`.
 LABELS = ["backup_job", "database"]
+# The `name` of every consumer in events.CONSUMERS: db_backup_consumer_failures_total is exported
+# at 0 for each from the first write, so the first failure is an increase a rule can see.
+CONSUMER_NAMES = ("metrics", "notify", "sink")
 
 
 class MetricsError(Exception):
@@ -122,7 +125,9 @@ def families(config: Config, now: datetime | None = None) -> list[Metric]:
         "Failures of report consumers (notifiers, database sink, metrics) so far.",
         labels=["consumer"],
     )
-    for consumer, count in sorted(events.failure_counts(config.directories.state).items()):
+    counts = dict.fromkeys(CONSUMER_NAMES, 0)  # a series from the start: increase() needs it
+    counts.update(events.failure_counts(config.directories.state))
+    for consumer, count in sorted(counts.items()):
         failures.add_metric([consumer], float(count))
     problems = _gauge("db_backup_report_problems", "Report files skipped as malformed.", [])
     problems.add_metric([], float(reports.problems))

@@ -17,6 +17,7 @@ import fcntl
 import hashlib
 import os
 import re
+import shutil
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -120,11 +121,20 @@ def check_recipients(recipients: list[str]) -> None:
     try:
         run(encrypt_argv(recipients), env=child_env(), input_bytes=b"", timeout=30)
     except CommandError as exc:
-        if exc.returncode is None:
-            raise EncryptionError(
-                "the age program is not installed (apt install age); it encrypts the backups"
-            ) from None
-        raise EncryptionError(f"age refuses the recipients: {exc.stderr_tail}") from None
+        _raise_if_age_missing(exc, "it encrypts the backups")
+        raise EncryptionError(f"age refuses the recipients: {exc.stderr_tail or exc}") from None
+
+
+def _raise_if_age_missing(exc: CommandError, why: str) -> None:
+    """Raises EncryptionError saying how to install age when `exc` is age not being there.
+
+    The package only recommends age (encryption is optional), so a host may lack it.
+    """
+    if exc.returncode is None and shutil.which(exc.program) is None:
+        raise EncryptionError(
+            f"encryption is configured but the {exc.program} program is not installed "
+            f"(apt install age); {why}"
+        ) from None
 
 
 def start_encryption(recipients: list[str]) -> FilterChild:
@@ -202,6 +212,7 @@ def identity_recipients(identity: Path) -> list[str]:
     try:
         out = run([AGE_KEYGEN, "-y", str(identity)], env=child_env(), timeout=30)
     except CommandError as exc:
+        _raise_if_age_missing(exc, "it decrypts encrypted backups")
         raise EncryptionError(f"age-keygen cannot read the identity: {exc.stderr_tail}") from None
     return [line.strip() for line in out.splitlines() if line.strip()]
 
