@@ -100,13 +100,14 @@ def test_metrics_file_after_a_successful_and_a_failed_run(
     assert value(samples, "db_backup_report_problems") == 0
     # Every consumer's failure counter exists from the first write, at 0 (increase() needs it).
     assert names_of(samples, "db_backup_consumer_failures_total") == [
+        {"consumer": "hooks"},
         {"consumer": "metrics"},
         {"consumer": "notify"},
         {"consumer": "sink"},
     ]
     assert all(
         value(samples, "db_backup_consumer_failures_total", consumer=name) == 0
-        for name in ("metrics", "notify", "sink")
+        for name in ("hooks", "metrics", "notify", "sink")
     )
     # A second run that succeeds for shop moves its timestamp; the failure stays the newest
     # report of no_such_db.

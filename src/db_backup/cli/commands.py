@@ -39,6 +39,12 @@ COMMANDS: tuple[Command, ...] = (
         logs=Logs.NONE,  # no structlog to import and set up: status stays quick
     ),
     Command(
+        "report",
+        help="write the backups' history as a self-contained HTML page (--html FILE)",
+        handler=status.report,
+        arguments=status.report_arguments,
+    ),
+    Command(
         "next",
         help="print the next run times of each job",
         handler=jobs.next_runs,

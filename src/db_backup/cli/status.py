@@ -7,7 +7,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from db_backup.cli.command import Context
-from db_backup.cli.output import EXIT_OK, CommandError, warn
+from db_backup.cli.output import EXIT_OK, EXIT_USAGE, CommandError, warn
 from db_backup.cli.parser import positive, since
 
 if TYPE_CHECKING:
@@ -119,3 +119,28 @@ def sink_settings_for(command: str, config: Config) -> SinkSettings:
     if settings is None:
         raise CommandError(f"{command} needs a `sink:` section with `dsn:` in the config")
     return settings
+
+
+def report_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the options of `report`."""
+    parser.add_argument(
+        "--html", metavar="FILE", required=True, help="write a self-contained HTML page here"
+    )
+    parser.add_argument("--job", help="only this job's backups")
+
+
+def report(context: Context) -> int:
+    """Writes the HTML page of the backups' history (sizes, durations, results, drills)."""
+    from pathlib import Path
+
+    from db_backup.observe.html_report import HtmlReportError, write_html_report
+
+    args, config = context.args, context.config
+    if args.job is not None and args.job not in {job.name for job in config.jobs}:
+        raise CommandError(f"report: no job named {args.job!r} in {config.source}", EXIT_USAGE)
+    try:
+        drawn = write_html_report(config, Path(args.html), args.job)
+    except HtmlReportError as exc:
+        raise CommandError(str(exc)) from None
+    print(f"{args.html}: {drawn} backup reports drawn")
+    return EXIT_OK

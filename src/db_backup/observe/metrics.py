@@ -43,7 +43,7 @@ FILE_MODE = 0o644  # node_exporter runs as its own user; the service's umask is 
 LABELS = ["backup_job", "database"]
 # The `name` of every consumer in events.CONSUMERS: db_backup_consumer_failures_total is exported
 # at 0 for each from the first write, so the first failure is an increase a rule can see.
-CONSUMER_NAMES = ("metrics", "notify", "sink")
+CONSUMER_NAMES = ("hooks", "metrics", "notify", "sink")
 
 
 class MetricsError(Exception):
