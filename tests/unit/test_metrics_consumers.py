@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from db_backup.observe import events
 from db_backup.observe.alerts import Notifier
-from db_backup.observe.jobtable.sender import SinkConsumer
 from db_backup.observe.hooks import HookConsumer
+from db_backup.observe.jobtable.sender import SinkConsumer
 from db_backup.observe.metrics import CONSUMER_NAMES, MetricsConsumer
 
 
