@@ -101,24 +101,21 @@ def check_free_space(config: Config, job: JobConfig, wanted: CapacitySettings) -
                 total=usage.total,
                 free_percent=round(percent, 1),
             )
-        publish_condition(
+        _publish(
             config,
+            job,
+            events.LOW_DISK,
             f"low_disk:{job.name}:{directory}",
             low,
-            events.Event(
-                kind=events.LOW_DISK,
-                job=job.name,
-                ok=not low,
-                message=message,
-                details={
-                    "directory": str(directory),
-                    "freeBytes": usage.free,
-                    "totalBytes": usage.total,
-                    "freePercent": round(percent, 2),
-                    "thresholdPercent": wanted.warn_free_percent,
-                    "thresholdBytes": wanted.warn_free_size,
-                },
-            ),
+            message,
+            {
+                "directory": str(directory),
+                "freeBytes": usage.free,
+                "totalBytes": usage.total,
+                "freePercent": round(percent, 2),
+                "thresholdPercent": wanted.warn_free_percent,
+                "thresholdBytes": wanted.warn_free_size,
+            },
         )
 
 
@@ -167,23 +164,34 @@ def check_oss_usage(config: Config, job: JobConfig, wanted: CapacitySettings) ->
     (log.warning if raised else log.info)(
         "OSS usage", job=job.name, bucket=bucket, used=used, limit=limit, level=level
     )
-    publish_condition(
+    _publish(
         config,
+        job,
+        events.OSS_USAGE,
         f"oss_usage:{job.name}:{bucket}",
         raised,
-        events.Event(
-            kind=events.OSS_USAGE,
-            job=job.name,
-            ok=not raised,
-            message=message,
-            details={
-                "bucket": bucket,
-                "usedBytes": used,
-                "limitBytes": limit,
-                "percent": round(percent, 2),
-                "level": level,
-                "warnPercent": warn_at,
-                "objectCount": stat.object_count,
-            },
-        ),
+        message,
+        {
+            "bucket": bucket,
+            "usedBytes": used,
+            "limitBytes": limit,
+            "percent": round(percent, 2),
+            "level": level,
+            "warnPercent": warn_at,
+            "objectCount": stat.object_count,
+        },
     )
+
+
+def _publish(
+    config: Config,
+    job: JobConfig,
+    kind: str,
+    key: str,
+    raised: bool,
+    message: str,
+    details: dict[str, object],
+) -> None:
+    """Publishes the job's condition `key` of `kind` while raised, and once when it clears."""
+    event = events.Event(kind=kind, job=job.name, ok=not raised, message=message, details=details)
+    publish_condition(config, key, raised, event)

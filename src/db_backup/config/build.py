@@ -12,32 +12,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from db_backup.config.features import (
-    CapacitySettings,
-    ChannelSettings,
-    DrillCheck,
-    DrillSettings,
-    MetricsSettings,
-    NotifySettings,
-    SinkSettings,
-)
+from db_backup.config import features, sections
 from db_backup.config.model import Config, JobConfig
 from db_backup.config.rules import effective_encryption, mapping
 from db_backup.config.schema_file import node, with_defaults
-from db_backup.config.sections import (
-    AgeEncryption,
-    Connection,
-    DaemonConfig,
-    Directories,
-    DumpOptions,
-    HookCommand,
-    Hooks,
-    OssConfig,
-    RcloneConfig,
-    Retention,
-    RetryPolicy,
-    StorageConfig,
-)
 from db_backup.config.units import parse_duration, parse_size
 from db_backup.util.secrets import SecretRef
 
@@ -45,7 +23,7 @@ from db_backup.util.secrets import SecretRef
 def build(data: dict[str, Any], source: str) -> Config:
     """Returns the Config of a valid document `data` read from `source`."""
     dirs = with_defaults(node("directories"), data.get("directories"))
-    directories = Directories(
+    directories = sections.Directories(
         data=Path(dirs["data"]),
         reports=Path(dirs["reports"]),
         state=Path(dirs["state"]),
@@ -53,14 +31,14 @@ def build(data: dict[str, Any], source: str) -> Config:
     )
     storage = with_defaults(node("storage"), data.get("storage"))
     daemon = with_defaults(node("daemon"), data.get("daemon"))
-    capacity = CapacitySettings(
+    capacity = features.CapacitySettings(
         **_capacity_values(with_defaults(node("capacity"), data.get("capacity")))
     )
     return Config(
         source=source,
         directories=directories,
         storage=_storage(storage),
-        daemon=DaemonConfig(
+        daemon=sections.DaemonConfig(
             max_parallel=daemon["max_parallel"],
             max_dumps=daemon["max_dumps"],
             catch_up_window_hours=float(daemon["catch_up_window_hours"]),
@@ -76,27 +54,30 @@ def build(data: dict[str, Any], source: str) -> Config:
     )
 
 
-def _storage(storage: dict[str, Any]) -> StorageConfig:
+def _storage(storage: dict[str, Any]) -> sections.StorageConfig:
     """Returns the `storage` section (`storage` has its defaults filled in)."""
     oss_config = None
     if storage.get("oss"):
         oss = with_defaults(node("storage", "oss"), storage["oss"])
         # Every field is the schema key of the same name; only secret references are converted.
-        oss_config = OssConfig(
-            **{f.name: _secret_or_value(oss[f.name]) for f in dataclasses.fields(OssConfig)}
+        oss_config = sections.OssConfig(
+            **{
+                f.name: _secret_or_value(oss[f.name])
+                for f in dataclasses.fields(sections.OssConfig)
+            }
         )
     rclone_config = None
     if storage.get("rclone"):
         rc = with_defaults(node("storage", "rclone"), storage["rclone"])
-        rclone_config = RcloneConfig(rc["remote"], rc["prefix"], rc["config_file"])
-    return StorageConfig(storage["mode"], storage["tool"], oss_config, rclone_config)
+        rclone_config = sections.RcloneConfig(rc["remote"], rc["prefix"], rc["config_file"])
+    return sections.StorageConfig(storage["mode"], storage["tool"], oss_config, rclone_config)
 
 
 def _job(
     given: dict[str, Any],
     storage: dict[str, Any],
-    directories: Directories,
-    capacity: CapacitySettings,
+    directories: sections.Directories,
+    capacity: features.CapacitySettings,
 ) -> JobConfig:
     """Returns one job; `capacity` is the top level's, which the job's own keys override."""
     job = with_defaults(node("jobs")["items"], given)
@@ -112,20 +93,22 @@ def _job(
         timezone=job["timezone"],
         databases="all" if databases == "all" else tuple(_as_list(databases)),
         exclude_databases=tuple(job["exclude_databases"]),
-        connection=Connection(
+        connection=sections.Connection(
             host=conn["host"],
             port=conn["port"],
             user=conn["user"],
             password=_secret(conn["password"]),
             connect_timeout_seconds=conn["connect_timeout_seconds"],
         ),
-        dump=DumpOptions(dump["format"], dump["compression"], dump["jobs"]),
+        dump=sections.DumpOptions(dump["format"], dump["compression"], dump["jobs"]),
         globals=job["globals"],
         mode=job["mode"] or storage["mode"],
-        retention=Retention(**{f.name: retention[f.name] for f in dataclasses.fields(Retention)}),
+        retention=sections.Retention(
+            **{f.name: retention[f.name] for f in dataclasses.fields(sections.Retention)}
+        ),
         hooks=_hooks(job.get("hooks")),
         timeout_seconds=job["timeout_seconds"],
-        retry=RetryPolicy(retry["attempts"], retry["delay_seconds"]),
+        retry=sections.RetryPolicy(retry["attempts"], retry["delay_seconds"]),
         catch_up=job["catch_up"],
         parallel_databases=job["parallel_databases"],
         drill=_drill(job["drill"], conn["connect_timeout_seconds"], directories.state),
@@ -174,20 +157,20 @@ def _capacity_values(values: dict[str, Any]) -> dict[str, Any]:
     return {key: _CAPACITY[key](value) for key, value in values.items()}
 
 
-def _drill(section: dict[str, Any], connect_timeout: int, state: Path) -> DrillSettings:
+def _drill(section: dict[str, Any], connect_timeout: int, state: Path) -> features.DrillSettings:
     """Returns a job's drill settings; the scratch server connects as the job's server does."""
     values = with_defaults(node("jobs", "drill"), section)
     server = None
     if values["server"]:
         given = with_defaults(node("jobs", "drill", "server")["oneOf"][1], values["server"])
-        server = Connection(
+        server = sections.Connection(
             host=given["host"],
             port=int(given["port"]),
             user=given["user"],
             password=_secret(given["password"]),
             connect_timeout_seconds=connect_timeout,
         )
-    return DrillSettings(
+    return features.DrillSettings(
         enabled=bool(values["enabled"]),
         schedule=str(values["schedule"]),
         target=str(values["target"]),
@@ -201,17 +184,18 @@ def _drill(section: dict[str, Any], connect_timeout: int, state: Path) -> DrillS
         timeout_seconds=int(values["timeout_seconds"]),
         space_factor=float(values["space_factor"]),
         checks=tuple(
-            DrillCheck(c["name"], c["sql"], c.get("database")) for c in values["checks"] or []
+            features.DrillCheck(c["name"], c["sql"], c.get("database"))
+            for c in values["checks"] or []
         ),
     )
 
 
-def _sink(section: dict[str, Any] | None) -> SinkSettings | None:
+def _sink(section: dict[str, Any] | None) -> features.SinkSettings | None:
     """Returns the sink's settings, None without a `sink` section."""
     if not section:
         return None
     values = with_defaults(node("sink"), section)
-    return SinkSettings(
+    return features.SinkSettings(
         dsn=_required_secret(values["dsn"]),
         connect_timeout_seconds=int(values["connect_timeout_seconds"]),
         migrate=bool(values["migrate"]),
@@ -219,12 +203,12 @@ def _sink(section: dict[str, Any] | None) -> SinkSettings | None:
     )
 
 
-def _metrics(section: object) -> MetricsSettings | None:
+def _metrics(section: object) -> features.MetricsSettings | None:
     """Returns the metrics settings, None without a `metrics` section."""
     if not isinstance(section, dict):
         return None
     values = with_defaults(node("metrics"), section)
-    return MetricsSettings(
+    return features.MetricsSettings(
         textfile_dir=Path(values["textfile_dir"]) if values["textfile_dir"] else None,
         file_name=str(values["file_name"]),
         listen=values["listen"] or None,
@@ -232,12 +216,12 @@ def _metrics(section: object) -> MetricsSettings | None:
     )
 
 
-def _notifications(section: object) -> NotifySettings:
+def _notifications(section: object) -> features.NotifySettings:
     """Returns the `notifications` section (no channel when absent)."""
     values = with_defaults(node("notifications"), section)
     event_props = node("notifications", "events")["properties"]
     given_events = values["events"] or {}
-    return NotifySettings(
+    return features.NotifySettings(
         language=values["language"],
         hostname=values["hostname"],
         remind_every_hours=float(values["remind_every_hours"]),
@@ -252,10 +236,10 @@ def _notifications(section: object) -> NotifySettings:
     )
 
 
-def _channel(section: dict[str, Any]) -> ChannelSettings:
+def _channel(section: dict[str, Any]) -> features.ChannelSettings:
     """Returns one alert channel; its URL, secret and password stay references."""
     channel = with_defaults(node("notifications", "channels")["items"], section)
-    return ChannelSettings(
+    return features.ChannelSettings(
         name=channel["name"],
         type=channel["type"],
         url=_secret(channel["url"]),
@@ -275,13 +259,13 @@ def _channel(section: dict[str, Any]) -> ChannelSettings:
     )
 
 
-def _encryption(section: dict[str, Any] | None) -> AgeEncryption | None:
+def _encryption(section: dict[str, Any] | None) -> sections.AgeEncryption | None:
     """Returns the age settings of an `encryption` mapping, None without one."""
     if not section:
         return None
     age = section["age"]
     recipients_file = age.get("recipients_file")
-    return AgeEncryption(
+    return sections.AgeEncryption(
         recipients=tuple(age.get("recipients") or ()),
         recipients_file=Path(recipients_file) if recipients_file else None,
         identity=_secret(age.get("identity")),
@@ -313,18 +297,20 @@ def _as_list(value: str | list[str]) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-def _hooks(section: dict[str, Any] | None) -> Hooks:
+def _hooks(section: dict[str, Any] | None) -> sections.Hooks:
     """Returns a `hooks` section (top level or a job's), timeouts defaulted."""
     given = with_defaults(node("hooks"), section)
     default_timeout = float(
         node("hooks", "before_backup")["items"]["properties"]["timeout_seconds"]["default"]
     )
-    return Hooks(
+    return sections.Hooks(
         **{
             event: tuple(
-                HookCommand(tuple(h["command"]), float(h.get("timeout_seconds", default_timeout)))
+                sections.HookCommand(
+                    tuple(h["command"]), float(h.get("timeout_seconds", default_timeout))
+                )
                 for h in given.get(event) or []
             )
-            for event in (f.name for f in dataclasses.fields(Hooks))
+            for event in (f.name for f in dataclasses.fields(sections.Hooks))
         }
     )

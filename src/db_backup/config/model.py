@@ -14,24 +14,7 @@ from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from db_backup.config.features import (
-    CapacitySettings,
-    DrillSettings,
-    MetricsSettings,
-    NotifySettings,
-    SinkSettings,
-)
-from db_backup.config.sections import (
-    AgeEncryption,
-    Connection,
-    DaemonConfig,
-    Directories,
-    DumpOptions,
-    Hooks,
-    Retention,
-    RetryPolicy,
-    StorageConfig,
-)
+from db_backup.config import features, sections
 from db_backup.util.secrets import SecretRef
 
 
@@ -44,24 +27,24 @@ class JobConfig:
     timezone: str | None
     databases: str | tuple[str, ...]  # "all" or explicit names
     exclude_databases: tuple[str, ...]
-    connection: Connection
-    dump: DumpOptions
+    connection: sections.Connection
+    dump: sections.DumpOptions
     globals: bool
     mode: str  # effective storage mode (job override or storage.mode)
-    retention: Retention
+    retention: sections.Retention
     timeout_seconds: int | None
-    retry: RetryPolicy
+    retry: sections.RetryPolicy
     catch_up: bool
     parallel_databases: int
-    drill: DrillSettings
-    capacity: CapacitySettings  # effective: the top level's, then the job's own keys
+    drill: features.DrillSettings
+    capacity: features.CapacitySettings  # effective: the top level's, then the job's own keys
     # The staleness limit as given: None = derived from the schedule when checked, False = off.
     max_age: timedelta | Literal[False] | None
     row_counts: str = "exact"  # exact | estimate | off
-    encryption: AgeEncryption | None = None  # effective: the job's own, else storage's
+    encryption: sections.AgeEncryption | None = None  # effective: the job's own, else storage's
     own_encryption: bool = False  # whether `encryption` is the job's own section
-    hooks: Hooks = field(
-        default_factory=Hooks
+    hooks: sections.Hooks = field(
+        default_factory=sections.Hooks
     )  # the job's own (the top level's run first: `Config.hooks`)
 
     @property
@@ -79,16 +62,18 @@ class Config:
     """The whole config: directories, storage, the daemon, the jobs and the optional sections."""
 
     source: str
-    directories: Directories
-    storage: StorageConfig
-    daemon: DaemonConfig
+    directories: sections.Directories
+    storage: sections.StorageConfig
+    daemon: sections.DaemonConfig
     jobs: tuple[JobConfig, ...]
-    capacity: CapacitySettings  # the top level's (a job's own is `JobConfig.capacity`)
-    sink: SinkSettings | None  # None: no `sink` section
-    metrics: MetricsSettings | None  # None: no `metrics` section
-    notifications: NotifySettings  # no channel: no alerts
+    capacity: features.CapacitySettings  # the top level's (a job's own is `JobConfig.capacity`)
+    sink: features.SinkSettings | None  # None: no `sink` section
+    metrics: features.MetricsSettings | None  # None: no `metrics` section
+    notifications: features.NotifySettings  # no channel: no alerts
     run_as: str | None = "postgres"  # the user a root-started db-backup becomes; None: stay root
-    hooks: Hooks = field(default_factory=Hooks)  # every job's (a job's own run after these)
+    hooks: sections.Hooks = field(
+        default_factory=sections.Hooks
+    )  # every job's (a job's own run after these)
 
     def job(self, name: str) -> JobConfig:
         """Returns the job called `name`; raises KeyError naming the known jobs."""

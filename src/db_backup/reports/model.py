@@ -264,21 +264,25 @@ def write_json_atomically(path: Path, document: dict[str, Any], mode: int = 0o64
     write_atomically(path, data, mode)
 
 
+def _typed_field_problems(
+    mapping: dict[str, Any], fields: dict[str, type | tuple[type, ...]], prefix: str
+) -> list[str]:
+    """Returns each of `fields` missing from `mapping` or of another type (a bool is no number)."""
+    problems = []
+    for name, kind in fields.items():
+        if name not in mapping:
+            problems.append(f"missing {prefix}{name}")
+        elif not isinstance(mapping[name], kind) or isinstance(mapping[name], bool):
+            problems.append(f"{prefix}{name} is {type(mapping[name]).__name__}")
+    return problems
+
+
 def seed_field_problems(document: dict[str, Any]) -> list[str]:
     """Returns what in `document` breaks the seed's field names and types (empty: none)."""
-    problems = []
-    for name, kind in SEED_FIELDS.items():
-        if name not in document:
-            problems.append(f"missing {name}")
-        elif not isinstance(document[name], kind) or isinstance(document[name], bool):
-            problems.append(f"{name} is {type(document[name]).__name__}")
+    problems = _typed_field_problems(document, SEED_FIELDS, "")
     local = document.get("local")
     if isinstance(local, dict):
-        for name, kind in SEED_LOCAL_FIELDS.items():
-            if name not in local:
-                problems.append(f"missing local.{name}")
-            elif not isinstance(local[name], kind) or isinstance(local[name], bool):
-                problems.append(f"local.{name} is {type(local[name]).__name__}")
+        problems += _typed_field_problems(local, SEED_LOCAL_FIELDS, "local.")
     remote = document.get("remote")
     if isinstance(remote, dict):
         urls = remote.get("urls")

@@ -277,13 +277,7 @@ def _verify_oss(
         result.problems.append(f"sha256 tag is {info.sha256_tag}, the report says {expected_sha}")
     else:
         result.passed.append("sha256 tag")
-    try:
-        head(target, target.key(f"{name}.sha256"), with_tag=False)
-        result.passed.append(f"{name}.sha256 present")
-    except ObjectMissing:
-        result.problems.append(f"{name}.sha256 object missing")
-    except StorageError as exc:
-        result.problems.append(str(exc))
+    _check_checksum_object(result, target, name)
     if deep:
         try:
             got = hash_object(target, key, cancel)
@@ -301,6 +295,19 @@ def _verify_oss(
                 f"CRC-64 of the downloaded bytes is {got.crc64}, OSS says {got.server_crc64}"
             )
     return result
+
+
+def _check_checksum_object(result: Result, target: Any, name: str) -> None:
+    """Records in `result` whether the `name.sha256` object stands next to the dump."""
+    from db_backup.restore.oss_read import ObjectMissing, head
+
+    try:
+        head(target, target.key(f"{name}.sha256"), with_tag=False)
+        result.passed.append(f"{name}.sha256 present")
+    except ObjectMissing:
+        result.problems.append(f"{name}.sha256 object missing")
+    except StorageError as exc:
+        result.problems.append(str(exc))
 
 
 def render(results: list[Result]) -> str:
@@ -369,11 +376,5 @@ def _verify_oss_directory(
         result.passed.append(f"{len(members)} objects present, sizes")
         if deep:
             result.passed.append("CRC-64 (downloaded)")
-    try:
-        head(target, target.key(f"{name}.sha256"), with_tag=False)
-        result.passed.append(f"{name}.sha256 present")
-    except ObjectMissing:
-        result.problems.append(f"{name}.sha256 object missing")
-    except StorageError as exc:
-        result.problems.append(str(exc))
+    _check_checksum_object(result, target, name)
     return result

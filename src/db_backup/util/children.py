@@ -27,7 +27,7 @@ SPAWN_EVENTS = frozenset({"subprocess.Popen", "os.posix_spawn", "os.spawn", "os.
 _local = threading.local()
 _lock = threading.Lock()
 _installed = False
-_guarded = 0
+# How many `guarded()` and `refused()` blocks are running: the hook treats both alike.
 _refusing = 0
 
 
@@ -36,7 +36,7 @@ def _hook(event: str, args: tuple[object, ...]) -> None:
         return
     if getattr(_local, "ours", False):
         return
-    if _refusing or _guarded:
+    if _refusing:
         program = args[0] if args else "?"
         raise PermissionError(
             f"db-backup starts child processes only through db_backup.util.execute, with an "
@@ -53,22 +53,8 @@ def _install() -> None:
 
 
 @contextlib.contextmanager
-def guarded() -> Iterator[None]:
-    """Refuses, while the block runs, every process start that `execute` does not make."""
-    global _guarded
-    _install()
-    with _lock:
-        _guarded += 1
-    try:
-        yield
-    finally:
-        with _lock:
-            _guarded -= 1
-
-
-@contextlib.contextmanager
-def refused() -> Iterator[None]:
-    """Refuses every process start (in any thread) while the block runs: for an import."""
+def _refusing_while() -> Iterator[None]:
+    """Counts the block as one more that refuses process starts (the hook reads the count)."""
     global _refusing
     _install()
     with _lock:
@@ -78,6 +64,20 @@ def refused() -> Iterator[None]:
     finally:
         with _lock:
             _refusing -= 1
+
+
+@contextlib.contextmanager
+def guarded() -> Iterator[None]:
+    """Refuses, while the block runs, every process start that `execute` does not make."""
+    with _refusing_while():
+        yield
+
+
+@contextlib.contextmanager
+def refused() -> Iterator[None]:
+    """Refuses every process start (in any thread) while the block runs: for an import."""
+    with _refusing_while():
+        yield
 
 
 @contextlib.contextmanager

@@ -31,25 +31,36 @@ class SecretError(Exception):
 def resolve(ref: SecretRef, purpose: str) -> str:
     """Returns the secret `ref` points to and registers it for masking; raises SecretError."""
     if ref.kind == "env":
-        value = os.environ.get(ref.name)
-        if value is None:
-            raise SecretError(f"{purpose}: environment variable {ref.name} is not set")
+        value = _environment(ref, purpose)
     elif ref.kind == "file":
         value = _first_line(Path(ref.name), purpose)
     elif ref.kind == "credential":
-        directory = os.environ.get("CREDENTIALS_DIRECTORY")
-        if not directory:
-            raise SecretError(
-                f"{purpose}: credential {ref.name!r} needs $CREDENTIALS_DIRECTORY "
-                "(set LoadCredential= in the unit)"
-            )
-        value = _first_line(Path(directory) / ref.name, purpose)
+        value = _first_line(_credential_path(ref, purpose), purpose)
     else:  # pragma: no cover - the schema allows only the three kinds
         raise SecretError(f"{purpose}: unknown secret kind {ref.kind!r}")
     if not value:
         raise SecretError(f"{purpose}: {ref.describe()} is empty")
     register(value)
     return value
+
+
+def _environment(ref: SecretRef, purpose: str) -> str:
+    """Returns the environment variable `ref` names; raises SecretError when it is not set."""
+    value = os.environ.get(ref.name)
+    if value is None:
+        raise SecretError(f"{purpose}: environment variable {ref.name} is not set")
+    return value
+
+
+def _credential_path(ref: SecretRef, purpose: str) -> Path:
+    """Returns where systemd put the credential `ref` names; raises SecretError outside a unit."""
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        raise SecretError(
+            f"{purpose}: credential {ref.name!r} needs $CREDENTIALS_DIRECTORY "
+            "(set LoadCredential= in the unit)"
+        )
+    return Path(directory) / ref.name
 
 
 def resolve_text(ref: SecretRef, purpose: str, max_bytes: int = 64 * 1024) -> str:
@@ -59,20 +70,8 @@ def resolve_text(ref: SecretRef, purpose: str, max_bytes: int = 64 * 1024) -> st
     the parts that are secret. Errors name the reference, never the content.
     """
     if ref.kind == "env":
-        value = os.environ.get(ref.name)
-        if value is None:
-            raise SecretError(f"{purpose}: environment variable {ref.name} is not set")
-        return value
-    if ref.kind == "credential":
-        directory = os.environ.get("CREDENTIALS_DIRECTORY")
-        if not directory:
-            raise SecretError(
-                f"{purpose}: credential {ref.name!r} needs $CREDENTIALS_DIRECTORY "
-                "(set LoadCredential= in the unit)"
-            )
-        path = Path(directory) / ref.name
-    else:
-        path = Path(ref.name)
+        return _environment(ref, purpose)
+    path = _credential_path(ref, purpose) if ref.kind == "credential" else Path(ref.name)
     try:
         with path.open("rb") as handle:
             raw = handle.read(max_bytes)

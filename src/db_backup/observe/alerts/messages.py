@@ -104,23 +104,28 @@ LABELS = {
 
 
 def _state_text(alert: Alert, language: str) -> str:
+    """Returns what state the alert is in (first failure, reminder, ...), in `language`."""
     since = format_utc(alert.since) if alert.since else "?"
     n = alert.failures
-    if language == "zh":
-        return {
-            FAILED: "首次失败" if alert.kind in {"backup", "drill"} else "已触发",
-            REMINDER: f"仍未恢复：自 {since} 起已失败 {n} 次",
-            RECOVERED: f"已恢复：自 {since} 起共失败 {n} 次",
-            SUCCEEDED: "成功",
-            TEST: "db-backup 告警通道测试，无需处理",
-        }[alert.state]
-    return {
-        FAILED: "first failure" if alert.kind in {"backup", "drill"} else "raised",
-        REMINDER: f"still failing: {n} failure(s) since {since}",
-        RECOVERED: f"recovered after {n} failure(s) since {since}",
-        SUCCEEDED: "succeeded",
-        TEST: "a test of db-backup's alert channel; nothing to do",
+    first = alert.kind in {"backup", "drill"}
+    # Each state's text in English, then in Chinese: a translation stands next to its source.
+    english, chinese = {
+        FAILED: ("first failure", "首次失败") if first else ("raised", "已触发"),
+        REMINDER: (
+            f"still failing: {n} failure(s) since {since}",
+            f"仍未恢复：自 {since} 起已失败 {n} 次",
+        ),
+        RECOVERED: (
+            f"recovered after {n} failure(s) since {since}",
+            f"已恢复：自 {since} 起共失败 {n} 次",
+        ),
+        SUCCEEDED: ("succeeded", "成功"),
+        TEST: (
+            "a test of db-backup's alert channel; nothing to do",
+            "db-backup 告警通道测试，无需处理",
+        ),
     }[alert.state]
+    return chinese if language == "zh" else english
 
 
 def title(alert: Alert, language: str) -> str:
