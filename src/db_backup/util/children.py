@@ -18,9 +18,12 @@ lookup per audit event.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 SPAWN_EVENTS = frozenset({"subprocess.Popen", "os.posix_spawn", "os.spawn", "os.system"})
 
@@ -44,11 +47,35 @@ def _hook(event: str, args: tuple[object, ...]) -> None:
         )
 
 
+# Shared libraries that a library looks up with ctypes.util.find_library, named by their
+# soname: the lookup runs ldconfig (then gcc and ld) with the whole environment, which the hook
+# refuses. psycopg's pure-Python build (the package's, on Debian's libpq5) finds libpq and libc so.
+KNOWN_SONAMES = {"pq": "libpq.so.5", "c": "libc.so.6"}
+
+
+def _find_library_without_children(original: Callable[[str], str | None]) -> Callable[..., Any]:
+    """Returns a find_library that answers KNOWN_SONAMES by loading them (dlopen, no child)."""
+
+    def find_library(name: str) -> str | None:
+        soname = KNOWN_SONAMES.get(name)
+        if soname is not None:
+            try:
+                ctypes.CDLL(soname)
+            except OSError:
+                pass  # not installed under that name: the usual search says so
+            else:
+                return soname
+        return original(name)
+
+    return find_library
+
+
 def _install() -> None:
     global _installed
     with _lock:
         if not _installed:
             sys.addaudithook(_hook)
+            ctypes.util.find_library = _find_library_without_children(ctypes.util.find_library)
             _installed = True
 
 
