@@ -42,8 +42,8 @@ class Subcommand:
 def _options(parser: argparse.ArgumentParser) -> tuple[Option, ...]:
     """Returns the documented arguments of `parser`, without -h and the subcommand slot."""
     found = []
-    for action in parser._actions:  # noqa: SLF001 - argparse has no public list of actions
-        if isinstance(action, argparse._SubParsersAction | argparse._HelpAction):  # noqa: SLF001
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction | argparse._HelpAction):
             continue
         if action.help == argparse.SUPPRESS:
             continue
@@ -60,10 +60,10 @@ def _options(parser: argparse.ArgumentParser) -> tuple[Option, ...]:
 def describe(parser: argparse.ArgumentParser) -> tuple[tuple[Option, ...], list[Subcommand]]:
     """Returns the global options and every subcommand of the `db-backup` parser."""
     commands: list[Subcommand] = []
-    for action in parser._actions:  # noqa: SLF001
-        if not isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
             continue
-        helps = {choice.dest: choice.help or "" for choice in action._choices_actions}  # noqa: SLF001
+        helps = {choice.dest: choice.help or "" for choice in action._choices_actions}
         for name, sub in action.choices.items():
             own = tuple(o for o in _options(sub) if not _is_global(o))
             commands.append(Subcommand(name, helps.get(name, ""), sub.description or "", own))
