@@ -322,3 +322,25 @@ def test_status_page_beyond_the_last_says_it_is_empty(setup: Setup, run_cli: Run
     )
     nothing = run_cli("--config", str(setup.path), "status", "--job", "weekly")
     assert nothing.stdout.strip() == "no matching reports"
+
+
+def test_status_into_a_pipe_the_reader_closed_ends_quietly_like_sigpipe(
+    setup: Setup, run_cli: RunCli
+) -> None:
+    assert run_cli("--config", str(setup.path), "run", "nightly").returncode == 0
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader (`| head`) is gone before status writes a byte
+    try:
+        done = subprocess.run(
+            [CLI, "--config", str(setup.path), "status", "--json"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == 128 + 13, done.stderr
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
+    assert done.stderr == ""
