@@ -155,8 +155,12 @@ def test_man_page_and_bash_completion_are_installed_and_name_every_command(
     man = container.exec(["zcat", "/usr/share/man/man1/db-backup.1.gz"]).stdout
     completion = "/usr/share/bash-completion/completions/db-backup"
     words = container.exec(
-        ["bash", "-c", f"source {completion}; COMP_WORDS=(db-backup ''); COMP_CWORD=1; "
-         "_db_backup; printf '%s\\n' \"${COMPREPLY[@]}\""]
+        [
+            "bash",
+            "-c",
+            f"source {completion}; COMP_WORDS=(db-backup ''); COMP_CWORD=1; "
+            "_db_backup; printf '%s\\n' \"${COMPREPLY[@]}\"",
+        ]
     ).stdout.split()
     # The installed program's own list of commands: the lines of --help indented by 4.
     names = re.findall(r"^    ([a-z][a-z-]+)", container.exec(["db-backup", "--help"]).stdout, re.M)

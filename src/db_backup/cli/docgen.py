@@ -158,7 +158,9 @@ def bash_completion(parser: argparse.ArgumentParser) -> str:
     values = []
     for option in (*global_options, *(o for c in commands for o in c.options)):
         if option.choices and option.flags:
-            values.append(f'        {"|".join(option.flags)}) words="{" ".join(option.choices)}" ;;')
+            values.append(
+                f'        {"|".join(option.flags)}) words="{" ".join(option.choices)}" ;;'
+            )
     body = "\n".join(cases)
     value_cases = "\n".join(sorted(set(values)))
     return _BASH.format(names=names, global_flags=global_flags, cases=body, values=value_cases)
