@@ -14,7 +14,7 @@ def _running(**changes: Any) -> Running:
     job = type("Job", (), {"name": "nightly"})()
     ticks = itertools.count(100.0, 2.0)
     return Running(
-        job=job,  # type: ignore[arg-type]
+        job=job,
         attempt=1,
         started_utc=datetime(2026, 12, 5, tzinfo=UTC),
         token=CancelToken(),
