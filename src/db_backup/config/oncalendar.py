@@ -20,6 +20,7 @@ How the translation keeps the daemon's schedule (`db_backup.config.schedule`):
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -98,6 +99,7 @@ def to_on_calendar(
     time = f"{_numbers(fields.hours, 1)}:{_numbers(fields.minutes, 0)}:00"
     month = _numbers(fields.months, 3)
     zone_name = zone.key
+    lines: tuple[str, ...]
     if fields.days_or_weekdays:
         lines = (
             f"{_weekdays(fields.weekdays)} *-{month}-* {time} {zone_name}",
@@ -132,15 +134,12 @@ def _numbers(values: frozenset[int] | None, index: int) -> str:
     if values is None:
         return "*"
     ordered = sorted(values)
-    width = 2
     if len(ordered) >= 3:
         step = ordered[1] - ordered[0]
-        progression = all(b - a == step for a, b in zip(ordered, ordered[1:], strict=False))
+        progression = all(b - a == step for a, b in itertools.pairwise(ordered))
         if progression and step > 1 and ordered[-1] + step > _MAXIMA[index]:
-            return f"{ordered[0]:0{width}d}/{step}"
-    return ",".join(
-        f"{a:0{width}d}" if a == b else f"{a:0{width}d}..{b:0{width}d}" for a, b in _runs(ordered)
-    )
+            return f"{ordered[0]:02d}/{step}"
+    return ",".join(f"{a:02d}" if a == b else f"{a:02d}..{b:02d}" for a, b in _runs(ordered))
 
 
 def _weekdays(values: frozenset[int] | None) -> str:
