@@ -146,7 +146,9 @@ def test_migration_and_docs_are_installed(container: Container) -> None:
     sql = container.read_file("/usr/share/db-backup/sql/V1__create_db_backup_job.sql")
     assert "db_backup_job" in sql
     docs = set(container.exec(["ls", "/usr/share/doc/db-backup"]).stdout.split())
-    assert {"README.md", "packaging.md", "copyright"} <= docs
+    assert {"README.md", "docs", "copyright"} <= docs
+    pages = set(container.exec(["ls", "/usr/share/doc/db-backup/docs"]).stdout.split())
+    assert {"packaging.md", "systemd.md", "configuration.md"} <= pages
 
 
 def test_log_files_are_deleted_30_days_after_their_last_write(container: Container) -> None:
