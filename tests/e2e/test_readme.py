@@ -158,11 +158,12 @@ def next_slot_utc(ct: Container) -> datetime:
 
 def timer_elapse_utc(ct: Container) -> datetime:
     """Returns when systemd will next start db-backup@nightly.timer (UTC)."""
-    value = ct.exec(
-        ["systemctl", "--timestamp=unix", "show", "-p", "NextElapseUSecRealtime", "--value",
-         "db-backup@nightly.timer"]
-    ).stdout.strip()  # fmt: skip
-    return datetime.fromtimestamp(int(value.lstrip("@")), tz=UTC)
+    value = ct.systemctl("show", "-p", "NextElapseUSecRealtime", "--value",
+                         "db-backup@nightly.timer").stdout.strip()  # fmt: skip
+    # systemd 252 prints it as "Sun 2026-12-06 18:00:00 UTC" in the container's zone (UTC).
+    match = re.fullmatch(r"\w+ (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC", value)
+    assert match, f"unexpected NextElapseUSecRealtime {value!r}"
+    return datetime.fromisoformat(match.group(1)).replace(tzinfo=UTC)
 
 
 def test_every_readme_command_works_as_written_as_the_user_it_names(
