@@ -115,6 +115,8 @@ def host(
     with boot_container("readme", install=True) as ct:
         ct.exec(["apt-get", "install", "-y", "-q", "sudo"], timeout=300,
                 env={"DEBIAN_FRONTEND": "noninteractive"})  # fmt: skip
+        # A real host resolves its own name (sudo looks it up); the bare container does not.
+        ct.sh('echo "127.0.1.1 $(hostname)" >> /etc/hosts')
         ct.exec(["useradd", "--create-home", "--shell", "/bin/bash", "dba"])
         ct.write_file("/etc/sudoers.d/dba", "dba ALL=(ALL:ALL) NOPASSWD: ALL\n", 0o440)
         # The package as `make deb` leaves it, where the README's `apt install` looks for it.
