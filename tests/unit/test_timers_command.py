@@ -158,3 +158,26 @@ def test_systemd_accepts_the_units_with_the_drop_ins(tmp_path: Path) -> None:
         check=False,
     )
     assert (done.returncode, done.stdout + done.stderr) == (0, "")
+
+
+def test_a_drop_in_that_cannot_be_written_is_named_and_the_command_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, config = make_root(tmp_path)
+    blocker = root / "etc/systemd/system/db-backup@nightly.timer.d"
+    blocker.write_text("a file where the drop-in directory belongs\n")
+    assert timers(config, root, "--apply") == 1
+    err = capsys.readouterr().err
+    assert "db-backup@nightly.timer.d" in err and "Traceback" not in err
+    assert not list((root / "etc/systemd/system").glob("*.d/schedule.conf"))
+
+
+def test_a_service_drop_in_that_is_not_text_is_named_and_nothing_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, config = make_root(tmp_path)
+    (root / "etc/systemd/system/db-backup.service.d/zz.conf").write_bytes(b"\xff\xfe[Service]\n")
+    assert timers(config, root, "--apply") == 1
+    err = capsys.readouterr().err
+    assert "zz.conf: not UTF-8 text" in err
+    assert not list((root / "etc/systemd/system").glob("*.timer.d"))
