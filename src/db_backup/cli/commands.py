@@ -74,7 +74,8 @@ COMMANDS: tuple[Command, ...] = (
             "the daemon): writes db-backup@JOB.timer.d/schedule.conf with the job's cron "
             "schedule as OnCalendar= in its time zone, the same for the drill's schedule, and "
             "the credentials db-backup.service loads for the template services. A schedule a "
-            "timer cannot keep is refused, naming why, and nothing is written. Runs as root."
+            "timer cannot keep is refused, naming why, and nothing is written. Runs as root. "
+            "Example: sudo db-backup timers --apply"
         ),
         handler=timers.timers,
         arguments=timers.timers_arguments,
