@@ -146,7 +146,9 @@ def test_migration_and_docs_are_installed(container: Container) -> None:
     sql = container.read_file("/usr/share/db-backup/sql/V1__create_db_backup_job.sql")
     assert "db_backup_job" in sql
     docs = set(container.exec(["ls", "/usr/share/doc/db-backup"]).stdout.split())
-    assert {"README.md", "packaging.md", "copyright"} <= docs
+    assert {"README.md", "docs", "copyright"} <= docs
+    pages = set(container.exec(["ls", "/usr/share/doc/db-backup/docs"]).stdout.split())
+    assert {"packaging.md", "systemd.md", "configuration.md"} <= pages
 
 
 def test_man_page_and_bash_completion_are_installed_and_name_every_command(

@@ -80,7 +80,7 @@ def _set_up(command: Command, args: argparse.Namespace) -> Context:
         config = load(path)
     except ConfigError as exc:
         raise CommandError(str(exc), EXIT_CONFIG) from None
-    refusal = become_run_as_user(config)
+    refusal = None if command.keeps_root else become_run_as_user(config)
     if refusal is not None:
         raise CommandError(refusal, EXIT_CONFIG)
     if command.logs is not Logs.NONE:

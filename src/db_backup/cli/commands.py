@@ -7,7 +7,7 @@ Handlers import what they use when they run, so `status` loads no more than it n
 
 from __future__ import annotations
 
-from db_backup.cli import admin, check, jobs, restore, sink, status
+from db_backup.cli import admin, check, jobs, restore, sink, status, timers
 from db_backup.cli.command import Command, JobChoice, Logs
 
 COMMANDS: tuple[Command, ...] = (
@@ -84,6 +84,22 @@ COMMANDS: tuple[Command, ...] = (
         "what `systemctl reload db-backup` runs",
         handler=admin.reload,
         arguments=admin.reload_arguments,
+    ),
+    Command(
+        "timers",
+        help="print, or with --apply write, the timer units' drop-ins that keep each job's "
+        "schedule, time zone and credentials",
+        description=(
+            "For the timer variant (db-backup@JOB.timer, db-backup-drill@JOB.timer instead of "
+            "the daemon): writes db-backup@JOB.timer.d/schedule.conf with the job's cron "
+            "schedule as OnCalendar= in its time zone, the same for the drill's schedule, and "
+            "the credentials db-backup.service loads for the template services. A schedule a "
+            "timer cannot keep is refused, naming why, and nothing is written. Runs as root. "
+            "Example: sudo db-backup timers --apply"
+        ),
+        handler=timers.timers,
+        arguments=timers.timers_arguments,
+        keeps_root=True,
     ),
     Command(
         "oss-lifecycle",
