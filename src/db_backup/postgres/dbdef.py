@@ -423,6 +423,11 @@ def acl_sql(definition: DatabaseDefinition, db: str) -> list[str]:
 SCRIPT_HEAD = "SET client_encoding = 'UTF8';\nSET standard_conforming_strings = on;\n"
 
 
-def apply_sql(server: Server, sql: str) -> None:
-    """Runs definition SQL on the target server (from `postgres`); raises CommandError."""
-    psql_script(server, "postgres", SCRIPT_HEAD + sql)
+def apply_sql(server: Server, sql: str, database: str = "postgres") -> None:
+    """Runs definition SQL on the target server, connected to `database`; raises CommandError.
+
+    The properties are set from inside the restored database: the shared catalogs keep a
+    comment's bytes as the session's database encoding gives them, so writing them from a
+    database of the source's encoding gives back the source's bytes (as they were read).
+    """
+    psql_script(server, database, SCRIPT_HEAD + sql)

@@ -279,4 +279,4 @@ def create_recorded(
 def apply_properties(server: Server, plan: DefinitionPlan, database: str) -> None:
     """Sets what follows the data: connection limit, settings, comment, ACL (raises CommandError)."""
     if plan.definition is not None:
-        apply_sql(server, properties_sql(plan.definition, database))
+        apply_sql(server, properties_sql(plan.definition, database), database)
