@@ -70,8 +70,7 @@ def catalog(cluster: Cluster, name: str) -> dict[str, Any]:
 def create_roles(cluster: Cluster, *names: str) -> None:
     for name in names:
         cluster.psql(
-            f"DO $$BEGIN CREATE ROLE {name} LOGIN; "
-            "EXCEPTION WHEN duplicate_object THEN NULL; END$$"
+            f"DO $$BEGIN CREATE ROLE {name} LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END$$"
         )
 
 
@@ -258,6 +257,4 @@ def test_missing_locale_fails_the_drill_and_refuses_the_restore_naming_it(
     assert done.returncode == 0, done.stderr
     restored = catalog(fresh, "local_sort")
     assert (restored["collate"], restored["ctype"], restored["encoding"]) == ("C", "C", "LATIN1")
-    assert table_fingerprint(fresh, "local_sort") == table_fingerprint(
-        locale_cluster, "local_sort"
-    )
+    assert table_fingerprint(fresh, "local_sort") == table_fingerprint(locale_cluster, "local_sort")
