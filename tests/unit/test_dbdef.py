@@ -128,6 +128,7 @@ def test_a_default_definition_sets_nothing_after_the_data() -> None:
 
 def test_the_record_round_trips_and_refuses_what_it_cannot_use() -> None:
     assert from_json(DEFINITION.to_json()) == DEFINITION
+    bad: object
     for bad in (
         [],
         {**DEFINITION.to_json(), "owner": ""},
