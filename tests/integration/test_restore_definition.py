@@ -258,3 +258,52 @@ def test_missing_locale_fails_the_drill_and_refuses_the_restore_naming_it(
     restored = catalog(fresh, "local_sort")
     assert (restored["collate"], restored["ctype"], restored["encoding"]) == ("C", "C", "LATIN1")
     assert table_fingerprint(fresh, "local_sort") == table_fingerprint(locale_cluster, "local_sort")
+
+
+def test_icu_database_round_trips_under_another_name(
+    setup: Setup, cluster: Cluster, run_cli: RunCli
+) -> None:
+    name = "icu_sorted"
+    if name not in databases(cluster):
+        try:
+            cluster.psql(
+                f"CREATE DATABASE {name} LOCALE_PROVIDER icu ICU_LOCALE 'de-DE' LOCALE 'C.UTF-8' "
+                "ENCODING 'UTF8' TEMPLATE template0"
+            )
+        except RuntimeError as exc:
+            pytest.skip(f"this server has no ICU: {exc}")
+        cluster.psql(f"ALTER DATABASE {name} SET default_text_search_config = 'pg_catalog.german'")
+    report = backup(setup, run_cli, name)
+    assert report["databaseDefinition"]["localeProvider"] == "icu"
+    done = run_cli(
+        "--config", str(setup.path), "restore", report["id"], "--to-database", "icu_copy",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    restored = catalog(cluster, "icu_copy")
+    assert (restored["provider"], restored["icu"]) == ("i", "de-DE")
+    assert restored == catalog(cluster, name)
+
+
+def test_properties_the_target_refuses_drop_the_new_database_again(
+    setup: Setup, cluster: Cluster, run_cli: RunCli, fresh: Cluster
+) -> None:
+    name = "suset_setting"
+    if name not in databases(cluster):
+        cluster.psql(f"CREATE DATABASE {name}")
+        cluster.psql(f"ALTER DATABASE {name} SET log_statement = 'all'")
+        cluster.psql("CREATE TABLE t AS SELECT 1 AS x", name)
+    backup(setup, run_cli, name)
+    # A restore by a role that may create databases but not set a superuser-only parameter.
+    fresh.psql("CREATE ROLE dd_restorer LOGIN CREATEDB")
+    done = run_cli(
+        "--config", str(setup.path), "restore", "--job", "nightly", "--database", name,
+        "--host", str(fresh.socket_dir), "--port", str(fresh.port), "--username", "dd_restorer",
+        "--owner", "dd_restorer",
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert f"setting the properties of database {name!r} failed; it was dropped again" in (
+        done.stderr
+    )
+    assert 'permission denied to set parameter "log_statement"' in done.stderr
+    assert "Traceback" not in done.stderr
+    assert name not in databases(fresh)

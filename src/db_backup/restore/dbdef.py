@@ -265,12 +265,23 @@ def check_target(
 
 
 def create_recorded(
-    server: Server, plan: DefinitionPlan, database: str, skip_tablespaces: bool = False
+    server: Server,
+    plan: DefinitionPlan,
+    database: str,
+    skip_tablespaces: bool = False,
+    owner: str | None = None,
 ) -> None:
-    """Creates `database` as the plan's definition says (server defaults without one)."""
+    """Creates `database` as the plan's definition says (server defaults without one).
+
+    `owner` (--owner) matters only without a definition: a definition has it applied already.
+    """
     if plan.definition is None:
+        owned = ' OWNER :"owner"' if owner is not None else ""
         psql_script(
-            server, "postgres", 'CREATE DATABASE :"name" TEMPLATE template0;\n', {"name": database}
+            server,
+            "postgres",
+            f'CREATE DATABASE :"name"{owned} TEMPLATE template0;\n',
+            {"name": database, **({"owner": owner} if owner is not None else {})},
         )
         return
     apply_sql(server, create_sql(plan.definition, database, not skip_tablespaces))

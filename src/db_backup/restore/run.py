@@ -259,7 +259,9 @@ class _Execution:
         if action is DatabaseAction.RECREATE:
             drop_database(server, database)
         if creating:
-            create_recorded(server, self.definition, database, self.options.skip_tablespaces)
+            create_recorded(
+                server, self.definition, database, self.options.skip_tablespaces, self.options.owner
+            )
             self.created = True
 
     def restore(self, step: Step) -> None:
