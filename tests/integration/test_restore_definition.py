@@ -258,6 +258,10 @@ def test_missing_locale_fails_the_drill_and_refuses_the_restore_naming_it(
     restored = catalog(fresh, "local_sort")
     assert (restored["collate"], restored["ctype"], restored["encoding"]) == ("C", "C", "LATIN1")
     assert table_fingerprint(fresh, "local_sort") == table_fingerprint(locale_cluster, "local_sort")
+    # Restored over as it is (--clean), the database keeps its own locale: nothing to refuse.
+    again = run_cli(*args, "local_sort", "--clean", *target_args(fresh))
+    assert again.returncode == 0, again.stderr
+    assert catalog(fresh, "local_sort")["collate"] == "C"
 
 
 def test_icu_database_round_trips_under_another_name(

@@ -24,6 +24,7 @@ from db_backup.postgres.dbdef import (
     properties_sql,
 )
 from db_backup.postgres.server import Server, psql_script
+from db_backup.util.execute import CommandError
 
 ALWAYS_THERE = {"C", "POSIX"}  # libc locales every server has
 
@@ -202,8 +203,6 @@ def probe_locale(server: Server, provider: str, locale: str) -> str | None:
     A collation is created in a transaction that is rolled back: the server loads the locale
     as CREATE DATABASE would, and nothing of it stays.
     """
-    from db_backup.util.execute import CommandError
-
     script = (
         "BEGIN;\n"
         f"CREATE COLLATION pg_temp.db_backup_probe (provider = {provider}, "

@@ -117,9 +117,16 @@ def _check_definition(
     """Returns the database definition the restore will apply, checked against the target.
 
     Reads only. `roles`: whether the backup's roles are still to come from its roles file
-    (default: with --globals).
+    (default: with --globals). A database restored into as it is keeps its own definition.
     """
+    database = options.target_database or source.database
     try:
+        if database_exists(server, database):
+            plain = source.dump_format == "plain"
+            empty = None if options.clean else database_is_empty(server, database)
+            if database_action(True, options.clean, plain, empty) is DatabaseAction.REUSE:
+                note = f"database {database!r} exists: it keeps its own definition"
+                return DefinitionPlan(None, note=note)
         return check_target(
             server,
             source.report,
