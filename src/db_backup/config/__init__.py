@@ -30,6 +30,7 @@ from db_backup.config.sections import (
     DaemonConfig,
     Directories,
     DumpOptions,
+    DumpSelection,
     HookCommand,
     Hooks,
     OssConfig,

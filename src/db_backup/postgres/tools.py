@@ -6,7 +6,8 @@ import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from db_backup.config import JobConfig
+from db_backup.config import DumpSelection, JobConfig
+
 from db_backup.util.cancel import CancelToken
 from db_backup.util.execute import CommandError, StreamingChild, child_env, run
 from db_backup.util.fsutil import disk_size, private_file
@@ -142,8 +143,38 @@ def dump_argv(
         argv.append(f"--file={output}")
     if snapshot is not None:
         argv.append(f"--snapshot={snapshot}")
+    argv.extend(selection_args(job.dump_selection(database)))
     argv.append(_dbname_arg(database))
     return argv
+
+
+# pg_dump's option of each pattern key of a dump selection, in the order they are given.
+PATTERN_FLAGS = (
+    ("schemas", "--schema"),
+    ("exclude_schemas", "--exclude-schema"),
+    ("tables", "--table"),
+    ("exclude_tables", "--exclude-table"),
+    ("exclude_table_data", "--exclude-table-data"),
+)
+SWITCHES = (
+    ("no_owner", "--no-owner"),
+    ("no_privileges", "--no-privileges"),
+    ("no_comments", "--no-comments"),
+)
+
+
+def selection_args(selection: DumpSelection) -> list[str]:
+    """Returns pg_dump's arguments for `selection`, each pattern glued to its option (`--table=x`)
+    so that no value can ever be read as an option of its own."""
+    args = [
+        f"{flag}={pattern}" for key, flag in PATTERN_FLAGS for pattern in getattr(selection, key)
+    ]
+    args += [flag for key, flag in SWITCHES if getattr(selection, key)]
+    if selection.lock_wait_timeout is not None:
+        # pg_dump sets it as statement_timeout while it takes its locks: milliseconds.
+        milliseconds = int(selection.lock_wait_timeout.total_seconds() * 1000)
+        args.append(f"--lock-wait-timeout={milliseconds}")
+    return args
 
 
 def start_dump(
