@@ -35,7 +35,7 @@ from db_backup.backup.space import room_for_dump
 from db_backup.config import Config, JobConfig
 from db_backup.observe import hooks
 from db_backup.postgres import tools as pg
-from db_backup.reports.model import FAILED, SUCCESS, Report
+from db_backup.reports.model import FAILED, SUCCESS, Report, dump_options_json
 from db_backup.storage import crypto, make_targets
 from db_backup.storage.local import LocalTarget
 from db_backup.util.cancel import Cancelled, CancelToken
@@ -206,6 +206,7 @@ def _new_report(ctx: RunContext, database: str, claim: Claim) -> Report:
         pg_dump_version=ctx.versions[0],
         server_version=ctx.versions[1],
         encryption=crypto.encryption_summary(ctx.recipients) if ctx.recipients else None,
+        dump_options=dump_options_json(job.dump_selection(database)),
     )
 
 

@@ -77,6 +77,7 @@ __all__ = [
     "DrillCheck",
     "DrillSettings",
     "DumpOptions",
+    "DumpSelection",
     "HookCommand",
     "Hooks",
     "JobConfig",

@@ -307,11 +307,14 @@ def _selection(values: dict[str, Any]) -> sections.DumpSelection:
     given = with_defaults(schema()["$defs"]["dump_selection"], values)
     timeout = given["lock_wait_timeout"]
     return sections.DumpSelection(
-        **{
-            f.name: tuple(given[f.name]) if isinstance(given[f.name], list) else given[f.name]
-            for f in dataclasses.fields(sections.DumpSelection)
-            if f.name != "lock_wait_timeout"
-        },
+        exclude_table_data=tuple(given["exclude_table_data"]),
+        schemas=tuple(given["schemas"]),
+        exclude_schemas=tuple(given["exclude_schemas"]),
+        tables=tuple(given["tables"]),
+        exclude_tables=tuple(given["exclude_tables"]),
+        no_owner=bool(given["no_owner"]),
+        no_privileges=bool(given["no_privileges"]),
+        no_comments=bool(given["no_comments"]),
         lock_wait_timeout=parse_duration(timeout) if timeout is not None else None,
     )
 

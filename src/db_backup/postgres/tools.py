@@ -7,7 +7,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from db_backup.config import DumpSelection, JobConfig
-
 from db_backup.util.cancel import CancelToken
 from db_backup.util.execute import CommandError, StreamingChild, child_env, run
 from db_backup.util.fsutil import disk_size, private_file
