@@ -109,7 +109,7 @@ def test_databases_all_keeps_working() -> None:
 def test_check_config_refuses_option_like_and_broken_patterns_naming_the_place() -> None:
     found = problems(
         config_text(
-            databases="[shop, {name: crm, dump: {exclude_schemas: [a.b], tables: [\"x\\ny\"]}}]",
+            databases='[shop, {name: crm, dump: {exclude_schemas: [a.b], tables: ["x\\ny"]}}]',
             dump="{exclude_table_data: [public.ok, '-fpublic.x'], lock_wait_timeout: 0s,"
             " tables: [a.b.c]}",
         )
@@ -156,3 +156,20 @@ def test_a_lock_wait_timeout_in_seconds_is_a_duration() -> None:
     job = loads(config_text(dump="{lock_wait_timeout: 5}")).job("nightly")
     assert job.dump.selection.lock_wait_timeout == timedelta(seconds=5)
     assert pg.selection_args(job.dump.selection) == ["--lock-wait-timeout=5000"]
+
+
+def test_a_lock_timeout_failure_is_explained_and_other_failures_are_left_as_they_are() -> None:
+    failed = (
+        "pg_dump exited with status 1: pg_dump: error: query failed: ERROR:  canceling statement "
+        "due to statement timeout | pg_dump: detail: Query was: LOCK TABLE public.audit_log IN "
+        "ACCESS SHARE MODE"
+    )
+    selection = DumpSelection(lock_wait_timeout=timedelta(seconds=2))
+    explained = pg.explain_dump_error(failed, selection)
+    assert explained.startswith(
+        "pg_dump could not lock table public.audit_log within dump.lock_wait_timeout (2s): "
+    )
+    assert explained.endswith(failed)
+    assert pg.explain_dump_error(failed, DumpSelection()) == failed
+    other = "pg_dump exited with status 1: pg_dump: error: connection refused"
+    assert pg.explain_dump_error(other, selection) == other

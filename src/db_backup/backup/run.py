@@ -241,7 +241,9 @@ def _run_database(ctx: RunContext, database: str) -> None:
             report.error_message = f"stopped during the dump: {exc}"
             remove_partial(ctx.targets, report)
         except Exception as exc:
-            report.error_message = describe_error(exc, ctx.staging)
+            report.error_message = pg.explain_dump_error(
+                describe_error(exc, ctx.staging), ctx.job.dump_selection(database)
+            )
             if not isinstance(exc, EXPECTED_ERRORS):
                 log.error("dump crashed", job=ctx.job.name, error=report.error_message)
             remove_partial(ctx.targets, report)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -174,6 +175,24 @@ def selection_args(selection: DumpSelection) -> list[str]:
         milliseconds = int(selection.lock_wait_timeout.total_seconds() * 1000)
         args.append(f"--lock-wait-timeout={milliseconds}")
     return args
+
+
+_LOCK_QUERY = re.compile(r"LOCK TABLE (.+?) IN ACCESS SHARE MODE")
+
+
+def explain_dump_error(message: str, selection: DumpSelection) -> str:
+    """Returns `message` (pg_dump's failure) with what it means in front when pg_dump gave up
+    waiting for a table's lock after `dump.lock_wait_timeout`; else `message` unchanged."""
+    timeout = selection.lock_wait_timeout
+    lock = _LOCK_QUERY.search(message)
+    if timeout is None or lock is None or "statement timeout" not in message:
+        return message
+    return (
+        f"pg_dump could not lock table {lock.group(1)} within dump.lock_wait_timeout "
+        f"({round(timeout.total_seconds())}s): another session holds a conflicting lock on it "
+        "(ACCESS EXCLUSIVE: ALTER TABLE, TRUNCATE, VACUUM FULL, ...); no dump was made. "
+        f"{message}"
+    )
 
 
 def start_dump(
