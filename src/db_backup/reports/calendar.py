@@ -28,10 +28,9 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING
 
-from db_backup.reports.retention import Backup
-
 if TYPE_CHECKING:
     from db_backup.config import JobConfig
+    from db_backup.reports.retention import Backup  # which imports this module to decide
 
 DAYS = "days"
 KEEP_LAST = "keep_last"
@@ -156,7 +155,7 @@ def plan(backups: Sequence[Backup], policy: Policy, zone: tzinfo, now: datetime)
     """Returns the retention plan of `backups` (any databases): per database, successful backups
     by `keep_reasons`, failed runs kept only while younger than `days`.
 
-    Without calendar rules it expires exactly what `retention.choose_expired` expires.
+    Without calendar rules only `days` and `keep_last` decide (`retention.choose_expired`).
     """
     cutoff = now - timedelta(days=policy.days)
     by_database: dict[str, list[Backup]] = {}
