@@ -192,3 +192,15 @@ def describe(backups: Sequence[Backup], found: Plan) -> list[str]:
         else:
             lines.append(f"delete  {backup.key}{state}: no rule keeps it")
     return lines
+
+
+def rule_counts(found: Plan) -> list[tuple[str, int]]:
+    """Returns how many backups each rule keeps (a backup kept by two rules counts for both),
+    in the rules' order: days, keep_last, the calendar rules, their [oldest] keeps, newest."""
+    order = [DAYS, KEEP_LAST, *(rule for rule, _ in CALENDAR_RULES)]
+    order += [rule + OLDEST_SUFFIX for rule, _ in CALENDAR_RULES] + [NEWEST]
+    counts = dict.fromkeys(order, 0)
+    for reasons in found.kept.values():
+        for reason in reasons:
+            counts[reason] = counts.get(reason, 0) + 1
+    return [(rule, n) for rule, n in counts.items() if n or rule in order[:7]]
