@@ -11,6 +11,7 @@ calendar boundaries, not from the keys the product derives.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import random
 import shutil
@@ -195,3 +196,74 @@ def test_calendar_retention_over_a_year_of_hourly_backups_on_local_disk_and_oss(
     again = run_cli("--config", str(setup.path), "retention", "--job", "nightly", env=OSS_ENV)
     assert again.returncode == 0 and "removed 0 files" in again.stdout
     assert listing(setup, oss_server) == (data, reports, objects)
+
+
+def small_history(
+    setup: Setup, server: OssServer, run_cli: RunCli
+) -> tuple[dict[str, Any], dict[datetime, str]]:
+    """One real backup of crm (OSS and local) and 10 daily ones before it; keeps 2 of them."""
+    setup.job()["databases"] = "crm"
+    setup.job()["globals"] = False
+    setup.job()["retention"] = {"days": 1, "keep_last": 1, "keep_daily": 2}
+    use_oss(setup, server, "both")
+    done = run_cli("--config", str(setup.path), "run", "nightly", env=OSS_ENV)
+    assert done.returncode == 0, done.stderr
+    [real] = setup.reports_json()
+    newest = datetime.fromisoformat(real["startedAt"])
+    starts = [newest - timedelta(days=n, minutes=30) for n in range(1, 11)]
+    return real, lay_down_history(setup, server, real, starts)
+
+
+def test_retention_keeps_everything_while_the_newest_backup_is_suspiciously_small(
+    setup: Setup, oss_server: OssServer, run_cli: RunCli
+) -> None:
+    real, stems = small_history(setup, oss_server, run_cli)
+    previous = setup.reports / f"{stems[max(stems)]}.json"
+    document = json.loads(previous.read_text())
+    document["local"]["sizeBytes"] = real["local"]["sizeBytes"] * 10
+    previous.write_text(json.dumps(document))
+    before = listing(setup, oss_server)
+    for args in (["--dry-run"], []):
+        done = run_cli("--config", str(setup.path), "retention", *args, env=OSS_ENV)
+        assert done.returncode == 0, done.stderr
+        assert "held, nothing" in done.stdout and "suspiciously small" in done.stdout
+        assert listing(setup, oss_server) == before
+
+
+def test_retention_that_oss_refuses_keeps_every_report_and_exits_1(
+    setup: Setup, oss_server: OssServer, run_cli: RunCli
+) -> None:
+    real, stems = small_history(setup, oss_server, run_cli)
+    oss_server.fail_request(503, operation="DeleteMultipleObjects", times=20)
+    done = run_cli("--config", str(setup.path), "retention", env=OSS_ENV)
+    assert done.returncode == 1
+    assert "8 expired backup(s) could not be deleted everywhere" in done.stderr
+    assert "Traceback" not in done.stderr
+    # The reports stay, naming what may remain; the OSS objects are all still there.
+    assert {p.name for p in setup.reports.glob("*.json")} == {
+        f"{stem}.json" for stem in [*stems.values(), Path(real["local"]["file"]).stem]
+    }
+    assert {f"{PREFIX}{stem}.dump" for stem in stems.values()} <= set(
+        oss_server.objects(OSS_BUCKET)
+    )
+    oss_server.clear_faults()
+    again = run_cli("--config", str(setup.path), "retention", env=OSS_ENV)
+    assert again.returncode == 0, again.stderr
+    assert len(list(setup.reports.glob("*.json"))) == 3
+
+
+def test_retention_waits_for_no_run_it_refuses_while_the_job_runs(
+    setup: Setup, oss_server: OssServer, run_cli: RunCli
+) -> None:
+    small_history(setup, oss_server, run_cli)
+    before = listing(setup, oss_server)
+    lock = setup.state / "locks" / "nightly.lock"
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        done = run_cli("--config", str(setup.path), "retention", env=OSS_ENV)
+        dry = run_cli("--config", str(setup.path), "retention", "--dry-run", env=OSS_ENV)
+    assert done.returncode == 75 and "already running" in done.stderr
+    assert dry.returncode == 0 and "would delete 8" in dry.stdout
+    assert listing(setup, oss_server) == before
+    unknown = run_cli("--config", str(setup.path), "retention", "--job", "nope")
+    assert unknown.returncode == 2 and "no job named 'nope'" in unknown.stderr
