@@ -445,3 +445,22 @@ def test_the_run_s_retention_step_deletes_what_the_calendar_plan_expires() -> No
     plain = plan_deletions(backups, Policy(days=2, keep_last=1), now=now)
     assert {d.key for d in plain} == age_and_count_reference(backups, 2, 1, now)[0]
     assert len(plain) > len(deleted)
+
+
+def test_rule_counts_say_how_many_backups_each_rule_keeps_in_the_rules_order() -> None:
+    from db_backup.reports.calendar import rule_counts
+
+    now = utc("2026-06-30T12:00")
+    backups = [backup(f"b{n}", now - timedelta(days=n)) for n in range(40)]
+    found = plan(backups, Policy(days=2, keep_last=1, keep_weekly=2, keep_yearly=1), BERLIN, now)
+    assert rule_counts(found) == [
+        ("days", 3),
+        ("keep_last", 1),
+        ("keep_hourly", 0),
+        ("keep_daily", 0),
+        ("keep_weekly", 2),
+        ("keep_monthly", 0),
+        ("keep_yearly", 0),
+        ("keep_yearly[oldest]", 1),
+    ]
+    assert sum(n for _, n in rule_counts(found)) >= len(found.kept)

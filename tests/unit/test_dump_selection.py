@@ -173,3 +173,33 @@ def test_a_lock_timeout_failure_is_explained_and_other_failures_are_left_as_they
     assert pg.explain_dump_error(failed, DumpSelection()) == failed
     other = "pg_dump exited with status 1: pg_dump: error: connection refused"
     assert pg.explain_dump_error(other, selection) == other
+
+
+def test_the_commented_selection_and_calendar_examples_in_config_example_yaml_load() -> None:
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "config.example.yaml"
+    lines = []
+    for line in example.read_text(encoding="utf-8").splitlines():
+        body = line.lstrip()
+        indent = line[: len(line) - len(body)]
+        if indent == " " * 6 and body.startswith("# ") and ": " in body:
+            line = indent + body[2:]  # a commented key of dump: or retention:
+        elif line.startswith("    # databases: ["):
+            continue  # the per-database form, loaded below in place of `databases: all`
+        lines.append(line)
+    text = "\n".join(lines)
+    per_database = next(
+        line[len("    # ") :]
+        for line in example.read_text(encoding="utf-8").splitlines()
+        if line.startswith("    # databases: [")
+    )
+    text = text.replace("    databases: all ", f"    {per_database} #", 1)
+    job = loads(text).job("nightly")
+    selection = job.dump.selection
+    assert selection.exclude_table_data == ("public.audit_log", "log.*")
+    assert selection.no_owner and selection.lock_wait_timeout == timedelta(seconds=30)
+    assert job.retention.keep_daily == 14 and job.retention.keep_monthly == 12
+    assert job.databases == ("shop", "crm")
+    assert job.dump_selection("crm").exclude_table_data == ("public.audit_log",)
+    assert job.dump_selection("crm").schemas == ("public",)
