@@ -267,3 +267,15 @@ def test_retention_waits_for_no_run_it_refuses_while_the_job_runs(
     assert listing(setup, oss_server) == before
     unknown = run_cli("--config", str(setup.path), "retention", "--job", "nope")
     assert unknown.returncode == 2 and "no job named 'nope'" in unknown.stderr
+
+
+def test_retention_without_the_oss_credentials_says_so_and_changes_nothing(
+    setup: Setup, oss_server: OssServer, run_cli: RunCli
+) -> None:
+    small_history(setup, oss_server, run_cli)
+    before = listing(setup, oss_server)
+    done = run_cli("--config", str(setup.path), "retention")  # TEST_OSS_* not set
+    assert done.returncode == 1, done.stderr
+    assert "retention of job 'nightly': " in done.stderr and "TEST_OSS_ID" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert listing(setup, oss_server) == before

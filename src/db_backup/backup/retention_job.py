@@ -130,14 +130,18 @@ def apply(config: Config, job: JobConfig, now: datetime) -> Applied:
     that fails is logged and every report stays, naming what may remain.
     """
     from db_backup.storage import make_targets
-    from db_backup.util.locks import job_lock
+    from db_backup.util.locks import JobSetupError, job_lock
+    from db_backup.util.secrets import SecretError
 
     with job_lock(config.directories.state, job.name):
         found = preview(config, job, now)
         deletions = [d for database in found.databases for d in database.deletions]
         if not deletions:
             return Applied(found, [], [])
-        targets = make_targets(config, job)
+        try:
+            targets = make_targets(config, job)
+        except (StorageError, SecretError) as exc:
+            raise JobSetupError(f"retention of job {job.name!r}: {mask(str(exc))}") from None
         files = [n for d in deletions for n in d.names if n != d.key]
         removed: list[str] = []
         for target in targets:
