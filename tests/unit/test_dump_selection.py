@@ -7,9 +7,9 @@ from datetime import timedelta
 
 import pytest
 
+from db_backup.backup.run import dump_options_json
 from db_backup.config import ConfigError, DumpSelection, loads, patterns
 from db_backup.postgres import tools as pg
-from db_backup.reports.model import dump_options_json
 
 JOB = """
 storage: {mode: local}

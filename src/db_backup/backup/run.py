@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import structlog
 
@@ -32,10 +33,10 @@ from db_backup.backup.history import JobHistory
 from db_backup.backup.leftovers import remove_leftovers
 from db_backup.backup.slots import dump_slot
 from db_backup.backup.space import room_for_dump
-from db_backup.config import Config, JobConfig
+from db_backup.config import Config, DumpSelection, JobConfig
 from db_backup.observe import hooks
 from db_backup.postgres import tools as pg
-from db_backup.reports.model import FAILED, SUCCESS, Report, dump_options_json
+from db_backup.reports.model import FAILED, SUCCESS, Report
 from db_backup.storage import crypto, make_targets
 from db_backup.storage.local import LocalTarget
 from db_backup.util.cancel import Cancelled, CancelToken
@@ -208,6 +209,24 @@ def _new_report(ctx: RunContext, database: str, claim: Claim) -> Report:
         encryption=crypto.encryption_summary(ctx.recipients) if ctx.recipients else None,
         dump_options=dump_options_json(job.dump_selection(database)),
     )
+
+
+def dump_options_json(selection: DumpSelection) -> dict[str, Any] | None:
+    """Returns the report's `dumpOptions` of a dump selection, None for the whole database."""
+    if selection.is_whole:
+        return None
+    timeout = selection.lock_wait_timeout
+    return {
+        "excludeTableData": list(selection.exclude_table_data),
+        "schemas": list(selection.schemas),
+        "excludeSchemas": list(selection.exclude_schemas),
+        "tables": list(selection.tables),
+        "excludeTables": list(selection.exclude_tables),
+        "noOwner": selection.no_owner,
+        "noPrivileges": selection.no_privileges,
+        "noComments": selection.no_comments,
+        "lockWaitTimeoutSeconds": round(timeout.total_seconds()) if timeout else None,
+    }
 
 
 def _fail_database(ctx: RunContext, database: str, message: str) -> None:

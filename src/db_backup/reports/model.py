@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from db_backup.config import DumpSelection
 from db_backup.util.clock import format_utc, parse_utc, to_the_second, utc_now
 from db_backup.util.fsutil import fsync_dir, write_atomically
 from db_backup.util.names import safe_name
@@ -228,24 +227,6 @@ class Report:
         if self.dump_options is not None:  # only then: a whole-database report stays as it was
             document["dumpOptions"] = dict(self.dump_options)
         return document
-
-
-def dump_options_json(selection: DumpSelection) -> dict[str, Any] | None:
-    """Returns the report's `dumpOptions` of a dump selection, None for the whole database."""
-    if selection.is_whole:
-        return None
-    timeout = selection.lock_wait_timeout
-    return {
-        "excludeTableData": list(selection.exclude_table_data),
-        "schemas": list(selection.schemas),
-        "excludeSchemas": list(selection.exclude_schemas),
-        "tables": list(selection.tables),
-        "excludeTables": list(selection.exclude_tables),
-        "noOwner": selection.no_owner,
-        "noPrivileges": selection.no_privileges,
-        "noComments": selection.no_comments,
-        "lockWaitTimeoutSeconds": round(timeout.total_seconds()) if timeout else None,
-    }
 
 
 def report_path(reports_dir: Path, stem_text: str) -> Path:
