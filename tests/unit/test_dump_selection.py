@@ -203,3 +203,40 @@ def test_the_commented_selection_and_calendar_examples_in_config_example_yaml_lo
     assert job.databases == ("shop", "crm")
     assert job.dump_selection("crm").exclude_table_data == ("public.audit_log",)
     assert job.dump_selection("crm").schemas == ("public",)
+
+
+def sql_text(composable: object) -> str:
+    return composable.as_string(None)  # type: ignore[attr-defined,no-any-return]
+
+
+def test_the_row_counts_follow_pg_dump_s_selection_rules() -> None:
+    from db_backup.backup import rowcounts
+
+    match = "{} OPERATOR(pg_catalog.~) '{}' COLLATE pg_catalog.default"
+    whole = sql_text(rowcounts._included(DumpSelection()))
+    assert whole == "(NOT (false)) AND NOT (false)"  # everything pg_dump dumps by default
+    schemas = sql_text(
+        rowcounts._included(DumpSelection(schemas=("Sales",), exclude_schemas=("tmp*",)))
+    )
+    assert schemas == (
+        f"(({match.format('n.nspname', '^(sales)$')}) AND "
+        f"NOT ({match.format('n.nspname', '^(tmp.*)$')})) AND NOT (false)"
+    )
+    # With tables, schemas play no part (as in pg_dump); an unqualified pattern names the
+    # tables visible on the search path; exclusions apply last.
+    tables = sql_text(
+        rowcounts._included(
+            DumpSelection(tables=("orders",), exclude_schemas=("x",), exclude_tables=("*.t",))
+        )
+    )
+    assert tables == (
+        f"((true AND {match.format('c.relname', '^(orders)$')} AND "
+        "pg_catalog.pg_table_is_visible(c.oid))) AND NOT "
+        f"((true AND {match.format('c.relname', '^(t)$')}))"
+    )
+    data = sql_text(rowcounts._any_table(("public.audit_log", '"Log".*')))
+    assert data == (
+        f"(true AND {match.format('c.relname', '^(audit_log)$')} AND "
+        f"{match.format('n.nspname', '^(public)$')}) OR "
+        f"(true AND {match.format('n.nspname', '^(Log)$')})"
+    )
