@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from psycopg import sql
 
 from db_backup.backup.run import dump_options_json
 from db_backup.config import ConfigError, DumpSelection, loads, patterns
@@ -205,8 +206,8 @@ def test_the_commented_selection_and_calendar_examples_in_config_example_yaml_lo
     assert job.dump_selection("crm").schemas == ("public",)
 
 
-def sql_text(composable: object) -> str:
-    return composable.as_string(None)  # type: ignore[attr-defined,no-any-return]
+def sql_text(composable: sql.Composable) -> str:
+    return composable.as_string(None)
 
 
 def test_the_row_counts_follow_pg_dump_s_selection_rules() -> None:
