@@ -30,7 +30,9 @@ from db_backup.postgres.server import (
     drop_database,
 )
 from db_backup.restore.fetch import BackupFiles, Fetched, download_files, local_files, verify_files
+from db_backup.restore.partial import archive_output, choose
 from db_backup.restore.plan import Action, DatabaseAction, Step, database_action, plan_restore
+from db_backup.restore.select import check_request, check_target_database
 from db_backup.restore.source import BackupSource, RestoreError
 from db_backup.restore.steps import (
     RestoreOptions,
@@ -42,6 +44,7 @@ from db_backup.restore.steps import (
     restore_roles,
     run_restore_argv,
 )
+from db_backup.restore.toc import Selection
 from db_backup.storage.crypto import EncryptionError
 from db_backup.storage.local import describe_os_error
 from db_backup.util.cancel import Cancelled, CancelToken
@@ -78,6 +81,16 @@ def restore(
     With `options.dry_run`, changes nothing and returns the plan's lines as `steps`.
     """
     database = options.target_database or source.database
+    if not options.list_only:
+        check_target_database(database)
+    check_request(
+        source.dump_format,
+        partial=options.partial,
+        list_only=options.list_only,
+        data_only=options.data_only,
+        clean=options.clean,
+        globals_=options.globals,
+    )
     started = time.monotonic()
     if options.dry_run:
         steps = [step.text for step in plan_restore(source, server, options)]
@@ -96,6 +109,11 @@ def restore(
     except CommandError as exc:
         raise RestoreError(
             f"{server.describe()}: {explain_restore_error(str(exc), source)}"
+        ) from None
+    except OSError as exc:  # an unreadable dump or checksum file: say which, no traceback
+        where = exc.filename or source.description
+        raise RestoreError(
+            f"{where}: cannot read it ({exc.strerror or exc}); nothing was restored"
         ) from None
     finally:
         execution.stack.close()
@@ -136,6 +154,8 @@ class _Execution:
             Action.VERIFY: self.verify,
             Action.CHECK_ARCHIVE: self.check_archive,
             Action.CHECK_IDENTITY: self.check_identity,
+            Action.LIST: self.list_entries,
+            Action.SELECT: self.select,
             Action.RESTORE_ROLES: self.restore_roles,
             Action.PREPARE_DATABASE: self.prepare_database,
             Action.RESTORE: lambda: self.restore(step),
@@ -169,6 +189,41 @@ class _Execution:
         )
         self.say(f"the age identity opens {self.source.dump_name}")
 
+    def list_entries(self) -> None:
+        """Prints the archive's table of contents (or the entries a selection takes)."""
+        assert self.fetched is not None
+        if self.options.partial:
+            selection = self.select()
+            for line in selection.left_out:
+                self.say(f"; {line}")
+            for entry in selection.entries:
+                self.say(entry.line)
+            return
+        args = ["--list"]
+        text = archive_output(args, self.server, self.source, self.fetched, self.identity, None)
+        for line in text.splitlines():
+            self.say(line)
+
+    def select(self) -> Selection:
+        """Chooses the entries of a partial restore and checks the target; keeps the list file."""
+        assert self.fetched is not None
+        selection = choose(
+            self.server,
+            self.source,
+            self.fetched,
+            self.identity,
+            self.options,
+            self.database,
+            self.scratch,
+            self.cancel,
+            check_target=not self.options.list_only,
+        )
+        if not self.options.list_only:
+            for line in selection.left_out:
+                self.say(line)
+            self.say(f"chose {len(selection.entries)} entries of the archive to restore")
+        return selection
+
     def restore_roles(self) -> None:
         """Restores roles and tablespaces from the backup's globals file."""
         fetched = self.fetched
@@ -187,9 +242,20 @@ class _Execution:
         """Creates the target database, or checks that it may be restored over."""
         server, database = self.server, self.database
         exists = database_exists(server, database)
-        empty = database_is_empty(server, database) if exists and not self.options.clean else None
+        # A partial restore was checked against what the database holds (SELECT step).
+        partly = self.options.partial or self.options.data_only
+        if self.options.data_only and not exists:
+            raise RestoreError(
+                f"--data-only restores rows into tables that exist; database {database!r} "
+                f"does not exist on {server.describe()}"
+            )
+        empty = (
+            database_is_empty(server, database)
+            if exists and not self.options.clean and not partly
+            else None
+        )
         plain = self.source.dump_format == "plain"
-        action = database_action(exists, self.options.clean, plain, empty)
+        action = database_action(exists, self.options.clean or partly, plain, empty)
         if action is DatabaseAction.REFUSE:
             raise RestoreError(
                 f"database {database!r} already exists on {server.describe()} and is not "

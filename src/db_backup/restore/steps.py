@@ -22,6 +22,7 @@ from db_backup.postgres.server import (
     tablespace_names,
 )
 from db_backup.restore.fetch import Fetched
+from db_backup.restore.select import Relation
 from db_backup.restore.source import BackupSource, RestoreError
 from db_backup.storage import crypto
 from db_backup.util.cancel import CancelToken
@@ -43,6 +44,16 @@ class RestoreOptions:
     skip_tablespaces: bool = False
     prefer_remote: bool = False
     identity: SecretRef | None = None  # age identity (--identity); default: the job's
+    # Partial restore (issue 20): pg_restore's own selection through --use-list.
+    tables: tuple[Relation, ...] = ()  # --table schema.table
+    schemas: tuple[str, ...] = ()  # --schema S
+    data_only: bool = False  # --data-only: rows into tables that exist
+    list_only: bool = False  # --list: print the table of contents, change nothing
+
+    @property
+    def partial(self) -> bool:
+        """Returns whether only part of the archive is restored (a --use-list file)."""
+        return bool(self.tables or self.schemas)
 
 
 def explain_restore_error(text: str, source: BackupSource) -> str:
@@ -78,11 +89,13 @@ def restore_argv(
     dump: Path | None,
     database: str,
     options: RestoreOptions,
+    use_list: Path | None = None,
 ) -> list[str]:
     """Returns the pg_restore (or psql, for plain dumps) command line of the restore.
 
     `dump` None: the dump arrives on stdin (decrypted on the way), so pg_restore cannot use
-    parallel jobs (it needs to seek).
+    parallel jobs (it needs to seek). `use_list`: the file of the entries a partial restore
+    takes (pg_restore --use-list).
     """
     if source.dump_format == "plain":
         return [
@@ -102,6 +115,10 @@ def restore_argv(
         argv += ["--clean", "--if-exists"]
     if options.skip_tablespaces:
         argv.append("--no-tablespaces")
+    if options.data_only:
+        argv.append("--data-only")
+    if use_list is not None:
+        argv.append(f"--use-list={use_list}")
     if dump is not None:
         argv.append(str(dump))
     return argv
