@@ -116,7 +116,9 @@ def restore_argv(
     if options.skip_tablespaces:
         argv.append("--no-tablespaces")
     if options.data_only:
-        argv.append("--data-only")
+        # Rows of tables that reference each other load in any order (-j): their foreign key
+        # triggers are off while they load, as pg_restore's manual advises (needs a superuser).
+        argv += ["--data-only", "--disable-triggers"]
     if use_list is not None:
         argv.append(f"--use-list={use_list}")
     if dump is not None:
