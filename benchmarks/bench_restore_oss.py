@@ -166,7 +166,12 @@ def measure_oss(bench: Bench, args: argparse.Namespace, command: str) -> int:
         conn = ["-h", str(cluster.socket_dir), "-p", str(cluster.port), "-U", "postgres"]
         spec = {"endpoint": bench.endpoint, "key": key, "dir": str(bench.work / "manual"),
                 "conn": conn, "database": TARGET}  # fmt: skip
-        manual_argv = [str(PYTHON), str(HERE / "bench_restore.py"), "--manual-way", json.dumps(spec)]
+        manual_argv = [
+            str(PYTHON),
+            str(HERE / "bench_restore.py"),
+            "--manual-way",
+            json.dumps(spec),
+        ]
         ours_argv = [*base, "restore", str(report_path), "--to-database", TARGET, "-j", "2"]
         expected = counts(bench, DB_1X)
         results: dict[str, list[float]] = {"manual": [], "restore": []}

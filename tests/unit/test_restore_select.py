@@ -264,5 +264,5 @@ def test_a_report_id_must_name_exactly_one_report() -> None:
     assert only_report([Path("/r/a.json")], "id", Path("/r")) == Path("/r/a.json")
     with pytest.raises(RestoreError, match="no report with id"):
         only_report([], "id", Path("/r"))
-    with pytest.raises(RestoreError, match="/r/a.json, /r/b.json"):
+    with pytest.raises(RestoreError, match=r"/r/a\.json, /r/b\.json"):
         only_report([Path("/r/b.json"), Path("/r/a.json")], "id", Path("/r"))

@@ -9,7 +9,7 @@ report id names exactly one report. The archive's table of contents is chosen in
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,7 +41,7 @@ class Candidate:
 
     path: Path
     started: datetime
-    document: dict[str, object]
+    document: Mapping[str, object]
 
 
 def check_target_database(name: str) -> str:

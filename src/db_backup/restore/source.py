@@ -216,7 +216,7 @@ def find_before(
     reports, _ = load_reports(config.directories.reports)
     candidates = [Candidate(r.path, r.started, r.document) for r in reports]
     chosen = pick_before(candidates, moment, job, database)
-    return chosen.document, str(chosen.path)
+    return dict(chosen.document), str(chosen.path)
 
 
 def resolve_source(
