@@ -200,6 +200,11 @@ def test_list_prints_the_entries_and_changes_nothing(history: Setup, cluster: Cl
     assert any("TABLE DATA app accounts" in line for line in lines)
     assert any("INDEX app accounts_name" in line for line in lines)
     assert not any("audit" in line or "events" in line for line in lines)
+    # A name that looks like an option is refused; quoted, it is a name (never an argument).
+    smuggled = restore(history, "--list", "--table=-n.x")
+    assert smuggled.returncode == 2 and "starts with '-'" in smuggled.stderr
+    quoted = restore(history, "--list", '--table="-n".x')
+    assert quoted.returncode == 1 and 'has no table "-n".x' in quoted.stderr
     assert databases(cluster) == before
 
 
