@@ -49,6 +49,8 @@ class RestoreOptions:
     schemas: tuple[str, ...] = ()  # --schema S
     data_only: bool = False  # --data-only: rows into tables that exist
     list_only: bool = False  # --list: print the table of contents, change nothing
+    owner: str | None = None  # --owner: the database (and its objects) belong to this role
+    locale: str | None = None  # --locale: instead of the recorded LC_COLLATE/LC_CTYPE
 
     @property
     def partial(self) -> bool:
@@ -121,6 +123,9 @@ def restore_argv(
         argv += ["--data-only", "--disable-triggers"]
     if use_list is not None:
         argv.append(f"--use-list={use_list}")
+    if options.owner is not None:
+        # The objects are created by the new owner instead of being given to the old one.
+        argv += ["--no-owner", f"--role={options.owner}"]
     if dump is not None:
         argv.append(str(dump))
     return argv
