@@ -126,7 +126,8 @@ COMMANDS: tuple[Command, ...] = (
         description=(
             "Restores one backup: SOURCE is a report file (.json), a report id, a dump path or "
             "an oss://bucket/key URL; without SOURCE, the newest successful backup of --job and "
-            "--database."
+            "--database (with --before TIME: the newest that started before TIME). --table, "
+            "--schema and --data-only restore part of it; --list prints its table of contents."
         ),
         handler=restore.restore,
         arguments=restore.restore_arguments,
