@@ -69,7 +69,8 @@ def plan_restore(
     encrypted = is_encrypted(source)
     steps = []
     if source.remote_keys:
-        text = f"download {source.description} (CRC-64 checked) and its .sha256"
+        check = "size checked" if source.remote_target == "rclone" else "CRC-64 checked"
+        text = f"download {source.description} ({check}) and its .sha256"
         steps.append(Step(Action.DOWNLOAD, text))
     steps.append(Step(Action.VERIFY, _verify_text(source)))
     if encrypted:
