@@ -120,6 +120,8 @@ class Report:
     # catalog at dump time: postgres.dbdef. None: not read (the dump did not start).
     database_definition: dict[str, Any] | None = None
     hostname: str = field(default_factory=socket.gethostname)
+    # What went into the dump when not the whole database (`dumpOptions`); None: all of it.
+    dump_options: dict[str, Any] | None = None
 
     @property
     def id(self) -> str:
@@ -189,7 +191,7 @@ class Report:
         # The seed's form has whole seconds; the duration is the difference of the two shown.
         started = to_the_second(self.started)
         finished = to_the_second(self.finished or utc_now())
-        return {
+        document = {
             "database": self.database,
             "host": self.host,
             "port": str(self.port),
@@ -230,6 +232,9 @@ class Report:
                 else {}
             ),
         }
+        if self.dump_options is not None:  # only then: a whole-database report stays as it was
+            document["dumpOptions"] = dict(self.dump_options)
+        return document
 
 
 def report_path(reports_dir: Path, stem_text: str) -> Path:
