@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-from db_backup.storage.base import StorageError
+from db_backup.storage.base import ObjectMissing, StorageError
 from db_backup.storage.rclone import RcloneSettings, RcloneTarget
 
 pytestmark = pytest.mark.skipif(shutil.which("rclone") is None, reason="needs rclone on PATH")
@@ -101,3 +102,45 @@ def test_list_of_a_missing_directory_is_empty(tmp_path: Path) -> None:
         RcloneSettings(remote="localfs", prefix=f"{tmp_path}/absent/", config_file=str(config))
     )
     assert target.list_names() == []
+
+
+def test_read_back_head_get_and_list(target: RcloneTarget, remote_dir: Path) -> None:
+    data = os.urandom(2 * 1024 * 1024 + 3)
+    sink = target.open_stream(FILENAME)
+    sink.write(data)
+    stored = sink.commit(hashlib.sha256(data).hexdigest())
+    assert stored.extra["md5"] == hashlib.md5(data).hexdigest()
+    info = target.head(FILENAME)
+    assert info.size == len(data)
+    assert info.hashes == {
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "md5": hashlib.md5(data).hexdigest(),
+    }
+    assert target.head(FILENAME, hashes=False).hashes == {}
+    out = io.BytesIO()
+    got = target.get(FILENAME, out)
+    assert out.getvalue() == data and got.sha256 == hashlib.sha256(data).hexdigest()
+    assert got.checked == "size" and not got.mismatch
+    assert [(o.name, o.size) for o in target.list_objects()] == [(FILENAME, len(data))]
+    with pytest.raises(ObjectMissing, match="does not exist"):
+        target.head("absent.dump")
+    with pytest.raises(ObjectMissing, match="does not exist"):
+        target.get("absent.dump", None)
+    (remote_dir / "sub.dump.d").mkdir()
+    (remote_dir / "sub.dump.d" / "toc.dat").write_bytes(b"toc")
+    with pytest.raises(ObjectMissing, match="is a directory"):
+        target.get("sub.dump.d", None)  # `rclone cat` of a directory would print its files
+    assert [o.name for o in target.list_objects("sub.dump.d/")] == ["sub.dump.d/toc.dat"]
+    assert target.list_objects("none.dump.d/") == []
+
+
+def test_read_back_from_an_unreachable_remote_is_a_storage_error(tmp_path: Path) -> None:
+    config = tmp_path / "rclone.conf"
+    config.write_text("[localfs]\ntype = local\n")
+    target = RcloneTarget(
+        RcloneSettings(remote="nosuchremote", prefix="x/", config_file=str(config))
+    )
+    with pytest.raises(StorageError, match=r"lsjson failed for nosuchremote:x/a\.dump"):
+        target.head("a.dump")
+    with pytest.raises(StorageError, match="lsjson failed for nosuchremote:x/"):
+        target.list_objects()

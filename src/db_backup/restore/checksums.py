@@ -34,11 +34,14 @@ def sha256_file(path: Path, cancel: CancelToken | None = None) -> str:
     return digest.hexdigest()
 
 
-def verify_directory_dump(directory: Path, manifest: Path, expected: str = "") -> str:
+def verify_directory_dump(
+    directory: Path, manifest: Path, expected: str = "", seen: dict[str, str] | None = None
+) -> str:
     """Checks a directory-format dump against its manifest; returns the manifest's sha256.
 
     Every manifest line must name a file inside the directory whose sha256 matches, and the
-    manifest's own sha256 must be `expected` when given (the report's checksum).
+    manifest's own sha256 must be `expected` when given (the report's checksum). `seen` holds
+    the sha256 of files hashed as they were downloaded (by file name): those are not read again.
     """
     try:
         text = manifest.read_text(encoding="utf-8")
@@ -62,7 +65,8 @@ def verify_directory_dump(directory: Path, manifest: Path, expected: str = "") -
         path = (directory / name[len(prefix) :]).resolve()
         if root not in path.parents or not path.is_file():
             raise RestoreError(f"{manifest}: {name!r} is not a file of this dump")
-        actual = sha256_file(path)
+        known = (seen or {}).get(name[len(prefix) :])
+        actual = known or sha256_file(path)
         if actual != digest.lower():
             raise RestoreError(
                 f"{path}: checksum mismatch (sha256 {actual}, expected {digest}); "

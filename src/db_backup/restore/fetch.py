@@ -1,19 +1,23 @@
 """Getting a backup's files to local disk, verified: what restore and drill do first.
 
-A local backup is found in its directory; a remote one is downloaded from OSS (restore.oss_read,
-CRC-64 checked) into a private directory. Either way, the dump's sha256 is verified against the
-report and the `.sha256` file before anything uses it.
+A local backup is found in its directory; a remote one is downloaded through the storage
+protocol from whichever target the report says holds it (OSS: CRC-64 checked; rclone: size
+checked) into a private directory. Either way, the dump's sha256 is verified against the report
+and the `.sha256` file before anything uses it. A download hashes the bytes as they arrive, and
+that sha256 is the one verified: a downloaded dump is never read a second time just to hash it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from db_backup.config import Config
 from db_backup.restore.checksums import read_checksum_file, sha256_file, verify_directory_dump
+from db_backup.restore.remote import open_remote
 from db_backup.restore.source import BackupSource, RestoreError
-from db_backup.storage.base import StorageError
+from db_backup.storage.base import ObjectMissing, StorageError, Target
+from db_backup.storage.download import download, download_directory
 from db_backup.util.cancel import CancelToken
 
 
@@ -24,6 +28,10 @@ class BackupFiles:
     dump: Path
     checksum: Path | None
     globals_file: Path | None
+    # The sha256 of the dump as it was downloaded ("": read it to know); of a directory dump,
+    # of each member file by name.
+    sha256_seen: str = ""
+    members_seen: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -82,7 +90,7 @@ def verify_files(
     if source.dump_format == "directory":
         if checksum_path is None:
             raise RestoreError(f"{dump}: no {source.checksum_name} manifest to verify it against")
-        sha = verify_directory_dump(dump, checksum_path, source.expected_sha256)
+        sha = verify_directory_dump(dump, checksum_path, source.expected_sha256, files.members_seen)
         return Fetched(dump, files.globals_file, sha)
     expectations = []
     if source.expected_sha256:
@@ -96,7 +104,7 @@ def verify_files(
             f"{source.description}: no report and no {source.checksum_name} to verify it "
             "against; refusing to restore an unverified dump"
         )
-    actual = sha256_file(dump, cancel)
+    actual = files.sha256_seen or sha256_file(dump, cancel)
     for expected, where in expectations:
         if actual != expected:
             raise RestoreError(
@@ -116,32 +124,40 @@ def download_files(
 ) -> BackupFiles:
     """Downloads a remote backup's dump, `.sha256` and globals file into `workdir`.
 
-    A missing dump raises RestoreError; a missing `.sha256` or globals file is left out.
+    Returns them with the sha256 seen while downloading. A missing dump raises RestoreError; a
+    missing `.sha256` or globals file is left out.
     """
-    from db_backup.restore.oss_read import ObjectMissing, download, download_directory, oss_target
-
+    keys = source.remote_keys
     try:
-        target = oss_target(config)
+        target = open_remote(config, source)
         workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
         dump = workdir / source.dump_name
+        seen, members = "", {}
         if source.dump_format == "directory":
-            download_directory(target, source.remote_keys["dump"], dump, cancel)
+            members = download_directory(target, keys["dump"], dump, cancel)
         else:
-            download(target, source.remote_keys["dump"], dump, cancel)
-        checksum: Path | None = workdir / source.checksum_name
-        try:
-            download(target, source.remote_keys["checksum"], checksum, cancel)  # type: ignore[arg-type]
-        except ObjectMissing:
-            checksum = None
-        globals_path: Path | None = None
-        if want_globals and "globals" in source.remote_keys and source.globals_name:
-            globals_path = workdir / source.globals_name
-            try:
-                download(target, source.remote_keys["globals"], globals_path, cancel)
-            except ObjectMissing:
-                globals_path = None
+            seen = download(target, keys["dump"], dump, cancel).sha256
+        checksum = _optional(target, keys.get("checksum"), workdir / source.checksum_name, cancel)
+        globals_path = None
+        if want_globals and source.globals_name:
+            globals_path = _optional(
+                target, keys.get("globals"), workdir / source.globals_name, cancel
+            )
     except ObjectMissing as exc:
         raise RestoreError(f"{exc}: nothing to restore") from None
     except StorageError as exc:
         raise RestoreError(str(exc)) from None
-    return BackupFiles(dump, checksum, globals_path)
+    return BackupFiles(dump, checksum, globals_path, seen, members)
+
+
+def _optional(
+    target: Target, name: str | None, destination: Path, cancel: CancelToken | None
+) -> Path | None:
+    """Downloads a companion file; returns None when there is none."""
+    if name is None:
+        return None
+    try:
+        download(target, name, destination, cancel)
+    except ObjectMissing:
+        return None
+    return destination

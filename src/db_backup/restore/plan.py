@@ -80,7 +80,8 @@ def plan_restore(
     if definition is not None:
         steps.append(Step(Action.CHECK_DEFINITION, definition.check_text(server.describe())))
     if source.remote_keys:
-        text = f"download {source.description} (CRC-64 checked) and its .sha256"
+        check = "size checked" if source.remote_target == "rclone" else "CRC-64 checked"
+        text = f"download {source.description} ({check}) and its .sha256"
         steps.append(Step(Action.DOWNLOAD, text))
     steps.append(Step(Action.VERIFY, _verify_text(source)))
     if encrypted:

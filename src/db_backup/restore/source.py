@@ -1,8 +1,8 @@
 """Which backup to restore: a report file or id, a dump path, an oss:// URL, or the newest one.
 
 File names read from a report are input: only plain names (no `/`, no leading `.`) are accepted,
-and they are looked up in the configured data directory or under the configured OSS prefix, never
-at a path the report names.
+and they are looked up in the configured data directory or under the prefix of the configured
+remote target that the report says holds them (OSS or rclone), never at a path the report names.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 from db_backup.config import Config
 from db_backup.reports.model import SUCCESS, load_reports, seed_field_problems
+from db_backup.restore.remote import open_remote, remote_holder
 from db_backup.storage.base import StorageError, split_member
 
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
@@ -44,7 +45,11 @@ class BackupSource:
     report: dict[str, Any] | None = None
     report_file: str = ""
     local_dir: Path | None = None  # the dump and its companions are in this directory
-    remote_keys: dict[str, str] = field(default_factory=dict)  # dump/checksum/globals -> key
+    # dump/checksum/globals -> the name on the remote target (relative to its prefix; a
+    # directory dump's is its directory, `<stem>.dump.d`); empty: not read from a remote.
+    remote_keys: dict[str, str] = field(default_factory=dict)
+    remote_target: str = ""  # the target holding the remote copy ("oss", "rclone")
+    remote_prefix: str | None = None  # an oss:// URL's own prefix; None: the configured one
     globals_name: str = ""
     description: str = ""
 
@@ -130,16 +135,15 @@ def source_from_report(
     local_ok = bool(document["local"].get("file")) and (
         not targets or targets.get("local", {}).get("status") == SUCCESS
     )
-    remote_ok = bool(document["remote"].get("urls")) and (
-        not targets or targets.get("oss", {}).get("status") == SUCCESS
-    )
+    holder = remote_holder(document)
+    remote_ok = holder is not None
     local_dump = config.directories.data / dump_name
     use_local = local_ok and local_dump.exists() and not (prefer_remote and remote_ok)
     if use_local:
         source.local_dir = config.directories.data
         source.description = str(local_dump)
-    elif remote_ok:
-        _set_remote_keys(config, source)
+    elif holder is not None:
+        _set_remote_keys(config, source, holder)
     elif local_ok:
         raise RestoreError(
             f"{local_dump}: the dump named by {report_file or 'the report'} is no longer there "
@@ -150,23 +154,19 @@ def source_from_report(
     return source
 
 
-def _set_remote_keys(config: Config, source: BackupSource) -> None:
-    """Points `source` at its objects under the configured OSS prefix."""
-    from db_backup.restore.oss_read import oss_target
-
+def _set_remote_keys(config: Config, source: BackupSource, holder: str) -> None:
+    """Points `source` at its files on the remote target `holder` (under its prefix)."""
+    source.remote_target = holder
     try:
-        target = oss_target(config)
+        target = open_remote(config, source)
     except StorageError as exc:
         raise RestoreError(str(exc)) from None
-    # A directory dump is the objects under `<prefix><name>/`: its key ends with "/".
-    slash = "/" if source.dump_format == "directory" else ""
-    source.remote_keys = {
-        "dump": target.key(source.dump_name + slash),
-        "checksum": target.key(source.checksum_name),
-    }
+    source.remote_keys = {"dump": source.dump_name, "checksum": source.checksum_name}
     if source.globals_name:
-        source.remote_keys["globals"] = target.key(source.globals_name)
-    source.description = target.url(source.remote_keys["dump"])
+        source.remote_keys["globals"] = source.globals_name
+    # A directory dump is the objects under `<prefix><name>/`.
+    slash = "/" if source.dump_format == "directory" else ""
+    source.description = target.location(source.dump_name + slash)
 
 
 def find_report(
@@ -284,34 +284,30 @@ def _source_from_path(path: Path) -> BackupSource:
 
 def _source_from_url(config: Config, url: str) -> BackupSource:
     """Returns the backup of an oss:// URL in the configured bucket (companions by name)."""
-    from db_backup.restore.oss_read import oss_target, parse_oss_url
+    from db_backup.storage.oss import parse_oss_url
 
     try:
         bucket, key = parse_oss_url(url)
-        target = oss_target(config)
-    except (ValueError, StorageError) as exc:
+    except ValueError as exc:
         raise RestoreError(str(exc)) from None
-    if bucket != target.settings.bucket:
+    oss = config.storage.oss
+    if oss is None:
+        raise RestoreError("oss: reading from OSS needs a storage.oss section in the config")
+    if bucket != oss.bucket:
         raise RestoreError(
-            f"{url}: the configured bucket is {target.settings.bucket!r}; "
-            "this program only reads from it"
+            f"{url}: the configured bucket is {oss.bucket!r}; this program only reads from it"
         )
-    directory = key.endswith(".dump.d/")
-    name = key.rstrip("/").rsplit("/", 1)[-1] if directory else key.rsplit("/", 1)[-1]
+    name = key.rstrip("/").rsplit("/", 1)[-1]
     fmt = dump_format_of(name)
-    if fmt == "directory" and not directory:
-        key += "/"  # the objects under `<name>/`
-    base = key[: -len(name) - (1 if fmt == "directory" else 0)]
+    base = key.rstrip("/")[: -len(name)]  # the objects' own prefix, whatever is configured
     globals_name = f"{stem_of(name)}_globals.sql"
     return BackupSource(
         dump_name=safe_file_name(name),
         dump_format=fmt,
         database=_database_from_stem(stem_of(name)),
-        remote_keys={
-            "dump": key,
-            "checksum": f"{base}{name}.sha256",
-            "globals": f"{base}{globals_name}",
-        },
+        remote_keys={"dump": name, "checksum": f"{name}.sha256", "globals": globals_name},
+        remote_target="oss",
+        remote_prefix=base,
         globals_name=globals_name,
         description=url,
     )

@@ -2,10 +2,12 @@
 
 Local copies: the dump is there, has the reported size, its sha256 equals the report's and the
 `.sha256` file's, and `pg_restore --list` reads its table of contents (a cheap structural check).
-OSS copies (`--remote`): the object exists with the reported size, CRC-64 (HEAD's
-`x-oss-hash-crc64ecma` against the report) and `sha256` tag, without downloading it; `--deep`
-downloads it (to memory, piece by piece) and hashes it. File names come from the reports and are
-accepted only as plain names in the data directory or under the configured prefix.
+Remote copies (`--remote`), through the storage protocol of whichever target the report says
+holds them: the object exists with the reported size and the integrity values the backend offers
+match, without downloading it (OSS: HEAD's CRC-64 against the report's and the `sha256` tag;
+rclone: the sha256/md5 the remote computes); `--deep` reads it (to nowhere, piece by piece) and
+hashes it. File names come from the reports and are accepted only as plain names in the data
+directory or under the configured prefix.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 from db_backup.config import Config
 from db_backup.reports.model import SUCCESS, load_reports
 from db_backup.restore.checksums import read_checksum_file, sha256_file, verify_directory_dump
+from db_backup.restore.remote import remote_holder
 from db_backup.restore.source import (
     BackupSource,
     RestoreError,
@@ -26,7 +29,8 @@ from db_backup.restore.source import (
     source_from_report,
 )
 from db_backup.restore.steps import explain_restore_error
-from db_backup.storage.base import StorageError, split_member
+from db_backup.storage import reading_target
+from db_backup.storage.base import ObjectMissing, StorageError, Target, split_member
 from db_backup.storage.crypto import is_encrypted
 from db_backup.util.cancel import CancelToken
 from db_backup.util.execute import CommandError, run
@@ -40,7 +44,7 @@ class Result:
     report: str
     job: str
     database: str
-    target: str  # "local" | "oss"
+    target: str  # "local" | "oss" | "rclone"
     location: str
     passed: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -69,7 +73,6 @@ def verify(
     reports, _ = load_reports(config.directories.reports)
     seen: set[tuple[str, str]] = set()
     results: list[Result] = []
-    target = None
     for stored in reports:  # newest first
         doc = stored.document
         if doc["status"] != SUCCESS:
@@ -87,23 +90,18 @@ def verify(
         has_local = bool(doc["local"].get("file")) and (
             not targets or targets.get("local", {}).get("status") == SUCCESS
         )
-        has_oss = (
-            bool(doc["remote"].get("urls")) and targets.get("oss", {}).get("status") == SUCCESS
-        )
+        holder = remote_holder(doc) if targets else None
         if has_local:
             results.append(_verify_local(config, stored.path, doc, deep))
-        if (remote or deep) and has_oss:
-            if target is None:
-                from db_backup.restore.oss_read import oss_target
-
-                try:
-                    target = oss_target(config)
-                except StorageError as exc:
-                    failed = _result(stored.path, doc, "oss", "")
-                    failed.problems.append(str(exc))
-                    results.append(failed)
-                    continue
-            results.append(_verify_oss(target, stored.path, doc, deep, cancel))
+        if (remote or deep) and holder is not None:
+            try:
+                target = reading_target(config, holder)
+            except StorageError as exc:
+                failed = _result(stored.path, doc, holder, "")
+                failed.problems.append(f"{holder}: {exc}")
+                results.append(failed)
+                continue
+            results.append(_verify_remote(target, stored.path, doc, deep, cancel))
     return results
 
 
@@ -232,29 +230,28 @@ def _structure(result: Result, fmt: str, dump: Path, doc: dict[str, Any]) -> Non
     result.passed.append(f"pg_restore --list ({entries} entries)")
 
 
-def _verify_oss(
-    target: Any, path: Path, doc: dict[str, Any], deep: bool, cancel: CancelToken | None
+def _verify_remote(
+    target: Target, path: Path, doc: dict[str, Any], deep: bool, cancel: CancelToken | None
 ) -> Result:
-    from db_backup.restore.oss_read import ObjectMissing, hash_object, head
-
-    result = _result(path, doc, "oss", "")
+    """Checks the remote copy on `target`: size and the backend's integrity values (head);
+    with `deep`, the sha256 of every byte read back."""
+    result = _result(path, doc, target.name, "")
     artefacts = doc.get("artefacts") or []
     members = [a for a in artefacts if split_member(a) is not None]
     if members:
-        return _verify_oss_directory(target, result, doc, members, deep, cancel)
+        return _verify_remote_directory(target, result, doc, members, deep, cancel)
     try:
         name = safe_file_name(artefacts[0] if artefacts else "")
         dump_format_of(name)
     except RestoreError as exc:
         result.problems.append(str(exc))
         return result
-    key = target.key(name)
-    result.location = target.url(key)
+    result.location = target.location(name)
     expected_sha = str(doc["local"]["checksumSha256"])
     expected_size = doc["local"]["sizeBytes"]
-    recorded_crc = str(doc.get("targets", {}).get("oss", {}).get("crc64", ""))
+    recorded = doc.get("targets", {}).get(target.name, {})
     try:
-        info = head(target, key)
+        info = target.head(name)
     except ObjectMissing:
         result.problems.append("object missing")
         return result
@@ -265,22 +262,13 @@ def _verify_oss(
         result.problems.append(f"size is {info.size} bytes, the report says {expected_size}")
     else:
         result.passed.append("size")
-    if info.crc64 is None:
-        result.problems.append("OSS sent no CRC-64 for the object")
-    elif recorded_crc and str(info.crc64) != recorded_crc:
-        result.problems.append(f"CRC-64 is {info.crc64}, the report says {recorded_crc}")
-    elif recorded_crc:
-        result.passed.append("CRC-64")
-    if info.sha256_tag is None:
-        result.problems.append("the object has no sha256 tag")
-    elif info.sha256_tag != expected_sha:
-        result.problems.append(f"sha256 tag is {info.sha256_tag}, the report says {expected_sha}")
-    else:
-        result.passed.append("sha256 tag")
+    passed, problems = target.check_head(info, expected_sha, recorded)
+    result.passed += passed
+    result.problems += problems
     _check_checksum_object(result, target, name)
     if deep:
         try:
-            got = hash_object(target, key, cancel)
+            got = target.get(name, None, cancel)
         except StorageError as exc:
             result.problems.append(str(exc))
             return result
@@ -290,19 +278,17 @@ def _verify_oss(
             )
         else:
             result.passed.append("sha256 (downloaded)")
-        if got.server_crc64 is not None and got.crc64 != got.server_crc64:
-            result.problems.append(
-                f"CRC-64 of the downloaded bytes is {got.crc64}, OSS says {got.server_crc64}"
-            )
+        if got.mismatch:
+            result.problems.append(got.mismatch)
+        elif got.checked:
+            result.passed.append(f"{got.checked} (downloaded)")
     return result
 
 
-def _check_checksum_object(result: Result, target: Any, name: str) -> None:
+def _check_checksum_object(result: Result, target: Target, name: str) -> None:
     """Records in `result` whether the `name.sha256` object stands next to the dump."""
-    from db_backup.restore.oss_read import ObjectMissing, head
-
     try:
-        head(target, target.key(f"{name}.sha256"), with_tag=False)
+        target.head(f"{name}.sha256", hashes=False)
         result.passed.append(f"{name}.sha256 present")
     except ObjectMissing:
         result.problems.append(f"{name}.sha256 object missing")
@@ -324,30 +310,29 @@ def render(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def _verify_oss_directory(
-    target: Any,
+def _verify_remote_directory(
+    target: Target,
     result: Result,
     doc: dict[str, Any],
     members: list[str],
     deep: bool,
     cancel: CancelToken | None,
 ) -> Result:
-    """Checks a directory dump on OSS: HEADs every member (size, CRC-64) and its manifest."""
-    from db_backup.restore.oss_read import ObjectMissing, hash_object, head
-
+    """Checks a remote directory dump: heads every member (size, integrity value) and its
+    manifest; with `deep`, reads every member back through the backend's check."""
     directory = {member[0] for member in map(split_member, members) if member is not None}
     if len(directory) != 1:
         result.problems.append("the report names members of more than one directory dump")
         return result
     [name] = directory
-    result.location = target.url(target.key(f"{name}/"))
+    result.location = target.location(f"{name}/")
     expected_size = doc["local"]["sizeBytes"]
     total = 0
     missing = []
+    checked: set[str] = set()
     for member in members:
-        key = target.key(member)
         try:
-            info = head(target, key, with_tag=False)
+            info = target.head(member, hashes=False)
         except ObjectMissing:
             missing.append(member)
             continue
@@ -355,26 +340,24 @@ def _verify_oss_directory(
             result.problems.append(str(exc))
             return result
         total += info.size
-        if info.crc64 is None:
-            result.problems.append(f"OSS sent no CRC-64 for {member}")
+        _, problems = target.check_head(info, "", {})
+        result.problems += [f"{member}: {problem}" for problem in problems]
         if deep:
             try:
-                got = hash_object(target, key, cancel)
+                got = target.get(member, None, cancel)
             except StorageError as exc:
                 result.problems.append(str(exc))
                 continue
-            if got.server_crc64 is not None and got.crc64 != got.server_crc64:
-                result.problems.append(
-                    f"{member}: CRC-64 of the downloaded bytes is {got.crc64}, "
-                    f"OSS says {got.server_crc64}"
-                )
+            if got.mismatch:
+                result.problems.append(f"{member}: {got.mismatch}")
+            checked.add(got.checked)
     if missing:
         result.problems.append(f"objects missing: {', '.join(missing)}")
     elif total != expected_size:
         result.problems.append(f"the objects hold {total} bytes, the report says {expected_size}")
     else:
         result.passed.append(f"{len(members)} objects present, sizes")
-        if deep:
-            result.passed.append("CRC-64 (downloaded)")
+        if deep and checked and "" not in checked:
+            result.passed += [f"{check} (downloaded)" for check in sorted(checked)]
     _check_checksum_object(result, target, name)
     return result

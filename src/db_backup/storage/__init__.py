@@ -19,6 +19,7 @@ __all__ = [
     "delete_quietly",
     "make_targets",
     "oss_settings",
+    "reading_target",
     "remote_target",
 ]
 
@@ -51,19 +52,38 @@ def delete_quietly(target: Target, names: list[str]) -> None:
 
 def remote_target(config: Config) -> Target:
     """Returns the configured remote target (oss2 or rclone) with its secrets resolved."""
+    return reading_target(config, "rclone" if config.storage.tool == "rclone" else "oss")
+
+
+def reading_target(config: Config, name: str, prefix: str | None = None) -> Target:
+    """Returns the remote target called `name` in reports ("oss", "rclone"), to read from.
+
+    The report says which target stored a backup; the config says how to reach it (its
+    section, whichever `storage.tool` writes now). `prefix` replaces the configured one (an
+    oss:// URL given by hand). Raises StorageError when the config cannot reach it.
+    """
     storage = config.storage
-    if storage.tool == "rclone":
+    if name == "rclone":
         from db_backup.storage.rclone import RcloneSettings, RcloneTarget
 
         if storage.rclone is None:
             raise StorageError("storage.rclone is not configured")
         rc = storage.rclone
         return RcloneTarget(
-            RcloneSettings(remote=rc.remote, prefix=rc.prefix, config_file=rc.config_file)
+            RcloneSettings(
+                remote=rc.remote,
+                prefix=rc.prefix if prefix is None else prefix,
+                config_file=rc.config_file,
+            )
         )
+    if name != "oss":
+        raise StorageError(f"no storage target called {name!r} to read from")
     from db_backup.storage.oss import OssTarget
 
-    return OssTarget(oss_settings(config))
+    settings = oss_settings(config)
+    if prefix is not None:
+        settings = dataclasses.replace(settings, prefix=prefix)
+    return OssTarget(settings)
 
 
 def oss_settings(config: Config) -> OssSettings:

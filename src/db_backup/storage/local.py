@@ -1,4 +1,9 @@
-"""The local target: the data directory, written through a temporary name, fsynced, renamed."""
+"""The local target: the data directory, written through a temporary name, fsynced, renamed.
+
+Reading back (the storage protocol's `head`, `get`, `list_objects`): a stat gives the size, and a
+read hashes the bytes as they pass; the file's size is checked again after the read, so a file
+that changed while it was read is a mismatch. A local file has no integrity value of its own.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,19 @@ import hashlib
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
-from db_backup.storage.base import StorageError, StoredObject, is_plain_name, split_member
+from db_backup.storage.base import (
+    ObjectInfo,
+    ObjectMissing,
+    Received,
+    StorageError,
+    StoredObject,
+    Writer,
+    is_plain_name,
+    split_member,
+)
+from db_backup.util.cancel import CancelToken
 from db_backup.util.fsutil import StatKey, describe_os_error, fsync_dir, stat_key
 
 __all__ = ["LocalTarget", "is_plain_name"]
@@ -18,6 +34,7 @@ __all__ = ["LocalTarget", "is_plain_name"]
 # the data directory itself, so a database called ".tmp-x" can never look like a leftover.
 TEMP_DIR_NAME = ".db-backup-tmp"
 FILE_MODE = 0o600
+CHUNK = 1024 * 1024
 
 
 def temp_name(job: str, filename: str) -> str:
@@ -134,6 +151,87 @@ class LocalTarget:
             return sorted(p.name for p in self.directory.iterdir() if p.name != TEMP_DIR_NAME)
         except FileNotFoundError:
             return []
+
+    # -- reading back
+
+    def path_of(self, filename: str) -> Path:
+        """Returns the path of a stored name: a plain name, or a directory dump's member."""
+        if not is_plain_name(filename) and split_member(filename) is None:
+            raise StorageError(f"refusing to read {filename!r}: not a stored file name")
+        return self.directory / filename
+
+    def location(self, filename: str) -> str:
+        """Returns the path of a file name in the data directory."""
+        return str(self.directory / filename)
+
+    def head(self, filename: str, hashes: bool = True) -> ObjectInfo:
+        """Returns the size of a stored file (a stat; a local file has no integrity value)."""
+        path = self.path_of(filename)
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            raise ObjectMissing(f"{path}: missing") from None
+        except OSError as exc:
+            raise StorageError(f"cannot read {describe_os_error(exc, path)}") from None
+        if not os.path.isfile(path):
+            raise ObjectMissing(f"{path}: not a file")
+        return ObjectInfo(filename, stat.st_size)
+
+    def get(
+        self, filename: str, writer: Writer | None, cancel: CancelToken | None = None
+    ) -> Received:
+        """Reads a stored file once, hashing it; its size must not change while it is read."""
+        path = self.path_of(filename)
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            handle = path.open("rb")
+        except FileNotFoundError:
+            raise ObjectMissing(f"{path}: missing") from None
+        except OSError as exc:
+            raise StorageError(f"cannot read {describe_os_error(exc, path)}") from None
+        with handle:
+            before = os.fstat(handle.fileno()).st_size
+            while True:
+                if cancel is not None:
+                    cancel.raise_if_cancelled()
+                try:
+                    chunk = handle.read(CHUNK)
+                except OSError as exc:
+                    raise StorageError(f"cannot read {describe_os_error(exc, path)}") from None
+                if not chunk:
+                    break
+                digest.update(chunk)
+                size += len(chunk)
+                if writer is not None:
+                    writer.write(chunk)
+            after = os.fstat(handle.fileno()).st_size
+        if not before == size == after:
+            mismatch = f"read {size} bytes of a file of {before} (now {after}): it changed"
+            return Received(size, digest.hexdigest(), mismatch=mismatch)
+        return Received(size, digest.hexdigest(), checked="size")
+
+    def list_objects(self, under: str = "") -> list[ObjectInfo]:
+        """Lists the files in the data directory (or in its directory dump `under`) with sizes."""
+        directory = self.directory / under if under else self.directory
+        if under and split_member(f"{under.rstrip('/')}/x") is None:
+            raise StorageError(f"refusing to list {under!r}: not a directory dump")
+        found = []
+        try:
+            for entry in os.scandir(directory):
+                if entry.name != TEMP_DIR_NAME and entry.is_file(follow_symlinks=False):
+                    found.append(ObjectInfo(under + entry.name, entry.stat().st_size))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StorageError(f"cannot list {describe_os_error(exc, directory)}") from None
+        return sorted(found, key=lambda o: o.name)
+
+    def check_head(
+        self, info: ObjectInfo, sha256: str, recorded: dict[str, Any]
+    ) -> tuple[list[str], list[str]]:
+        """Returns ([], []): a stat gives no integrity value; `get` hashes the bytes."""
+        return [], []
 
     def remove_stale_temporaries(self) -> list[str]:
         """Deletes temporary files a killed run of this job left behind; returns their paths."""

@@ -3,22 +3,47 @@
 `rclone rcat` uploads what arrives on its stdin to a temporary name (`.tmp-<name>.<random>`,
 hidden from `list_names`); only commit moves it to the final name (`rclone moveto`), after
 rcat exited 0 and the stored size matched, so a half-uploaded file never looks like a backup.
-Every child is started through `db_backup.util.execute` (argv list, own session, stderr tail, the\nsame stop sequence as pg_dump's).
+Every child is started through `db_backup.util.execute` (argv list, own session, stderr tail, the
+same stop sequence as pg_dump's).
+
+Reading back: `head` is `rclone lsjson --stat` (size; with `hashes`, the sha256 and md5 the
+remote offers, which rclone's hashsum machinery computes or reads remote-side), `get` is
+`rclone cat` with the sha256 computed on the way and the size checked against lsjson's, and
+`list_objects` is `rclone lsjson`. The sink records the md5 of what it sent beside the sha256,
+so a remote that offers only md5 (Drive, Azure Blob, ...) can still be checked without a
+download.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 
-from db_backup.storage.base import TEMP_PREFIX, StorageError, StoredObject
+from db_backup.storage.base import (
+    TEMP_PREFIX,
+    ObjectInfo,
+    ObjectMissing,
+    Received,
+    StorageError,
+    StoredObject,
+    Writer,
+)
 from db_backup.util import execute
+from db_backup.util.cancel import CancelToken
 
 log = structlog.get_logger("db_backup.storage.rclone")
+
+CHUNK = 1024 * 1024
+# rclone's exit statuses for "directory not found" and "file not found".
+NOT_FOUND_CODES = (3, 4)
+# The hashes `head` asks for, when the remote has them: the report's sha256, the sink's md5.
+HASH_TYPES = ("sha256", "md5")
 
 
 @dataclass(frozen=True)
@@ -113,6 +138,112 @@ class RcloneTarget:
             raise StorageError(f"{where} is missing after upload")
         return int(entries[0]["Size"])
 
+    # -- reading back
+
+    def location(self, filename: str) -> str:
+        """Returns the rclone path of a file name, as reports show it."""
+        return self.path(filename)
+
+    def head(self, filename: str, hashes: bool = True) -> ObjectInfo:
+        """Returns the size (`rclone lsjson --stat`) and, with `hashes`, the remote's sha256/md5.
+
+        The remote computes or looks up the hashes it supports (on a local or SFTP remote that
+        reads the file there, not here); one it does not support is left out.
+        """
+        where = self.path(filename)
+        args = ["lsjson", "--stat", "--no-mimetype"]
+        if hashes:
+            args.append("--hash")
+            for kind in HASH_TYPES:
+                args += ["--hash-type", kind]
+        try:
+            # A remote-side hash of a big file takes as long as reading it: no timeout then.
+            out = execute.run(
+                self.argv(*args, where), env=_rclone_env(), timeout=None if hashes else 600
+            )
+        except execute.CommandError as error:
+            if error.returncode in NOT_FOUND_CODES:
+                raise ObjectMissing(f"rclone: {where} does not exist") from None
+            raise StorageError(f"lsjson failed for {where}: {error}") from None
+        try:
+            entry = json.loads(out)
+            if entry.get("IsDir"):
+                raise ObjectMissing(f"rclone: {where} is a directory, not a stored file")
+            size = int(entry["Size"])
+            found = entry.get("Hashes") or {}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise StorageError(f"lsjson for {where} gave no usable answer: {out[:200]!r}") from None
+        values = {kind: str(found[kind]).lower() for kind in HASH_TYPES if found.get(kind)}
+        return ObjectInfo(filename, size, values)
+
+    def get(
+        self, filename: str, writer: Writer | None, cancel: CancelToken | None = None
+    ) -> Received:
+        """Reads a file once with `rclone cat`, hashing it; its size must be lsjson's.
+
+        `rclone cat` of a directory would print every file in it, so the name is checked to be
+        a file first (that lsjson also gives the size to check the stream against).
+        """
+        expected = self.head(filename, hashes=False).size
+        where = self.path(filename)
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            child = execute.StreamingChild(self.argv("cat", where), env=_rclone_env())
+        except execute.CommandError as error:
+            raise StorageError(f"cannot start rclone cat for {where}: {error}") from None
+        try:
+            for chunk in child.chunks(CHUNK, cancel):
+                digest.update(chunk)
+                size += len(chunk)
+                if writer is not None:
+                    writer.write(chunk)
+            child.check()
+        except execute.CommandError as error:
+            if error.returncode in NOT_FOUND_CODES:
+                raise ObjectMissing(f"rclone: {where} does not exist") from None
+            raise StorageError(f"cat failed for {where}: {error}") from None
+        finally:
+            child.terminate()  # only does something when reading stopped early
+            child.wait()
+        if size != expected:
+            mismatch = f"received {size} bytes, rclone lsjson says {expected}"
+            return Received(size, digest.hexdigest(), mismatch=mismatch)
+        return Received(size, digest.hexdigest(), checked="size")
+
+    def list_objects(self, under: str = "") -> list[ObjectInfo]:
+        """Lists the files directly under the prefix (or its `under` part) with their sizes."""
+        where = f"{self.settings.remote}:{self.settings.prefix}{under}"
+        try:
+            out = execute.run(
+                self.argv("lsjson", "--files-only", "--no-mimetype", where), env=_rclone_env()
+            )
+        except execute.CommandError as error:
+            if error.returncode in NOT_FOUND_CODES:
+                return []
+            raise StorageError(f"lsjson failed for {where}: {error}") from None
+        entries = json.loads(out or "[]")
+        found = [ObjectInfo(under + str(e["Name"]), int(e["Size"])) for e in entries]
+        return sorted(found, key=lambda o: o.name)
+
+    def check_head(
+        self, info: ObjectInfo, sha256: str, recorded: dict[str, Any]
+    ) -> tuple[list[str], list[str]]:
+        """Returns (passed, problems): the remote's sha256 against the report's checksum, its
+        md5 against the one the sink recorded; a hash the remote does not offer is skipped."""
+        passed: list[str] = []
+        problems: list[str] = []
+        wanted = {"sha256": sha256, "md5": str(recorded.get("md5", ""))}
+        for kind in HASH_TYPES:
+            actual, expected = info.hashes.get(kind), wanted[kind]
+            if actual is None or not expected:
+                continue
+            if actual != expected:
+                problems.append(f"{kind} (rclone) is {actual}, the report says {expected}")
+            else:
+                passed.append(f"{kind} (rclone)")
+        return passed, problems
+
 
 class RcloneSink:
     """Feeds one dump into `rclone rcat <temp>`; commit moves it, abort kills and deletes it."""
@@ -124,6 +255,7 @@ class RcloneSink:
         self.temp_path = target.path(self.temp_name)
         self.final_path = target.path(filename)
         self._written = 0
+        self._md5 = hashlib.md5(usedforsecurity=False)
         self._state = "open"
         try:
             self._rcat = execute.FeedingChild(
@@ -147,6 +279,7 @@ class RcloneSink:
         except execute.CommandError as error:
             self._state = "failed"
             raise self._failure(error) from None
+        self._md5.update(data)
         self._written += len(data)
 
     def commit(self, sha256_hex: str) -> StoredObject:
@@ -172,9 +305,8 @@ class RcloneSink:
             self._delete_temp()
             raise
         self._state = "committed"
-        return StoredObject(
-            self.final_path, self._written, {"tool": "rclone", "sha256": sha256_hex}
-        )
+        extra = {"tool": "rclone", "sha256": sha256_hex, "md5": self._md5.hexdigest()}
+        return StoredObject(self.final_path, self._written, extra)
 
     def abort(self) -> None:
         """Stops rcat and deletes the temporary file; never raises, safe to call twice."""

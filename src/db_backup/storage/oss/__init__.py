@@ -2,8 +2,8 @@
 
 One module per part: `settings` (what the target needs), `parts` (part-size maths), `pacer`
 (bandwidth), `errors` (retry classification and messages), `client` (the oss2 Bucket), `target`
-(`OssTarget`, behind the storage protocol), `sink` (`OssSink`, the multipart stream) and
-`lifecycle` (bucket lifecycle admin).
+(`OssTarget`, behind the storage protocol), `sink` (`OssSink`, the multipart stream), `reading`
+(HEAD, GET with the CRC-64 check, listing, oss:// URLs) and `lifecycle` (bucket lifecycle admin).
 """
 
 from db_backup.storage.oss.errors import describe_oss_error, is_retryable
@@ -23,6 +23,7 @@ from db_backup.storage.oss.parts import (
     choose_part_size,
     traffic_limit_bits,
 )
+from db_backup.storage.oss.reading import parse_oss_url
 from db_backup.storage.oss.settings import STORAGE_CLASSES, OssSettings
 from db_backup.storage.oss.sink import SHA256_TAG, OssSink, SinkState
 from db_backup.storage.oss.target import OssTarget
@@ -47,5 +48,6 @@ __all__ = [
     "get_lifecycle",
     "is_retryable",
     "lifecycle_rule",
+    "parse_oss_url",
     "traffic_limit_bits",
 ]

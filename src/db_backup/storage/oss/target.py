@@ -9,12 +9,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import oss2
 import structlog
 
-from db_backup.storage.base import StorageError, StoredObject, split_member
+from db_backup.storage.base import (
+    ObjectInfo,
+    Received,
+    StorageError,
+    StoredObject,
+    Writer,
+    split_member,
+)
+from db_backup.storage.oss import reading
 from db_backup.storage.oss.client import make_bucket
 from db_backup.storage.oss.errors import describe_oss_error, is_retryable
 from db_backup.storage.oss.pacer import Pacer
@@ -22,6 +30,9 @@ from db_backup.storage.oss.parts import traffic_limit_bits
 from db_backup.storage.oss.settings import STORAGE_CLASSES, OssSettings
 from db_backup.storage.oss.sink import OssSink
 from db_backup.util.secrets import mask, register
+
+if TYPE_CHECKING:
+    from db_backup.util.cancel import CancelToken
 
 log = structlog.get_logger("db_backup.storage.oss")
 
@@ -153,6 +164,30 @@ class OssTarget:
             return sorted(names)
 
         return self.call("list", None, listing)
+
+    def location(self, filename: str) -> str:
+        """Returns the oss:// URL of a file name."""
+        return self.url(self.key(filename))
+
+    def head(self, filename: str, hashes: bool = True) -> ObjectInfo:
+        """Returns size and CRC-64 (HEAD) and, with `hashes`, the sha256 tag of an object."""
+        return reading.head(self, filename, hashes)
+
+    def get(
+        self, filename: str, writer: Writer | None, cancel: CancelToken | None = None
+    ) -> Received:
+        """Reads an object once (GET), sha256 and CRC-64 computed on the way and checked."""
+        return reading.get(self, filename, writer, cancel)
+
+    def list_objects(self, under: str = "") -> list[ObjectInfo]:
+        """Lists the objects directly under the prefix (or `prefix + under`) with sizes."""
+        return reading.list_objects(self, under)
+
+    def check_head(
+        self, info: ObjectInfo, sha256: str, recorded: dict[str, Any]
+    ) -> tuple[list[str], list[str]]:
+        """Returns (passed, problems): CRC-64 and sha256 tag against the report."""
+        return reading.check_head(info, sha256, recorded)
 
     def delete(self, filenames: list[str]) -> list[str]:
         """Deletes these names if present (batch delete) and returns the oss:// URLs removed."""
