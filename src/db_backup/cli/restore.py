@@ -38,7 +38,11 @@ def restore_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-j", "--jobs", type=positive, default=2, help="pg_restore parallel jobs (default 2)"
     )
-    parser.add_argument("--from-oss", action="store_true", help="use the OSS copy, not local")
+    parser.add_argument(
+        "--from-oss",
+        action="store_true",
+        help="use the remote copy (OSS or rclone), not the local one",
+    )
     parser.add_argument(
         "--identity",
         metavar="FILE",
