@@ -3,8 +3,9 @@
 Order of work, so that nothing touches a database before the backup is proven whole:
 find the backup (restore.source) -> download the remote copy when needed (OSS: CRC-64 checked,
 rclone: size checked; the sha256 computed as the bytes arrive) -> verify its sha256 against
-the `.sha256` file and the report -> `pg_restore --list` (format and version check; an encrypted backup: the age identity opens it) -> roles and tablespaces from the globals
-file (optional) -> create the target database (an existing non-empty one only with `--clean`)
+the `.sha256` file and the report -> `pg_restore --list` (format and version check; an
+encrypted backup: the age identity opens it) -> roles and tablespaces from the globals file
+(optional) -> create the target database (an existing non-empty one only with `--clean`)
 -> `pg_restore -j N --exit-on-error` (plain dumps: `psql -v ON_ERROR_STOP=1`). These are the
 steps of restore.plan's plan, which `--dry-run` prints and this module executes one by one. A
 restore that stops half-way is a failure; a database this command created for it is dropped
