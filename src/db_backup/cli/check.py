@@ -52,4 +52,7 @@ def check_config(context: Context) -> int:
             f"{context.path}: OK ({len(config.jobs)} job(s): {names}; "
             f"{len(checks)} secret(s) resolved)"
         )
+        for check in checks:  # where each credential comes from (a value is never shown)
+            if " credential " in check.message:
+                print(f"  {check.message}")
     return EXIT_OK

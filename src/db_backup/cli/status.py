@@ -32,6 +32,11 @@ def status_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def needs_secrets(args: argparse.Namespace) -> bool:
+    """Returns whether this `status` resolves a secret: only --from-db (the sink's DSN)."""
+    return bool(getattr(args, "from_db", False))
+
+
 def status(context: Context) -> int:
     """Prints one page of results (latest per job and database unless --history)."""
     from db_backup.observe.status import StatusQuery
