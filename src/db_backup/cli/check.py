@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from db_backup.cli.command import Context
 from db_backup.cli.output import EXIT_CONFIG, EXIT_OK, CommandError, warn
+
+if TYPE_CHECKING:
+    from db_backup.config.preflight import SecretCheck
 
 
 def check_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,6 +19,27 @@ def check_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_config(context: Context) -> int:
     """Checks what the schema cannot (age recipients, metrics.listen), then every secret."""
+    config = context.config
+    checks = refuse_unusable(context)
+    if not context.args.quiet:
+        names = ", ".join(j.name for j in config.jobs)
+        print(
+            f"{context.path}: OK ({len(config.jobs)} job(s): {names}; "
+            f"{len(checks)} secret(s) resolved)"
+        )
+        for check in checks:  # where each credential comes from (a value is never shown)
+            if " credential " in check.message:
+                print(f"  {check.message}")
+    return EXIT_OK
+
+
+def refuse_unusable(context: Context) -> list[SecretCheck]:
+    """Returns the secret checks of a config usable here; CommandError (78) naming every reason.
+
+    What `check-config` and `reload` (inside the unit, as the service) both refuse: age
+    recipients age itself refuses, a `metrics.listen` the daemon would refuse, a secret that
+    cannot be resolved here.
+    """
     from db_backup.config.preflight import RESOLVED, UNCHECKED, check_secrets
     from db_backup.observe.metrics import MetricsError
     from db_backup.observe.metrics import check_config as check_metrics
@@ -46,13 +71,4 @@ def check_config(context: Context) -> int:
         raise CommandError(
             f"{context.path}: valid, but not usable here: {summary}:\n{lines}", EXIT_CONFIG
         )
-    if not context.args.quiet:
-        names = ", ".join(j.name for j in config.jobs)
-        print(
-            f"{context.path}: OK ({len(config.jobs)} job(s): {names}; "
-            f"{len(checks)} secret(s) resolved)"
-        )
-        for check in checks:  # where each credential comes from (a value is never shown)
-            if " credential " in check.message:
-                print(f"  {check.message}")
-    return EXIT_OK
+    return checks
