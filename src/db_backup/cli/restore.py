@@ -8,7 +8,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from db_backup.cli.command import Context
-from db_backup.cli.output import EXIT_FAILED, EXIT_OK, CommandError
+from db_backup.cli.output import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, CommandError
 from db_backup.cli.parser import positive
 from db_backup.config import SecretRef
 from db_backup.util.secrets import SecretError
@@ -123,6 +123,9 @@ def _target(args: argparse.Namespace, job: JobConfig | None) -> Connection:
     )
 
 
+NOT_CHECKED = "not checked: "  # restore.verify's problem for a copy it could not reach
+
+
 def verify_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the filters and options of `verify`."""
     parser.add_argument("--job", help="only this job")
@@ -169,6 +172,7 @@ def verify(context: Context) -> int:
         print(render(results))
     if not results:
         raise CommandError("no stored successful backup matches; nothing was verified")
+    unchecked = [p for r in bad for p in r.problems if p.startswith(NOT_CHECKED)]
     for result in bad:
         log.error(
             "verify found a problem",
@@ -177,5 +181,10 @@ def verify(context: Context) -> int:
             target=result.target,
             location=result.location,
             error="; ".join(result.problems),
+        )
+    if unchecked:  # OSS not reachable from this config (a secret, no section): the config's
+        raise CommandError(
+            f"{len(unchecked)} OSS copy(ies) not checked: {unchecked[0][len(NOT_CHECKED) :]}",
+            EXIT_CONFIG,
         )
     return EXIT_FAILED if bad else EXIT_OK

@@ -70,6 +70,7 @@ def verify(
     seen: set[tuple[str, str]] = set()
     results: list[Result] = []
     target = None
+    target_error = ""  # why OSS cannot be reached (no section, a secret): said once per copy
     for stored in reports:  # newest first
         doc = stored.document
         if doc["status"] != SUCCESS:
@@ -93,16 +94,18 @@ def verify(
         if has_local:
             results.append(_verify_local(config, stored.path, doc, deep))
         if (remote or deep) and has_oss:
-            if target is None:
+            if target is None and not target_error:
                 from db_backup.restore.oss_read import oss_target
 
                 try:
                     target = oss_target(config)
-                except StorageError as exc:
-                    failed = _result(stored.path, doc, "oss", "")
-                    failed.problems.append(str(exc))
-                    results.append(failed)
-                    continue
+                except (StorageError, SecretError) as exc:  # a secret: no traceback, no retry
+                    target_error = str(exc)
+            if target is None:
+                failed = _result(stored.path, doc, "oss", "")
+                failed.problems.append(f"not checked: {target_error}")
+                results.append(failed)
+                continue
             results.append(_verify_oss(target, stored.path, doc, deep, cancel))
     return results
 
