@@ -58,6 +58,7 @@ def status(context: Context) -> int:
 
 def _local(config: Config, query: StatusQuery, as_json: bool) -> int:
     """Prints the page of this host's reports directory, with the newest drills."""
+    from db_backup.observe.scope import configured
     from db_backup.observe.status import StatusError, render_table
     from db_backup.observe.status import query as run_query
     from db_backup.reports.drills import latest_drills, render_drills
@@ -71,6 +72,7 @@ def _local(config: Config, query: StatusQuery, as_json: bool) -> int:
             default_path(config.directories.state),
             config.directories.state,
             drills=drills,
+            scope=configured(config),  # jobs and databases no longer configured: history only
         )
     except StatusError as exc:
         raise CommandError(str(exc)) from None
