@@ -130,6 +130,37 @@ def test_reload_refuses_a_secret_the_service_cannot_read_and_keeps_its_config(
     assert after["serial"] == before["serial"] + 1 and after["outcome"] == "reloaded"
 
 
+def test_a_credential_added_after_the_start_fails_the_reload_until_a_restart(
+    host: tuple[Container, str],
+) -> None:
+    ct, storage = host
+    ct.write_file("/etc/db-backup/credentials/pg-new", "unused-by-peer-auth\n", 0o600)
+    dropin = f"/etc/systemd/system/{UNIT}.d/e2e-new.conf"
+    ct.write_file(dropin, "[Service]\nLoadCredential=pg-new:/etc/db-backup/credentials/pg-new\n")
+    ct.systemctl("daemon-reload")
+    with_new = config(storage).replace(
+        "      user: postgres\n", "      user: postgres\n      password: {credential: pg-new}\n", 1
+    )
+    write_config(ct, with_new)
+    # By hand it works at once: read from the unit's (new) LoadCredential=.
+    assert db_backup(ct, "check-config").returncode == 0
+    refused = ct.systemctl("reload", UNIT, check=False)
+    assert refused.returncode != 0
+    journal = ct.exec(["journalctl", "-u", UNIT, "--no-pager", "-n", "20"]).stdout
+    assert "reload refused by the daemon, old config kept" in journal
+    assert "credential 'pg-new' is not in $CREDENTIALS_DIRECTORY" in journal
+    assert "systemctl restart db-backup" in journal
+    assert "RELOAD FAILED" in ct.unit_property(UNIT, "StatusText")
+    ct.systemctl("restart", UNIT)
+    ct.wait_active(UNIT)
+    ct.systemctl("reload", UNIT)  # now the service has it
+    write_config(ct, config(storage))
+    ct.exec(["rm", dropin])
+    ct.systemctl("daemon-reload")
+    ct.systemctl("restart", UNIT)
+    ct.wait_active(UNIT)
+
+
 def test_job_level_failure_is_cleared_by_the_next_run_and_removed_jobs_leave_the_views(
     host: tuple[Container, str],
 ) -> None:

@@ -215,3 +215,36 @@ def test_reload_the_daemon_refuses_fails_and_a_change_needing_a_restart_is_said(
         refused.stderr
     )
     assert proc.poll() is None
+
+
+def test_a_credential_the_running_service_lacks_fails_the_reload_saying_restart(
+    setup: Setup, run_cli: RunCli, tmp_path: Path
+) -> None:
+    creds = tmp_path / "credentials"  # what systemd gave the service when it started
+    creds.mkdir()
+    env = {**os.environ, "DB_BACKUP_LOG_FORMAT": "json", "CREDENTIALS_DIRECTORY": str(creds)}
+    log = tmp_path / "daemon.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [CLI, "--config", str(setup.path), "daemon"], stdout=sink, stderr=sink, env=env
+        )
+    try:
+        wait_until(lambda: "daemon started" in log.read_text(), 60, "the daemon to start")
+        # A LoadCredential= added to the unit after the start: the service does not have it.
+        setup.job()["connection"]["password"] = {"credential": "pg-new"}
+        setup.write()
+        refused = run_cli(
+            "--config", str(setup.path), "reload", "--pid", str(proc.pid),
+            env={"CREDENTIALS_DIRECTORY": str(creds)},
+        )  # fmt: skip
+        assert refused.returncode == EXIT_CONFIG, refused.stderr
+        assert (
+            "reload refused by the daemon, old config kept: At 'jobs[0].connection.password': "
+            f"credential 'pg-new' is not in $CREDENTIALS_DIRECTORY ({creds}): systemd loads "
+            "credentials when the service starts; after adding LoadCredential= run "
+            "`systemctl restart db-backup`"
+        ) in refused.stderr
+        assert _reloads(log) == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)

@@ -27,15 +27,17 @@ def reload(context: Context) -> int:
 
     Refused (exit 78, no signal) for anything check-config refuses here, inside the unit as
     the service: a secret the service cannot read, an age recipient age refuses. The daemon
-    checks again and answers in its state directory; a refusal there fails the reload too, and
-    a change it can apply only at a restart is said.
+    checks again (its `{credential:}` references too) and answers in its state directory; a
+    refusal there fails the reload too, and a change it can apply only at a restart is said.
     """
     from db_backup.cli.check import refuse_unusable
     from db_backup.daemon.reload import read_answer
 
     pid = context.args.pid
     _check_daemon_process(pid)
-    refuse_unusable(context)
+    # Credentials are the daemon's to check: on systemd 252 the ExecReload= process gets a
+    # mount namespace of its own in which /run/credentials cannot be entered.
+    refuse_unusable(context, credentials=False)
     state_dir = context.config.directories.state
     before = read_answer(state_dir)
     answers = before is not None and before.get("pid") == pid  # the daemon keeps the protocol

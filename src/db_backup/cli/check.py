@@ -33,12 +33,12 @@ def check_config(context: Context) -> int:
     return EXIT_OK
 
 
-def refuse_unusable(context: Context) -> list[SecretCheck]:
+def refuse_unusable(context: Context, *, credentials: bool = True) -> list[SecretCheck]:
     """Returns the secret checks of a config usable here; CommandError (78) naming every reason.
 
     What `check-config` and `reload` (inside the unit, as the service) both refuse: age
     recipients age itself refuses, a `metrics.listen` the daemon would refuse, a secret that
-    cannot be resolved here.
+    cannot be resolved here (`credentials=False`: `{credential:}` ones left to the daemon).
     """
     from db_backup.config.preflight import RESOLVED, UNCHECKED, check_secrets
     from db_backup.observe.metrics import MetricsError
@@ -54,7 +54,7 @@ def refuse_unusable(context: Context) -> list[SecretCheck]:
         check_metrics(config)
     except MetricsError as exc:
         raise CommandError(f"{config.source}: {exc}", EXIT_CONFIG) from None
-    checks = check_secrets(config)
+    checks = check_secrets(config, credentials=credentials)
     failed = [c for c in checks if c.outcome != RESOLVED]
     if failed:
         unchecked = sum(c.outcome == UNCHECKED for c in failed)

@@ -31,11 +31,17 @@ class SecretCheck:
     message: str
 
 
-def check_secrets(config: Config) -> list[SecretCheck]:
-    """Returns one check per secret reference in `config`, in config order."""
+def check_secrets(config: Config, *, credentials: bool = True) -> list[SecretCheck]:
+    """Returns one check per secret reference in `config`, in config order.
+
+    `credentials=False` leaves `{credential:}` references out (a unit's ExecReload= process
+    cannot read them on systemd 252: its mount namespace hides /run/credentials).
+    """
     checks = []
     outside = not os.environ.get("CREDENTIALS_DIRECTORY")
     for place, ref in secret_refs(config):
+        if ref.kind == "credential" and not credentials:
+            continue
         where = f"At '{place}'"
         try:
             value = resolve(ref, where)
