@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import TYPE_CHECKING
 
 from db_backup.cli.command import Context
 from db_backup.cli.output import EXIT_CONFIG, EXIT_OK, CommandError, warn
 
 if TYPE_CHECKING:
+    from db_backup.config import Config
     from db_backup.config.preflight import SecretCheck
 
 
@@ -20,6 +22,8 @@ def check_config_arguments(parser: argparse.ArgumentParser) -> None:
 def check_config(context: Context) -> int:
     """Checks what the schema cannot (age recipients, metrics.listen), then every secret."""
     config = context.config
+    for warning in directory_warnings(config):  # warnings only: check-config's own
+        warn(warning)
     checks = refuse_unusable(context)
     if not context.args.quiet:
         names = ", ".join(j.name for j in config.jobs)
@@ -72,3 +76,24 @@ def refuse_unusable(context: Context, *, credentials: bool = True) -> list[Secre
             f"{context.path}: valid, but not usable here: {summary}:\n{lines}", EXIT_CONFIG
         )
     return checks
+
+
+def directory_warnings(config: Config) -> list[str]:
+    """Returns a warning for each configured directory this user cannot write or create.
+
+    A warning, not a refusal: check-config may run as another user than the service (root
+    without `run_as`, an admin checking a copy), and the package creates its own directories.
+    """
+    directories = config.directories
+    found = []
+    for key in ("data", "reports", "state", "logs"):
+        path = getattr(directories, key)
+        if path is None:
+            continue
+        existing = next((p for p in (path, *path.parents) if p.exists()), None)
+        if existing is None or not existing.is_dir():
+            found.append(f"directories.{key}: {path}: {existing} is not a directory")
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            verb = "write in" if existing == path else f"create it ({existing} is not writable)"
+            found.append(f"directories.{key}: {path}: this user cannot {verb}")
+    return found

@@ -77,6 +77,7 @@ class Command:
     # Whether it may resolve secrets: then, outside the unit, the `{credential:}` references
     # are read from the unit's sources before the command drops root (config.credentials).
     secrets: Callable[[argparse.Namespace], bool] = _always
+    keeps_root: bool = False  # started as root, stays root (writes systemd's files), no run_as
 
     def add_job_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Adds the JOB argument (and --all) that `jobs` asks for."""
