@@ -97,18 +97,20 @@ def test_a_database_name_with_a_newline_cannot_forge_a_status_row(
     setup: Setup, cluster: Cluster, run_cli: RunCli
 ) -> None:
     quoted = EVIL.replace('"', '""')
-    if EVIL not in cluster.psql("SELECT datname FROM pg_database"):
-        cluster.psql(f'CREATE DATABASE "{quoted}"')
-    setup.job()["databases"] = [EVIL]
-    setup.job()["globals"] = False
-    setup.write()
-    done = run_cli("--config", str(setup.path), "run", "nightly")
-    assert done.returncode == 0, done.stderr
-    shown = run_cli("--config", str(setup.path), "status")
-    assert shown.returncode == 0, shown.stderr
-    lines = shown.stdout.splitlines()
-    assert len(lines) == 3, shown.stdout  # header, one row, footer
-    assert not any(line.startswith(FORGED[:20]) for line in lines)
-    assert f"evil\\n{FORGED}" in lines[1]
-    history = run_cli("--config", str(setup.path), "status", "--history")
-    assert len(history.stdout.splitlines()) == 3, history.stdout
+    cluster.psql(f'CREATE DATABASE "{quoted}"')
+    try:  # the cluster is the session's: the name must not reach other tests' `all` jobs
+        setup.job()["databases"] = [EVIL]
+        setup.job()["globals"] = False
+        setup.write()
+        done = run_cli("--config", str(setup.path), "run", "nightly")
+        assert done.returncode == 0, done.stderr
+        shown = run_cli("--config", str(setup.path), "status")
+        assert shown.returncode == 0, shown.stderr
+        lines = shown.stdout.splitlines()
+        assert len(lines) == 3, shown.stdout  # header, one row, footer
+        assert not any(line.startswith(FORGED[:20]) for line in lines)
+        assert f"evil\\n{FORGED}" in lines[1]
+        history = run_cli("--config", str(setup.path), "status", "--history")
+        assert len(history.stdout.splitlines()) == 3, history.stdout
+    finally:
+        cluster.psql(f'DROP DATABASE IF EXISTS "{quoted}"')
