@@ -196,3 +196,50 @@ def test_job_level_failure_is_cleared_by_the_next_run_and_removed_jobs_leave_the
     assert not [k for k in status_keys(ct) if k[0] == "evil"]
     assert db_backup(ct, "run", "nightly").returncode == 0
     assert 'backup_job="evil"' not in ct.read_file(METRICS)
+
+
+def test_encrypted_credentials_are_decrypted_by_systemd_creds_for_a_command_by_hand(
+    host: tuple[Container, str],
+) -> None:
+    ct, storage = host
+    ct.sh(
+        "printf 'enc-load-value' | systemd-creds encrypt --name=pg-enc - "
+        "/etc/db-backup/credentials/pg-enc.cred && "
+        "printf 'enc-set-value' | systemd-creds encrypt -p --name=pg-set - - >/tmp/set.conf"
+    )
+    dropin = f"/etc/systemd/system/{UNIT}.d/e2e-encrypted.conf"
+    ct.sh(
+        f"{{ printf '[Service]\\nLoadCredentialEncrypted=pg-enc:/etc/db-backup/credentials/"
+        f"pg-enc.cred\\n'; cat /tmp/set.conf; }} >{dropin}"
+    )
+    ct.systemctl("daemon-reload")
+    second = """  - name: second
+    schedule: "0 4 * * *"
+    databases: postgres
+    globals: false
+    connection:
+      host: /var/run/postgresql
+      port: 5432
+      user: postgres
+      password: {credential: pg-set}
+"""
+    text = config(storage, extra_job=second).replace(
+        "      user: postgres\n", "      user: postgres\n      password: {credential: pg-enc}\n", 1
+    )
+    write_config(ct, text)
+    try:
+        checked = db_backup(ct, "check-config")
+        assert checked.returncode == 0
+        assert (
+            "At 'jobs[0].connection.password': credential 'pg-enc' from LoadCredentialEncrypted="
+            "pg-enc:/etc/db-backup/credentials/pg-enc.cred of db-backup.service"
+        ) in checked.stdout
+        assert (
+            "At 'jobs[1].connection.password': credential 'pg-set' from "
+            "SetCredentialEncrypted=pg-set of db-backup.service"
+        ) in checked.stdout
+        assert "enc-load-value" not in checked.stdout + checked.stderr
+    finally:
+        write_config(ct, config(storage))
+        ct.exec(["rm", "-f", dropin])
+        ct.systemctl("daemon-reload")

@@ -59,3 +59,10 @@ def test_load_comes_before_set_and_a_directory_lends_its_files() -> None:
     assert candidates(sources, "keys_oss") == [(sources[2], "oss")]
     assert candidates(sources, "other") == []
     assert sources[0].describe() == "SetCredential=pg of db-backup.service"  # never the value
+
+
+def test_an_encrypted_set_credential_goes_to_systemd_creds_as_base64() -> None:
+    from db_backup.util.unit_credentials import _as_base64
+
+    assert _as_base64(b"\x00\xffblob") == b"AP9ibG9i"
+    assert _as_base64(b"AP9i\nbG9i") == b"AP9i\nbG9i"  # already the text systemd-creds wrote

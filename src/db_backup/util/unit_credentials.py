@@ -148,7 +148,7 @@ def read(source: Source, name: str, member: str = "") -> bytes:
     if source.setting.startswith("Set"):
         if not source.encrypted:
             return source.data
-        return _decrypt(name, "-", base64.b64encode(source.data), where)
+        return _decrypt(name, "-", _as_base64(source.data), where)
     path = load_path(source)
     if path is None:
         raise CredentialSourceError(f"{where}: no such file in {', '.join(CREDSTORE)}")
@@ -164,6 +164,15 @@ def read(source: Source, name: str, member: str = "") -> bytes:
     except OSError as exc:
         hint = f" ({ROOT_HINT})" if exc.errno == errno.EACCES else ""
         raise CredentialSourceError(f"{where}: cannot read {path}: {exc.strerror}{hint}") from None
+
+
+def _as_base64(data: bytes) -> bytes:
+    """Returns `data` as systemd-creds reads it: base64 (the text itself when it already is)."""
+    try:
+        base64.b64decode(b"".join(data.split()), validate=True)
+    except ValueError:
+        return base64.b64encode(data)
+    return data
 
 
 def _decrypt(name: str, path: str, data: bytes | None, where: str) -> bytes:
