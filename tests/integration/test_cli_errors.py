@@ -225,9 +225,10 @@ def test_check_config_names_each_secret_it_cannot_resolve_and_why(
         "At 'storage.oss.access_key_id': environment variable DBB_TEST_KEY_ID is not set"
         in done.stderr
     )
-    assert (
-        f"At 'storage.oss.access_key_secret': cannot read {creds / 'oss-secret'}: "
-        "No such file or directory"
+    assert (  # inside the unit a missing credential was added after the service started
+        f"At 'storage.oss.access_key_secret': credential 'oss-secret' is not in "
+        f"$CREDENTIALS_DIRECTORY ({creds}): systemd loads credentials when the service starts; "
+        "after adding LoadCredential= run `systemctl restart db-backup`"
     ) in done.stderr
     assert (
         f"At 'jobs[0].connection.password': cannot read {tmp_path / 'missing.pass'}: "

@@ -83,7 +83,7 @@ def test_env_secret_and_unrelated_variables_never_reach_pg_dump(
     assert not passfile.exists(), "the password file must go with the run"
 
 
-def test_secret_file_that_is_not_utf8_is_a_clear_failed_report_without_its_content(
+def test_secret_file_that_is_not_utf8_is_a_clear_refusal_without_its_content(
     setup: Setup, cluster: Cluster, run_cli: RunCli
 ) -> None:
     secret_file = setup.root / "pw"
@@ -93,11 +93,13 @@ def test_secret_file_that_is_not_utf8_is_a_clear_failed_report_without_its_conte
     setup.document["directories"]["logs"] = str(setup.root / "logs")
     setup.write()
     done = run_cli("--config", str(setup.path), "run", "nightly")
-    assert done.returncode == 1
+    # By hand, a secret that cannot be read stops the run before anything is written (exit 78):
+    # no FAILED report that would pose as the schedule's result.
+    assert done.returncode == 78
     assert "Traceback" not in done.stderr
-    [report] = setup.reports_json()
-    assert report["status"] == "FAILED"
-    assert "is not UTF-8" in report["errorMessage"] and str(secret_file) in report["errorMessage"]
+    assert setup.reports_json() == []
+    assert "nightly: not run, no report written" in done.stderr
+    assert "is not UTF-8" in done.stderr and str(secret_file) in done.stderr
     secret_file.unlink()
     everything = _all_output(setup, done.stdout, done.stderr)
     assert "topsecret" not in everything and "latin1" not in everything
@@ -133,8 +135,8 @@ def test_runs_started_in_the_same_second_never_overwrite_each_others_report(
     good = setup.job()
     for index in range(4):  # four jobs on the same database: one good, three failing at start
         job = {**good, "name": f"job{index}", "connection": dict(good["connection"])}
-        if index:
-            job["connection"]["password"] = {"env": "DBB_NOT_SET"}
+        if index:  # no server there (a missing secret would stop a manual run before any report)
+            job["connection"]["port"] = 1
         setup.document["jobs"].append(job)
     setup.document["jobs"].pop(0)
     setup.write()

@@ -110,10 +110,10 @@ def test_metrics_file_after_a_successful_and_a_failed_run(
         for name in ("hooks", "metrics", "notify", "sink")
     )
     # A second run that succeeds for shop moves its timestamp; the failure stays the newest
-    # report of no_such_db.
-    setup.job()["databases"] = ["shop"]
+    # report of no_such_db, still listed.
+    setup.job()["databases"] = ["shop", "no_such_db"]
     setup.write()
-    assert run_cli("--config", str(setup.path), "run", "nightly").returncode == 0
+    assert run_cli("--config", str(setup.path), "run", "nightly").returncode == 1
     newest = max(
         (r for r in setup.reports_json() if r["database"] == "shop"), key=lambda r: r["startedAt"]
     )
@@ -122,6 +122,11 @@ def test_metrics_file_after_a_successful_and_a_failed_run(
         parse_utc(newest["finishedAt"]).timestamp()
     )
     assert value(again, "db_backup_last_run_success", **missing) == 0
+    # Once no_such_db is no longer listed, its series are gone (the report stays on disk).
+    setup.job()["databases"] = ["shop"]
+    setup.write()
+    assert run_cli("--config", str(setup.path), "run", "nightly").returncode == 0
+    assert missing not in names_of(parse(prom.read_text()), "db_backup_last_run_success")
 
 
 def test_uploaded_bytes_per_remote_target(
@@ -221,7 +226,9 @@ HOSTILE = [
 ]
 
 
-def test_hostile_database_names_survive_as_label_values(offline: Config) -> None:
+def test_hostile_database_names_survive_as_label_values(offline: Config, setup: Setup) -> None:
+    setup.job()["databases"] = HOSTILE  # listed: a database no longer listed has no series
+    offline = load(str(setup.write()))
     started = datetime(2026, 5, 1, 2, tzinfo=UTC)
     for database in HOSTILE:
         add_report(offline, "nightly", database, started, SUCCESS, size=len(database))

@@ -67,3 +67,22 @@ jobs:
     assert problems[0].startswith("At 'jobs[0].colour': unknown key")
     assert problems[1].startswith("At 'jobs[0].schedule': not a valid cron expression: '0 2 L * *'")
     assert problems[2].startswith("At 'jobs[0].timezone': unknown time zone 'Mars/Olympus'")
+
+
+def test_reload_that_needs_a_restart_says_so_in_status_until_the_restart(
+    setup: Setup, notify_sock: NotifySocket
+) -> None:
+    proc = start_daemon(setup, notify_sock)
+    try:
+        notify_sock.wait_for("READY")
+        setup.document["metrics"] = {"listen": "127.0.0.1:0"}
+        setup.write()
+        proc.send_signal(signal.SIGHUP)
+        notify_sock.wait_for("RELOADING")
+        reloaded = notify_sock.wait_for("READY")
+    finally:
+        code, stderr = stop_daemon(proc)
+    assert code == 0, stderr
+    assert reloaded["STATUS"].startswith(
+        "1 job(s); RESTART NEEDED for metrics.listen unset -> 127.0.0.1:0; next nightly "
+    )

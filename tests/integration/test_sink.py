@@ -482,6 +482,33 @@ def test_status_from_db_shows_the_newest_result_per_host_job_and_database(
     assert lines[-1] == "page 1 of 2, 4 matching report(s)"
 
 
+def test_status_from_db_clears_a_job_level_failure_once_the_job_ran_again_on_that_host(
+    cluster: Cluster, platform: str, setup: Setup, run_cli: RunCli
+) -> None:
+    with_sink(setup)
+    env = {DSN_ENV: tcp_dsn(cluster, platform)}
+    day = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
+    reports = [  # db1: failed before it knew its databases, then recovered; db2: still down
+        make_report(database="*", started=day, hostname="db1", status="FAILED"),
+        make_report(database="shop", started=day + timedelta(days=1), hostname="db1"),
+        make_report(database="shop", started=day - timedelta(days=1), hostname="db2"),
+        make_report(database="*", started=day, hostname="db2", status="FAILED"),
+    ]
+    for host in ("db1", "db2"):
+        directory = setup.root / host
+        write_reports(directory, [r for r in reports if r.hostname == host])
+        setup.document["directories"]["reports"] = str(directory)
+        setup.write()
+        done = run_cli("--config", str(setup.path), "sync-reports", env=env)
+        assert done.returncode == 0, done.stderr
+    done = run_cli("--config", str(setup.path), "status", "--from-db", "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    shown = {
+        (r["hostname"], r["database"], r["status"]) for r in json.loads(done.stdout)["reports"]
+    }
+    assert shown == {("db1", "shop", "SUCCESS"), ("db2", "shop", "SUCCESS"), ("db2", "*", "FAILED")}
+
+
 def test_status_from_db_without_a_sink_section_says_what_is_missing(
     setup: Setup, run_cli: RunCli
 ) -> None:

@@ -122,3 +122,21 @@ def test_missing_object_is_reported(setup: Setup, run_cli: RunCli, oss_server: O
     bucket_of(oss_server).delete_object(PREFIX + report["artefacts"][0])
     code, result = verify_json(run_cli, setup, "--remote")
     assert code == 1 and result["results"][0]["problems"] == ["object missing"]
+
+
+@pytest.mark.parametrize("deep", [False, True])
+def test_remote_check_without_the_oss_secrets_says_so_clearly(
+    setup: Setup, oss_server: OssServer, run_cli: RunCli, deep: bool
+) -> None:
+    use_oss(setup, oss_server, "both")
+    backup(setup, run_cli, "crm", env=OSS_ENV)
+    env = {"TEST_OSS_ID": OSS_ACCESS_KEY_ID}  # TEST_OSS_SECRET is not set
+    flag = "--deep" if deep else "--remote"
+    done = run_cli("--config", str(setup.path), "verify", flag, env=env)
+    assert done.returncode == 78, done.stderr
+    assert "Traceback" not in done.stderr and "SecretError" not in done.stderr
+    assert (
+        "db-backup: 1 OSS copy(ies) not checked: storage.oss.access_key_secret: "
+        "environment variable TEST_OSS_SECRET is not set"
+    ) in done.stderr
+    assert "crm" in done.stdout  # the local copy was still checked and shown

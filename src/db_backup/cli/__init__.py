@@ -74,12 +74,16 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 def _set_up(command: Command, args: argparse.Namespace) -> Context:
-    """Loads the config, becomes its `run_as` user and sets up the command's logging."""
+    """Loads the config, reads the unit's credentials, becomes `run_as`, sets up logging."""
     path = config_path(args.config)
     try:
         config = load(path)
     except ConfigError as exc:
         raise CommandError(str(exc), EXIT_CONFIG) from None
+    if command.secrets(args):  # outside the unit: its credentials, read while still root
+        from db_backup.config.credentials import load_from_unit
+
+        load_from_unit(config)
     refusal = None if command.keeps_root else become_run_as_user(config)
     if refusal is not None:
         raise CommandError(refusal, EXIT_CONFIG)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import time
 
 from db_backup.cli.command import Context
-from db_backup.cli.output import EXIT_CONFIG, EXIT_OK, CommandError
+from db_backup.cli.output import EXIT_CONFIG, EXIT_OK, CommandError, warn
 from db_backup.cli.parser import positive
 from db_backup.util.secrets import SecretError
+
+RELOAD_ANSWER_SECONDS = 60.0  # the daemon resolves every secret and checks age recipients
 
 
 def reload_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,8 +23,53 @@ def reload_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def reload(context: Context) -> int:
-    """Sends SIGHUP to the daemon --pid (the config was validated before the command ran)."""
+    """Checks the config as check-config does, sends SIGHUP to --pid, waits for its answer.
+
+    Refused (exit 78, no signal) for anything check-config refuses here, inside the unit as
+    the service: a secret the service cannot read, an age recipient age refuses. The daemon
+    checks again (its `{credential:}` references too) and answers in its state directory; a
+    refusal there fails the reload too, and a change it can apply only at a restart is said.
+    """
+    from db_backup.cli.check import refuse_unusable
+    from db_backup.daemon.reload import read_answer
+
     pid = context.args.pid
+    _check_daemon_process(pid)
+    # Credentials are the daemon's to check: on systemd 252 the ExecReload= process gets a
+    # mount namespace of its own in which /run/credentials cannot be entered.
+    refuse_unusable(context, credentials=False)
+    state_dir = context.config.directories.state
+    before = read_answer(state_dir)
+    answers = before is not None and before.get("pid") == pid  # the daemon keeps the protocol
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as exc:
+        raise CommandError(f"reload: cannot signal process {pid}: {exc.strerror}") from None
+    if not answers:
+        return EXIT_OK
+    serial = before.get("serial", 0) if before else 0
+    deadline = time.monotonic() + RELOAD_ANSWER_SECONDS
+    while (answer := read_answer(state_dir)) is None or answer.get("serial", 0) <= serial:
+        if time.monotonic() > deadline:
+            raise CommandError(
+                f"reload: the daemon did not answer within {RELOAD_ANSWER_SECONDS:.0f} s "
+                "(see journalctl -u db-backup)"
+            )
+        time.sleep(0.1)
+    if answer.get("outcome") != "reloaded":
+        raise CommandError(
+            f"reload refused by the daemon, old config kept: {answer.get('message')}", EXIT_CONFIG
+        )
+    if answer.get("restart"):
+        warn(
+            f"reloaded, but {', '.join(answer['restart'])} takes effect only after "
+            "`systemctl restart db-backup`"
+        )
+    return EXIT_OK
+
+
+def _check_daemon_process(pid: int) -> None:
+    """Raises CommandError unless process `pid` is a `db-backup daemon`."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as handle:
             words = [w.decode(errors="replace") for w in handle.read().split(b"\0") if w]
@@ -30,11 +78,6 @@ def reload(context: Context) -> int:
     if "daemon" not in words or not any(os.path.basename(w) == "db-backup" for w in words):
         # Its command line is not shown: another program's arguments may hold a secret.
         raise CommandError(f"reload: process {pid} is not a db-backup daemon; nothing sent")
-    try:
-        os.kill(pid, signal.SIGHUP)
-    except OSError as exc:
-        raise CommandError(f"reload: cannot signal process {pid}: {exc.strerror}") from None
-    return EXIT_OK
 
 
 def lifecycle_arguments(parser: argparse.ArgumentParser) -> None:

@@ -11,6 +11,7 @@ from db_backup.cli.output import EXIT_CONFIG, EXIT_OK, CommandError, warn
 
 if TYPE_CHECKING:
     from db_backup.config import Config
+    from db_backup.config.preflight import SecretCheck
 
 
 def check_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,6 +21,29 @@ def check_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_config(context: Context) -> int:
     """Checks what the schema cannot (age recipients, metrics.listen), then every secret."""
+    config = context.config
+    for warning in directory_warnings(config):  # warnings only: check-config's own
+        warn(warning)
+    checks = refuse_unusable(context)
+    if not context.args.quiet:
+        names = ", ".join(j.name for j in config.jobs)
+        print(
+            f"{context.path}: OK ({len(config.jobs)} job(s): {names}; "
+            f"{len(checks)} secret(s) resolved)"
+        )
+        for check in checks:  # where each credential comes from (a value is never shown)
+            if " credential " in check.message:
+                print(f"  {check.message}")
+    return EXIT_OK
+
+
+def refuse_unusable(context: Context, *, credentials: bool = True) -> list[SecretCheck]:
+    """Returns the secret checks of a config usable here; CommandError (78) naming every reason.
+
+    What `check-config` and `reload` (inside the unit, as the service) both refuse: age
+    recipients age itself refuses, a `metrics.listen` the daemon would refuse, a secret that
+    cannot be resolved here (`credentials=False`: `{credential:}` ones left to the daemon).
+    """
     from db_backup.config.preflight import RESOLVED, UNCHECKED, check_secrets
     from db_backup.observe.metrics import MetricsError
     from db_backup.observe.metrics import check_config as check_metrics
@@ -30,13 +54,11 @@ def check_config(context: Context) -> int:
     check_encryption(config)  # age itself checks every recipient (checksum, key)
     for warning in identity_warnings(config):  # a private key others can read: not refused
         warn(warning)
-    for warning in directory_warnings(config):
-        warn(warning)
     try:  # a metrics.listen that is not loopback (without allow_remote) is refused
         check_metrics(config)
     except MetricsError as exc:
         raise CommandError(f"{config.source}: {exc}", EXIT_CONFIG) from None
-    checks = check_secrets(config)
+    checks = check_secrets(config, credentials=credentials)
     failed = [c for c in checks if c.outcome != RESOLVED]
     if failed:
         unchecked = sum(c.outcome == UNCHECKED for c in failed)
@@ -53,13 +75,7 @@ def check_config(context: Context) -> int:
         raise CommandError(
             f"{context.path}: valid, but not usable here: {summary}:\n{lines}", EXIT_CONFIG
         )
-    if not context.args.quiet:
-        names = ", ".join(j.name for j in config.jobs)
-        print(
-            f"{context.path}: OK ({len(config.jobs)} job(s): {names}; "
-            f"{len(checks)} secret(s) resolved)"
-        )
-    return EXIT_OK
+    return checks
 
 
 def directory_warnings(config: Config) -> list[str]:

@@ -56,6 +56,11 @@ def _no_arguments(_parser: argparse.ArgumentParser) -> None:
     """Adds nothing: the command takes only the global options (and its JOB, if any)."""
 
 
+def _always(_args: argparse.Namespace) -> bool:
+    """Returns True: the command may resolve any secret of the config."""
+    return True
+
+
 @dataclass(frozen=True)
 class Command:
     """One command of `db-backup`: declared once, in `commands.COMMANDS`."""
@@ -69,6 +74,9 @@ class Command:
     logs: Logs = Logs.STDERR
     cancellable: bool = False  # SIGTERM/SIGINT cancel its work (Context.cancel)
     finishes_events: bool = False  # waits (bounded) for alerts and the sink before exiting
+    # Whether it may resolve secrets: then, outside the unit, the `{credential:}` references
+    # are read from the unit's sources before the command drops root (config.credentials).
+    secrets: Callable[[argparse.Namespace], bool] = _always
     keeps_root: bool = False  # started as root, stays root (writes systemd's files), no run_as
 
     def add_job_arguments(self, parser: argparse.ArgumentParser) -> None:

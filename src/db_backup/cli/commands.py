@@ -48,6 +48,7 @@ COMMANDS: tuple[Command, ...] = (
         handler=status.status,
         arguments=status.status_arguments,
         logs=Logs.NONE,  # no structlog to import and set up: status stays quick
+        secrets=status.needs_secrets,  # only --from-db (the sink's DSN)
     ),
     Command(
         "report",
@@ -65,6 +66,7 @@ COMMANDS: tuple[Command, ...] = (
         handler=jobs.next_runs,
         arguments=jobs.next_arguments,
         jobs=JobChoice.ONE_OR_EVERY,
+        secrets=lambda _args: False,
     ),
     Command(
         "daemon",

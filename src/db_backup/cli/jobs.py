@@ -6,7 +6,7 @@ import argparse
 import json
 
 from db_backup.cli.command import Context
-from db_backup.cli.output import EXIT_BUSY, EXIT_FAILED, EXIT_OK, CommandError, tell
+from db_backup.cli.output import EXIT_BUSY, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, CommandError, tell
 from db_backup.cli.parser import positive
 from db_backup.util.clock import format_utc, to_the_second, utc_now
 
@@ -16,12 +16,20 @@ def run(context: Context) -> int:
     import structlog
 
     from db_backup.backup.run import run_job
+    from db_backup.config.preflight import job_secret_problems
     from db_backup.util.cancel import CancelToken
     from db_backup.util.locks import JobBusy, JobSetupError
 
     log = structlog.get_logger("db_backup.cli")
     code = EXIT_OK
     for job in context.jobs:
+        # By hand, a secret that cannot be had is the operator's to fix now: said here, and no
+        # FAILED report that would pose as the schedule's result (status, sink, alerts).
+        if problems := job_secret_problems(context.config, job.name):
+            log.error("job not run: a secret cannot be resolved", job=job.name, errors=problems)
+            tell(f"{job.name}: not run, no report written: " + "; ".join(problems))
+            code = EXIT_CONFIG
+            continue
         try:
             if context.cancel is not None and context.cancel.is_cancelled():
                 break

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from db_backup.cli.command import Context
-from db_backup.cli.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandError
+from db_backup.cli.output import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandError
 from db_backup.cli.parser import positive
 from db_backup.config import SecretRef
 from db_backup.util.secrets import SecretError
@@ -220,18 +220,23 @@ def _target(args: argparse.Namespace, job: JobConfig | None) -> Connection:
     )
 
 
+NOT_CHECKED = "not checked: "  # restore.verify's problem for a copy it could not reach
+
+
 def verify_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the filters and options of `verify`."""
     parser.add_argument("--job", help="only this job")
     parser.add_argument("--database", help="only this database")
     parser.add_argument("--latest", action="store_true", help="only the newest per job/database")
     parser.add_argument(
-        "--remote", action="store_true", help="also check the OSS objects (HEAD, no download)"
+        "--remote",
+        action="store_true",
+        help="also check the remote copies (OSS, rclone) by size and checksum, no download",
     )
     parser.add_argument(
         "--deep",
         action="store_true",
-        help="download the OSS objects and hash them (implies --remote)",
+        help="download the remote copies and hash them (implies --remote)",
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -266,6 +271,7 @@ def verify(context: Context) -> int:
         print(render(results))
     if not results:
         raise CommandError("no stored successful backup matches; nothing was verified")
+    unchecked = [p for r in bad for p in r.problems if p.startswith(NOT_CHECKED)]
     for result in bad:
         log.error(
             "verify found a problem",
@@ -274,5 +280,12 @@ def verify(context: Context) -> int:
             target=result.target,
             location=result.location,
             error="; ".join(result.problems),
+        )
+    if unchecked:  # a remote not reachable from this config (a secret, no section): the config's
+        holders = sorted({r.target for r in bad if any(p in unchecked for p in r.problems)})
+        kinds = "/".join("OSS" if h == "oss" else h for h in holders)
+        raise CommandError(
+            f"{len(unchecked)} {kinds} copy(ies) not checked: {unchecked[0][len(NOT_CHECKED) :]}",
+            EXIT_CONFIG,
         )
     return EXIT_FAILED if bad else EXIT_OK

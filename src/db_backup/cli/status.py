@@ -32,6 +32,11 @@ def status_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def needs_secrets(args: argparse.Namespace) -> bool:
+    """Returns whether this `status` resolves a secret: only --from-db (the sink's DSN)."""
+    return bool(getattr(args, "from_db", False))
+
+
 def status(context: Context) -> int:
     """Prints one page of results (latest per job and database unless --history)."""
     from db_backup.observe.status import StatusQuery
@@ -53,6 +58,7 @@ def status(context: Context) -> int:
 
 def _local(config: Config, query: StatusQuery, as_json: bool) -> int:
     """Prints the page of this host's reports directory, with the newest drills."""
+    from db_backup.observe.scope import configured
     from db_backup.observe.status import StatusError, render_table
     from db_backup.observe.status import query as run_query
     from db_backup.reports.drills import latest_drills, render_drills
@@ -66,6 +72,7 @@ def _local(config: Config, query: StatusQuery, as_json: bool) -> int:
             default_path(config.directories.state),
             config.directories.state,
             drills=drills,
+            scope=configured(config),  # jobs and databases no longer configured: history only
         )
     except StatusError as exc:
         raise CommandError(str(exc)) from None

@@ -27,10 +27,11 @@ from db_backup.backup.run import (
     describe_error,
     run_job,
 )
-from db_backup.config import Config, ConfigError, JobConfig, load
+from db_backup.config import Config, JobConfig, load
 from db_backup.config.schedule import due_at_start, next_run_after, sleep_seconds_until
 from db_backup.daemon.drills import DrillScheduler
 from db_backup.daemon.owed import OwedRuns
+from db_backup.daemon.reload import ReloadOutcome, check_new_config, write_answer
 from db_backup.daemon.sd_notify import SdNotifier, Watchdog
 from db_backup.daemon.state import Pending, RunMark, StateStore
 from db_backup.observe.staleness import StaleWatch
@@ -145,6 +146,8 @@ class Daemon:
         self.running: dict[str, Running] = {}
         self.last: dict[str, tuple[str, datetime]] = {}
         self.reload_error = ""
+        self.reload_serial = 0  # answers to `db-backup reload` (daemon.reload)
+        self.restart_needed: list[str] = []  # changes a reload could not apply
         self.stop_token = CancelToken()
         self._stop_signal = ""
         self._stopping = False  # shutdown() has begun: a run ending FAILED now was cut short
@@ -214,6 +217,7 @@ class Daemon:
         window = timedelta(hours=self.config.daemon.catch_up_window_hours)
         self.owed.take_up(self.config.jobs, self.due, now, window)
         self._start_metrics()
+        self._answer_reload(ReloadOutcome(self.config))  # serial 1: ready for reloads
 
     def _start_metrics(self) -> None:
         """Writes the metrics file now and starts /metrics when configured (raises on trouble)."""
@@ -368,34 +372,43 @@ class Daemon:
     # --- reload and stop ---------------------------------------------------------------------
 
     def reload(self) -> None:
-        """Loads the config again; a bad one is refused and the running one kept."""
+        """Loads the config again; one check-config would refuse is refused, the old one kept.
+
+        The answer goes to the state directory, where `db-backup reload` waits for it.
+        """
         self.notifier.reloading()
-        try:
-            new = load(self.config_path)
-            check_encryption(new)
-            for job in new.jobs:
-                check_directories(new, job)
-        except ConfigError as exc:
-            self.reload_error = _first_problem(exc)
+        outcome = check_new_config(self.config_path, self.config)
+        if outcome.config is None:
+            more = len(outcome.problems) - 1
+            tail = f" (+{more} more problem(s), see the journal)" if more > 0 else ""
+            self.reload_error = f"{self.config_path}: {outcome.problems[0]}{tail}"
             log.error(
                 "config reload refused; keeping the running config",
-                error=str(exc),
-                problems=exc.problems,
+                error=self.reload_error,
+                problems=outcome.problems,
             )
-        except JobSetupError as exc:
-            self.reload_error = str(exc).splitlines()[0]
-            log.error("config reload refused; keeping the running config", error=str(exc))
         else:
-            self.config = new
+            self.config = new = outcome.config
             self.reload_error = ""
+            self.restart_needed = outcome.restart
             self.stale.reconfigure(new, self.clock.now())
             self._schedule_all(self.clock.now(), catch_up=False)
             log.info(
                 "config reloaded",
                 jobs=[j.name for j in new.jobs],
                 next={name: due.isoformat() for name, due in self.due.items()},
+                restart_needed=outcome.restart or None,
             )
+        self._answer_reload(outcome)
         self.notifier.ready(self.status_text())
+
+    def _answer_reload(self, outcome: ReloadOutcome) -> None:
+        """Tells `db-backup reload` how this reload ended (a failure to write is logged)."""
+        self.reload_serial += 1
+        try:
+            write_answer(self.config.directories.state, self.reload_serial, outcome)
+        except OSError as exc:
+            log.error("reload answer not written", error=str(exc))
 
     def shutdown(self) -> int:
         """Stops running jobs (their reports say so), waits for them, and returns 0."""
@@ -424,6 +437,8 @@ class Daemon:
         parts = [f"{len(self.config.jobs)} job(s)"]
         if self.reload_error:
             parts.append(f"RELOAD FAILED, old config kept: {self.reload_error}")
+        if self.restart_needed:
+            parts.append(f"RESTART NEEDED for {', '.join(self.restart_needed)}")
         parts.extend(self.stale.status_parts(now))  # before what runs: a line may be cut
         for running in self.running.values():
             parts.extend(running.describe())
@@ -444,15 +459,6 @@ class Daemon:
             self.notifier.status(text)
             self._last_status = text
             self._last_status_sent = self.clock.monotonic()
-
-
-def _first_problem(exc: ConfigError) -> str:
-    """Returns the STATUS text of a refused config: its first problem and how many follow."""
-    if not exc.problems:
-        return exc.source
-    more = len(exc.problems) - 1
-    tail = f" (+{more} more problem(s), see the journal)" if more else ""
-    return f"{exc.source}: {exc.problems[0]}{tail}"
 
 
 def run_daemon(config_path: str) -> int:

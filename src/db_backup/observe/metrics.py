@@ -95,7 +95,24 @@ def _newest_reports(config: Config) -> _Reports:
             if document is not None:
                 into[(str(document.get("job", "")), str(document["database"]))] = document
     found.stale = set(staleness.current_stale(config.directories.state, by_job))
+    _drop_hidden(found, config)
     return found
+
+
+def _drop_hidden(found: _Reports, config: Config) -> None:
+    """Leaves out what is no longer configured and job-level records cleared since (scope)."""
+    from db_backup.observe.scope import configured, hidden
+
+    started = {}
+    for key, doc in found.newest.items():
+        try:
+            started[key] = parse_utc(str(doc.get("startedAt")))
+        except ValueError:  # no start to compare: kept, as before
+            continue
+    for key in hidden(started, configured(config)):
+        found.newest.pop(key, None)
+        found.success.pop(key, None)
+        found.stale.discard(key)
 
 
 def _quiet(_event: str, _fields: dict[str, str]) -> None:

@@ -10,11 +10,12 @@ newest SUCCESS started and how long ago, whether the daemon found it stale (`sta
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from db_backup.observe.scope import Scope, hidden
 from db_backup.observe.staleness import load_state, still_stale
 from db_backup.reports.index import Match, snapshot
 from db_backup.reports.model import SUCCESS, read_reports
@@ -58,14 +59,17 @@ def query(
     state_dir: Path | None = None,
     now: datetime | None = None,
     drills: list[dict[str, Any]] | None = None,
+    scope: Scope | None = None,
 ) -> StatusPage:
     """Returns the page of reports matching `q`: latest per job and database unless `history`.
 
     `index_path` is the report index to use (None: read every report, in memory). In the
     latest view each row also gets `lastSuccessAt`, `lastSuccessAgeSeconds`, `stale` (from the
     daemon's `stale.json` under `state_dir`) and `lastDrill` (the newest of `drills`, as
-    `drill_reports.latest_drills` gives them). Raises StatusError when the
-    directory cannot be listed: "0 reports" would be a lie.
+    `drill_reports.latest_drills` gives them). The latest view leaves out what `scope.hidden`
+    hides: a job-level record the job cleared since, and, given the configured `scope`, jobs
+    and listed databases no longer configured. Raises StatusError when the directory cannot
+    be listed: "0 reports" would be a lie.
     """
     _check_readable(reports_dir)
     match = Match(
@@ -82,6 +86,9 @@ def query(
 
     with snapshot(reports_dir, index_path, note) as snap:
         warnings = snap.warnings()
+        if not q.history:  # what the latest view no longer shows (history keeps it)
+            newest = {(n.job, n.database): n.started for n in snap.newest()}
+            match = replace(match, exclude=tuple(sorted(hidden(newest, scope))))
         total, names = snap.page(
             match, latest=not q.history, limit=q.limit, offset=(q.page - 1) * q.limit
         )
@@ -183,6 +190,9 @@ def render_table(
         if summary:
             line += (_last_success(row), _last_drill(row))
         lines.append((*line, detail))
+    # A name or message is shown with its control characters escaped: a newline in a database
+    # name must not start a row of its own (one that could pose as another backup's).
+    lines = [tuple(printable(str(cell)) for cell in line) for line in lines]
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     out = []
     for line in lines:
@@ -190,3 +200,27 @@ def render_table(
         out.append("  ".join([*cells, str(line[-1])]).rstrip())
     out.append(f"page {page.page} of {page.pages}, {page.total} matching report(s)")
     return "\n".join(out)
+
+
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: str) -> str:
+    """Returns `text` with every character that is not printable escaped (\\n, \\x1b, \\u202e).
+
+    Control characters, line and paragraph separators and format characters (bidi overrides)
+    cannot then break a table row, move the cursor or reorder what follows.
+    """
+    if text.isprintable():
+        return text
+    out = []
+    for char in text:
+        if char.isprintable() or char == " ":
+            out.append(char)
+        elif char in _ESCAPES:
+            out.append(_ESCAPES[char])
+        elif ord(char) < 0x100:
+            out.append(f"\\x{ord(char):02x}")
+        else:
+            out.append(f"\\u{ord(char):04x}" if ord(char) < 0x10000 else f"\\U{ord(char):08x}")
+    return "".join(out)

@@ -98,11 +98,16 @@ class Match:
     database: str | None = None
     status: str | None = None
     since: datetime | None = None
+    exclude: tuple[tuple[str, str], ...] = ()  # (job, database) pairs left out
 
     def sql(self) -> tuple[str, tuple[object, ...]]:
         """Returns the condition on the `reports` table (" AND ..." or "") and its parameters."""
         conditions: list[str] = []
         params: list[object] = []
+        if self.exclude:
+            pairs = ", ".join("(?, ?)" for _ in self.exclude)
+            conditions.append(f"(job, database) NOT IN (VALUES {pairs})")
+            params.extend(encode(text) for pair in self.exclude for text in pair)
         for column, value in (("job", self.job), ("database", self.database)):
             if value is not None:
                 conditions.append(f"{column} = ?")

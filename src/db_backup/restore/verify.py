@@ -73,6 +73,9 @@ def verify(
     reports, _ = load_reports(config.directories.reports)
     seen: set[tuple[str, str]] = set()
     results: list[Result] = []
+    # holder -> its reading target, or why it cannot be reached (no section, a secret that
+    # cannot be resolved): tried once, then said for each copy it holds, never a traceback
+    reachable: dict[str, Any] = {}
     for stored in reports:  # newest first
         doc = stored.document
         if doc["status"] != SUCCESS:
@@ -94,11 +97,15 @@ def verify(
         if has_local:
             results.append(_verify_local(config, stored.path, doc, deep))
         if (remote or deep) and holder is not None:
-            try:
-                target = reading_target(config, holder)
-            except StorageError as exc:
+            if holder not in reachable:
+                try:
+                    reachable[holder] = reading_target(config, holder)
+                except (StorageError, SecretError) as exc:
+                    reachable[holder] = str(exc)
+            target = reachable[holder]
+            if isinstance(target, str):
                 failed = _result(stored.path, doc, holder, "")
-                failed.problems.append(f"{holder}: {exc}")
+                failed.problems.append(f"not checked: {target}")
                 results.append(failed)
                 continue
             results.append(_verify_remote(target, stored.path, doc, deep, cancel))

@@ -10,6 +10,11 @@ from pathlib import Path
 MASK = "***"
 _known: set[str] = set()
 _lock = threading.Lock()
+# Credentials read from the unit's own sources (`unit_credentials`) by a command started outside
+# the unit, before it dropped root: name -> value, and name -> why it could not be read.
+_unit_values: dict[str, bytes] = {}
+_unit_problems: dict[str, str] = {}
+_unit_origins: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
@@ -35,7 +40,7 @@ def resolve(ref: SecretRef, purpose: str) -> str:
     elif ref.kind == "file":
         value = _first_line(Path(ref.name), purpose)
     elif ref.kind == "credential":
-        value = _first_line(_credential_path(ref, purpose), purpose)
+        value = _credential_first_line(ref, purpose)
     else:  # pragma: no cover - the schema allows only the three kinds
         raise SecretError(f"{purpose}: unknown secret kind {ref.kind!r}")
     if not value:
@@ -52,15 +57,68 @@ def _environment(ref: SecretRef, purpose: str) -> str:
     return value
 
 
-def _credential_path(ref: SecretRef, purpose: str) -> Path:
-    """Returns where systemd put the credential `ref` names; raises SecretError outside a unit."""
+def provide_unit_credentials(
+    values: dict[str, bytes], problems: dict[str, str], origins: dict[str, str]
+) -> None:
+    """Makes `{credential:}` references resolve from `values` outside the unit.
+
+    `problems` says, per name, why it could not be read; `origins` where each value came from.
+    Inside the unit ($CREDENTIALS_DIRECTORY set) these are never used.
+    """
+    with _lock:
+        _unit_values.update(values)
+        _unit_problems.update(problems)
+        _unit_origins.update(origins)
+
+
+def credential_origin(name: str) -> str | None:
+    """Returns where credential `name` comes from (a directory or a unit setting), or None."""
     directory = os.environ.get("CREDENTIALS_DIRECTORY")
-    if not directory:
+    if directory:
+        return f"$CREDENTIALS_DIRECTORY ({directory})"
+    with _lock:
+        return _unit_origins.get(name)
+
+
+def _credential_text(ref: SecretRef, purpose: str) -> str | None:
+    """Returns the unit-provided value of credential `ref` outside the unit, None inside it."""
+    if os.environ.get("CREDENTIALS_DIRECTORY"):
+        return None
+    with _lock:
+        value, problem = _unit_values.get(ref.name), _unit_problems.get(ref.name)
+    if value is None:
         raise SecretError(
-            f"{purpose}: credential {ref.name!r} needs $CREDENTIALS_DIRECTORY "
+            f"{purpose}: credential {ref.name!r} {problem}"
+            if problem
+            else f"{purpose}: credential {ref.name!r} needs $CREDENTIALS_DIRECTORY "
             "(set LoadCredential= in the unit)"
         )
-    return Path(directory) / ref.name
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SecretError(
+            f"{purpose}: credential {ref.name!r} is not UTF-8 text (byte offset {exc.start})"
+        ) from None
+
+
+def _credential_path(ref: SecretRef) -> Path:
+    """Returns where systemd put the credential `ref` names (inside the unit)."""
+    return Path(os.environ["CREDENTIALS_DIRECTORY"]) / ref.name
+
+
+def _credential_first_line(ref: SecretRef, purpose: str) -> str:
+    """Returns the first line of credential `ref`, from the unit's directory or its sources."""
+    text = _credential_text(ref, purpose)
+    if text is not None:
+        return text.split("\n", 1)[0].rstrip("\r")
+    path = _credential_path(ref)
+    if not path.exists() and path.parent.is_dir():
+        raise SecretError(
+            f"{purpose}: credential {ref.name!r} is not in $CREDENTIALS_DIRECTORY ({path.parent}): "
+            "systemd loads credentials when the service starts; after adding LoadCredential= "
+            "run `systemctl restart db-backup`"
+        )
+    return _first_line(path, purpose)
 
 
 def resolve_text(ref: SecretRef, purpose: str, max_bytes: int = 64 * 1024) -> str:
@@ -71,7 +129,9 @@ def resolve_text(ref: SecretRef, purpose: str, max_bytes: int = 64 * 1024) -> st
     """
     if ref.kind == "env":
         return _environment(ref, purpose)
-    path = _credential_path(ref, purpose) if ref.kind == "credential" else Path(ref.name)
+    if ref.kind == "credential" and (text := _credential_text(ref, purpose)) is not None:
+        return text
+    path = _credential_path(ref) if ref.kind == "credential" else Path(ref.name)
     try:
         with path.open("rb") as handle:
             raw = handle.read(max_bytes)

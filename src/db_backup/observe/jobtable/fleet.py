@@ -69,6 +69,11 @@ def fleet_page(conn: psycopg.Connection[Any], q: StatusQuery) -> StatusPage:
             "SELECT * FROM (SELECT m.*, row_number() OVER (PARTITION BY hostname, job, database "
             f"ORDER BY started_at DESC, id DESC) AS newest FROM ({matching}) AS m) AS r "
             "WHERE newest = 1"
+            # A job-level record (database `*`, the run failed before it knew its databases)
+            # is cleared by any later row of the same job on that host (observe.scope).
+            " AND NOT (r.database = '*' AND EXISTS (SELECT 1 FROM db_backup_job AS o WHERE "
+            "o.hostname = r.hostname AND o.job = r.job AND o.database <> '*' AND "
+            "NOT coalesce(o.deleted, false) AND o.started_at > r.started_at))"
         )
     row = conn.execute(f"SELECT count(*) FROM ({matching}) AS c", params).fetchone()
     total = int(row[0]) if row else 0
