@@ -116,6 +116,9 @@ class Report:
     row_counts_error: str = ""
     # None: not encrypted; else method, recipient fingerprints and the plaintext's checksums.
     encryption: dict[str, Any] | None = None
+    # The roles file stored beside the dump (None: none): file, sizeBytes, sha256 (of the stored
+    # bytes; its `.sha256` says the same) and, encrypted, plaintextSha256.
+    globals_file: dict[str, Any] | None = None
     hostname: str = field(default_factory=socket.gethostname)
 
     @property
@@ -186,7 +189,7 @@ class Report:
         # The seed's form has whole seconds; the duration is the difference of the two shown.
         started = to_the_second(self.started)
         finished = to_the_second(self.finished or utc_now())
-        return {
+        document: dict[str, Any] = {
             "database": self.database,
             "host": self.host,
             "port": str(self.port),
@@ -222,6 +225,9 @@ class Report:
             "encryption": dict(self.encryption) if self.encryption is not None else None,
             "capacity": dict(self.capacity) if self.capacity is not None else None,
         }
+        if self.globals_file is not None:  # added when the backup has a roles file
+            document["globals"] = dict(self.globals_file)
+        return document
 
 
 def report_path(reports_dir: Path, stem_text: str) -> Path:
