@@ -191,6 +191,7 @@ def test_statements_of_unknown_kinds_run_only_with_reset_and_are_named() -> None
 def test_the_description_names_created_and_left_alone_roles() -> None:
     plan = plan_roles(parse_globals(GLOBALS), {"postgres", "grp"}, set(), skip_tablespaces=True)
     assert describe(plan) == [
-        f"created roles: {READER}, zz_app_owner",
-        "left alone (they exist; --reset-roles resets them): grp, postgres",
+        f"roles created: {READER}, zz_app_owner",
+        "roles left alone (they exist; --reset-roles resets them): grp, postgres",
     ]
+    assert describe(plan, done=False)[0] == f"roles to create: {READER}, zz_app_owner"

@@ -8,7 +8,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from db_backup.cli.command import Context
-from db_backup.cli.output import EXIT_FAILED, EXIT_OK, CommandError
+from db_backup.cli.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandError
 from db_backup.cli.parser import positive
 from db_backup.config import SecretRef
 from db_backup.util.secrets import SecretError
@@ -28,6 +28,12 @@ def restore_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--globals", action="store_true", help="restore roles and tablespaces first"
+    )
+    parser.add_argument(
+        "--reset-roles",
+        action="store_true",
+        help="with --globals: also give existing roles the backup's attributes, passwords and "
+        "memberships (default: only missing roles are created)",
     )
     parser.add_argument(
         "--no-tablespaces", action="store_true", help="leave tablespaces out (all objects default)"
@@ -68,7 +74,10 @@ def restore(context: Context) -> int:
         skip_tablespaces=args.no_tablespaces,
         prefer_remote=args.from_oss,
         identity=SecretRef("file", args.identity) if args.identity else None,
+        reset_roles=args.reset_roles,
     )
+    if args.reset_roles and not args.globals:
+        raise CommandError("--reset-roles resets the roles of --globals; give both", EXIT_USAGE)
     try:
         source = resolve_source(
             config, args.source, job=args.job, database=args.database, prefer_remote=args.from_oss
@@ -86,6 +95,10 @@ def restore(context: Context) -> int:
         print("plan (nothing was changed):")
         for number, step in enumerate(result.steps, 1):
             print(f"  {number}. {step}")
+        if result.refusal:  # the real run would stop there: say so, and fail like it would
+            raise CommandError(
+                f"restore would be refused at step {result.refused_step}: {result.refusal}"
+            )
         return EXIT_OK
     log.info(
         "restore finished",

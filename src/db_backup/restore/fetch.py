@@ -7,6 +7,7 @@ report and the `.sha256` file before anything uses it.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,7 +115,8 @@ def download_files(
     cancel: CancelToken | None,
     want_globals: bool,
 ) -> BackupFiles:
-    """Downloads a remote backup's dump, `.sha256` and globals file into `workdir`.
+    """Downloads a remote backup's dump, `.sha256` and globals file (and its `.sha256`) into
+    `workdir`.
 
     A missing dump raises RestoreError; a missing `.sha256` or globals file is left out.
     """
@@ -140,6 +142,10 @@ def download_files(
                 download(target, source.remote_keys["globals"], globals_path, cancel)
             except ObjectMissing:
                 globals_path = None
+            if globals_path is not None:  # its .sha256, beside it as on the target
+                sums = globals_path.with_name(f"{globals_path.name}.sha256")
+                with contextlib.suppress(ObjectMissing):
+                    download(target, source.remote_keys["globals"] + ".sha256", sums, cancel)
     except ObjectMissing as exc:
         raise RestoreError(f"{exc}: nothing to restore") from None
     except StorageError as exc:

@@ -273,23 +273,28 @@ def tablespaces_sql(plan: RolePlan) -> str:
     return "\n".join(plan.tablespace_script) + "\n" if plan.tablespace_script else ""
 
 
-def describe(plan: RolePlan, reset_option: str = "--reset-roles") -> list[str]:
-    """Returns lines saying which roles and tablespaces a plan creates, resets and leaves alone."""
-    lines = [f"created roles: {_names(plan.created)}"]
+def describe(plan: RolePlan, *, done: bool = True) -> list[str]:
+    """Returns lines saying which roles and tablespaces a plan creates, resets and leaves alone.
+
+    `done` False: the same, as what a restore would do (for a dry run).
+    """
+    verb = {
+        True: ("created", "reset", "left alone", "not run"),
+        False: ("to create", "to reset", "to leave alone", "not to run"),
+    }[done]
+    lines = [f"roles {verb[0]}: {_names(plan.created)}"]
     if plan.reset:
-        lines.append(f"reset roles (attributes, passwords, memberships): {_names(plan.reset)}")
+        lines.append(f"roles {verb[1]} (attributes, passwords, memberships): {_names(plan.reset)}")
     if plan.left_alone:
         lines.append(
-            f"left alone (they exist; {reset_option} resets them): {_names(plan.left_alone)}"
+            f"roles {verb[2]} (they exist; --reset-roles resets them): {_names(plan.left_alone)}"
         )
     if plan.tablespaces_created:
-        lines.append(f"created tablespaces: {_names(plan.tablespaces_created)}")
+        lines.append(f"tablespaces {verb[0]}: {_names(plan.tablespaces_created)}")
     if plan.tablespaces_left_alone:
-        lines.append(f"tablespaces left alone (they exist): {_names(plan.tablespaces_left_alone)}")
+        lines.append(f"tablespaces {verb[2]} (they exist): {_names(plan.tablespaces_left_alone)}")
     if plan.skipped:
-        lines.append(
-            f"statements not run (use {reset_option} to run them): " + "; ".join(plan.skipped)
-        )
+        lines.append(f"statements {verb[3]} (--reset-roles runs them): " + "; ".join(plan.skipped))
     return lines
 
 

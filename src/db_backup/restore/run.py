@@ -3,12 +3,14 @@
 Order of work, so that nothing touches a database before the backup is proven whole:
 find the backup (restore.source) -> download it from OSS when needed (CRC-64 checked) -> verify
 its sha256 against the `.sha256` file and the report -> `pg_restore --list` (format and version
-check; an encrypted backup: the age identity opens it) -> roles and tablespaces from the globals
-file (optional) -> create the target database (an existing non-empty one only with `--clean`)
--> `pg_restore -j N --exit-on-error` (plain dumps: `psql -v ON_ERROR_STOP=1`). These are the
-steps of restore.plan's plan, which `--dry-run` prints and this module executes one by one. A
-restore that stops half-way is a failure; a database this command created for it is dropped
-again.
+check; an encrypted backup: the age identity opens it) -> with `--globals`, the roles file
+checked (restore.globals_file) and the target database checked -> only then changes: the
+missing roles and tablespaces created (existing roles left alone unless `--reset-roles`) ->
+create the target database (an existing non-empty one only with `--clean`) -> `pg_restore -j
+N --exit-on-error` (plain dumps: `psql -v ON_ERROR_STOP=1`). These are the steps of
+restore.plan's plan, which `--dry-run` prints (running its checks, never its changes) and this
+module executes one by one. A restore that stops half-way is a failure; a database this
+command created for it is dropped again, and nothing it did not create.
 """
 
 from __future__ import annotations
@@ -30,7 +32,18 @@ from db_backup.postgres.server import (
     drop_database,
 )
 from db_backup.restore.fetch import BackupFiles, Fetched, download_files, local_files, verify_files
-from db_backup.restore.plan import Action, DatabaseAction, Step, database_action, plan_restore
+from db_backup.restore.globals_file import apply as apply_roles
+from db_backup.restore.globals_file import check_roles_file, plan_on
+from db_backup.restore.plan import (
+    CHANGES,
+    Action,
+    DatabaseAction,
+    Step,
+    database_action,
+    plan_restore,
+)
+from db_backup.restore.roles import RolePlan
+from db_backup.restore.roles import describe as describe_roles
 from db_backup.restore.source import BackupSource, RestoreError
 from db_backup.restore.steps import (
     RestoreOptions,
@@ -38,8 +51,6 @@ from db_backup.restore.steps import (
     explain_restore_error,
     is_encrypted,
     open_identity,
-    read_globals,
-    restore_roles,
     run_restore_argv,
 )
 from db_backup.storage.crypto import EncryptionError
@@ -53,7 +64,7 @@ OutputFn = Callable[[str], None]
 
 @dataclass
 class RestoreResult:
-    """What one restore did."""
+    """What one restore did (a dry run: the plan, and the refusal the real run would meet)."""
 
     database: str
     source: str
@@ -61,6 +72,8 @@ class RestoreResult:
     created: bool
     seconds: float
     steps: list[str] = field(default_factory=list)
+    refusal: str = ""  # dry run: why the real run would stop ("" when it would go ahead)
+    refused_step: int = 0  # dry run: the step (1-based) that refuses
 
 
 def restore(
@@ -75,17 +88,19 @@ def restore(
 ) -> RestoreResult:
     """Restores `source` into `server`; raises RestoreError (nothing half-made is left behind).
 
-    With `options.dry_run`, changes nothing and returns the plan's lines as `steps`.
+    Every checking step of the plan runs before the first step that changes the server. With
+    `options.dry_run`, only those checks run (a remote backup is downloaded to be checked);
+    the result holds the plan's lines and, when a check fails, the refusal.
     """
     database = options.target_database or source.database
     started = time.monotonic()
-    if options.dry_run:
-        steps = [step.text for step in plan_restore(source, server, options)]
-        return RestoreResult(database, source.description, "", False, 0.0, steps)
     scratch = _download_dir(workdir or config.directories.state / "restore", source)
     execution = _Execution(config, source, server, options, scratch, cancel, say)
+    steps = plan_restore(source, server, options, scratch)
     try:
-        for step in plan_restore(source, server, options, scratch):
+        if options.dry_run:
+            return _dry_run(execution, [s.text for s in plan_restore(source, server, options)])
+        for step in steps:
             execution.do(step)
         fetched = execution.fetched
         assert fetched is not None  # every plan verifies the dump
@@ -100,6 +115,24 @@ def restore(
     finally:
         execution.stack.close()
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _dry_run(execution: _Execution, lines: list[str]) -> RestoreResult:
+    """Runs the plan's checks (never a change); returns the plan and any refusal."""
+    source = execution.source
+    result = RestoreResult(execution.database, source.description, "", False, 0.0, lines)
+    steps = plan_restore(source, execution.server, execution.options, execution.scratch)
+    for number, step in enumerate(steps, 1):
+        if step.action in CHANGES:
+            continue
+        try:
+            execution.do(step)
+        except RestoreError as exc:
+            result.refusal, result.refused_step = str(exc), number
+            break
+    if execution.fetched is not None:
+        result.sha256 = execution.fetched.sha256
+    return result
 
 
 @dataclass
@@ -118,6 +151,7 @@ class _Execution:
     fetched: Fetched | None = None
     identity: Path | None = None
     created: bool = False
+    roles: RolePlan | None = None  # --globals: what the roles step runs, decided by its check
 
     @property
     def database(self) -> str:
@@ -136,6 +170,8 @@ class _Execution:
             Action.VERIFY: self.verify,
             Action.CHECK_ARCHIVE: self.check_archive,
             Action.CHECK_IDENTITY: self.check_identity,
+            Action.CHECK_GLOBALS: self.check_globals,
+            Action.CHECK_DATABASE: self.check_database,
             Action.RESTORE_ROLES: self.restore_roles,
             Action.PREPARE_DATABASE: self.prepare_database,
             Action.RESTORE: lambda: self.restore(step),
@@ -169,22 +205,41 @@ class _Execution:
         )
         self.say(f"the age identity opens {self.source.dump_name}")
 
-    def restore_roles(self) -> None:
-        """Restores roles and tablespaces from the backup's globals file."""
-        fetched = self.fetched
-        assert fetched is not None
-        if fetched.globals_file is None:
+    def check_globals(self) -> None:
+        """Checks the roles file (checksums, decryption, complete) and decides what it does."""
+        assert self.fetched is not None
+        source = self.source
+        if self.fetched.globals_file is None:
             raise RestoreError(
-                f"--globals: no globals file ({self.source.globals_name or '<stem>_globals.sql'}) "
-                f"was found for {self.source.description}"
+                f"--globals: no roles file ({source.globals_name or '<stem>_globals.sql'}) "
+                f"was found for {source.description}"
             )
-        text = read_globals(fetched, self.identity, self.source)
-        name = fetched.globals_file.name
-        restore_roles(self.server, text, name, self.options.skip_tablespaces)
-        self.say(f"restored roles and tablespaces from {name}")
+        checked = check_roles_file(self.fetched.globals_file, source.report, self.identity)
+        self.say(f"checked the roles file {checked.name}: {', '.join(checked.checked)}")
+        self.roles = plan_on(
+            self.server,
+            checked,
+            reset=self.options.reset_roles,
+            skip_tablespaces=self.options.skip_tablespaces,
+        )
+        if self.options.dry_run:
+            for line in describe_roles(self.roles, done=False):
+                self.say(f"the roles step: {line}")
 
-    def prepare_database(self) -> None:
-        """Creates the target database, or checks that it may be restored over."""
+    def check_database(self) -> None:
+        """Refuses, before anything changes, a target database that exists and holds objects."""
+        self.database_fate()
+
+    def restore_roles(self) -> None:
+        """Creates the missing roles and tablespaces the checked roles file holds."""
+        assert self.roles is not None and self.fetched is not None
+        assert self.fetched.globals_file is not None
+        apply_roles(self.server, self.roles, self.fetched.globals_file.name)
+        for line in describe_roles(self.roles):
+            self.say(line)
+
+    def database_fate(self) -> DatabaseAction:
+        """Returns what happens to the target database; raises RestoreError to refuse it."""
         server, database = self.server, self.database
         exists = database_exists(server, database)
         empty = database_is_empty(server, database) if exists and not self.options.clean else None
@@ -196,10 +251,15 @@ class _Execution:
                 "empty; choose another name with --to-database, or replace its objects with "
                 "--clean"
             )
+        return action
+
+    def prepare_database(self) -> None:
+        """Creates the target database, or checks that it may be restored over."""
+        action = self.database_fate()  # again: the server may have changed since the check
         if action is DatabaseAction.RECREATE:
-            drop_database(server, database)
+            drop_database(self.server, self.database)
         if action in (DatabaseAction.CREATE, DatabaseAction.RECREATE):
-            create_database(server, database)
+            create_database(self.server, self.database)
             self.created = True
 
     def restore(self, step: Step) -> None:

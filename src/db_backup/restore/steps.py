@@ -43,6 +43,7 @@ class RestoreOptions:
     skip_tablespaces: bool = False
     prefer_remote: bool = False
     identity: SecretRef | None = None  # age identity (--identity); default: the job's
+    reset_roles: bool = False  # --globals: also reset existing roles (restore.roles.plan_roles)
 
 
 def explain_restore_error(text: str, source: BackupSource) -> str:
