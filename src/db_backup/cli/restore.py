@@ -156,7 +156,7 @@ def verify(context: Context) -> int:
     """Checks every stored copy of the matching backups; fails when one is wrong or none match."""
     import structlog
 
-    from db_backup.restore.verify import render
+    from db_backup.restore.verify import remote_only, render
     from db_backup.restore.verify import verify as run_verify
 
     log = structlog.get_logger("db_backup.cli")
@@ -170,18 +170,36 @@ def verify(context: Context) -> int:
         deep=args.deep,
     )
     bad = [r for r in results if not r.ok]
+    skipped = 0
+    if not (args.remote or args.deep):
+        skipped = remote_only(
+            context.config, job=args.job, database=args.database, latest=args.latest
+        )
+    hint = (
+        f"{skipped} backup{'s' if skipped != 1 else ''} stored only on OSS "
+        f"{'were' if skipped != 1 else 'was'} skipped; check {'them' if skipped != 1 else 'it'} "
+        "with --remote"
+        if skipped
+        else ""
+    )
     if args.json:
         document: dict[str, Any] = {
             "ok": bool(results) and not bad,
             "checked": len(results),
             "problems": len(bad),
             "results": [r.to_json() for r in results],
+            "skippedRemoteOnly": skipped,
         }
         print(json.dumps(document, indent=2, ensure_ascii=False))
     elif results:
         print(render(results))
+        if hint:
+            print(hint)
     if not results:
-        raise CommandError("no stored successful backup matches; nothing was verified")
+        raise CommandError(
+            "no stored successful backup matches; nothing was verified"
+            + (f" ({hint})" if hint else "")
+        )
     for result in bad:
         log.error(
             "verify found a problem",

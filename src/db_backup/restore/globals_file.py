@@ -137,9 +137,7 @@ def check_roles_file(
     try:
         statements = parse_globals(text)
     except GlobalsError as exc:
-        raise RestoreError(
-            f"{path}: the roles file is incomplete: {exc}; nothing was changed"
-        ) from None
+        raise RestoreError(f"{path}: the roles file is incomplete: {exc}") from None
     return CheckedRoles(path.name, statements, [*checked, "complete"])
 
 

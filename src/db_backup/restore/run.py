@@ -214,7 +214,10 @@ class _Execution:
                 f"--globals: no roles file ({source.globals_name or '<stem>_globals.sql'}) "
                 f"was found for {source.description}"
             )
-        checked = check_roles_file(self.fetched.globals_file, source.report, self.identity)
+        try:
+            checked = check_roles_file(self.fetched.globals_file, source.report, self.identity)
+        except RestoreError as exc:
+            raise RestoreError(f"{exc}; nothing was changed") from None
         self.say(f"checked the roles file {checked.name}: {', '.join(checked.checked)}")
         self.roles = plan_on(
             self.server,

@@ -11,13 +11,20 @@ accepted only as plain names in the data directory or under the configured prefi
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from db_backup.config import Config
-from db_backup.reports.model import SUCCESS, load_reports
-from db_backup.restore.checksums import read_checksum_file, sha256_file, verify_directory_dump
+from db_backup.reports.model import SUCCESS, StoredReport, load_reports
+from db_backup.restore.checksums import (
+    check_manifest,
+    manifest_names,
+    read_checksum_file,
+    sha256_file,
+    verify_directory_dump,
+)
 from db_backup.restore.source import (
     BackupSource,
     RestoreError,
@@ -26,6 +33,7 @@ from db_backup.restore.source import (
     source_from_report,
 )
 from db_backup.restore.steps import explain_restore_error
+from db_backup.restore.verify_roles import check_remote_roles, check_roles_copy, identity_ref
 from db_backup.storage.base import StorageError, split_member
 from db_backup.storage.crypto import is_encrypted
 from db_backup.util.cancel import CancelToken
@@ -66,10 +74,42 @@ def verify(
     cancel: CancelToken | None = None,
 ) -> list[Result]:
     """Returns a result per stored copy of every successful backup that matches the filters."""
-    reports, _ = load_reports(config.directories.reports)
-    seen: set[tuple[str, str]] = set()
     results: list[Result] = []
     target = None
+    for stored, has_local, has_oss in _copies(config, job, database, latest):
+        doc = stored.document
+        if has_local:
+            results.append(_verify_local(config, stored.path, doc, deep))
+        if (remote or deep) and has_oss:
+            if target is None:
+                from db_backup.restore.oss_read import oss_target
+
+                try:
+                    target = oss_target(config)
+                except StorageError as exc:
+                    failed = _result(stored.path, doc, "oss", "")
+                    failed.problems.append(str(exc))
+                    results.append(failed)
+                    continue
+            results.append(_verify_oss(config, target, stored.path, doc, deep, cancel))
+    return results
+
+
+def remote_only(
+    config: Config, *, job: str | None = None, database: str | None = None, latest: bool = False
+) -> int:
+    """Returns how many matching backups have no local copy, only one on OSS (plain `verify`
+    skips them; `--remote` checks them)."""
+    return sum(1 for _, local, oss in _copies(config, job, database, latest) if oss and not local)
+
+
+def _copies(
+    config: Config, job: str | None, database: str | None, latest: bool
+) -> Iterator[tuple[StoredReport, bool, bool]]:
+    """Yields each successful backup that matches, newest first, and whether it has a local
+    copy and an OSS copy."""
+    reports, _ = load_reports(config.directories.reports)
+    seen: set[tuple[str, str]] = set()
     for stored in reports:  # newest first
         doc = stored.document
         if doc["status"] != SUCCESS:
@@ -90,21 +130,7 @@ def verify(
         has_oss = (
             bool(doc["remote"].get("urls")) and targets.get("oss", {}).get("status") == SUCCESS
         )
-        if has_local:
-            results.append(_verify_local(config, stored.path, doc, deep))
-        if (remote or deep) and has_oss:
-            if target is None:
-                from db_backup.restore.oss_read import oss_target
-
-                try:
-                    target = oss_target(config)
-                except StorageError as exc:
-                    failed = _result(stored.path, doc, "oss", "")
-                    failed.problems.append(str(exc))
-                    results.append(failed)
-                    continue
-            results.append(_verify_oss(target, stored.path, doc, deep, cancel))
-    return results
+        yield stored, has_local, has_oss
 
 
 def _result(path: Path, doc: dict[str, Any], target: str, location: str) -> Result:
@@ -162,12 +188,14 @@ def _verify_local(config: Config, path: Path, doc: dict[str, Any], deep: bool = 
     else:
         _structure(result, source.dump_format, dump, doc)
     if source.globals_name:
-        globals_path = directory / safe_file_name(source.globals_name)
-        if globals_path.is_file():
-            result.passed.append("globals file present")
-        else:
-            result.problems.append(f"{globals_path}: missing")
+        _add(result, check_roles_copy(config, directory / source.globals_name, doc, deep))
     return result
+
+
+def _add(result: Result, checks: tuple[list[str], list[str]]) -> None:
+    """Adds what a check found (passed, problems) to `result`."""
+    result.passed += checks[0]
+    result.problems += checks[1]
 
 
 def _encrypted_structure(
@@ -193,10 +221,7 @@ def _encrypted_structure(
     result.passed.append("age header")
     if not deep:
         return
-    ref = next(
-        (j.encryption.identity for j in config.jobs if j.name == doc.get("job") and j.encryption),
-        None,
-    )
+    ref = identity_ref(config, doc)
     expected = (doc.get("encryption") or {}).get("plaintextSha256")
     private = config.directories.state / "private" / f"verify-{os.getpid()}"
     try:
@@ -233,7 +258,12 @@ def _structure(result: Result, fmt: str, dump: Path, doc: dict[str, Any]) -> Non
 
 
 def _verify_oss(
-    target: Any, path: Path, doc: dict[str, Any], deep: bool, cancel: CancelToken | None
+    config: Config,
+    target: Any,
+    path: Path,
+    doc: dict[str, Any],
+    deep: bool,
+    cancel: CancelToken | None,
 ) -> Result:
     from db_backup.restore.oss_read import ObjectMissing, hash_object, head
 
@@ -241,7 +271,9 @@ def _verify_oss(
     artefacts = doc.get("artefacts") or []
     members = [a for a in artefacts if split_member(a) is not None]
     if members:
-        return _verify_oss_directory(target, result, doc, members, deep, cancel)
+        _verify_oss_directory(target, result, doc, members, deep, cancel)
+        _add(result, check_remote_roles(config, target, doc, deep, cancel))
+        return result
     try:
         name = safe_file_name(artefacts[0] if artefacts else "")
         dump_format_of(name)
@@ -278,6 +310,7 @@ def _verify_oss(
     else:
         result.passed.append("sha256 tag")
     _check_checksum_object(result, target, name)
+    _add(result, check_remote_roles(config, target, doc, deep, cancel))
     if deep:
         try:
             got = hash_object(target, key, cancel)
@@ -344,6 +377,7 @@ def _verify_oss_directory(
     expected_size = doc["local"]["sizeBytes"]
     total = 0
     missing = []
+    hashes: dict[str, str] = {}  # --deep: member's name inside the directory -> sha256
     for member in members:
         key = target.key(member)
         try:
@@ -363,6 +397,7 @@ def _verify_oss_directory(
             except StorageError as exc:
                 result.problems.append(str(exc))
                 continue
+            hashes[member[len(name) + 1 :]] = got.sha256
             if got.server_crc64 is not None and got.crc64 != got.server_crc64:
                 result.problems.append(
                     f"{member}: CRC-64 of the downloaded bytes is {got.crc64}, "
@@ -377,4 +412,47 @@ def _verify_oss_directory(
         if deep:
             result.passed.append("CRC-64 (downloaded)")
     _check_checksum_object(result, target, name)
+    if deep and not missing and len(hashes) == len(members):
+        _check_remote_manifest(target, result, doc, name, hashes, cancel)
     return result
+
+
+def _check_remote_manifest(
+    target: Any,
+    result: Result,
+    doc: dict[str, Any],
+    name: str,
+    hashes: dict[str, str],
+    cancel: CancelToken | None,
+) -> None:
+    """--deep of a directory dump on OSS: the manifest against the report, every downloaded
+    member against the manifest (checksums.check_manifest, as restore checks them)."""
+    import tempfile
+
+    from db_backup.restore.oss_read import download
+
+    key = target.key(f"{name}.sha256")
+    try:
+        with tempfile.TemporaryDirectory(prefix="db-backup-verify-") as scratch:
+            manifest = Path(scratch) / "manifest"
+            download(target, key, manifest, cancel)
+            text = manifest.read_text(encoding="utf-8")
+        expected = str(doc["local"].get("checksumSha256", "")).lower()
+
+        def member_sha256(member: str) -> tuple[str, str] | None:
+            got = hashes.get(member)
+            return None if got is None else (target.url(target.key(f"{name}/{member}")), got)
+
+        check_manifest(text, target.url(key), name, expected, member_sha256)
+        listed = {member for _, member in manifest_names(text, target.url(key), name)}
+    except (StorageError, RestoreError) as exc:
+        result.problems.append(str(exc))
+        return
+    except (OSError, UnicodeDecodeError) as exc:
+        result.problems.append(f"{target.url(key)}: cannot read the manifest ({exc})")
+        return
+    unlisted = sorted(set(hashes) - listed)
+    if unlisted:
+        result.problems.append(f"objects the manifest does not list: {', '.join(unlisted)}")
+    else:
+        result.passed.append("sha256 of every object (manifest, report)")
