@@ -92,7 +92,7 @@ def check_stored_bytes(path: Path, report: Mapping[str, Any] | None) -> list[str
                 f"{path}: roles file checksum mismatch: its sha256 is {actual}, {where} says "
                 f"{expected}; the roles file is damaged or was changed"
             )
-    return [f"sha256 ({where})" for _, where in expectations]
+    return [f"sha256 ({where.removeprefix('the ')})" for _, where in expectations]
 
 
 def read_roles_text(path: Path, report: Mapping[str, Any] | None, identity: Path | None) -> str:
