@@ -282,3 +282,16 @@ def test_the_target_database_is_created_reused_recreated_or_refused(
     exists: bool, clean: bool, plain: bool, empty: bool | None, action: DatabaseAction
 ) -> None:
     assert database_action(exists, clean, plain, empty) is action
+
+
+def test_globals_check_the_roles_file_and_the_database_before_any_role_changes() -> None:
+    options = RestoreOptions(globals=True, reset_roles=True)
+    source = local_custom(report=ENCRYPTED_REPORT)
+    steps = plan_restore(source, SERVER, options)
+    assert [s.action for s in steps][2:5] == [
+        Action.CHECK_GLOBALS,
+        Action.CHECK_DATABASE,
+        Action.RESTORE_ROLES,
+    ]
+    assert "decrypted, plaintext sha256 against the report" in steps[2].text
+    assert "existing roles get the backup's attributes, passwords and memberships" in steps[4].text

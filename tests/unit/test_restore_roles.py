@@ -195,3 +195,16 @@ def test_the_description_names_created_and_left_alone_roles() -> None:
         "roles left alone (they exist; --reset-roles resets them): grp, postgres",
     ]
     assert describe(plan, done=False)[0] == f"roles to create: {READER}, zz_app_owner"
+
+
+def test_role_statements_inside_strings_or_odd_names_are_not_taken_for_roles() -> None:
+    text = (
+        'CREATE ROLE "a$dbbackup$b";\nCOMMENT ON ROLE "a$dbbackup$b" IS \'CREATE ROLE fake;\';\n'
+        "COMMENT ON ROLE \"a$dbbackup$b\" IS E'it\\'s; CREATE ROLE other;';\n"
+        "--\n-- PostgreSQL database cluster dump complete\n--\n"
+    )
+    statements = parse_globals(text)
+    assert [s.kind for s in statements] == [Kind.CREATE_ROLE, Kind.ROLE, Kind.ROLE]
+    assert {s.name for s in statements} == {"a$dbbackup$b"}
+    plan = plan_roles(statements, {"postgres"}, set())
+    assert plan.created == ["a$dbbackup$b"] and len(plan.roles_script) == 3
