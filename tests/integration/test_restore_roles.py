@@ -19,6 +19,7 @@ import pytest
 from tests.conftest import RunCli, Setup
 from tests.integration import test_restore
 from tests.integration.test_drill import drill_dir, drill_reports, enable_drill  # noqa: F401
+from tests.integration.test_encryption import AgeKey, encrypt_to, keys  # noqa: F401
 from tests.integration.test_restore import (
     OSS_ENV,
     OWNER,
@@ -281,3 +282,41 @@ def test_plain_verify_says_how_many_oss_only_backups_it_skipped(
     assert remote.returncode == 0, remote.stdout + remote.stderr
     assert "skipped" not in remote.stdout
     assert "roles file sha256 (report), sha256" in remote.stdout
+
+
+def test_an_encrypted_roles_file_is_checked_against_its_plaintext_sha256(
+    setup: Setup,
+    run_cli: RunCli,
+    owned_db: str,
+    fresh: Cluster,  # noqa: F811
+    keys: list[AgeKey],  # noqa: F811
+) -> None:
+    encrypt_to(setup, keys[0])
+    setup.document["storage"]["encryption"]["age"]["identity"] = {"file": str(keys[0].path)}
+    report = backup(setup, run_cli, owned_db)
+    entry, encryption = report["globals"], report["encryption"]
+    assert entry["file"].endswith("_globals.sql.age")
+    assert entry["sha256"] == encryption["globalsSha256"]
+    assert entry["plaintextSha256"] == encryption["globalsPlaintextSha256"]
+    deep = run_cli("--config", str(setup.path), "verify", "--deep")
+    assert deep.returncode == 0, deep.stdout
+    assert "plaintext sha256 (report), complete" in deep.stdout
+    done = restore(run_cli, setup, fresh, report["id"], "--globals", "--to-database", "enc")
+    assert done.returncode == 0, done.stderr
+    assert OWNER in fresh.psql("SELECT rolname FROM pg_roles")
+    # A report whose plaintext checksum the roles file does not decrypt to.
+    report_file = next(setup.reports.glob("*.json"))
+    document = json.loads(report_file.read_text())
+    document["globals"]["plaintextSha256"] = "0" * 64
+    report_file.write_text(json.dumps(document))
+    bad = run_cli("--config", str(setup.path), "verify", "--deep", "--json")
+    assert bad.returncode == 1
+    [result] = json.loads(bad.stdout)["results"]
+    assert any(entry["file"] in p and "0" * 64 in p for p in result["problems"]), result
+    shallow = run_cli("--config", str(setup.path), "verify")
+    assert shallow.returncode == 0, shallow.stdout  # without --deep it is not decrypted
+    before = authid(fresh)
+    fresh.psql("DROP DATABASE enc")
+    refused = restore(run_cli, setup, fresh, report["id"], "--globals", "--to-database", "enc")
+    assert refused.returncode == 1 and "0" * 64 in refused.stderr
+    assert authid(fresh) == before and "enc" not in databases(fresh)
