@@ -279,6 +279,8 @@ class _Execution:
                     drop_database(self.server, database)
             what = "was stopped" if isinstance(exc, Cancelled) else "failed"
             dropped = f"; database {database!r} was dropped again" if self.created else ""
+            if self.roles is not None and self.roles.created:  # roles are kept: others may use them
+                dropped += f"; the roles it created stay ({', '.join(self.roles.created)})"
             raise RestoreError(
                 f"restore of {source.description} into {database!r} {what}{dropped}: "
                 + explain_restore_error(mask(str(exc)), source)
