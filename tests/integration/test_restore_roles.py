@@ -320,3 +320,27 @@ def test_an_encrypted_roles_file_is_checked_against_its_plaintext_sha256(
     refused = restore(run_cli, setup, fresh, report["id"], "--globals", "--to-database", "enc")
     assert refused.returncode == 1 and "0" * 64 in refused.stderr
     assert authid(fresh) == before and "enc" not in databases(fresh)
+
+
+def test_a_drill_checks_each_databases_own_roles_file(
+    setup: Setup,
+    run_cli: RunCli,
+    owned_db: str,
+    drill_dir: Path,  # noqa: F811
+) -> None:
+    setup.job()["databases"] = [owned_db, "shop"]
+    enable_drill(setup, drill_dir)
+    done = run_cli("--config", str(setup.path), "run", "nightly")
+    assert done.returncode == 0, done.stderr
+    reports = {r["database"]: r for r in setup.reports_json()}
+    # The drill goes through the databases by name: `owned` first, then `shop`, whose roles
+    # file (cut mid-password) only its own drill reads.
+    path = setup.data / reports["shop"]["globals"]["file"]
+    path.write_bytes(path.read_bytes()[: cut_point(path.read_bytes(), "password")])
+    drill = run_cli("--config", str(setup.path), "drill", "nightly", timeout=600)
+    assert drill.returncode != 0
+    results = {r["database"]: r for r in drill_reports(setup)}
+    assert results[owned_db]["status"] == "SUCCESS", results[owned_db]["errorMessage"]
+    assert results["shop"]["status"] == "FAILED"
+    assert path.name in results["shop"]["errorMessage"]
+    assert "roles file checksum mismatch" in results["shop"]["errorMessage"]
