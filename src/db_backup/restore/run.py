@@ -99,7 +99,7 @@ def restore(
     steps = plan_restore(source, server, options, scratch)
     try:
         if options.dry_run:
-            return _dry_run(execution, [s.text for s in plan_restore(source, server, options)])
+            return _dry_run(execution, steps, plan_restore(source, server, options))
         for step in steps:
             execution.do(step)
         fetched = execution.fetched
@@ -117,11 +117,12 @@ def restore(
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _dry_run(execution: _Execution, lines: list[str]) -> RestoreResult:
-    """Runs the plan's checks (never a change); returns the plan and any refusal."""
+def _dry_run(execution: _Execution, steps: list[Step], shown: list[Step]) -> RestoreResult:
+    """Runs the checks of `steps` (never a change); returns the lines of `shown` (the same
+    plan, naming `<download dir>`) and any refusal."""
     source = execution.source
+    lines = [step.text for step in shown]
     result = RestoreResult(execution.database, source.description, "", False, 0.0, lines)
-    steps = plan_restore(source, execution.server, execution.options, execution.scratch)
     for number, step in enumerate(steps, 1):
         if step.action in CHANGES:
             continue

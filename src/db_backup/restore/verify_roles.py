@@ -49,10 +49,14 @@ def identity_ref(config: Config, doc: dict[str, Any]) -> SecretRef | None:
 
 @contextlib.contextmanager
 def private_dir(config: Config, label: str) -> Iterator[Path]:
-    """Yields a 0700 directory under the state directory, removed afterwards."""
+    """Yields a 0700 directory under the state directory (else the system's temporary
+    directory, for a user who may not write there), removed afterwards."""
     parent = config.directories.state / "private"
-    parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = Path(tempfile.mkdtemp(prefix=f"{label}-{os.getpid()}-", dir=parent))
+    try:
+        parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = Path(tempfile.mkdtemp(prefix=f"{label}-{os.getpid()}-", dir=parent))
+    except OSError:
+        path = Path(tempfile.mkdtemp(prefix=f"db-backup-{label}-"))  # 0700 as well
     try:
         yield path
     finally:
