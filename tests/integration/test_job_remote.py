@@ -115,7 +115,7 @@ def test_oss_only_mode_keeps_nothing_locally(
     assert report["status"] == "SUCCESS" and report["local"]["file"] == ""
     assert report["local"]["sizeBytes"] > 0 and len(report["local"]["checksumSha256"]) == 64
     assert setup.data_files() == []
-    assert len(keys(server)) == 4
+    assert len(keys(server)) == 5  # dump, .sha256, roles file, its .sha256, report
 
 
 def test_a_failing_part_is_retried_and_the_run_succeeds(
