@@ -146,7 +146,37 @@ def test_migration_and_docs_are_installed(container: Container) -> None:
     sql = container.read_file("/usr/share/db-backup/sql/V1__create_db_backup_job.sql")
     assert "db_backup_job" in sql
     docs = set(container.exec(["ls", "/usr/share/doc/db-backup"]).stdout.split())
-    assert {"README.md", "packaging.md", "copyright"} <= docs
+    assert {"README.md", "docs", "copyright"} <= docs
+    pages = set(container.exec(["ls", "/usr/share/doc/db-backup/docs"]).stdout.split())
+    assert {"packaging.md", "systemd.md", "configuration.md"} <= pages
+
+
+def test_man_page_and_bash_completion_are_installed_and_name_every_command(
+    container: Container,
+) -> None:
+    man = container.exec(["zcat", "/usr/share/man/man1/db-backup.1.gz"]).stdout
+    completion = "/usr/share/bash-completion/completions/db-backup"
+    words = container.exec(
+        [
+            "bash",
+            "-c",
+            f"source {completion}; COMP_WORDS=(db-backup ''); COMP_CWORD=1; "
+            "_db_backup; printf '%s\\n' \"${COMPREPLY[@]}\"",
+        ]
+    ).stdout.split()
+    # The installed program's own list of commands: the lines of --help indented by 4.
+    names = re.findall(r"^    ([a-z][a-z-]+)", container.exec(["db-backup", "--help"]).stdout, re.M)
+    assert "restore" in names
+    for name in names:
+        assert f".SS {name.replace('-', chr(92) + '-')}" in man
+        assert name in words
+
+
+def test_venv_ships_neither_pip_nor_the_powershell_activate_script(container: Container) -> None:
+    venv = "/opt/venvs/db-backup"
+    assert container.exec(["test", "-e", f"{venv}/bin/Activate.ps1"], check=False).returncode
+    assert container.exec([f"{venv}/bin/python", "-c", "import pip"], check=False).returncode
+    container.exec([f"{venv}/bin/python", "-c", "import db_backup.cli"])
 
 
 def test_log_files_are_deleted_30_days_after_their_last_write(container: Container) -> None:

@@ -322,3 +322,55 @@ def test_status_page_beyond_the_last_says_it_is_empty(setup: Setup, run_cli: Run
     )
     nothing = run_cli("--config", str(setup.path), "status", "--job", "weekly")
     assert nothing.stdout.strip() == "no matching reports"
+
+
+def test_status_into_a_pipe_the_reader_closed_ends_quietly_like_sigpipe(
+    setup: Setup, run_cli: RunCli
+) -> None:
+    assert run_cli("--config", str(setup.path), "run", "nightly").returncode == 0
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader (`| head`) is gone before status writes a byte
+    try:
+        done = subprocess.run(
+            [CLI, "--config", str(setup.path), "status", "--json"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == 128 + 13, done.stderr
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
+    assert done.stderr == ""
+
+
+def test_a_logs_directory_that_does_not_exist_is_created_by_the_first_run(
+    setup: Setup, run_cli: RunCli
+) -> None:
+    logs = setup.root / "var" / "log" / "db-backup"
+    setup.document["directories"]["logs"] = str(logs)
+    setup.write()
+    done = run_cli("--config", str(setup.path), "run", "nightly")
+    assert done.returncode == 0, done.stderr
+    assert "cannot write log" not in done.stderr
+    (log_file,) = logs.glob("backup_*.log")
+    assert '"job": "nightly"' in log_file.read_text()
+
+
+def test_check_config_warns_about_a_directory_it_cannot_create_and_a_run_says_it_once(
+    setup: Setup, run_cli: RunCli
+) -> None:
+    blocker = setup.root / "not-a-directory"
+    blocker.write_text("a file where the logs' parent should be")
+    setup.document["directories"]["logs"] = str(blocker / "logs")
+    setup.write()
+    checked = run_cli("--config", str(setup.path), "check-config")
+    assert checked.returncode == 0, checked.stderr
+    assert f"warning: directories.logs: {blocker / 'logs'}: {blocker} is not a directory" in (
+        checked.stderr
+    )
+    done = run_cli("--config", str(setup.path), "run", "nightly")
+    assert done.returncode == 0, done.stderr  # the backup does not depend on its log file
+    assert done.stderr.count("cannot write log files") == 1, done.stderr

@@ -222,6 +222,7 @@ def test_wrong_or_missing_identity_is_refused_before_any_database_is_touched(
     with pytest.raises(crypto.EncryptionError) as missing:
         crypto.check_identity(None, report, stored)
     assert "set encryption.age.identity" in str(missing.value)
+    assert "restore --identity FILE" in str(missing.value)
     messages = str(by_fingerprint.value) + str(by_content.value) + str(missing.value)
     assert all(k.secret not in messages for k in keys)
     assert cluster.psql("SELECT datname FROM pg_database ORDER BY 1") == databases_before

@@ -326,14 +326,14 @@ def test_a_report_naming_a_path_outside_the_data_directory_is_refused(
 
 
 def readme_manual_steps() -> list[str]:
-    """Returns the shell commands of the README's manual restore guide, in order."""
-    text = (REPO / "README.md").read_text(encoding="utf-8")
+    """Returns the shell commands of the manual restore guide (docs/restore-by-hand.md), in order."""
+    text = (REPO / "docs" / "restore-by-hand.md").read_text(encoding="utf-8")
     match = re.search(
         r"<!-- manual-restore:begin -->\s*```sh\n(.*?)```\s*<!-- manual-restore:end -->",
         text,
         re.S,
     )
-    assert match, "README.md must keep the manual restore guide between its markers"
+    assert match, "docs/restore-by-hand.md must keep the manual restore guide between its markers"
     commands = []
     for line in match.group(1).splitlines():
         line = line.split("  #", 1)[0].rstrip()
@@ -370,6 +370,7 @@ def test_readme_manual_restore_guide_works_step_by_step(
             .replace("<stem>", stem)
             .replace("<db>", owned_db)
             .replace("<host>", str(fresh.socket_dir))
+            .replace("<port>", str(fresh.port))
         )
         assert "<" not in command, f"unsubstituted placeholder in {step!r}"
         if command.startswith("cp "):
@@ -393,7 +394,7 @@ def test_readme_manual_restore_guide_works_step_by_step(
         if "createdb" in step or "pg_restore" in step or "psql" in step:
             command = (
                 step.replace("<stem>", stem).replace("<db>", owned_db)
-                .replace("<host>", str(fresh.socket_dir))
+                .replace("<host>", str(fresh.socket_dir)).replace("<port>", str(fresh.port))
             )  # fmt: skip
             done = subprocess.run(
                 ["runuser", "-u", "postgres", "--", "bash", "-c", f"set -o pipefail; {command}"],

@@ -486,8 +486,11 @@ def test_status_from_db_without_a_sink_section_says_what_is_missing(
     setup: Setup, run_cli: RunCli
 ) -> None:
     done = run_cli("--config", str(setup.path), "status", "--from-db")
-    assert done.returncode == 1
+    assert done.returncode == 78  # EX_CONFIG, as for a missing oss: section or channel
     assert "needs a `sink:` section" in done.stderr
+    synced = run_cli("--config", str(setup.path), "sync-reports")
+    assert synced.returncode == 78
+    assert "sync-reports needs a `sink:` section" in synced.stderr
 
 
 def test_check_config_resolves_the_sink_dsn(setup: Setup, run_cli: RunCli) -> None:

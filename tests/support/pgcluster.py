@@ -102,8 +102,13 @@ class Cluster:
         )
 
 
-def start_cluster(root: Path | None = None, port: int | None = None) -> Cluster:
-    """Creates (if needed) and starts a cluster under `root`; returns it once it accepts connections."""
+def start_cluster(
+    root: Path | None = None, port: int | None = None, env: dict[str, str] | None = None
+) -> Cluster:
+    """Creates (if needed) and starts a cluster under `root`; returns it once it accepts connections.
+
+    `env`: variables added to the server's environment (LOCPATH: locales only it can load).
+    """
     bindir = pg_bindir()
     run_as = "postgres" if os.geteuid() == 0 else None
     if root is None:
@@ -162,6 +167,7 @@ def start_cluster(root: Path | None = None, port: int | None = None) -> Cluster:
         ),
         check=True,
         capture_output=True,
+        env={**os.environ, **env} if env else None,
     )
     deadline = time.monotonic() + 30
     while True:

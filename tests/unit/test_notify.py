@@ -535,3 +535,10 @@ def test_the_pause_before_an_undelivered_alert_is_tried_again_doubles_up_to_an_h
     from db_backup.observe.alerts.delivery import retry_pause
 
     assert [retry_pause(n) for n in (1, 2, 3, 6, 7, 20)] == [60, 120, 240, 1920, 3600, 3600]
+
+
+def test_a_test_alert_title_names_the_host_with_no_dangling_subject() -> None:
+    alert = _alert(messages.TEST, job="", database="", event_name="test", report={})
+    assert messages.title(alert, "en") == "[db-backup] Test message on db1"
+    assert messages.title(alert, "zh") == "[db-backup] 测试消息（主机 db1）"
+    assert " - " not in messages.title(alert, "en")

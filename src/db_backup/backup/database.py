@@ -20,6 +20,7 @@ from db_backup.backup.context import RunContext
 from db_backup.backup.dirdump import dump_directory_format
 from db_backup.backup.naming import checksum_name, dump_name, globals_name
 from db_backup.backup.stream import StreamOutcome, encrypt_to_file, stream_dump
+from db_backup.postgres import dbdef
 from db_backup.postgres import tools as pg
 from db_backup.reports.model import FAILED, SUCCESS, Report, TargetResult
 from db_backup.storage import crypto, delete_quietly
@@ -69,6 +70,9 @@ def dump(
     globals_checksum = checksum_name(globals_file) if globals_file else ""
     names = [n for n in (dump_file, globals_file, globals_checksum, checksum_name(dump_file)) if n]
     claim.intend({target.name: names for target in ctx.targets})
+    # What pg_restore without --create leaves out, read before the dump so a restore under
+    # any name can recreate it; a database that cannot be read is not backed up.
+    report.database_definition = dbdef.capture(ctx.job, ctx.env, database).to_json()
     outcome = _run_dump(ctx, database, dump_file, claim, names, snap.snapshot_id)
     snap.record(report, ctx.cancel)
     report.sha256 = outcome.sha256

@@ -8,6 +8,9 @@ A handler raises `CommandError` to end with a message and an exit status.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import sys
 from collections.abc import Sequence
 
 from db_backup.cli.command import Command, Context, Logs
@@ -34,7 +37,24 @@ EVENTS_FINISH_SECONDS = 30.0  # at most this long after a run for alerts and the
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line and returns the process exit status."""
     with children.guarded():  # no child but execute's: none inherits our environment
-        return _main(argv)
+        try:
+            status = _main(argv)
+            sys.stdout.flush()  # inside the try: a pipe closed early fails here, not at exit
+            return status
+        except BrokenPipeError:
+            return _reader_went_away()
+
+
+def _reader_went_away() -> int:
+    """Returns the status for a closed stdout (`status --json | head`): no traceback.
+
+    Python would report the broken pipe again when it flushes stdout at exit, so stdout is
+    pointed at /dev/null first; the status is what a shell gives a process killed by SIGPIPE.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -60,7 +80,7 @@ def _set_up(command: Command, args: argparse.Namespace) -> Context:
         config = load(path)
     except ConfigError as exc:
         raise CommandError(str(exc), EXIT_CONFIG) from None
-    refusal = become_run_as_user(config)
+    refusal = None if command.keeps_root else become_run_as_user(config)
     if refusal is not None:
         raise CommandError(refusal, EXIT_CONFIG)
     if command.logs is not Logs.NONE:

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
+from typing import TYPE_CHECKING
 
 from db_backup.cli.command import Context
 from db_backup.cli.output import EXIT_CONFIG, EXIT_OK, CommandError, warn
+
+if TYPE_CHECKING:
+    from db_backup.config import Config
 
 
 def check_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +29,8 @@ def check_config(context: Context) -> int:
     config = context.config
     check_encryption(config)  # age itself checks every recipient (checksum, key)
     for warning in identity_warnings(config):  # a private key others can read: not refused
+        warn(warning)
+    for warning in directory_warnings(config):
         warn(warning)
     try:  # a metrics.listen that is not loopback (without allow_remote) is refused
         check_metrics(config)
@@ -53,3 +60,24 @@ def check_config(context: Context) -> int:
             f"{len(checks)} secret(s) resolved)"
         )
     return EXIT_OK
+
+
+def directory_warnings(config: Config) -> list[str]:
+    """Returns a warning for each configured directory this user cannot write or create.
+
+    A warning, not a refusal: check-config may run as another user than the service (root
+    without `run_as`, an admin checking a copy), and the package creates its own directories.
+    """
+    directories = config.directories
+    found = []
+    for key in ("data", "reports", "state", "logs"):
+        path = getattr(directories, key)
+        if path is None:
+            continue
+        existing = next((p for p in (path, *path.parents) if p.exists()), None)
+        if existing is None or not existing.is_dir():
+            found.append(f"directories.{key}: {path}: {existing} is not a directory")
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            verb = "write in" if existing == path else f"create it ({existing} is not writable)"
+            found.append(f"directories.{key}: {path}: this user cannot {verb}")
+    return found

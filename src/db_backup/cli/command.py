@@ -69,6 +69,7 @@ class Command:
     logs: Logs = Logs.STDERR
     cancellable: bool = False  # SIGTERM/SIGINT cancel its work (Context.cancel)
     finishes_events: bool = False  # waits (bounded) for alerts and the sink before exiting
+    keeps_root: bool = False  # started as root, stays root (writes systemd's files), no run_as
 
     def add_job_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Adds the JOB argument (and --all) that `jobs` asks for."""

@@ -16,7 +16,8 @@ EXIT_STATUS_HELP = """exit status:
       sync-reports / status --from-db cannot reach the sink's database
   2   wrong command line: unknown option, command or job name
   75  the job is already running (another run holds its lock); try again later (EX_TEMPFAIL)
-  78  the config is unusable: invalid, or check-config cannot read a secret it names (EX_CONFIG)
+  78  the config is unusable: invalid, lacks a section the command needs (sink, oss,
+      notifications), or check-config cannot read a secret it names (EX_CONFIG)
 """
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -36,9 +37,12 @@ def build_parser(commands: Sequence[Command]) -> argparse.ArgumentParser:
         parser_class=_subparser_class(common),
     )
     for command in commands:
-        command_parser = sub.add_parser(
-            command.name, help=command.help, description=command.description
-        )
+        # The epilog (exit statuses) is laid out by hand, so the formatter keeps text as it is
+        # (RawDescriptionHelpFormatter): the description is wrapped here instead.
+        description = command.description
+        if description:
+            description = textwrap.fill(description, 79, break_on_hyphens=False)
+        command_parser = sub.add_parser(command.name, help=command.help, description=description)
         command.add_job_arguments(command_parser)
         command.arguments(command_parser)
     return parser

@@ -48,6 +48,16 @@ def restore_arguments(parser: argparse.ArgumentParser) -> None:
         help="age identity (private key) file for an encrypted backup "
         "(default: the job's encryption.age.identity)",
     )
+    parser.add_argument(
+        "--owner",
+        metavar="ROLE",
+        help="the database and its objects belong to ROLE instead of the recorded owner",
+    )
+    parser.add_argument(
+        "--locale",
+        metavar="LOCALE",
+        help="create the database with LOCALE instead of the recorded collation and ctype",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     parser.add_argument("--host", help="target server (default: the job's connection)")
     parser.add_argument("--port", type=positive, help="target port")
@@ -74,6 +84,8 @@ def restore(context: Context) -> int:
         skip_tablespaces=args.no_tablespaces,
         prefer_remote=args.from_oss,
         identity=SecretRef("file", args.identity) if args.identity else None,
+        owner=args.owner,
+        locale=args.locale,
         reset_roles=args.reset_roles,
     )
     if args.reset_roles and not args.globals:

@@ -7,7 +7,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from db_backup.cli.command import Context
-from db_backup.cli.output import EXIT_OK, EXIT_USAGE, CommandError, warn
+from db_backup.cli.output import EXIT_CONFIG, EXIT_OK, EXIT_USAGE, CommandError, warn
 from db_backup.cli.parser import positive, since
 
 if TYPE_CHECKING:
@@ -117,7 +117,10 @@ def sink_settings_for(command: str, config: Config) -> SinkSettings:
 
     settings = config.sink
     if settings is None:
-        raise CommandError(f"{command} needs a `sink:` section with `dsn:` in the config")
+        # 78 like a missing `oss:` section or channel: the config lacks what the command needs
+        raise CommandError(
+            f"{command} needs a `sink:` section with `dsn:` in the config", EXIT_CONFIG
+        )
     return settings
 
 

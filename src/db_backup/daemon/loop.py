@@ -108,7 +108,11 @@ class Running:
         """Returns `job/database size rate/s` for every dump running now (the job alone if none)."""
         now = self.monotonic()
         if not (dumps := dict(self.dumps)):  # one copy: workers add and remove dumps meanwhile
-            return [f"running {self.job.name}/{self.database or self.job.name}"]
+            if self.database:
+                return [f"running {self.job.name}/{self.database}"]
+            # Before the first dump: the roles (pg_dumpall --globals-only), space and
+            # connection checks; a job name twice ("nightly/nightly") read as a database.
+            return [f"running {self.job.name}: roles and checks before the first dump"]
         return [
             f"running {self.job.name}/{database} {format_size(size)} "
             f"{format_size(int(size / max(now - started, 1e-6)))}/s"

@@ -45,6 +45,20 @@ class DailyFile:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        self.failed = False  # said once: a line per event about the same directory is noise
+        try:  # the package makes /var/log/db-backup; a directory.logs of the admin's may not exist
+            directory.mkdir(mode=0o750, parents=True, exist_ok=True)
+        except OSError as exc:
+            self._cannot_write(directory, exc)
+
+    def _cannot_write(self, path: Path, exc: OSError) -> None:
+        """Says once on stderr that the log file cannot be written, and why."""
+        if not self.failed:
+            self.failed = True
+            sys.stderr.write(
+                f"db-backup: cannot write log files in {self.directory} ({path}: "
+                f"{exc.strerror}); logging to stderr only\n"
+            )
 
     def __call__(self, _logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
         """Writes the event to today's file (UTC date) and passes it on unchanged."""
@@ -54,7 +68,7 @@ class DailyFile:
             with _file_lock, path.open("a", encoding="utf-8") as handle:
                 handle.write(line)
         except OSError as exc:
-            sys.stderr.write(f"db-backup: cannot write log file {path}: {exc.strerror}\n")
+            self._cannot_write(path, exc)
         return event_dict
 
 

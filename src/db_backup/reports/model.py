@@ -116,6 +116,9 @@ class Report:
     row_counts_error: str = ""
     # None: not encrypted; else method, recipient fingerprints and the plaintext's checksums.
     encryption: dict[str, Any] | None = None
+    # The database's own definition (owner, encoding, locale, ACL, settings...), read from the
+    # catalog at dump time: postgres.dbdef. None: not read (the dump did not start).
+    database_definition: dict[str, Any] | None = None
     # The roles file stored beside the dump (None: none): file, sizeBytes, sha256 (of the stored
     # bytes; its `.sha256` says the same) and, encrypted, plaintextSha256.
     globals_file: dict[str, Any] | None = None
@@ -224,6 +227,11 @@ class Report:
             "rowCountsError": mask(self.row_counts_error),
             "encryption": dict(self.encryption) if self.encryption is not None else None,
             "capacity": dict(self.capacity) if self.capacity is not None else None,
+            **(
+                {"databaseDefinition": self.database_definition}
+                if self.database_definition is not None
+                else {}
+            ),
         }
         if self.globals_file is not None:  # added when the backup has a roles file
             document["globals"] = dict(self.globals_file)

@@ -18,6 +18,7 @@ databases) is removed at the start of the next drill of that job.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shutil
 import socket
 import time
@@ -32,9 +33,9 @@ from db_backup.observe import events
 from db_backup.postgres.cluster import (
     ClusterError,
 )
+from db_backup.postgres.dbdef import read_definition
 from db_backup.postgres.server import (
     Server,
-    create_database,
     database_exists,
     database_is_empty,
     drop_database,
@@ -49,6 +50,13 @@ from db_backup.reports.model import (
     StoredReport,
     load_reports,
     write_json_atomically,
+)
+from db_backup.restore.dbdef import (
+    DefinitionPlan,
+    apply_properties,
+    check_target,
+    create_recorded,
+    differences,
 )
 from db_backup.restore.drill_report import (
     CheckResult,
@@ -222,12 +230,16 @@ class _Drill:
             self.cancel.raise_if_cancelled()
             source, fetched, identity = self.fetch_backup(server, stored, report, keys)
             self.restore_roles(server, source, fetched, identity)
+            definition = check_target(server, stored.document, skip_tablespaces=True)
+            if definition.refused:
+                raise DrillError(definition.refusal())
             if not cluster:
                 self.scratch.add(target_db)
-            self.prepare_database(server, source, target_db)
+            self.prepare_database(server, source, target_db, definition)
             created = True
             self.restore_into(server, source, fetched, target_db, identity, report)
-            self.judge(server, target_db, stored.document, report)
+            apply_properties(server, definition, target_db)
+            self.judge(server, target_db, stored.document, report, definition)
         except (RestoreError, DrillError, StorageError, CommandError) as exc:
             report.error_message = mask(str(exc))
         except Cancelled as exc:
@@ -293,8 +305,10 @@ class _Drill:
         plan = plan_on(server, checked, skip_tablespaces=True)
         apply_roles(server, plan, checked.name)
 
-    def prepare_database(self, server: Server, source: BackupSource, target_db: str) -> None:
-        """Creates the database to restore into; an existing one must be empty."""
+    def prepare_database(
+        self, server: Server, source: BackupSource, target_db: str, definition: DefinitionPlan
+    ) -> None:
+        """Creates the database to restore into as recorded; an existing one must be empty."""
         exists = database_exists(server, target_db)
         empty = database_is_empty(server, target_db) if exists else None
         plain = source.dump_format == "plain"
@@ -302,7 +316,7 @@ class _Drill:
         if action is DatabaseAction.REFUSE:
             raise DrillError(f"database {target_db!r} exists and is not empty")
         if action is DatabaseAction.CREATE:
-            create_database(server, target_db)
+            create_recorded(server, definition, target_db, skip_tablespaces=True)
 
     def restore_into(
         self,
@@ -325,15 +339,25 @@ class _Drill:
         report.restore_seconds = round(time.monotonic() - started, 3)
 
     def judge(
-        self, server: Server, target_db: str, backup: dict[str, Any], report: DrillReport
+        self,
+        server: Server,
+        target_db: str,
+        backup: dict[str, Any],
+        report: DrillReport,
+        definition: DefinitionPlan,
     ) -> None:
-        """Counts rows, runs the user's checks, and gives the report its verdict."""
+        """Counts rows, runs the user's checks, compares the database's definition with the
+        recorded one, and gives the report its verdict."""
         report.row_counts, expected = counts_to_compare(backup)
         if expected is not None:
             report.mismatches = count_mismatches(expected, table_counts(server, target_db))
             report.tables_checked = len(expected)
         report.checks = self.run_checks(server, target_db, report.database)
-        report.status, report.error_message = verdict(report.mismatches, report.checks)
+        differ: list[str] = []
+        if definition.definition is not None:  # drills leave tablespaces out
+            recorded = dataclasses.replace(definition.definition, tablespace="pg_default")
+            differ = differences(recorded, read_definition(server, target_db))
+        report.status, report.error_message = verdict(report.mismatches, report.checks, differ)
 
     def run_checks(self, server: Server, target_db: str, database: str) -> list[CheckResult]:
         """Returns the outcome of each user check that applies to `database`."""

@@ -198,9 +198,16 @@ def check_outcome(name: str, database: str, output: str) -> CheckResult:
     return CheckResult(name, database, f"returned {output.strip()[:80]!r}, not one row with true")
 
 
-def verdict(mismatches: list[Mismatch], checks: list[CheckResult]) -> tuple[str, str]:
-    """Returns (status, errorMessage) of a drill whose restore went through."""
+def verdict(
+    mismatches: list[Mismatch], checks: list[CheckResult], definition: list[str] | None = None
+) -> tuple[str, str]:
+    """Returns (status, errorMessage) of a drill whose restore went through.
+
+    `definition`: the properties of the restored database that are not the recorded ones.
+    """
     problems = []
+    if definition:
+        problems.append(f"database definition differs: {'; '.join(definition)}")
     if mismatches:
         problems.append(f"{len(mismatches)} table(s) with other row counts")
     failed = [c.name for c in checks if not c.passed]

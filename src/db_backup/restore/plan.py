@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from db_backup.postgres.server import Server
+from db_backup.restore.dbdef import DefinitionPlan
 from db_backup.restore.source import BackupSource
 from db_backup.restore.steps import RestoreOptions, is_encrypted, restore_argv
 
@@ -24,6 +25,7 @@ DOWNLOAD_DIR = "<download dir>"  # where a remote dump lands, as a dry run names
 class Action(enum.Enum):
     """The kinds of step a restore is made of, in the order they may appear."""
 
+    CHECK_DEFINITION = "check database definition"
     DOWNLOAD = "download"
     VERIFY = "verify"
     CHECK_ARCHIVE = "check archive"
@@ -33,6 +35,7 @@ class Action(enum.Enum):
     RESTORE_ROLES = "restore roles"
     PREPARE_DATABASE = "prepare database"
     RESTORE = "restore"
+    DATABASE_PROPERTIES = "database properties"
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,9 @@ class DatabaseAction(enum.Enum):
 
 
 # The steps that change the server; every other step only checks, and all of them come first.
-CHANGES = frozenset({Action.RESTORE_ROLES, Action.PREPARE_DATABASE, Action.RESTORE})
+CHANGES = frozenset(
+    {Action.RESTORE_ROLES, Action.PREPARE_DATABASE, Action.RESTORE, Action.DATABASE_PROPERTIES}
+)
 
 
 def plan_restore(
@@ -62,18 +67,22 @@ def plan_restore(
     server: Server,
     options: RestoreOptions,
     download_dir: Path | None = None,
+    definition: DefinitionPlan | None = None,
 ) -> list[Step]:
     """Returns the steps a restore of `source` into `server` takes, in order.
 
     A remote dump is downloaded into `download_dir` (a dry run passes None: `<download dir>`).
     An encrypted dump is checked by opening it with the age identity instead of `pg_restore
     --list`, and reaches pg_restore decrypted on its stdin; a plain dump's header is checked
-    as part of its verification.
+    as part of its verification. `definition` (restore.dbdef.check_target) is how the
+    database is created: its check comes first, its properties after the data.
     """
     database = options.target_database or source.database
     where = Path(source.local_dir or download_dir or DOWNLOAD_DIR) / source.dump_name
     encrypted = is_encrypted(source)
     steps = []
+    if definition is not None:
+        steps.append(Step(Action.CHECK_DEFINITION, definition.check_text(server.describe())))
     if source.remote_keys:
         text = f"download {source.description} (CRC-64 checked) and its .sha256"
         steps.append(Step(Action.DOWNLOAD, text))
@@ -89,13 +98,17 @@ def plan_restore(
     if options.clean:
         text = f"restore over database {database!r} (dropping its objects first)"
     else:
-        text = f"create database {database!r} (refused if it exists and is not empty)"
+        what = definition.create_text(database) if definition else f"create database {database!r}"
+        text = f"{what} (refused if it exists and is not empty)"
     steps.append(Step(Action.PREPARE_DATABASE, text))
     argv = restore_argv(server, source, None if encrypted else where, database, options)
     text = shlex.join(argv)
     if encrypted:
         text = f"decrypt {where} (age, plaintext sha256 checked) | {text}"
     steps.append(Step(Action.RESTORE, text, tuple(argv)))
+    if definition is not None and definition.definition is not None:
+        text = definition.properties_text(database) + " (on a database created here)"
+        steps.append(Step(Action.DATABASE_PROPERTIES, text))
     return steps
 
 

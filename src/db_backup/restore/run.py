@@ -26,10 +26,15 @@ from pathlib import Path
 from db_backup.config import Config
 from db_backup.postgres.server import (
     Server,
-    create_database,
     database_exists,
     database_is_empty,
     drop_database,
+)
+from db_backup.restore.dbdef import (
+    DefinitionPlan,
+    apply_properties,
+    check_target,
+    create_recorded,
 )
 from db_backup.restore.fetch import BackupFiles, Fetched, download_files, local_files, verify_files
 from db_backup.restore.globals_file import apply as apply_roles
@@ -94,12 +99,14 @@ def restore(
     """
     database = options.target_database or source.database
     started = time.monotonic()
+    definition = _check_definition(server, source, options)
     scratch = _download_dir(workdir or config.directories.state / "restore", source)
-    execution = _Execution(config, source, server, options, scratch, cancel, say)
-    steps = plan_restore(source, server, options, scratch)
+    execution = _Execution(config, source, server, options, scratch, cancel, say, definition)
+    steps = plan_restore(source, server, options, scratch, definition)
     try:
         if options.dry_run:
-            return _dry_run(execution, steps, plan_restore(source, server, options))
+            shown = plan_restore(source, server, options, None, definition)
+            return _dry_run(execution, steps, shown)
         for step in steps:
             execution.do(step)
         fetched = execution.fetched
@@ -136,6 +143,34 @@ def _dry_run(execution: _Execution, steps: list[Step], shown: list[Step]) -> Res
     return result
 
 
+def _check_definition(
+    server: Server, source: BackupSource, options: RestoreOptions, roles: bool | None = None
+) -> DefinitionPlan:
+    """Returns the database definition the restore will apply, checked against the target.
+
+    Reads only. `roles`: whether the backup's roles are still to come from its roles file
+    (default: with --globals). A database restored into as it is keeps its own definition.
+    """
+    database = options.target_database or source.database
+    try:
+        if database_exists(server, database):
+            plain = source.dump_format == "plain"
+            empty = None if options.clean else database_is_empty(server, database)
+            if database_action(True, options.clean, plain, empty) is DatabaseAction.REUSE:
+                note = f"database {database!r} exists: it keeps its own definition"
+                return DefinitionPlan(None, note=note)
+        return check_target(
+            server,
+            source.report,
+            owner=options.owner,
+            locale=options.locale,
+            roles_restored=options.globals if roles is None else roles,
+            skip_tablespaces=options.skip_tablespaces,
+        )
+    except CommandError as exc:
+        raise RestoreError(f"{server.describe()}: reading what the server has: {exc}") from None
+
+
 @dataclass
 class _Execution:
     """A restore being carried out: what its steps have found and made so far."""
@@ -147,6 +182,7 @@ class _Execution:
     scratch: Path
     cancel: CancelToken | None
     say_to: OutputFn | None
+    definition: DefinitionPlan
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     files: BackupFiles | None = None
     fetched: Fetched | None = None
@@ -167,6 +203,8 @@ class _Execution:
     def do(self, step: Step) -> None:
         """Carries out one step of the plan."""
         handlers = {
+            Action.CHECK_DEFINITION: self.check_definition,
+            Action.DATABASE_PROPERTIES: self.database_properties,
             Action.DOWNLOAD: self.download,
             Action.VERIFY: self.verify,
             Action.CHECK_ARCHIVE: self.check_archive,
@@ -178,6 +216,30 @@ class _Execution:
             Action.RESTORE: lambda: self.restore(step),
         }
         handlers[step.action]()
+
+    def check_definition(self, roles: bool | None = None) -> None:
+        """Stops the restore, before any change, when the target cannot honour the definition."""
+        plan = self.definition
+        if roles is not None:  # asked again once the roles file has been applied
+            plan = _check_definition(self.server, self.source, self.options, roles)
+        if plan.refused:
+            raise RestoreError(f"{self.server.describe()}: {plan.refusal()}")
+
+    def database_properties(self) -> None:
+        """Sets the recorded settings, comment and ACL on a database this restore created."""
+        if not self.created:
+            self.say(f"database {self.database!r} existed: its own properties are kept")
+            return
+        try:
+            apply_properties(self.server, self.definition, self.database)
+        except CommandError as exc:
+            with contextlib.suppress(CommandError):
+                drop_database(self.server, self.database)
+            raise RestoreError(
+                f"setting the properties of database {self.database!r} failed; it was dropped "
+                f"again: {mask(str(exc))}"
+            ) from None
+        self.say(f"set the recorded properties of database {self.database!r}")
 
     def download(self) -> None:
         """Downloads the backup's files into the scratch directory (CRC-64 checked)."""
@@ -258,12 +320,21 @@ class _Execution:
         return action
 
     def prepare_database(self) -> None:
-        """Creates the target database, or checks that it may be restored over."""
+        """Creates the target database as recorded, or checks that it may be restored over."""
         action = self.database_fate()  # again: the server may have changed since the check
+        creating = action in (DatabaseAction.CREATE, DatabaseAction.RECREATE)
+        if creating and self.options.globals:
+            self.check_definition(roles=False)  # the roles file must have brought them
         if action is DatabaseAction.RECREATE:
             drop_database(self.server, self.database)
-        if action in (DatabaseAction.CREATE, DatabaseAction.RECREATE):
-            create_database(self.server, self.database)
+        if creating:
+            create_recorded(
+                self.server,
+                self.definition,
+                self.database,
+                self.options.skip_tablespaces,
+                self.options.owner,
+            )
             self.created = True
 
     def restore(self, step: Step) -> None:

@@ -41,6 +41,8 @@ class RestoreOptions:
     skip_tablespaces: bool = False
     prefer_remote: bool = False
     identity: SecretRef | None = None  # age identity (--identity); default: the job's
+    owner: str | None = None  # --owner: the database (and its objects) belong to this role
+    locale: str | None = None  # --locale: instead of the recorded LC_COLLATE/LC_CTYPE
     reset_roles: bool = False  # --globals: also reset existing roles (restore.roles.plan_roles)
 
 
@@ -101,6 +103,9 @@ def restore_argv(
         argv += ["--clean", "--if-exists"]
     if options.skip_tablespaces:
         argv.append("--no-tablespaces")
+    if options.owner is not None:
+        # The objects are created by the new owner instead of being given to the old one.
+        argv += ["--no-owner", f"--role={options.owner}"]
     if dump is not None:
         argv.append(str(dump))
     return argv

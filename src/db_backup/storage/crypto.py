@@ -187,8 +187,9 @@ def identity_file(ref: SecretRef | None, private_dir: Path | None = None) -> Ite
     """
     if ref is None:
         raise EncryptionError(
-            "this backup is encrypted: set encryption.age.identity to the age identity "
-            "(a {file:} or {credential:} reference to the private key)"
+            "this backup is encrypted: give the age identity with `restore --identity FILE`, "
+            "or set encryption.age.identity (a {file:} or {credential:} reference to the "
+            "private key)"
         )
     problem = identity_file_problem(ref)
     if problem is not None:  # still used: refusing would leave the backups unrestorable
@@ -241,7 +242,8 @@ def check_identity(
     name = _report_file_name(report)
     if identity is None:
         raise EncryptionError(
-            f"{name} is encrypted with age: set encryption.age.identity to restore it"
+            f"{name} is encrypted with age: give the identity with `restore --identity FILE` "
+            "or set encryption.age.identity to restore it"
         )
     expected = set(report["encryption"].get("recipientFingerprints", []))
     mine = {fingerprint(r) for r in identity_recipients(identity)}

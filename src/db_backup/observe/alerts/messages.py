@@ -135,8 +135,12 @@ def title(alert: Alert, language: str) -> str:
     subject = "/".join(part for part in (alert.job, alert.database) if part) or _where(alert)
     if lang == "zh":
         prefix = {RECOVERED: "已恢复：", REMINDER: "仍未恢复：", TEST: ""}.get(alert.state, "")
+        if alert.state == TEST:
+            return f"[db-backup] {what}（主机 {alert.host}）"
         return f"[db-backup] {prefix}{what} {subject}（主机 {alert.host}）"
     prefix = {RECOVERED: "Recovered: ", REMINDER: "Still failing: ", TEST: ""}.get(alert.state, "")
+    if alert.state == TEST:  # about no job or place: nothing to name after the colon
+        return f"[db-backup] {prefix}{what} on {alert.host}"
     return f"[db-backup] {prefix}{what}: {subject} on {alert.host}"
 
 
