@@ -36,7 +36,7 @@ def test_restore_decrypts_with_the_identity_and_the_tables_come_back(
         "--config", str(setup.path), "restore", str(report_file),
         "--to-database", "shop_dec", "--dry-run",
     )  # fmt: skip
-    assert refused.returncode == 1 and "would be refused at step 2" in refused.stderr
+    assert refused.returncode == 1 and "would be refused at step 3" in refused.stderr
     assert "encryption.age.identity" in refused.stderr
     dry = run_cli(
         "--config", str(setup.path), "restore", str(report_file),

@@ -191,7 +191,7 @@ def test_globals_onto_a_live_server_with_the_database_changes_no_role(
     dry = restore(run_cli, setup, fresh, report["id"], "--globals", "--dry-run")
     assert dry.returncode == 1
     assert "plan (nothing was changed)" in dry.stdout
-    assert "would be refused at step 4" in dry.stderr and "already exists" in dry.stderr
+    assert "would be refused at step 5" in dry.stderr and "already exists" in dry.stderr
     assert authid(fresh) == before
     # Even --reset-roles changes nothing while the restore is refused.
     reset = restore(run_cli, setup, fresh, report["id"], "--globals", "--reset-roles")
