@@ -56,6 +56,7 @@ from results_file import git_revision, machine_lines, write_section  # noqa: E40
 from db_backup.backup.prune import plan_deletions  # noqa: E402
 from db_backup.reports import index as report_index  # noqa: E402
 from db_backup.reports import index_db  # noqa: E402
+from db_backup.reports.calendar import Policy  # noqa: E402
 from db_backup.reports.model import SUCCESS, Report, TargetResult, load_reports, stem  # noqa: E402
 from db_backup.reports.retention import Backup, backup_of, choose_expired  # noqa: E402
 
@@ -201,7 +202,8 @@ def run_read(reports_dir: Path, index: Path) -> list[Backup]:
 
 def retention_step(history: list[Backup]) -> None:
     """A run's retention step after that read, in memory (`backup.prune`): what expires."""
-    plan_deletions(history, days=RETENTION_DAYS, keep_last=KEEP_LAST, now=datetime.now(UTC))
+    policy = Policy(days=RETENTION_DAYS, keep_last=KEEP_LAST)
+    plan_deletions(history, policy, now=datetime.now(UTC))
 
 
 def every_backup(reports_dir: Path, index: Path) -> list[Backup]:

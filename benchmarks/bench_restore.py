@@ -22,6 +22,13 @@ Usage::
 
 Not part of the test suite. Writes the section "Restore and drill (issue 9)" of
 benchmarks/RESULTS.md.
+
+With ``--oss`` (issue 20), the backup is stored only on the loopback OSS server
+(tests/support/oss_server.py, its own process, no bandwidth limit) and two variants run
+interleaved on the same object: the seed's manual way (oss2 download of the dump and its
+``.sha256``, ``sha256sum -c``, ``createdb``, ``pg_restore -j 2``, in one child process) and
+``db-backup restore REPORT --to-database ... -j 2``. That writes the section "Restore from OSS
+against the manual way (issue 20)"; target <= 1.0x.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
+from bench_restore_oss import measure_oss, oss_way  # noqa: E402
 from bench_stream import DB_1X, Bench, build_dataset, cluster_ready  # noqa: E402
 from results_file import git_revision, machine_lines, write_section  # noqa: E402
 
@@ -126,7 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rebuild", action="store_true", help="recreate the cached dataset")
     parser.add_argument("--cache", type=Path, default=Path("/var/tmp/db-backup-bench-restore"))
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
+    parser.add_argument(
+        "--oss", action="store_true", help="restore from OSS against the manual way (issue 20)"
+    )
+    parser.add_argument("--manual-way", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.manual_way:
+        return oss_way(args.manual_way)
     command = shlex.join([".venv/bin/python", "benchmarks/bench_restore.py", *sys.argv[1:]])
     bench = Bench(args.cache)
     bench.cache.mkdir(parents=True, exist_ok=True)
@@ -141,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"building the dataset at scale {args.scale} ...", file=sys.stderr)
             build_dataset(bench, args.scale)
         env = bench.env()
+        if args.oss:
+            return measure_oss(bench, args, command)
         config = write_config(bench)
         base = [str(DB_BACKUP), "--config", str(config), "--log-format", "json"]
         dump_s = timed([*base, "run", "bench"], env)

@@ -327,7 +327,25 @@ def backup(key: str, started: datetime, ok: bool = True, db: str = "shop") -> Ba
     return Backup(key, db, started, ok, (key, f"{key}.dump"))
 
 
-def test_without_calendar_rules_the_plan_expires_what_choose_expired_does() -> None:
+def age_and_count_reference(
+    backups: list[Backup], days: int, keep_last: int, now: datetime
+) -> tuple[set[str], set[str]]:
+    """Returns (expired keys, still-named files) by the age and count rules as they were
+    decided before the calendar plan became the one decision (the old `choose_expired`)."""
+    cutoff = now - timedelta(days=days)
+    expired: set[str] = set()
+    by_database: dict[str, list[Backup]] = {}
+    for b in backups:
+        by_database.setdefault(b.database, []).append(b)
+    for group in by_database.values():
+        newest = sorted((b for b in group if b.successful), key=lambda b: b.started)[::-1]
+        protected = {b.key for b in newest[:keep_last]}
+        expired |= {b.key for b in group if b.key not in protected and b.started < cutoff}
+    still_named = {n for b in backups if b.key not in expired for n in b.files}
+    return expired, still_named
+
+
+def test_without_calendar_rules_the_plan_expires_what_the_age_and_count_rules_did() -> None:
     rng = random.Random(7)
     now = utc("2026-11-23T12:00")
     for _ in range(300):
@@ -342,10 +360,12 @@ def test_without_calendar_rules_the_plan_expires_what_choose_expired_does() -> N
             for i in range(rng.randint(0, 12))
         ]
         days, keep_last = rng.randint(1, 20), rng.randint(1, 4)
-        expired, still_named = choose_expired(backups, days=days, keep_last=keep_last, now=now)
+        expired, still_named = age_and_count_reference(backups, days, keep_last, now)
         found = plan(backups, Policy(days=days, keep_last=keep_last), BERLIN, now)
-        assert {b.key for b in found.expired} == {b.key for b in expired}
+        assert {b.key for b in found.expired} == expired
         assert found.still_named == still_named
+        chosen, named = choose_expired(backups, days=days, keep_last=keep_last, now=now)
+        assert {b.key for b in chosen} == expired and named == still_named
 
 
 def test_the_plan_keeps_failed_runs_only_while_younger_than_days_and_per_database() -> None:
@@ -417,15 +437,30 @@ def test_the_run_s_retention_step_deletes_what_the_calendar_plan_expires() -> No
     now = datetime(2026, 11, 30, 12, tzinfo=UTC)
     backups = [backup(f"shop_{n}", now - timedelta(days=n), ok=n != 5) for n in range(0, 60)]
     policy = Policy(days=2, keep_last=1, keep_daily=7, keep_weekly=4)
-    deleted = plan_deletions(backups, days=2, keep_last=1, now=now, policy=policy, zone=zone)
+    deleted = plan_deletions(backups, policy, now=now, zone=zone)
     expected = plan(backups, policy, zone, now)
     assert {d.key for d in deleted} == {b.key for b in expected.expired}
     assert "shop_0" not in {d.key for d in deleted}  # the newest is never deleted
     # Without calendar rules the age and count rules decide, as before.
-    plain = plan_deletions(
-        backups, days=2, keep_last=1, now=now, policy=Policy(days=2, keep_last=1)
-    )
-    assert {d.key for d in plain} == {
-        b.key for b in choose_expired(backups, days=2, keep_last=1, now=now)[0]
-    }
+    plain = plan_deletions(backups, Policy(days=2, keep_last=1), now=now)
+    assert {d.key for d in plain} == age_and_count_reference(backups, 2, 1, now)[0]
     assert len(plain) > len(deleted)
+
+
+def test_rule_counts_say_how_many_backups_each_rule_keeps_in_the_rules_order() -> None:
+    from db_backup.reports.calendar import rule_counts
+
+    now = utc("2026-06-30T12:00")
+    backups = [backup(f"b{n}", now - timedelta(days=n)) for n in range(40)]
+    found = plan(backups, Policy(days=2, keep_last=1, keep_weekly=2, keep_yearly=1), BERLIN, now)
+    assert rule_counts(found) == [
+        ("days", 3),
+        ("keep_last", 1),
+        ("keep_hourly", 0),
+        ("keep_daily", 0),
+        ("keep_weekly", 2),
+        ("keep_monthly", 0),
+        ("keep_yearly", 0),
+        ("keep_yearly[oldest]", 1),
+    ]
+    assert sum(n for _, n in rule_counts(found)) >= len(found.kept)

@@ -68,7 +68,7 @@ def test_bash_completion_offers_commands_options_and_choices(tmp_path: Path) -> 
     script = tmp_path / "db-backup"
     script.write_text(docgen.bash_completion(build_parser(COMMANDS)))
     assert {c.name for c in COMMANDS} <= set(_complete(script, ""))
-    assert _complete(script, "re") == ["report", "reload", "restore"]
+    assert _complete(script, "re") == ["report", "reload", "retention", "restore"]
     assert "--dry-run" in _complete(script, "restore", "--d")
     assert _complete(script, "--log-format", "j") == ["journal", "json"]
     assert "--version" not in _complete(script, "run", "--")

@@ -295,3 +295,37 @@ def test_globals_check_the_roles_file_and_the_database_before_any_role_changes()
     ]
     assert "decrypted, plaintext sha256 against the report" in steps[2].text
     assert "existing roles get the backup's attributes, passwords and memberships" in steps[4].text
+
+
+def test_a_partial_restore_chooses_entries_before_it_touches_the_server() -> None:
+    from db_backup.restore.select import Relation
+
+    options = RestoreOptions(
+        tables=(Relation("app", "accounts"),), schemas=("audit",), target_database="x"
+    )
+    steps = plan_restore(local_custom(), SERVER, options, Path("/state/restore/d1"))
+    assert [s.action for s in steps] == [
+        Action.VERIFY,
+        Action.CHECK_ARCHIVE,
+        Action.SELECT,
+        Action.PREPARE_DATABASE,
+        Action.RESTORE,
+    ]
+    assert "table app.accounts, schema audit" in steps[2].text
+    assert "refused if one of them exists there" in steps[2].text
+    assert "--use-list=/state/restore/d1/selection.list" in steps[-1].argv
+    assert "--jobs=2" in steps[-1].argv  # a selection restores in parallel like a whole one
+    dry = texts(local_custom(), options)
+    assert (
+        "<work dir>/selection.list" in dry[2] and "--use-list=<work dir>/selection.list" in dry[-1]
+    )
+
+
+def test_data_only_and_list_in_the_plan() -> None:
+    data = plan_restore(local_custom(), SERVER, RestoreOptions(data_only=True))
+    assert "--data-only" in data[-1].argv and "--disable-triggers" in data[-1].argv
+    assert "--use-list" not in " ".join(data[-1].argv)
+    assert "it must exist" in data[-2].text
+    listing = plan_restore(local_custom(), SERVER, RestoreOptions(list_only=True, globals=True))
+    assert [s.action for s in listing] == [Action.VERIFY, Action.CHECK_ARCHIVE, Action.LIST]
+    assert "change nothing" in listing[-1].text

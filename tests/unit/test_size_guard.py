@@ -20,6 +20,7 @@ from db_backup.backup.prune import apply_retention, plan_deletions
 from db_backup.backup.sizeguard import SizeCheck, check_size, hold_retention
 from db_backup.config import Config, loads
 from db_backup.observe import events
+from db_backup.reports.calendar import Policy
 from db_backup.reports.model import SUCCESS, Report, TargetResult, write_report
 from db_backup.reports.retention import Backup
 from db_backup.storage.local import LocalTarget
@@ -289,10 +290,10 @@ def test_plan_deletions_keeps_a_file_a_kept_report_still_names() -> None:
         one("b.json", 5, "b.dump", "shared.sql"),
         one("a.json", 6, "a.dump", "shared.sql"),
     ]
-    plan = plan_deletions(backups, days=4, keep_last=1, now=NOW)
+    plan = plan_deletions(backups, Policy(days=4, keep_last=1), now=NOW)
     assert [(d.key, d.names) for d in plan] == [
         ("b.json", ["b.dump", "shared.sql", "b.json"]),
         ("a.json", ["a.dump", "shared.sql", "a.json"]),
     ]
-    plan = plan_deletions(backups, days=4, keep_last=2, now=NOW)
+    plan = plan_deletions(backups, Policy(days=4, keep_last=2), now=NOW)
     assert [(d.key, d.names) for d in plan] == [("a.json", ["a.dump", "a.json"])]

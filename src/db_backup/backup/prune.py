@@ -1,6 +1,6 @@
 """The retention step after a good backup: delete this job's expired backups of the database.
 
-Which backups expire is `reports.retention.choose_expired`'s choice, over the run's in-memory
+Which backups expire is `reports.calendar.plan`'s choice, over the run's in-memory
 view of the job's reports (`backup.history`) with the new report in it; `plan_deletions` turns
 it into the files to delete (never one a kept report still names). The size guard
 (`backup.sizeguard`) may hold the step: then nothing is deleted. A report goes last, and only
@@ -18,10 +18,10 @@ import structlog
 from db_backup.backup.history import JobHistory, current_backup
 from db_backup.backup.sizeguard import hold_retention
 from db_backup.config import Config, JobConfig
-from db_backup.reports.calendar import Policy, policy_for
+from db_backup.reports.calendar import Plan, Policy, policy_for
 from db_backup.reports.calendar import plan as calendar_plan
 from db_backup.reports.model import Report
-from db_backup.reports.retention import Backup, choose_expired
+from db_backup.reports.retention import Backup
 from db_backup.storage.base import StorageError, Target
 from db_backup.util.clock import utc_now
 from db_backup.util.secrets import mask
@@ -40,25 +40,20 @@ class Deletion:
 
 
 def plan_deletions(
-    backups: list[Backup],
-    *,
-    days: int,
-    keep_last: int,
-    now: datetime,
-    policy: Policy | None = None,
-    zone: tzinfo = UTC,
+    backups: list[Backup], policy: Policy, *, now: datetime, zone: tzinfo = UTC
 ) -> list[Deletion]:
     """Returns what retention deletes from `backups`: per expired backup, its unshared files.
 
-    With calendar rules in `policy` (keep_daily, ...) the calendar plan decides, in `zone`.
+    The calendar plan decides (`days` and `keep_last`, then the calendar rules in `zone`).
     """
-    if policy is not None and policy.by_calendar:
-        found = calendar_plan(backups, policy, zone, now)
-        expired, still_named = found.expired, found.still_named
-    else:
-        expired, still_named = choose_expired(backups, days=days, keep_last=keep_last, now=now)
+    return deletions_of(calendar_plan(backups, policy, zone, now))
+
+
+def deletions_of(found: Plan) -> list[Deletion]:
+    """Returns the deletions of a retention plan: per expired backup, the files no kept one names."""
     return [
-        Deletion(b.key, b.database, [n for n in b.files if n not in still_named]) for b in expired
+        Deletion(b.key, b.database, [n for n in b.files if n not in found.still_named])
+        for b in found.expired
     ]
 
 
@@ -78,14 +73,7 @@ def apply_retention(
     current_key = f"{current.stem}.json"
     backups = [b for b in history.backups(current.database) if b.key != current_key]
     backups.append(current_backup(current))
-    plan = plan_deletions(
-        backups,
-        days=job.retention.days,
-        keep_last=job.retention.keep_last,
-        now=utc_now(),
-        policy=policy_for(job),
-        zone=job.zone(),
-    )
+    plan = plan_deletions(backups, policy_for(job), now=utc_now(), zone=job.zone())
     removed: list[str] = []
     for deletion in plan:
         removed.extend(_delete(config, job, targets, deletion, history))

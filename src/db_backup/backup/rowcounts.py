@@ -29,13 +29,14 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from db_backup.config import JobConfig
+from db_backup.config import DumpSelection, JobConfig, patterns
 from db_backup.reports.model import Report
 from db_backup.util.cancel import CancelToken
 from db_backup.util.secrets import mask
 
 if TYPE_CHECKING:
     import psycopg
+    from psycopg import sql
 
 # psycopg is imported where a connection is made: importing it costs a few hundred ms, which
 # commands that never count (status, check-config, row_counts: off) should not pay.
@@ -62,7 +63,7 @@ CANCEL_JOIN_SECONDS = 10.0
 # CREATE EXTENSION). Partitioned parents hold no rows of their own; views, materialized views
 # (refreshed on restore, not copied), foreign tables and sequences have no rows in a dump.
 TABLES_SQL = """
-SELECT format('%I.%I', n.nspname, c.relname), n.nspname, c.relname, c.reltuples
+SELECT format('%I.%I', n.nspname, c.relname), n.nspname, c.relname, c.reltuples, {with_data}
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind = 'r'
@@ -72,8 +73,10 @@ WHERE c.relkind = 'r'
     SELECT FROM pg_catalog.pg_depend d
     WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
       AND d.objid = c.oid AND d.deptype = 'e')
+  AND {included}
 ORDER BY 1
 """
+ANY_NAME = "^(.*)$"  # a pattern part that matches every name: pg_dump adds no condition for it
 
 
 @dataclass(frozen=True)
@@ -128,11 +131,75 @@ def describe(exc: BaseException) -> str:
     return mask(text or type(exc).__name__)
 
 
-def list_tables(conn: psycopg.Connection[Any]) -> list[tuple[str, str, str, float]]:
-    """Returns (key, schema, table, reltuples) of every table pg_dump dumps rows of, by key."""
+def list_tables(
+    conn: psycopg.Connection[Any], selection: DumpSelection | None = None
+) -> list[tuple[str, str, str, float, bool]]:
+    """Returns (key, schema, table, reltuples, with data) of every table whose definition
+    pg_dump dumps under `selection` (None: the whole database), by key; `with data` is false
+    for a table whose rows `exclude_table_data` leaves out."""
+    from psycopg import sql
+
+    selection = selection or DumpSelection()
+    query = sql.SQL(TABLES_SQL).format(
+        included=_included(selection),
+        with_data=sql.SQL("NOT ({})").format(_any_table(selection.exclude_table_data)),
+    )
     with conn.cursor() as cur:
-        cur.execute(TABLES_SQL)
-        return [(str(k), str(s), str(t), float(r)) for k, s, t, r in cur.fetchall()]
+        cur.execute(query)
+        return [(str(k), str(s), str(t), float(r), bool(d)) for k, s, t, r, d in cur.fetchall()]
+
+
+def _included(selection: DumpSelection) -> sql.Composable:
+    """Returns the condition on `c` and `n` of the tables pg_dump dumps under `selection`:
+    with `tables`, those it names (schemas then play no part, as in pg_dump); else those in the
+    `schemas` (all when none) not in `exclude_schemas`; never those of `exclude_tables`."""
+    from psycopg import sql
+
+    if selection.tables:
+        chosen = _any_table(selection.tables)
+    else:
+        chosen = sql.SQL("NOT ({})").format(_any_schema(selection.exclude_schemas))
+        if selection.schemas:
+            chosen = sql.SQL("({}) AND {}").format(_any_schema(selection.schemas), chosen)
+    return sql.SQL("({}) AND NOT ({})").format(chosen, _any_table(selection.exclude_tables))
+
+
+def _matches(column: str, regex: str) -> sql.Composable:
+    """Returns `column ~ regex` as pg_dump writes it (the server's regex engine, default collation)."""
+    from psycopg import sql
+
+    return sql.SQL("{} OPERATOR(pg_catalog.~) {} COLLATE pg_catalog.default").format(
+        sql.SQL(column), sql.Literal(regex)
+    )
+
+
+def _any_table(found: tuple[str, ...]) -> sql.Composable:
+    """Returns the condition that a table matches one of the table patterns `found` (none: false).
+
+    An unqualified pattern names the tables visible on the search path, as pg_dump's does.
+    """
+    from psycopg import sql
+
+    alternatives: list[sql.Composable] = []
+    for pattern in found:
+        parts = patterns.regexes(pattern)
+        terms: list[sql.Composable] = [sql.SQL("true")]
+        if parts.name != ANY_NAME:
+            terms.append(_matches("c.relname", parts.name))
+        if parts.schema is None:
+            terms.append(sql.SQL("pg_catalog.pg_table_is_visible(c.oid)"))
+        elif parts.schema != ANY_NAME:
+            terms.append(_matches("n.nspname", parts.schema))
+        alternatives.append(sql.SQL("({})").format(sql.SQL(" AND ").join(terms)))
+    return sql.SQL(" OR ").join(alternatives) if alternatives else sql.SQL("false")
+
+
+def _any_schema(found: tuple[str, ...]) -> sql.Composable:
+    """Returns the condition that a table's schema matches one of the schema patterns `found`."""
+    from psycopg import sql
+
+    alternatives = [_matches("n.nspname", patterns.regexes(p).name) for p in found]
+    return sql.SQL(" OR ").join(alternatives) if alternatives else sql.SQL("false")
 
 
 def count_rows(conn: psycopg.Connection[Any], schema: str, table: str) -> int:
@@ -149,7 +216,9 @@ def count_rows(conn: psycopg.Connection[Any], schema: str, table: str) -> int:
     return int(row[0])
 
 
-def exact_counts(conn: psycopg.Connection[Any]) -> dict[str, int | None]:
+def exact_counts(
+    conn: psycopg.Connection[Any], selection: DumpSelection | None = None
+) -> dict[str, int | None]:
     """Returns {key: rows} of every dumped table, counted in the connection's transaction.
 
     Each count runs in a savepoint that is rolled back, which releases its table lock at once:
@@ -160,7 +229,10 @@ def exact_counts(conn: psycopg.Connection[Any]) -> dict[str, int | None]:
     """
     counts: dict[str, int | None] = {}
     in_transaction = not conn.autocommit
-    for key, schema, table, _ in list_tables(conn):
+    for key, schema, table, _, with_data in list_tables(conn, selection):
+        if not with_data:
+            counts[key] = 0  # pg_dump writes its definition, no rows: a restore has it empty
+            continue
         if in_transaction:
             conn.execute("SAVEPOINT db_backup_row_count")
         counts[key] = count_rows(conn, schema, table)
@@ -170,9 +242,15 @@ def exact_counts(conn: psycopg.Connection[Any]) -> dict[str, int | None]:
     return counts
 
 
-def estimated_counts(conn: psycopg.Connection[Any]) -> dict[str, int | None]:
-    """Returns {key: pg_class.reltuples rounded}; None for a table never vacuumed or analyzed."""
-    return {key: round(r) if r >= 0 else None for key, _, _, r in list_tables(conn)}
+def estimated_counts(
+    conn: psycopg.Connection[Any], selection: DumpSelection | None = None
+) -> dict[str, int | None]:
+    """Returns {key: pg_class.reltuples rounded}; None for a table never vacuumed or analyzed,
+    0 for one whose rows the selection leaves out."""
+    return {
+        key: (round(r) if r >= 0 else None) if with_data else 0
+        for key, _, _, r, with_data in list_tables(conn, selection)
+    }
 
 
 class DumpSnapshot:
@@ -183,6 +261,7 @@ class DumpSnapshot:
         self.env = env
         self.database = database
         self.mode = job.row_counts
+        self.selection = job.dump_selection(database)
         self.snapshot_id: str | None = None
         self._conn: psycopg.Connection[Any] | None = None
         self._thread: threading.Thread | None = None
@@ -208,7 +287,7 @@ class DumpSnapshot:
             with psycopg.connect(
                 **connect_kwargs(self.job, self.env, self.database), autocommit=True
             ) as conn:
-                return RowCounts(ESTIMATE, estimated_counts(conn))
+                return RowCounts(ESTIMATE, estimated_counts(conn, self.selection))
         except psycopg.Error as exc:
             return self._fail(f"estimates not read: {describe(exc)}", "row counts not recorded")
 
@@ -245,7 +324,7 @@ class DumpSnapshot:
     def _count(self) -> None:
         assert self._conn is not None
         try:
-            self._result = RowCounts(EXACT, exact_counts(self._conn))
+            self._result = RowCounts(EXACT, exact_counts(self._conn, self.selection))
         except Exception as exc:  # the thread's boundary: whatever happened, the dump goes on
             self._result = RowCounts(FAILED, None, f"counting failed: {describe(exc)}")
 

@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import structlog
 
@@ -32,7 +33,7 @@ from db_backup.backup.history import JobHistory
 from db_backup.backup.leftovers import remove_leftovers
 from db_backup.backup.slots import dump_slot
 from db_backup.backup.space import room_for_dump
-from db_backup.config import Config, JobConfig
+from db_backup.config import Config, DumpSelection, JobConfig
 from db_backup.observe import hooks
 from db_backup.postgres import tools as pg
 from db_backup.reports.model import FAILED, SUCCESS, Report
@@ -206,7 +207,26 @@ def _new_report(ctx: RunContext, database: str, claim: Claim) -> Report:
         pg_dump_version=ctx.versions[0],
         server_version=ctx.versions[1],
         encryption=crypto.encryption_summary(ctx.recipients) if ctx.recipients else None,
+        dump_options=dump_options_json(job.dump_selection(database)),
     )
+
+
+def dump_options_json(selection: DumpSelection) -> dict[str, Any] | None:
+    """Returns the report's `dumpOptions` of a dump selection, None for the whole database."""
+    if selection.is_whole:
+        return None
+    timeout = selection.lock_wait_timeout
+    return {
+        "excludeTableData": list(selection.exclude_table_data),
+        "schemas": list(selection.schemas),
+        "excludeSchemas": list(selection.exclude_schemas),
+        "tables": list(selection.tables),
+        "excludeTables": list(selection.exclude_tables),
+        "noOwner": selection.no_owner,
+        "noPrivileges": selection.no_privileges,
+        "noComments": selection.no_comments,
+        "lockWaitTimeoutSeconds": round(timeout.total_seconds()) if timeout else None,
+    }
 
 
 def _fail_database(ctx: RunContext, database: str, message: str) -> None:
@@ -240,7 +260,9 @@ def _run_database(ctx: RunContext, database: str) -> None:
             report.error_message = f"stopped during the dump: {exc}"
             remove_partial(ctx.targets, report)
         except Exception as exc:
-            report.error_message = describe_error(exc, ctx.staging)
+            report.error_message = pg.explain_dump_error(
+                describe_error(exc, ctx.staging), ctx.job.dump_selection(database)
+            )
             if not isinstance(exc, EXPECTED_ERRORS):
                 log.error("dump crashed", job=ctx.job.name, error=report.error_message)
             remove_partial(ctx.targets, report)

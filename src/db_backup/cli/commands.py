@@ -7,7 +7,7 @@ Handlers import what they use when they run, so `status` loads no more than it n
 
 from __future__ import annotations
 
-from db_backup.cli import admin, check, jobs, restore, sink, status, timers
+from db_backup.cli import admin, check, jobs, restore, retention, sink, status, timers
 from db_backup.cli.command import Command, JobChoice, Logs
 
 COMMANDS: tuple[Command, ...] = (
@@ -108,12 +108,26 @@ COMMANDS: tuple[Command, ...] = (
         arguments=admin.lifecycle_arguments,
     ),
     Command(
+        "retention",
+        help="show (--dry-run) or apply now what retention keeps and deletes, per rule",
+        description=(
+            "Prints, per job and database, every backup with the retention rules that keep it "
+            "(days, keep_last, keep_hourly ... keep_yearly, the newest success) or that no rule "
+            "does, and the size guard's hold; --dry-run changes nothing, without it the plan "
+            "is applied now, as each successful backup's retention step would. "
+            "Example: sudo db-backup retention --dry-run --job nightly"
+        ),
+        handler=retention.retention,
+        arguments=retention.retention_arguments,
+    ),
+    Command(
         "restore",
         help="restore a backup (checksum verified first)",
         description=(
             "Restores one backup: SOURCE is a report file (.json), a report id, a dump path or "
             "an oss://bucket/key URL; without SOURCE, the newest successful backup of --job and "
-            "--database."
+            "--database (with --before TIME: the newest that started before TIME). --table, "
+            "--schema and --data-only restore part of it; --list prints its table of contents."
         ),
         handler=restore.restore,
         arguments=restore.restore_arguments,

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 from db_backup.cli.command import Context
 from db_backup.cli.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandError
@@ -15,6 +17,7 @@ from db_backup.util.secrets import SecretError
 
 if TYPE_CHECKING:
     from db_backup.config import Config, Connection, JobConfig
+    from db_backup.restore.source import BackupSource
 
 
 def restore_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,6 +62,31 @@ def restore_arguments(parser: argparse.ArgumentParser) -> None:
         help="create the database with LOCALE instead of the recorded collation and ctype",
     )
     parser.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    parser.add_argument(
+        "--table",
+        action="append",
+        default=[],
+        metavar="SCHEMA.TABLE",
+        help="restore only this table, with its indexes, constraints and grants (repeatable)",
+    )
+    parser.add_argument(
+        "--schema", action="append", default=[], help="restore only this schema (repeatable)"
+    )
+    parser.add_argument(
+        "--data-only", action="store_true", help="restore only rows, into tables that exist"
+    )
+    parser.add_argument(
+        "--list",
+        action="store_true",
+        help="print the archive's table of contents (what --table/--schema would take); "
+        "change nothing",
+    )
+    parser.add_argument(
+        "--before",
+        metavar="TIME",
+        help="the newest successful backup of --job/--database that started before TIME "
+        "('2026-11-30 14:05', in the job's time zone unless an offset or zone is given)",
+    )
     parser.add_argument("--host", help="target server (default: the job's connection)")
     parser.add_argument("--port", type=positive, help="target port")
     parser.add_argument("--username", help="target role (a superuser for --globals)")
@@ -70,12 +98,22 @@ def restore(context: Context) -> int:
 
     from db_backup.postgres.server import server_env
     from db_backup.restore.run import restore as run_restore
+    from db_backup.restore.select import parse_schema, parse_table
     from db_backup.restore.source import RestoreError, resolve_source
     from db_backup.restore.steps import RestoreOptions
 
     log = structlog.get_logger("db_backup.cli")
     args, config = context.args, context.config
+    try:
+        tables = tuple(dict.fromkeys(parse_table(t) for t in args.table))
+        schemas = tuple(dict.fromkeys(parse_schema(s) for s in args.schema))
+    except RestoreError as exc:
+        raise CommandError(f"restore: {exc}", EXIT_USAGE) from None
     options = RestoreOptions(
+        tables=tables,
+        schemas=schemas,
+        data_only=args.data_only,
+        list_only=args.list,
         target_database=args.to_database,
         clean=args.clean,
         globals=args.globals,
@@ -91,10 +129,18 @@ def restore(context: Context) -> int:
     if args.reset_roles and not args.globals:
         raise CommandError("--reset-roles resets the roles of --globals; give both", EXIT_USAGE)
     try:
+        before = _before(config, args)
         source = resolve_source(
-            config, args.source, job=args.job, database=args.database, prefer_remote=args.from_oss
+            config,
+            args.source,
+            job=args.job,
+            database=args.database,
+            prefer_remote=args.from_oss,
+            before=before,
         )
         job = _job_of(config, args.job or str((source.report or {}).get("job", "")))
+        if before is not None:
+            print(_picked(source, job))
         connection = _target(args, job)
         with server_env(config, connection, job) as server:
             result = run_restore(config, source, server, options, cancel=context.cancel, say=print)
@@ -103,7 +149,9 @@ def restore(context: Context) -> int:
         raise CommandError(f"restore failed: {exc}") from None
     except SecretError as exc:
         raise CommandError(str(exc)) from None
-    if options.dry_run:
+    if options.dry_run or options.list_only:
+        if options.list_only and not options.dry_run:
+            return EXIT_OK  # the entries were printed as the step ran
         print("plan (nothing was changed):")
         for number, step in enumerate(result.steps, 1):
             print(f"  {number}. {step}")
@@ -120,6 +168,37 @@ def restore(context: Context) -> int:
         duration_s=round(result.seconds, 3),
     )
     return EXIT_OK
+
+
+def _before(config: Config, args: argparse.Namespace) -> datetime | None:
+    """Returns the UTC moment of --before (in the job's zone unless it names one), or None."""
+    from db_backup.restore.select import parse_before
+    from db_backup.restore.source import RestoreError
+
+    if args.before is None:
+        return None
+    job = next((j for j in config.jobs if j.name == args.job), None)
+    if job is None or args.database is None or args.source is not None:
+        raise RestoreError(
+            "--before picks a backup of one job and database: give --job JOB --database DB "
+            "and no SOURCE"
+        )
+    return parse_before(args.before, job.zone())
+
+
+def _picked(source: BackupSource, job: JobConfig | None) -> str:
+    """Returns the line naming the backup --before picked, its start in the job's zone."""
+    from pathlib import Path
+
+    from db_backup.restore.select import Candidate, describe_pick
+    from db_backup.util.clock import parse_utc
+
+    document = source.report or {}
+    candidate = Candidate(
+        Path(source.report_file), parse_utc(str(document["startedAt"])), dict(document)
+    )
+    zone = job.zone() if job is not None else ZoneInfo("UTC")
+    return describe_pick(candidate, zone)
 
 
 def _job_of(config: Config, name: str) -> JobConfig | None:

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from db_backup.config import features, sections
 from db_backup.config.model import Config, JobConfig
 from db_backup.config.rules import effective_encryption, mapping
-from db_backup.config.schema_file import node, with_defaults
+from db_backup.config.schema_file import node, schema, with_defaults
 from db_backup.config.units import parse_duration, parse_size
 from db_backup.util.secrets import SecretRef
 
@@ -91,7 +91,7 @@ def _job(
         name=job["name"],
         schedule=job["schedule"],
         timezone=job["timezone"],
-        databases="all" if databases == "all" else tuple(_as_list(databases)),
+        databases="all" if databases == "all" else tuple(_names(databases)),
         exclude_databases=tuple(job["exclude_databases"]),
         connection=sections.Connection(
             host=conn["host"],
@@ -100,7 +100,10 @@ def _job(
             password=_secret(conn["password"]),
             connect_timeout_seconds=conn["connect_timeout_seconds"],
         ),
-        dump=sections.DumpOptions(dump["format"], dump["compression"], dump["jobs"]),
+        dump=sections.DumpOptions(
+            dump["format"], dump["compression"], dump["jobs"], _selection(dump)
+        ),
+        database_dump=_database_dump(databases, dump),
         globals=job["globals"],
         mode=job["mode"] or storage["mode"],
         retention=sections.Retention(
@@ -292,9 +295,41 @@ def _secret_or_value(value: Any) -> Any:
     return _secret(value) if isinstance(value, dict) else value
 
 
-def _as_list(value: str | list[str]) -> list[str]:
-    """Returns one name or a list of names as a list."""
-    return [value] if isinstance(value, str) else list(value)
+def _names(value: str | list[str | dict[str, Any]]) -> list[str]:
+    """Returns the database names of `databases` (one name, or a list of names and objects)."""
+    if isinstance(value, str):
+        return [value]
+    return [entry if isinstance(entry, str) else entry["name"] for entry in value]
+
+
+def _selection(values: dict[str, Any]) -> sections.DumpSelection:
+    """Returns the dump selection of a `dump` mapping (keys not given take the defaults)."""
+    given = with_defaults(schema()["$defs"]["dump_selection"], values)
+    timeout = given["lock_wait_timeout"]
+    return sections.DumpSelection(
+        exclude_table_data=tuple(given["exclude_table_data"]),
+        schemas=tuple(given["schemas"]),
+        exclude_schemas=tuple(given["exclude_schemas"]),
+        tables=tuple(given["tables"]),
+        exclude_tables=tuple(given["exclude_tables"]),
+        no_owner=bool(given["no_owner"]),
+        no_privileges=bool(given["no_privileges"]),
+        no_comments=bool(given["no_comments"]),
+        lock_wait_timeout=parse_duration(timeout) if timeout is not None else None,
+    )
+
+
+def _database_dump(
+    databases: str | list[str | dict[str, Any]], job_dump: dict[str, Any]
+) -> tuple[tuple[str, sections.DumpSelection], ...]:
+    """Returns each database with its own `dump:` and its selection: its keys over the job's."""
+    if isinstance(databases, str):
+        return ()
+    return tuple(
+        (entry["name"], _selection({**job_dump, **entry["dump"]}))
+        for entry in databases
+        if isinstance(entry, dict) and entry.get("dump")
+    )
 
 
 def _hooks(section: dict[str, Any] | None) -> sections.Hooks:

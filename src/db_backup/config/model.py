@@ -46,6 +46,15 @@ class JobConfig:
     hooks: sections.Hooks = field(
         default_factory=sections.Hooks
     )  # the job's own (the top level's run first: `Config.hooks`)
+    # Databases with their own `dump:` in `databases`, with the selection that results.
+    database_dump: tuple[tuple[str, sections.DumpSelection], ...] = ()
+
+    def dump_selection(self, database: str) -> sections.DumpSelection:
+        """Returns what goes into `database`'s dump: its own selection, else the job's."""
+        for name, selection in self.database_dump:
+            if name == database:
+                return selection
+        return self.dump.selection
 
     @property
     def discovers_databases(self) -> bool:

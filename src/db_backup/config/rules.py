@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from db_backup.config import patterns
 from db_backup.config.schedule import validate_cron, validate_timezone
 from db_backup.config.schema_file import node, with_defaults
 from db_backup.config.units import parse_duration
@@ -96,6 +97,11 @@ def _job_problems(where: str, job: dict[str, Any], storage: dict[str, Any]) -> I
         if job.get("encryption") and not has_recipients(job["encryption"]):
             yield f"At '{where}.encryption.age': {NEEDS_RECIPIENT}"
     yield from _remote_problems(where, fmt, mode, storage)
+    yield from _selection_problems(f"{where}.dump", mapping(job.get("dump")))
+    databases = job.get("databases")
+    for index, entry in enumerate(databases if isinstance(databases, list) else []):
+        own = mapping(mapping(entry).get("dump"))
+        yield from _selection_problems(f"{where}.databases[{index}].dump", own)
     max_age = job.get("max_age")
     if isinstance(max_age, str):
         try:
@@ -105,6 +111,33 @@ def _job_problems(where: str, job: dict[str, Any], storage: dict[str, Any]) -> I
                 f"At '{where}.max_age': {max_age!r} is zero; use a duration such as 26h, "
                 "or false to turn the check off"
             )
+
+
+# The pattern keys of a dump selection: True for table patterns (schema.table), False for schemas.
+PATTERN_KEYS = {
+    "exclude_table_data": True,
+    "schemas": False,
+    "exclude_schemas": False,
+    "tables": True,
+    "exclude_tables": True,
+}
+
+
+def _selection_problems(where: str, dump: dict[str, Any]) -> Iterator[str]:
+    """Yields the patterns pg_dump must not get and a zero lock_wait_timeout in a `dump`."""
+    for key, qualified in PATTERN_KEYS.items():
+        values = dump.get(key)
+        for index, pattern in enumerate(values if isinstance(values, list) else []):
+            if isinstance(pattern, str):
+                found = patterns.problem(pattern, qualified=qualified)
+                if found:
+                    yield f"At '{where}.{key}[{index}]': {found}"
+    timeout = dump.get("lock_wait_timeout")
+    if isinstance(timeout, str):
+        try:
+            parse_duration(timeout)
+        except ValueError:
+            yield f"At '{where}.lock_wait_timeout': {timeout!r} is zero; use e.g. 30s or 2m"
 
 
 def _remote_problems(where: str, fmt: str, mode: str, storage: dict[str, Any]) -> Iterator[str]:

@@ -6,6 +6,7 @@ Frozen dataclasses built once when the file loads (`config.build`), every defaul
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from db_backup.util.secrets import SecretRef
@@ -98,12 +99,34 @@ class Connection:
 
 
 @dataclass(frozen=True)
+class DumpSelection:
+    """What goes into a dump: pg_dump's selection patterns and ownership options (typed, never a
+    free-form argument string); the defaults dump the whole database as before."""
+
+    exclude_table_data: tuple[str, ...] = ()
+    schemas: tuple[str, ...] = ()
+    exclude_schemas: tuple[str, ...] = ()
+    tables: tuple[str, ...] = ()
+    exclude_tables: tuple[str, ...] = ()
+    no_owner: bool = False
+    no_privileges: bool = False
+    no_comments: bool = False
+    lock_wait_timeout: timedelta | None = None
+
+    @property
+    def is_whole(self) -> bool:
+        """Returns whether this selection is the default one (the whole database, as before)."""
+        return self == DumpSelection()
+
+
+@dataclass(frozen=True)
 class DumpOptions:
-    """pg_dump's format, -Z level and -j workers."""
+    """pg_dump's format, -Z level and -j workers, and the job's selection."""
 
     format: str
     compression: int
     jobs: int
+    selection: DumpSelection = DumpSelection()
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from db_backup.config import JobConfig
+from db_backup.config import DumpSelection, JobConfig
 from db_backup.util.cancel import CancelToken
 from db_backup.util.execute import CommandError, StreamingChild, child_env, run
 from db_backup.util.fsutil import disk_size, private_file
@@ -142,8 +143,56 @@ def dump_argv(
         argv.append(f"--file={output}")
     if snapshot is not None:
         argv.append(f"--snapshot={snapshot}")
+    argv.extend(selection_args(job.dump_selection(database)))
     argv.append(_dbname_arg(database))
     return argv
+
+
+# pg_dump's option of each pattern key of a dump selection, in the order they are given.
+PATTERN_FLAGS = (
+    ("schemas", "--schema"),
+    ("exclude_schemas", "--exclude-schema"),
+    ("tables", "--table"),
+    ("exclude_tables", "--exclude-table"),
+    ("exclude_table_data", "--exclude-table-data"),
+)
+SWITCHES = (
+    ("no_owner", "--no-owner"),
+    ("no_privileges", "--no-privileges"),
+    ("no_comments", "--no-comments"),
+)
+
+
+def selection_args(selection: DumpSelection) -> list[str]:
+    """Returns pg_dump's arguments for `selection`, each pattern glued to its option (`--table=x`)
+    so that no value can ever be read as an option of its own."""
+    args = [
+        f"{flag}={pattern}" for key, flag in PATTERN_FLAGS for pattern in getattr(selection, key)
+    ]
+    args += [flag for key, flag in SWITCHES if getattr(selection, key)]
+    if selection.lock_wait_timeout is not None:
+        # pg_dump sets it as statement_timeout while it takes its locks: milliseconds.
+        milliseconds = int(selection.lock_wait_timeout.total_seconds() * 1000)
+        args.append(f"--lock-wait-timeout={milliseconds}")
+    return args
+
+
+_LOCK_QUERY = re.compile(r"LOCK TABLE (.+?) IN ACCESS SHARE MODE")
+
+
+def explain_dump_error(message: str, selection: DumpSelection) -> str:
+    """Returns `message` (pg_dump's failure) with what it means in front when pg_dump gave up
+    waiting for a table's lock after `dump.lock_wait_timeout`; else `message` unchanged."""
+    timeout = selection.lock_wait_timeout
+    lock = _LOCK_QUERY.search(message)
+    if timeout is None or lock is None or "statement timeout" not in message:
+        return message
+    return (
+        f"pg_dump could not lock table {lock.group(1)} within dump.lock_wait_timeout "
+        f"({round(timeout.total_seconds())}s): another session holds a conflicting lock on it "
+        "(ACCESS EXCLUSIVE: ALTER TABLE, TRUNCATE, VACUUM FULL, ...); no dump was made. "
+        f"{message}"
+    )
 
 
 def start_dump(

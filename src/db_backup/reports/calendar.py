@@ -28,10 +28,9 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING
 
-from db_backup.reports.retention import Backup
-
 if TYPE_CHECKING:
     from db_backup.config import JobConfig
+    from db_backup.reports.retention import Backup  # which imports this module to decide
 
 DAYS = "days"
 KEEP_LAST = "keep_last"
@@ -156,7 +155,7 @@ def plan(backups: Sequence[Backup], policy: Policy, zone: tzinfo, now: datetime)
     """Returns the retention plan of `backups` (any databases): per database, successful backups
     by `keep_reasons`, failed runs kept only while younger than `days`.
 
-    Without calendar rules it expires exactly what `retention.choose_expired` expires.
+    Without calendar rules only `days` and `keep_last` decide (`retention.choose_expired`).
     """
     cutoff = now - timedelta(days=policy.days)
     by_database: dict[str, list[Backup]] = {}
@@ -193,3 +192,15 @@ def describe(backups: Sequence[Backup], found: Plan) -> list[str]:
         else:
             lines.append(f"delete  {backup.key}{state}: no rule keeps it")
     return lines
+
+
+def rule_counts(found: Plan) -> list[tuple[str, int]]:
+    """Returns how many backups each rule keeps (a backup kept by two rules counts for both),
+    in the rules' order: days, keep_last, the calendar rules, their [oldest] keeps, newest."""
+    order = [DAYS, KEEP_LAST, *(rule for rule, _ in CALENDAR_RULES)]
+    order += [rule + OLDEST_SUFFIX for rule, _ in CALENDAR_RULES] + [NEWEST]
+    counts = dict.fromkeys(order, 0)
+    for reasons in found.kept.values():
+        for reason in reasons:
+            counts[reason] = counts.get(reason, 0) + 1
+    return [(rule, n) for rule, n in counts.items() if n or rule in order[:7]]

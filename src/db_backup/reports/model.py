@@ -123,6 +123,8 @@ class Report:
     # bytes; its `.sha256` says the same) and, encrypted, plaintextSha256.
     globals_file: dict[str, Any] | None = None
     hostname: str = field(default_factory=socket.gethostname)
+    # What went into the dump when not the whole database (`dumpOptions`); None: all of it.
+    dump_options: dict[str, Any] | None = None
 
     @property
     def id(self) -> str:
@@ -235,6 +237,8 @@ class Report:
         }
         if self.globals_file is not None:  # added when the backup has a roles file
             document["globals"] = dict(self.globals_file)
+        if self.dump_options is not None:  # only then: a whole-database report stays as it was
+            document["dumpOptions"] = dict(self.dump_options)
         return document
 
 

@@ -1,4 +1,4 @@
-"""Chooses which of a job's backups to delete: older than `days`, never the newest `keep_last`.
+"""Retention's view of a backup (`Backup`, from a report), and the age and count rules' choice.
 
 The choice is made from this program's own reports (one per database per run), so only files
 and objects this program created are ever candidates. A file still named by a kept report (the
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime
 
 from db_backup.reports.model import StoredReport
 from db_backup.storage.base import is_plain_name, split_member
@@ -29,23 +29,17 @@ class Backup:
 def choose_expired(
     backups: list[Backup], *, days: int, keep_last: int, now: datetime
 ) -> tuple[list[Backup], set[str]]:
-    """Returns the backups to delete and the file names that must be kept (still referenced)."""
-    cutoff = now - timedelta(days=days)
-    expired: list[Backup] = []
-    kept: list[Backup] = []
-    by_database: dict[str, list[Backup]] = {}
-    for backup in backups:
-        by_database.setdefault(backup.database, []).append(backup)
-    for group in by_database.values():
-        group.sort(key=lambda b: b.started, reverse=True)
-        protected = {b.key for b in [b for b in group if b.successful][:keep_last]}
-        for backup in group:
-            if backup.key not in protected and backup.started < cutoff:
-                expired.append(backup)
-            else:
-                kept.append(backup)
-    still_named = {name for backup in kept for name in backup.files}
-    return expired, still_named
+    """Returns the backups to delete and the file names that must be kept (still referenced),
+    by the age and count rules alone: the calendar plan (`reports.calendar.plan`) without a
+    calendar rule, the one decision retention makes.
+
+    Per database, a backup goes when it started more than `days` ago and is not one of the
+    newest `keep_last` successful ones (`keep_last` >= 1, so never the newest success).
+    """
+    from db_backup.reports.calendar import Policy, plan
+
+    found = plan(backups, Policy(days=days, keep_last=keep_last), UTC, now)
+    return found.expired, found.still_named
 
 
 # What this program appends to a stem: the report, the dump (custom, plain or directory format),

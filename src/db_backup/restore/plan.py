@@ -18,8 +18,10 @@ from db_backup.postgres.server import Server
 from db_backup.restore.dbdef import DefinitionPlan
 from db_backup.restore.source import BackupSource
 from db_backup.restore.steps import RestoreOptions, is_encrypted, restore_argv
+from db_backup.restore.toc import LIST_FILE
 
 DOWNLOAD_DIR = "<download dir>"  # where a remote dump lands, as a dry run names it
+WORK_DIR = "<work dir>"  # where a partial restore's list file is written, as a dry run names it
 
 
 class Action(enum.Enum):
@@ -32,6 +34,8 @@ class Action(enum.Enum):
     CHECK_IDENTITY = "check identity"
     CHECK_GLOBALS = "check roles file"
     CHECK_DATABASE = "check database"
+    LIST = "list"  # --list: print the table of contents, and stop
+    SELECT = "select"  # --table/--schema: choose entries, check the target
     RESTORE_ROLES = "restore roles"
     PREPARE_DATABASE = "prepare database"
     RESTORE = "restore"
@@ -93,15 +97,26 @@ def plan_restore(
     elif source.dump_format != "plain":
         text = f"check the archive: pg_restore --list {where}"
         steps.append(Step(Action.CHECK_ARCHIVE, text))
+    if options.list_only:
+        steps.append(Step(Action.LIST, _list_text(options, where, encrypted)))
+        return steps
+    use_list = None
+    if options.partial:
+        use_list = Path(download_dir or WORK_DIR) / LIST_FILE
+        steps.append(Step(Action.SELECT, _select_text(options, database, use_list)))
     if options.globals:
         steps += _roles_steps(source, server, database, options)
-    if options.clean:
+    if options.partial or options.data_only:
+        text = f"create database {database!r} unless it exists (then restore into it as it is)"
+        if options.data_only:
+            text = f"use database {database!r} as it is (--data-only: it must exist)"
+    elif options.clean:
         text = f"restore over database {database!r} (dropping its objects first)"
     else:
         what = definition.create_text(database) if definition else f"create database {database!r}"
         text = f"{what} (refused if it exists and is not empty)"
     steps.append(Step(Action.PREPARE_DATABASE, text))
-    argv = restore_argv(server, source, None if encrypted else where, database, options)
+    argv = restore_argv(server, source, None if encrypted else where, database, options, use_list)
     text = shlex.join(argv)
     if encrypted:
         text = f"decrypt {where} (age, plaintext sha256 checked) | {text}"
@@ -125,7 +140,7 @@ def _roles_steps(
     if is_encrypted(source):
         checks += ", decrypted, plaintext sha256 against the report"
     steps = [Step(Action.CHECK_GLOBALS, f"check the roles file {name} ({checks})")]
-    if not options.clean:
+    if not (options.clean or options.partial or options.data_only):
         text = f"check that database {database!r} does not exist or is empty (else refused)"
         steps.append(Step(Action.CHECK_DATABASE, text))
     if options.reset_roles:
@@ -135,6 +150,37 @@ def _roles_steps(
     text = f"restore roles and tablespaces from {name} on {server.describe()}: missing ones are "
     steps.append(Step(Action.RESTORE_ROLES, f"{text}created, {how}"))
     return steps
+
+
+def _list_text(options: RestoreOptions, where: Path, encrypted: bool) -> str:
+    """Returns the --list step's line: what is printed."""
+    reader = f"decrypt {where} | pg_restore --list" if encrypted else f"pg_restore --list {where}"
+    if options.partial:
+        return f"print the entries {_wanted(options)} would restore ({reader}); change nothing"
+    return f"print the archive's table of contents ({reader}); change nothing"
+
+
+def _select_text(options: RestoreOptions, database: str, use_list: Path) -> str:
+    """Returns the select step's line: what is chosen and what would be refused."""
+    refused = (
+        "the tables must exist there (--data-only)"
+        if options.data_only
+        else "replacing what exists there (--clean)"
+        if options.clean
+        else "refused if one of them exists there (use --clean to replace it)"
+    )
+    return (
+        f"choose {_wanted(options)} from the archive's table of contents into {use_list} "
+        f"(pg_restore --list; with their indexes, constraints, sequences and grants); "
+        f"check database {database!r}: {refused}"
+    )
+
+
+def _wanted(options: RestoreOptions) -> str:
+    """Returns 'table a.b, schema c' for the plan's lines."""
+    return ", ".join(
+        [*(f"table {t}" for t in options.tables), *(f"schema {s}" for s in options.schemas)]
+    )
 
 
 def _verify_text(source: BackupSource) -> str:

@@ -39,6 +39,7 @@ from db_backup.restore.dbdef import (
 from db_backup.restore.fetch import BackupFiles, Fetched, download_files, local_files, verify_files
 from db_backup.restore.globals_file import apply as apply_roles
 from db_backup.restore.globals_file import check_roles_file, plan_on
+from db_backup.restore.partial import archive_output, choose
 from db_backup.restore.plan import (
     CHANGES,
     Action,
@@ -49,6 +50,7 @@ from db_backup.restore.plan import (
 )
 from db_backup.restore.roles import RolePlan
 from db_backup.restore.roles import describe as describe_roles
+from db_backup.restore.select import check_request, check_target_database
 from db_backup.restore.source import BackupSource, RestoreError
 from db_backup.restore.steps import (
     RestoreOptions,
@@ -58,6 +60,7 @@ from db_backup.restore.steps import (
     open_identity,
     run_restore_argv,
 )
+from db_backup.restore.toc import Selection
 from db_backup.storage.crypto import EncryptionError
 from db_backup.storage.local import describe_os_error
 from db_backup.util.cancel import Cancelled, CancelToken
@@ -98,15 +101,29 @@ def restore(
     the result holds the plan's lines and, when a check fails, the refusal.
     """
     database = options.target_database or source.database
+    if not options.list_only:
+        check_target_database(database)
+    check_request(
+        source.dump_format,
+        partial=options.partial,
+        list_only=options.list_only,
+        data_only=options.data_only,
+        clean=options.clean,
+        globals_=options.globals,
+    )
     started = time.monotonic()
-    definition = _check_definition(server, source, options)
+    # --list creates nothing: no definition to check, and no server to ask.
+    if options.list_only:
+        definition = DefinitionPlan(None, note="--list creates nothing")
+    else:
+        definition = _check_definition(server, source, options)
+    shown = None if options.list_only else definition
     scratch = _download_dir(workdir or config.directories.state / "restore", source)
     execution = _Execution(config, source, server, options, scratch, cancel, say, definition)
-    steps = plan_restore(source, server, options, scratch, definition)
+    steps = plan_restore(source, server, options, scratch, shown)
     try:
         if options.dry_run:
-            shown = plan_restore(source, server, options, None, definition)
-            return _dry_run(execution, steps, shown)
+            return _dry_run(execution, steps, plan_restore(source, server, options, None, shown))
         for step in steps:
             execution.do(step)
         fetched = execution.fetched
@@ -118,6 +135,11 @@ def restore(
     except CommandError as exc:
         raise RestoreError(
             f"{server.describe()}: {explain_restore_error(str(exc), source)}"
+        ) from None
+    except OSError as exc:  # an unreadable dump or checksum file: say which, no traceback
+        where = exc.filename or source.description
+        raise RestoreError(
+            f"{where}: cannot read it ({exc.strerror or exc}); nothing was restored"
         ) from None
     finally:
         execution.stack.close()
@@ -154,6 +176,9 @@ def _check_definition(
     database = options.target_database or source.database
     try:
         if database_exists(server, database):
+            if options.partial or options.data_only:  # part of a backup into it as it is
+                note = f"database {database!r} exists: it keeps its own definition"
+                return DefinitionPlan(None, note=note)
             plain = source.dump_format == "plain"
             empty = None if options.clean else database_is_empty(server, database)
             if database_action(True, options.clean, plain, empty) is DatabaseAction.REUSE:
@@ -211,6 +236,8 @@ class _Execution:
             Action.CHECK_IDENTITY: self.check_identity,
             Action.CHECK_GLOBALS: self.check_globals,
             Action.CHECK_DATABASE: self.check_database,
+            Action.LIST: self.list_entries,
+            Action.SELECT: self.select,
             Action.RESTORE_ROLES: self.restore_roles,
             Action.PREPARE_DATABASE: self.prepare_database,
             Action.RESTORE: lambda: self.restore(step),
@@ -268,6 +295,41 @@ class _Execution:
         )
         self.say(f"the age identity opens {self.source.dump_name}")
 
+    def list_entries(self) -> None:
+        """Prints the archive's table of contents (or the entries a selection takes)."""
+        assert self.fetched is not None
+        if self.options.partial:
+            selection = self.select()
+            for line in selection.left_out:
+                self.say(f"; {line}")
+            for entry in selection.entries:
+                self.say(entry.line)
+            return
+        args = ["--list"]
+        text = archive_output(args, self.server, self.source, self.fetched, self.identity, None)
+        for line in text.splitlines():
+            self.say(line)
+
+    def select(self) -> Selection:
+        """Chooses the entries of a partial restore and checks the target; keeps the list file."""
+        assert self.fetched is not None
+        selection = choose(
+            self.server,
+            self.source,
+            self.fetched,
+            self.identity,
+            self.options,
+            self.database,
+            self.scratch,
+            self.cancel,
+            check_target=not self.options.list_only,
+        )
+        if not self.options.list_only:
+            for line in selection.left_out:
+                self.say(line)
+            self.say(f"chose {len(selection.entries)} entries of the archive to restore")
+        return selection
+
     def check_globals(self) -> None:
         """Checks the roles file (checksums, decryption, complete) and decides what it does."""
         assert self.fetched is not None
@@ -308,9 +370,20 @@ class _Execution:
         """Returns what happens to the target database; raises RestoreError to refuse it."""
         server, database = self.server, self.database
         exists = database_exists(server, database)
-        empty = database_is_empty(server, database) if exists and not self.options.clean else None
+        # A partial restore was checked against what the database holds (SELECT step).
+        partly = self.options.partial or self.options.data_only
+        if self.options.data_only and not exists:
+            raise RestoreError(
+                f"--data-only restores rows into tables that exist; database {database!r} "
+                f"does not exist on {server.describe()}"
+            )
+        empty = (
+            database_is_empty(server, database)
+            if exists and not self.options.clean and not partly
+            else None
+        )
         plain = self.source.dump_format == "plain"
-        action = database_action(exists, self.options.clean, plain, empty)
+        action = database_action(exists, self.options.clean or partly, plain, empty)
         if action is DatabaseAction.REFUSE:
             raise RestoreError(
                 f"database {database!r} already exists on {server.describe()} and is not "

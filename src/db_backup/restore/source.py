@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -177,12 +178,19 @@ def find_report(
 ) -> tuple[dict[str, Any], str]:
     """Returns (document, file) of the report with `report_id`, or of the newest successful one."""
     reports, _ = load_reports(config.directories.reports)
+    if report_id is not None:
+        from db_backup.restore.select import only_report
+
+        # Two reports with one id (a copied file): refuse rather than restore either silently.
+        found = {
+            stored.path: stored.document
+            for stored in reports
+            if str(stored.document.get("id", "")).lower() == report_id.lower()
+        }
+        path = only_report(list(found), report_id, config.directories.reports)
+        return found[path], str(path)
     for stored in reports:  # newest first
         doc = stored.document
-        if report_id is not None:
-            if str(doc.get("id", "")).lower() == report_id.lower():
-                return doc, str(stored.path)
-            continue
         if doc["status"] != SUCCESS:
             continue
         if job is not None and stored.job != job:
@@ -190,14 +198,25 @@ def find_report(
         if database is not None and doc["database"] != database:
             continue
         return doc, str(stored.path)
-    if report_id is not None:
-        raise RestoreError(f"no report with id {report_id} in {config.directories.reports}")
     what = " and ".join(
         f"{k} {v!r}" for k, v in (("job", job), ("database", database)) if v is not None
     )
     raise RestoreError(
         f"no successful backup of {what or 'any job'} in {config.directories.reports}"
     )
+
+
+def find_before(
+    config: Config, moment: datetime, job: str, database: str
+) -> tuple[dict[str, Any], str]:
+    """Returns (document, file) of the newest SUCCESS backup of `job`/`database` started
+    before `moment` (restore --before); raises RestoreError when there is none."""
+    from db_backup.restore.select import Candidate, pick_before
+
+    reports, _ = load_reports(config.directories.reports)
+    candidates = [Candidate(r.path, r.started, r.document) for r in reports]
+    chosen = pick_before(candidates, moment, job, database)
+    return dict(chosen.document), str(chosen.path)
 
 
 def resolve_source(
@@ -207,9 +226,16 @@ def resolve_source(
     job: str | None = None,
     database: str | None = None,
     prefer_remote: bool = False,
+    before: datetime | None = None,
 ) -> BackupSource:
     """Returns the backup named by `spec` (report file or id, dump path, oss:// URL) or the
-    newest successful backup of `job` and `database` when `spec` is None."""
+    newest successful backup of `job` and `database` when `spec` is None (with `before`: the
+    newest that started before that moment)."""
+    if before is not None:
+        if spec is not None or job is None or database is None:
+            raise RestoreError("--before picks a backup of --job JOB --database DB; give no SOURCE")
+        document, path = find_before(config, before, job, database)
+        return source_from_report(config, document, path, prefer_remote)
     if spec is None:
         if job is None or database is None:
             raise RestoreError(

@@ -20,6 +20,7 @@ from db_backup.postgres.server import (
     run_child,
 )
 from db_backup.restore.fetch import Fetched
+from db_backup.restore.select import Relation
 from db_backup.restore.source import BackupSource, RestoreError
 from db_backup.storage import crypto
 from db_backup.util.cancel import CancelToken
@@ -41,9 +42,19 @@ class RestoreOptions:
     skip_tablespaces: bool = False
     prefer_remote: bool = False
     identity: SecretRef | None = None  # age identity (--identity); default: the job's
+    # Partial restore (issue 20): pg_restore's own selection through --use-list.
+    tables: tuple[Relation, ...] = ()  # --table schema.table
+    schemas: tuple[str, ...] = ()  # --schema S
+    data_only: bool = False  # --data-only: rows into tables that exist
+    list_only: bool = False  # --list: print the table of contents, change nothing
     owner: str | None = None  # --owner: the database (and its objects) belong to this role
     locale: str | None = None  # --locale: instead of the recorded LC_COLLATE/LC_CTYPE
     reset_roles: bool = False  # --globals: also reset existing roles (restore.roles.plan_roles)
+
+    @property
+    def partial(self) -> bool:
+        """Returns whether only part of the archive is restored (a --use-list file)."""
+        return bool(self.tables or self.schemas)
 
 
 def explain_restore_error(text: str, source: BackupSource) -> str:
@@ -79,11 +90,13 @@ def restore_argv(
     dump: Path | None,
     database: str,
     options: RestoreOptions,
+    use_list: Path | None = None,
 ) -> list[str]:
     """Returns the pg_restore (or psql, for plain dumps) command line of the restore.
 
     `dump` None: the dump arrives on stdin (decrypted on the way), so pg_restore cannot use
-    parallel jobs (it needs to seek).
+    parallel jobs (it needs to seek). `use_list`: the file of the entries a partial restore
+    takes (pg_restore --use-list).
     """
     if source.dump_format == "plain":
         return [
@@ -103,6 +116,12 @@ def restore_argv(
         argv += ["--clean", "--if-exists"]
     if options.skip_tablespaces:
         argv.append("--no-tablespaces")
+    if options.data_only:
+        # Rows of tables that reference each other load in any order (-j): their foreign key
+        # triggers are off while they load, as pg_restore's manual advises (needs a superuser).
+        argv += ["--data-only", "--disable-triggers"]
+    if use_list is not None:
+        argv.append(f"--use-list={use_list}")
     if options.owner is not None:
         # The objects are created by the new owner instead of being given to the old one.
         argv += ["--no-owner", f"--role={options.owner}"]
