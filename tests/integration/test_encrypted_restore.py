@@ -30,9 +30,17 @@ def test_restore_decrypts_with_the_identity_and_the_tables_come_back(
     report = only_report(setup)
     report_file = next(setup.reports.glob("*.json"))
     cluster.psql('DROP DATABASE IF EXISTS "shop_dec"')
-    dry = run_cli(
+    # A dry run makes the real run's checks: without an identity it is refused as the real
+    # run would be.
+    refused = run_cli(
         "--config", str(setup.path), "restore", str(report_file),
         "--to-database", "shop_dec", "--dry-run",
+    )  # fmt: skip
+    assert refused.returncode == 1 and "would be refused at step 3" in refused.stderr
+    assert "encryption.age.identity" in refused.stderr
+    dry = run_cli(
+        "--config", str(setup.path), "restore", str(report_file),
+        "--to-database", "shop_dec", "--dry-run", "--identity", str(keys[1].path),
     )  # fmt: skip
     assert dry.returncode == 0, dry.stderr
     # The plan shows what the real run does with an encrypted dump: the identity is tried

@@ -115,6 +115,7 @@ def test_encrypted_backup_to_two_recipients_restores_with_either_identity(
         stored.name,
         f"{stored.name}.sha256",
         stored.name.replace(".dump.age", "_globals.sql.age"),
+        stored.name.replace(".dump.age", "_globals.sql.age.sha256"),
     }
     data = stored.read_bytes()
     assert_looks_encrypted(data)
@@ -168,6 +169,7 @@ def test_encrypted_dump_streams_to_oss_and_the_object_restores_with_the_second_i
         f"{PREFIX}{name}",
         f"{PREFIX}{name}.sha256",
         f"{PREFIX}{stem}_globals.sql.age",
+        f"{PREFIX}{stem}_globals.sql.age.sha256",
         f"{PREFIX}{stem}.json",
     }
     remote = bucket(oss_server)

@@ -82,6 +82,7 @@ def test_both_mode_streams_a_multipart_dump_that_downloads_identical_and_restore
         f"{PREFIX}{name}",
         f"{PREFIX}{name}.sha256",
         f"{PREFIX}{name[:-5]}_globals.sql",
+        f"{PREFIX}{name[:-5]}_globals.sql.sha256",
         f"{PREFIX}{name[:-5]}.json",
     }
     downloaded = tmp_path / name
@@ -114,7 +115,7 @@ def test_oss_only_mode_keeps_nothing_locally(
     assert report["status"] == "SUCCESS" and report["local"]["file"] == ""
     assert report["local"]["sizeBytes"] > 0 and len(report["local"]["checksumSha256"]) == 64
     assert setup.data_files() == []
-    assert len(keys(server)) == 4
+    assert len(keys(server)) == 5  # dump, .sha256, roles file, its .sha256, report
 
 
 def test_a_failing_part_is_retried_and_the_run_succeeds(
@@ -265,7 +266,13 @@ def test_rclone_tool_streams_to_a_remote_end_to_end(
     uploaded = remote_root / "pg" / name
     assert uploaded.read_bytes() == Path(report["local"]["file"]).read_bytes()
     assert sorted(p.name for p in (remote_root / "pg").iterdir()) == sorted(
-        [name, f"{name}.sha256", f"{name[:-5]}_globals.sql", f"{name[:-5]}.json"]
+        [
+            name,
+            f"{name}.sha256",
+            f"{name[:-5]}_globals.sql",
+            f"{name[:-5]}_globals.sql.sha256",
+            f"{name[:-5]}.json",
+        ]
     )
     cluster.restore(uploaded, "shop_from_rclone")
     assert table_fingerprint(cluster, "shop_from_rclone") == table_fingerprint(cluster, "shop")

@@ -1,4 +1,5 @@
-"""Pure logic of restore and drill: the globals rewrite, names from reports, errors, settings."""
+"""Pure logic of restore and drill: names from reports, errors, settings (roles files:
+test_restore_roles.py)."""
 
 from __future__ import annotations
 
@@ -7,48 +8,8 @@ from pathlib import Path
 import pytest
 
 from db_backup.config import ConfigError, loads
-from db_backup.postgres.server import globals_script
 from db_backup.restore.source import BackupSource, RestoreError, dump_format_of, safe_file_name
 from db_backup.restore.steps import explain_restore_error
-
-GLOBALS = r'''--
--- PostgreSQL database cluster dump
---
-SET default_transaction_read_only = off;
-CREATE ROLE backup;
-ALTER ROLE backup WITH SUPERUSER INHERIT NOCREATEROLE NOCREATEDB LOGIN;
-CREATE ROLE postgres;
-ALTER ROLE postgres WITH SUPERUSER INHERIT CREATEROLE CREATEDB LOGIN REPLICATION BYPASSRLS;
-CREATE ROLE "zz reader ""q""";
-CREATE ROLE zz_app_owner;
-CREATE TABLESPACE fast OWNER postgres LOCATION '/srv/fast';
-GRANT ALL ON TABLESPACE fast TO zz_app_owner;
-COMMENT ON ROLE zz_app_owner IS 'CREATE ROLE fake;';
-'''
-
-
-def test_every_create_role_becomes_a_block_that_skips_existing_roles() -> None:
-    script = globals_script(GLOBALS)
-    assert "\nCREATE ROLE" not in script
-    assert (
-        "DO $dbbackup$BEGIN CREATE ROLE postgres; "
-        "EXCEPTION WHEN duplicate_object THEN NULL; END$dbbackup$;"
-    ) in script
-    assert 'CREATE ROLE "zz reader ""q"""; EXCEPTION' in script
-    assert "ALTER ROLE postgres WITH SUPERUSER" in script  # attributes still applied
-    assert "COMMENT ON ROLE zz_app_owner IS 'CREATE ROLE fake;';" in script
-    assert "CREATE TABLESPACE fast" in script
-
-
-def test_tablespaces_are_left_out_when_asked() -> None:
-    script = globals_script(GLOBALS, skip_tablespaces=True)
-    assert "\nCREATE TABLESPACE" not in script and "\nGRANT ALL ON TABLESPACE" not in script
-    assert "DO $dbbackup$BEGIN CREATE ROLE zz_app_owner;" in script
-
-
-def test_a_role_name_holding_the_dollar_tag_gets_another_tag() -> None:
-    script = globals_script('CREATE ROLE "a$dbbackup$b";\n')
-    assert script.startswith('DO $dbbackupx$BEGIN CREATE ROLE "a$dbbackup$b";')
 
 
 @pytest.mark.parametrize(

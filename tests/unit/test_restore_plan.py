@@ -9,7 +9,13 @@ import pytest
 
 from db_backup.config import Connection
 from db_backup.postgres.server import Server
-from db_backup.restore.plan import Action, DatabaseAction, database_action, plan_restore
+from db_backup.restore.plan import (
+    CHANGES,
+    Action,
+    DatabaseAction,
+    database_action,
+    plan_restore,
+)
 from db_backup.restore.source import BackupSource
 from db_backup.restore.steps import RestoreOptions
 
@@ -62,8 +68,11 @@ def test_globals_clean_jobs_and_no_tablespaces_each_show_in_the_plan() -> None:
     assert texts(local_custom(), options) == [
         f"verify the sha256 of {STEM}.dump against the report and {STEM}.dump.sha256",
         f"check the archive: pg_restore --list /data/{STEM}.dump",
+        f"check the roles file {STEM}_globals.sql (sha256 against the report and its .sha256, "
+        "complete)",
         f"restore roles and tablespaces from {STEM}_globals.sql on "
-        "postgres@/var/run/postgresql:5432 (existing roles are altered, not re-created)",
+        "postgres@/var/run/postgresql:5432: missing ones are created, existing roles are left "
+        "alone; --reset-roles resets them",
         "restore over database 'x' (dropping its objects first)",
         shlex.join(
             [
@@ -94,8 +103,12 @@ def test_a_remote_dump_is_downloaded_first_into_the_download_directory() -> None
         f"download oss://b/p/{STEM}.dump (CRC-64 checked) and its .sha256",
         f"verify the sha256 of {STEM}.dump against the report and {STEM}.dump.sha256",
         f"check the archive: pg_restore --list <download dir>/{STEM}.dump",
-        "restore roles and tablespaces from (no globals file: this step would fail) on "
-        "postgres@/var/run/postgresql:5432 (existing roles are altered, not re-created)",
+        "check the roles file (no roles file: this step would fail) (sha256 against the "
+        "report and its .sha256, complete)",
+        "check that database 'shop' does not exist or is empty (else refused)",
+        "restore roles and tablespaces from (no roles file: this step would fail) on "
+        "postgres@/var/run/postgresql:5432: missing ones are created, existing roles are left "
+        "alone; --reset-roles resets them",
         "create database 'shop' (refused if it exists and is not empty)",
         shlex.join(
             [
@@ -233,9 +246,13 @@ def test_every_plan_proves_the_dump_before_it_touches_the_server(
     elif fmt != "plain":
         expected.append(Action.CHECK_ARCHIVE)
     if globals_:
+        expected.append(Action.CHECK_GLOBALS)
+        expected += [] if clean else [Action.CHECK_DATABASE]
         expected.append(Action.RESTORE_ROLES)
     expected += [Action.PREPARE_DATABASE, Action.RESTORE]
     assert actions == expected
+    first_change = next(i for i, a in enumerate(actions) if a in CHANGES)
+    assert not CHANGES & set(actions[:first_change]) and set(actions[first_change:]) <= CHANGES
     assert all(s.argv == () for s in steps[:-1]) and steps[-1].argv
     assert steps[-1].text.endswith(shlex.join(steps[-1].argv)), "the line shows what runs"
     assert ("--clean" in steps[-1].argv) is (clean and fmt != "plain")
@@ -265,6 +282,19 @@ def test_the_target_database_is_created_reused_recreated_or_refused(
     exists: bool, clean: bool, plain: bool, empty: bool | None, action: DatabaseAction
 ) -> None:
     assert database_action(exists, clean, plain, empty) is action
+
+
+def test_globals_check_the_roles_file_and_the_database_before_any_role_changes() -> None:
+    options = RestoreOptions(globals=True, reset_roles=True)
+    source = local_custom(report=ENCRYPTED_REPORT)
+    steps = plan_restore(source, SERVER, options)
+    assert [s.action for s in steps][2:5] == [
+        Action.CHECK_GLOBALS,
+        Action.CHECK_DATABASE,
+        Action.RESTORE_ROLES,
+    ]
+    assert "decrypted, plaintext sha256 against the report" in steps[2].text
+    assert "existing roles get the backup's attributes, passwords and memberships" in steps[4].text
 
 
 def test_a_partial_restore_chooses_entries_before_it_touches_the_server() -> None:

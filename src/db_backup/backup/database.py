@@ -8,7 +8,9 @@ stored is recorded in `report.stored` as it goes, so a failure can take it all a
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -34,8 +36,9 @@ def dump_globals(ctx: RunContext) -> None:
     """Runs pg_dumpall --globals-only once per run into the staging directory.
 
     Encrypted, the output goes through age on its way to the file: the password hashes
-    it holds never touch the disk in the clear. A failure is kept in `ctx.globals_error`:
-    every database's backup then fails with it.
+    it holds never touch the disk in the clear. Its sha256 (and the plaintext's) is kept in
+    `ctx.globals_checksums` for every database's report and `.sha256`. A failure is kept in
+    `ctx.globals_error`: every database's backup then fails with it.
     """
     path = ctx.staging / crypto.stored_name("globals.sql", ctx.encrypted)
     try:
@@ -45,6 +48,8 @@ def dump_globals(ctx: RunContext) -> None:
             ctx.globals_checksums = {"globalsPlaintextSha256": plain, "globalsSha256": stored}
         else:
             pg.dump_globals(ctx.job, ctx.env, path)
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()  # kilobytes: read at once
+            ctx.globals_checksums = {"globalsSha256": digest}
     except CommandError as exc:
         ctx.globals_error = f"globals (pg_dumpall --globals-only) failed: {exc}"
         return
@@ -62,7 +67,8 @@ def dump(
     """Streams one pg_dump to every target, then its globals and .sha256; fills the report."""
     dump_file = dump_name(report.stem, ctx.job.dump.format, ctx.encrypted)
     globals_file = globals_name(report.stem, ctx.encrypted) if ctx.globals_staged else ""
-    names = [n for n in (dump_file, globals_file, checksum_name(dump_file)) if n]
+    globals_checksum = checksum_name(globals_file) if globals_file else ""
+    names = [n for n in (dump_file, globals_file, globals_checksum, checksum_name(dump_file)) if n]
     claim.intend({target.name: names for target in ctx.targets})
     # What pg_restore without --create leaves out, read before the dump so a restore under
     # any name can recreate it; a database that cannot be read is not backed up.
@@ -77,6 +83,10 @@ def dump(
             plaintextSizeBytes=outcome.plaintext_size,
             **(ctx.globals_checksums if ctx.globals_staged else {}),
         )
+    if ctx.globals_staged is not None:
+        report.globals_file = globals_record(ctx, globals_file)
+        sums = ctx.staging / globals_checksum
+        sums.write_text(f"{report.globals_file['sha256']}  {globals_file}\n", encoding="utf-8")
     checksum_path = ctx.staging / checksum_name(dump_file)
     checksum_path.write_text(outcome.checksum_text, encoding="utf-8")
     for target in ctx.targets:
@@ -92,6 +102,20 @@ def dump(
         report.error_message = "; ".join(f"{name}: {error}" for name, error in failed.items())
     else:
         report.status = SUCCESS
+
+
+def globals_record(ctx: RunContext, name: str) -> dict[str, Any]:
+    """Returns the report's `globals` entry: the roles file's name, size and sha256 as stored
+    (and, encrypted, its plaintext's sha256)."""
+    assert ctx.globals_staged is not None
+    record: dict[str, Any] = {
+        "file": name,
+        "sizeBytes": ctx.globals_staged.stat().st_size,
+        "sha256": ctx.globals_checksums["globalsSha256"],
+    }
+    if "globalsPlaintextSha256" in ctx.globals_checksums:
+        record["plaintextSha256"] = ctx.globals_checksums["globalsPlaintextSha256"]
+    return record
 
 
 def _run_dump(
@@ -149,7 +173,8 @@ def store_beside(
     report: Report,
     checksum_path: Path,
 ) -> None:
-    """Stores the globals and the .sha256 next to a committed dump; on failure, the dump goes."""
+    """Stores the globals (and its .sha256) and the dump's .sha256 next to a committed dump;
+    on failure, the dump goes."""
     names = report.stored[target.name]
     names.extend(dump_names)
     try:
@@ -158,6 +183,8 @@ def store_beside(
             name = globals_name(report.stem, ctx.encrypted)
             globals_obj = target.put_file(ctx.globals_staged, name)
             names.append(name)
+            target.put_file(ctx.staging / checksum_name(name), checksum_name(name))
+            names.append(checksum_name(name))
         checksum_obj = target.put_file(checksum_path, checksum_path.name)
         names.append(checksum_path.name)
     except StorageError as exc:

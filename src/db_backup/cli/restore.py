@@ -33,6 +33,12 @@ def restore_arguments(parser: argparse.ArgumentParser) -> None:
         "--globals", action="store_true", help="restore roles and tablespaces first"
     )
     parser.add_argument(
+        "--reset-roles",
+        action="store_true",
+        help="with --globals: also give existing roles the backup's attributes, passwords and "
+        "memberships (default: only missing roles are created)",
+    )
+    parser.add_argument(
         "--no-tablespaces", action="store_true", help="leave tablespaces out (all objects default)"
     )
     parser.add_argument(
@@ -122,7 +128,10 @@ def restore(context: Context) -> int:
         identity=SecretRef("file", args.identity) if args.identity else None,
         owner=args.owner,
         locale=args.locale,
+        reset_roles=args.reset_roles,
     )
+    if args.reset_roles and not args.globals:
+        raise CommandError("--reset-roles resets the roles of --globals; give both", EXIT_USAGE)
     try:
         before = _before(config, args)
         source = resolve_source(
@@ -150,8 +159,10 @@ def restore(context: Context) -> int:
         print("plan (nothing was changed):")
         for number, step in enumerate(result.steps, 1):
             print(f"  {number}. {step}")
-        if result.refusal:
-            raise CommandError(f"restore would be refused: {result.refusal}")
+        if result.refusal:  # the real run would stop there: say so, and fail like it would
+            raise CommandError(
+                f"restore would be refused at step {result.refused_step}: {result.refusal}"
+            )
         return EXIT_OK
     log.info(
         "restore finished",
@@ -245,7 +256,7 @@ def verify(context: Context) -> int:
     """Checks every stored copy of the matching backups; fails when one is wrong or none match."""
     import structlog
 
-    from db_backup.restore.verify import render
+    from db_backup.restore.verify import remote_only, render
     from db_backup.restore.verify import verify as run_verify
 
     log = structlog.get_logger("db_backup.cli")
@@ -259,18 +270,36 @@ def verify(context: Context) -> int:
         deep=args.deep,
     )
     bad = [r for r in results if not r.ok]
+    skipped = 0
+    if not (args.remote or args.deep):
+        skipped = remote_only(
+            context.config, job=args.job, database=args.database, latest=args.latest
+        )
+    hint = (
+        f"{skipped} backup{'s' if skipped != 1 else ''} stored only on OSS "
+        f"{'were' if skipped != 1 else 'was'} skipped; check {'them' if skipped != 1 else 'it'} "
+        "with --remote"
+        if skipped
+        else ""
+    )
     if args.json:
         document: dict[str, Any] = {
             "ok": bool(results) and not bad,
             "checked": len(results),
             "problems": len(bad),
             "results": [r.to_json() for r in results],
+            "skippedRemoteOnly": skipped,
         }
         print(json.dumps(document, indent=2, ensure_ascii=False))
     elif results:
         print(render(results))
+        if hint:
+            print(hint)
     if not results:
-        raise CommandError("no stored successful backup matches; nothing was verified")
+        raise CommandError(
+            "no stored successful backup matches; nothing was verified"
+            + (f" ({hint})" if hint else "")
+        )
     unchecked = [p for r in bad for p in r.problems if p.startswith(NOT_CHECKED)]
     for result in bad:
         log.error(

@@ -1,4 +1,4 @@
-"""The server side of a restore or drill: one target server, psql scripts, databases and roles.
+"""The server side of a restore or drill: one target server, psql scripts, databases.
 
 Everything here talks to a PostgreSQL server through `psql` (and runs `pg_restore`-like long
 children); failures surface as util.execute.CommandError, which the restore and the drill turn
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -20,12 +19,6 @@ from db_backup.util.cancel import CancelToken
 from db_backup.util.execute import StreamingChild, run
 
 DEFAULT_CONNECTION = Connection("/var/run/postgresql", 5432, "postgres", None, 10)
-CREATE_ROLE_RE = re.compile(r'^CREATE ROLE ((?:"(?:[^"]|"")+")|[^\s;"]+);$')
-CREATE_TABLESPACE_RE = re.compile(r'^CREATE TABLESPACE ((?:"(?:[^"]|"")+")|\S+) ')
-TABLESPACE_RE = re.compile(
-    r"^(CREATE TABLESPACE |ALTER TABLESPACE |COMMENT ON TABLESPACE |SECURITY LABEL .* ON TABLESPACE"
-    r"|GRANT .* ON TABLESPACE |REVOKE .* ON TABLESPACE )"
-)
 # The same tables and the same keys as db_backup.backup.rowcounts records at dump time
 # (format('%I.%I'), ordinary tables, their own rows only), so the two compare one to one.
 COUNT_SQL = r"""
@@ -179,78 +172,3 @@ def table_counts(server: Server, database: str) -> dict[str, int]:
         key, rows = fields[index : index + 2]
         counts[key.lstrip("\n")] = int(rows)
     return counts
-
-
-# --------------------------------------------------------------------------- roles
-
-
-def globals_script(text: str, skip_tablespaces: bool = False) -> str:
-    """Returns a globals file rewritten so that it runs on a live and on a fresh server.
-
-    `pg_dumpall --globals-only` writes `CREATE ROLE x;` for every role, `postgres` included, so
-    the plain file stops with ON_ERROR_STOP on every server. Each `CREATE ROLE x;` becomes a DO
-    block that skips a role which exists already; the `ALTER ROLE x WITH ...` after it then
-    sets the attributes either way. Any other error still stops the script.
-    """
-    out = []
-    for line in text.splitlines():
-        match = CREATE_ROLE_RE.match(line)
-        if match:
-            tag = "$dbbackup$"
-            while tag in line:
-                tag = tag[:-1] + "x$"
-            out.append(
-                f"DO {tag}BEGIN CREATE ROLE {match.group(1)}; "
-                f"EXCEPTION WHEN duplicate_object THEN NULL; END{tag};"
-            )
-        elif skip_tablespaces and TABLESPACE_RE.match(line):
-            out.append(f"-- skipped (tablespaces are not restored here): {line[:60]}")
-        else:
-            out.append(line)
-    return "\n".join(out) + "\n"
-
-
-def without_existing_tablespaces(script: str, existing: set[str]) -> str:
-    """Returns `script` with each CREATE TABLESPACE of a name in `existing` commented out.
-
-    `existing` holds names as pg_dumpall writes them (see quote_ident): CREATE TABLESPACE cannot
-    be made conditional, so one that exists would stop the script.
-    """
-    kept = []
-    for line in script.splitlines():
-        match = CREATE_TABLESPACE_RE.match(line)
-        if match and match.group(1) in existing:
-            kept.append(f"-- tablespace {match.group(1)} exists already: {line[:40]}")
-        else:
-            kept.append(line)
-    return "\n".join(kept) + "\n"
-
-
-def quote_ident(name: str) -> str:
-    """Returns `name` as pg_dumpall writes an identifier (quoted unless plain lower-case)."""
-    if re.match(r"^[a-z_][a-z0-9_$]*$", name):
-        return name
-    return '"' + name.replace('"', '""') + '"'
-
-
-def tablespace_names(server: Server) -> set[str]:
-    """Returns the server's tablespaces, each named as pg_dumpall writes it (see quote_ident)."""
-    names = psql_script(server, "postgres", "SELECT spcname FROM pg_tablespace;\n").split("\n")
-    return {quote_ident(n) for n in names if n}
-
-
-def apply_globals(
-    server: Server,
-    text: str,
-    skip_tablespaces: bool = False,
-    existing_tablespaces: set[str] | None = None,
-) -> None:
-    """Restores roles (and tablespaces) from the text of a globals file; raises CommandError.
-
-    Existing roles are altered, not errors; the tablespaces in `existing_tablespaces` (from
-    tablespace_names) are left out.
-    """
-    script = globals_script(text, skip_tablespaces)
-    if existing_tablespaces and not skip_tablespaces:
-        script = without_existing_tablespaces(script, existing_tablespaces)
-    psql_script(server, "postgres", script)

@@ -119,6 +119,9 @@ class Report:
     # The database's own definition (owner, encoding, locale, ACL, settings...), read from the
     # catalog at dump time: postgres.dbdef. None: not read (the dump did not start).
     database_definition: dict[str, Any] | None = None
+    # The roles file stored beside the dump (None: none): file, sizeBytes, sha256 (of the stored
+    # bytes; its `.sha256` says the same) and, encrypted, plaintextSha256.
+    globals_file: dict[str, Any] | None = None
     hostname: str = field(default_factory=socket.gethostname)
     # What went into the dump when not the whole database (`dumpOptions`); None: all of it.
     dump_options: dict[str, Any] | None = None
@@ -191,7 +194,7 @@ class Report:
         # The seed's form has whole seconds; the duration is the difference of the two shown.
         started = to_the_second(self.started)
         finished = to_the_second(self.finished or utc_now())
-        document = {
+        document: dict[str, Any] = {
             "database": self.database,
             "host": self.host,
             "port": str(self.port),
@@ -232,6 +235,8 @@ class Report:
                 else {}
             ),
         }
+        if self.globals_file is not None:  # added when the backup has a roles file
+            document["globals"] = dict(self.globals_file)
         if self.dump_options is not None:  # only then: a whole-database report stays as it was
             document["dumpOptions"] = dict(self.dump_options)
         return document

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 from db_backup.restore.source import SHA256_RE, RestoreError
@@ -47,29 +48,61 @@ def verify_directory_dump(
         text = manifest.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise RestoreError(f"{manifest}: cannot read the checksum manifest ({exc})") from None
+    root = directory.resolve()
+
+    def member_sha256(name: str) -> tuple[str, str] | None:
+        path = (directory / name).resolve()
+        if root not in path.parents or not path.is_file():
+            return None
+        return str(path), (seen or {}).get(name) or sha256_file(path)
+
+    return check_manifest(text, str(manifest), directory.name, expected, member_sha256)
+
+
+def manifest_names(text: str, label: str, directory_name: str) -> list[tuple[str, str]]:
+    """Returns (sha256, member name inside the directory) of each line of a manifest."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise RestoreError(f"{label}: the checksum manifest is empty")
+    prefix = f"{directory_name}/"
+    found = []
+    for line in lines:
+        digest, _, name = line.partition("  ")
+        if not name.startswith(prefix):
+            raise RestoreError(f"{label}: line for a file outside {directory_name}: {name!r}")
+        found.append((digest.lower(), name[len(prefix) :]))
+    return found
+
+
+def check_manifest(
+    text: str,
+    label: str,
+    directory_name: str,
+    expected: str,
+    member_sha256: Callable[[str], tuple[str, str] | None],
+) -> str:
+    """Checks a directory dump's manifest `text` and every member it names; returns its sha256.
+
+    The manifest's own sha256 must be `expected` when given (the report's). `member_sha256`
+    gives a member's place (for messages) and sha256, or None when it is not there; local
+    files and stored objects are checked alike. Raises RestoreError naming the first problem.
+    """
     own = hashlib.sha256(text.encode("utf-8")).hexdigest()
     if expected and own != expected:
         raise RestoreError(
-            f"{manifest}: checksum mismatch: the manifest's sha256 is {own}, the report says "
+            f"{label}: checksum mismatch: the manifest's sha256 is {own}, the report says "
             f"{expected}; the backup was changed after it was made"
         )
-    lines = [line for line in text.splitlines() if line.strip()]
-    if not lines:
-        raise RestoreError(f"{manifest}: the checksum manifest is empty")
-    root = directory.resolve()
-    for line in lines:
-        digest, _, name = line.partition("  ")
-        prefix = f"{directory.name}/"
-        if not name.startswith(prefix):
-            raise RestoreError(f"{manifest}: line for a file outside {directory.name}: {name!r}")
-        path = (directory / name[len(prefix) :]).resolve()
-        if root not in path.parents or not path.is_file():
-            raise RestoreError(f"{manifest}: {name!r} is not a file of this dump")
-        known = (seen or {}).get(name[len(prefix) :])
-        actual = known or sha256_file(path)
-        if actual != digest.lower():
+    for digest, name in manifest_names(text, label, directory_name):
+        found = member_sha256(name)
+        if found is None:
             raise RestoreError(
-                f"{path}: checksum mismatch (sha256 {actual}, expected {digest}); "
+                f"{label}: {directory_name + '/' + name!r} is not a file of this dump"
+            )
+        place, actual = found
+        if actual != digest:
+            raise RestoreError(
+                f"{place}: checksum mismatch (sha256 {actual}, expected {digest}); "
                 "the backup is damaged and was not restored"
             )
     return own

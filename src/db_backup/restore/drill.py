@@ -4,7 +4,8 @@ For each database of the job, the newest successful backup is restored (from OSS
 uploads there, so the remote copy is what is proven) into a throwaway cluster (initdb under the
 drill directory, unix socket only, the major version of the server the dump came from, removed
 afterwards; postgres.cluster) or into a scratch database on a configured server. Roles come
-first (from the globals file, tablespaces left out), then every table's row count is compared
+first (each backup's own roles file, checked first; missing roles created, existing ones and
+tablespaces left alone), then every table's row count is compared
 with the backup report's `tables`, then the user's SQL checks run. Each database gets a drill
 report in `<reports>/drills/`; a failed drill logs at error level and writes a FAILED drill
 report.
@@ -74,13 +75,13 @@ from db_backup.restore.drill_target import (
     drill_target,
 )
 from db_backup.restore.fetch import Fetched, fetch
+from db_backup.restore.globals_file import apply as apply_roles
+from db_backup.restore.globals_file import check_roles_file, plan_on
 from db_backup.restore.plan import DatabaseAction, database_action
 from db_backup.restore.source import BackupSource, RestoreError, source_from_report
 from db_backup.restore.steps import (
     RestoreOptions,
     explain_restore_error,
-    read_globals,
-    restore_roles,
     run_restore,
     unlock,
 )
@@ -153,7 +154,6 @@ class _Drill:
     trigger: str
     result: DrillResult = field(init=False)
     scratch: ScratchDatabases = field(init=False)
-    globals_done: bool = False
 
     def __post_init__(self) -> None:
         self.result = DrillResult(self.job.name)
@@ -229,7 +229,7 @@ class _Drill:
         try:
             self.cancel.raise_if_cancelled()
             source, fetched, identity = self.fetch_backup(server, stored, report, keys)
-            self.restore_roles_once(server, source, fetched, identity)
+            self.restore_roles(server, source, fetched, identity)
             definition = check_target(server, stored.document, skip_tablespaces=True)
             if definition.refused:
                 raise DrillError(definition.refusal())
@@ -282,22 +282,28 @@ class _Drill:
         report.target.server_version = server_version(server)
         return source, fetched, identity
 
-    def restore_roles_once(
+    def restore_roles(
         self, server: Server, source: BackupSource, fetched: Fetched, identity: Path | None
     ) -> None:
-        """Restores roles from the first backup that has a globals file (tablespaces left out)."""
-        if not self.settings.globals or self.globals_done:
+        """Creates the roles this backup's own roles file holds that the server lacks.
+
+        The file is checked first (checksums, decryption, complete); a damaged or missing one
+        fails the drill. Roles that exist are left alone; tablespaces are left out.
+        """
+        if not self.settings.globals:
             return
         if fetched.globals_file is None:
+            if source.globals_name:
+                raise DrillError(f"the roles file {source.globals_name} is missing")
             log.warning(
                 "drill without globals: the backup has no globals file",
                 job=self.job.name,
                 database=source.database,
             )
             return
-        text = read_globals(fetched, identity, source)
-        restore_roles(server, text, fetched.globals_file.name, skip_tablespaces=True)
-        self.globals_done = True
+        checked = check_roles_file(fetched.globals_file, source.report, identity)
+        plan = plan_on(server, checked, skip_tablespaces=True)
+        apply_roles(server, plan, checked.name)
 
     def prepare_database(
         self, server: Server, source: BackupSource, target_db: str, definition: DefinitionPlan

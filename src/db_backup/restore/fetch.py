@@ -122,7 +122,8 @@ def download_files(
     cancel: CancelToken | None,
     want_globals: bool,
 ) -> BackupFiles:
-    """Downloads a remote backup's dump, `.sha256` and globals file into `workdir`.
+    """Downloads a remote backup's dump, `.sha256` and globals file (and its `.sha256`) into
+    `workdir`.
 
     Returns them with the sha256 seen while downloading. A missing dump raises RestoreError; a
     missing `.sha256` or globals file is left out.
@@ -143,6 +144,9 @@ def download_files(
             globals_path = _optional(
                 target, keys.get("globals"), workdir / source.globals_name, cancel
             )
+            if globals_path is not None and keys.get("globals"):  # its .sha256, beside it
+                sums = globals_path.with_name(f"{globals_path.name}.sha256")
+                _optional(target, keys["globals"] + ".sha256", sums, cancel)
     except ObjectMissing as exc:
         raise RestoreError(f"{exc}: nothing to restore") from None
     except StorageError as exc:

@@ -32,6 +32,8 @@ class Action(enum.Enum):
     VERIFY = "verify"
     CHECK_ARCHIVE = "check archive"
     CHECK_IDENTITY = "check identity"
+    CHECK_GLOBALS = "check roles file"
+    CHECK_DATABASE = "check database"
     LIST = "list"  # --list: print the table of contents, and stop
     SELECT = "select"  # --table/--schema: choose entries, check the target
     RESTORE_ROLES = "restore roles"
@@ -56,6 +58,12 @@ class DatabaseAction(enum.Enum):
     RECREATE = "recreate"  # --clean of a plain dump (no DROP statements): drop, create anew
     REUSE = "reuse"  # restore into it as it is (empty, or --clean drops its objects)
     REFUSE = "refuse"  # it exists and holds objects, and --clean was not given
+
+
+# The steps that change the server; every other step only checks, and all of them come first.
+CHANGES = frozenset(
+    {Action.RESTORE_ROLES, Action.PREPARE_DATABASE, Action.RESTORE, Action.DATABASE_PROPERTIES}
+)
 
 
 def plan_restore(
@@ -98,12 +106,7 @@ def plan_restore(
         use_list = Path(download_dir or WORK_DIR) / LIST_FILE
         steps.append(Step(Action.SELECT, _select_text(options, database, use_list)))
     if options.globals:
-        globals_name = source.globals_name or "(no globals file: this step would fail)"
-        text = (
-            f"restore roles and tablespaces from {globals_name} on {server.describe()} "
-            "(existing roles are altered, not re-created)"
-        )
-        steps.append(Step(Action.RESTORE_ROLES, text))
+        steps += _roles_steps(source, server, database, options)
     if options.partial or options.data_only:
         text = f"create database {database!r} unless it exists (then restore into it as it is)"
         if options.data_only:
@@ -122,6 +125,31 @@ def plan_restore(
     if definition is not None and definition.definition is not None:
         text = definition.properties_text(database) + " (on a database created here)"
         steps.append(Step(Action.DATABASE_PROPERTIES, text))
+    return steps
+
+
+def _roles_steps(
+    source: BackupSource, server: Server, database: str, options: RestoreOptions
+) -> list[Step]:
+    """Returns the steps of --globals: the roles file and the database checked, roles restored.
+
+    The target database is checked before the roles step, so a restore that will be refused
+    changes no role.
+    """
+    name = source.globals_name or "(no roles file: this step would fail)"
+    checks = "sha256 against the report and its .sha256, complete"
+    if is_encrypted(source):
+        checks += ", decrypted, plaintext sha256 against the report"
+    steps = [Step(Action.CHECK_GLOBALS, f"check the roles file {name} ({checks})")]
+    if not (options.clean or options.partial or options.data_only):
+        text = f"check that database {database!r} does not exist or is empty (else refused)"
+        steps.append(Step(Action.CHECK_DATABASE, text))
+    if options.reset_roles:
+        how = "existing roles get the backup's attributes, passwords and memberships"
+    else:
+        how = "existing roles are left alone; --reset-roles resets them"
+    text = f"restore roles and tablespaces from {name} on {server.describe()}: missing ones are "
+    steps.append(Step(Action.RESTORE_ROLES, f"{text}created, {how}"))
     return steps
 
 

@@ -4,12 +4,14 @@ Order of work, so that nothing touches a database before the backup is proven wh
 find the backup (restore.source) -> download the remote copy when needed (OSS: CRC-64 checked,
 rclone: size checked; the sha256 computed as the bytes arrive) -> verify its sha256 against
 the `.sha256` file and the report -> `pg_restore --list` (format and version check; an
-encrypted backup: the age identity opens it) -> roles and tablespaces from the globals file
-(optional) -> create the target database (an existing non-empty one only with `--clean`)
--> `pg_restore -j N --exit-on-error` (plain dumps: `psql -v ON_ERROR_STOP=1`). These are the
-steps of restore.plan's plan, which `--dry-run` prints and this module executes one by one. A
-restore that stops half-way is a failure; a database this command created for it is dropped
-again.
+encrypted backup: the age identity opens it) -> with `--globals`, the roles file checked
+(restore.globals_file) and the target database checked -> only then changes: the missing roles
+and tablespaces created (existing roles left alone unless `--reset-roles`) -> create the target
+database (an existing non-empty one only with `--clean`) -> `pg_restore -j N --exit-on-error`
+(plain dumps: `psql -v ON_ERROR_STOP=1`). These are the steps of restore.plan's plan, which
+`--dry-run` prints (running its checks, never its changes) and this module executes one by one.
+A restore that stops half-way is a failure; a database this command created for it is dropped
+again, and nothing it did not create.
 """
 
 from __future__ import annotations
@@ -36,8 +38,19 @@ from db_backup.restore.dbdef import (
     create_recorded,
 )
 from db_backup.restore.fetch import BackupFiles, Fetched, download_files, local_files, verify_files
+from db_backup.restore.globals_file import apply as apply_roles
+from db_backup.restore.globals_file import check_roles_file, plan_on
 from db_backup.restore.partial import archive_output, choose
-from db_backup.restore.plan import Action, DatabaseAction, Step, database_action, plan_restore
+from db_backup.restore.plan import (
+    CHANGES,
+    Action,
+    DatabaseAction,
+    Step,
+    database_action,
+    plan_restore,
+)
+from db_backup.restore.roles import RolePlan
+from db_backup.restore.roles import describe as describe_roles
 from db_backup.restore.select import check_request, check_target_database
 from db_backup.restore.source import BackupSource, RestoreError
 from db_backup.restore.steps import (
@@ -46,8 +59,6 @@ from db_backup.restore.steps import (
     explain_restore_error,
     is_encrypted,
     open_identity,
-    read_globals,
-    restore_roles,
     run_restore_argv,
 )
 from db_backup.restore.toc import Selection
@@ -62,7 +73,7 @@ OutputFn = Callable[[str], None]
 
 @dataclass
 class RestoreResult:
-    """What one restore did."""
+    """What one restore did (a dry run: the plan, and the refusal the real run would meet)."""
 
     database: str
     source: str
@@ -70,7 +81,8 @@ class RestoreResult:
     created: bool
     seconds: float
     steps: list[str] = field(default_factory=list)
-    refusal: str = ""  # a dry run that the real run would refuse: why
+    refusal: str = ""  # dry run: why the real run would stop ("" when it would go ahead)
+    refused_step: int = 0  # dry run: the step (1-based) that refuses
 
 
 def restore(
@@ -85,7 +97,9 @@ def restore(
 ) -> RestoreResult:
     """Restores `source` into `server`; raises RestoreError (nothing half-made is left behind).
 
-    With `options.dry_run`, changes nothing and returns the plan's lines as `steps`.
+    Every checking step of the plan runs before the first step that changes the server. With
+    `options.dry_run`, only those checks run (a remote backup is downloaded to be checked);
+    the result holds the plan's lines and, when a check fails, the refusal.
     """
     database = options.target_database or source.database
     if not options.list_only:
@@ -105,14 +119,13 @@ def restore(
     else:
         definition = _check_definition(server, source, options)
     shown = None if options.list_only else definition
-    if options.dry_run:
-        steps = [step.text for step in plan_restore(source, server, options, None, shown)]
-        refusal = definition.refusal() if definition.refused else ""
-        return RestoreResult(database, source.description, "", False, 0.0, steps, refusal)
     scratch = _download_dir(workdir or config.directories.state / "restore", source)
     execution = _Execution(config, source, server, options, scratch, cancel, say, definition)
+    steps = plan_restore(source, server, options, scratch, shown)
     try:
-        for step in plan_restore(source, server, options, scratch, shown):
+        if options.dry_run:
+            return _dry_run(execution, steps, plan_restore(source, server, options, None, shown))
+        for step in steps:
             execution.do(step)
         fetched = execution.fetched
         assert fetched is not None  # every plan verifies the dump
@@ -132,6 +145,25 @@ def restore(
     finally:
         execution.stack.close()
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _dry_run(execution: _Execution, steps: list[Step], shown: list[Step]) -> RestoreResult:
+    """Runs the checks of `steps` (never a change); returns the lines of `shown` (the same
+    plan, naming `<download dir>`) and any refusal."""
+    source = execution.source
+    lines = [step.text for step in shown]
+    result = RestoreResult(execution.database, source.description, "", False, 0.0, lines)
+    for number, step in enumerate(steps, 1):
+        if step.action in CHANGES:
+            continue
+        try:
+            execution.do(step)
+        except RestoreError as exc:
+            result.refusal, result.refused_step = str(exc), number
+            break
+    if execution.fetched is not None:
+        result.sha256 = execution.fetched.sha256
+    return result
 
 
 def _check_definition(
@@ -182,6 +214,7 @@ class _Execution:
     fetched: Fetched | None = None
     identity: Path | None = None
     created: bool = False
+    roles: RolePlan | None = None  # --globals: what the roles step runs, decided by its check
 
     @property
     def database(self) -> str:
@@ -202,6 +235,8 @@ class _Execution:
             Action.VERIFY: self.verify,
             Action.CHECK_ARCHIVE: self.check_archive,
             Action.CHECK_IDENTITY: self.check_identity,
+            Action.CHECK_GLOBALS: self.check_globals,
+            Action.CHECK_DATABASE: self.check_database,
             Action.LIST: self.list_entries,
             Action.SELECT: self.select,
             Action.RESTORE_ROLES: self.restore_roles,
@@ -296,22 +331,44 @@ class _Execution:
             self.say(f"chose {len(selection.entries)} entries of the archive to restore")
         return selection
 
-    def restore_roles(self) -> None:
-        """Restores roles and tablespaces from the backup's globals file."""
-        fetched = self.fetched
-        assert fetched is not None
-        if fetched.globals_file is None:
+    def check_globals(self) -> None:
+        """Checks the roles file (checksums, decryption, complete) and decides what it does."""
+        assert self.fetched is not None
+        source = self.source
+        if self.fetched.globals_file is None:
             raise RestoreError(
-                f"--globals: no globals file ({self.source.globals_name or '<stem>_globals.sql'}) "
-                f"was found for {self.source.description}"
+                f"--globals: no roles file ({source.globals_name or '<stem>_globals.sql'}) "
+                f"was found for {source.description}"
             )
-        text = read_globals(fetched, self.identity, self.source)
-        name = fetched.globals_file.name
-        restore_roles(self.server, text, name, self.options.skip_tablespaces)
-        self.say(f"restored roles and tablespaces from {name}")
+        try:
+            checked = check_roles_file(self.fetched.globals_file, source.report, self.identity)
+        except RestoreError as exc:
+            raise RestoreError(f"{exc}; nothing was changed") from None
+        self.say(f"checked the roles file {checked.name}: {', '.join(checked.checked)}")
+        self.roles = plan_on(
+            self.server,
+            checked,
+            reset=self.options.reset_roles,
+            skip_tablespaces=self.options.skip_tablespaces,
+        )
+        if self.options.dry_run:
+            for line in describe_roles(self.roles, done=False):
+                self.say(f"the roles step: {line}")
 
-    def prepare_database(self) -> None:
-        """Creates the target database, or checks that it may be restored over."""
+    def check_database(self) -> None:
+        """Refuses, before anything changes, a target database that exists and holds objects."""
+        self.database_fate()
+
+    def restore_roles(self) -> None:
+        """Creates the missing roles and tablespaces the checked roles file holds."""
+        assert self.roles is not None and self.fetched is not None
+        assert self.fetched.globals_file is not None
+        apply_roles(self.server, self.roles, self.fetched.globals_file.name)
+        for line in describe_roles(self.roles):
+            self.say(line)
+
+    def database_fate(self) -> DatabaseAction:
+        """Returns what happens to the target database; raises RestoreError to refuse it."""
         server, database = self.server, self.database
         exists = database_exists(server, database)
         # A partial restore was checked against what the database holds (SELECT step).
@@ -334,14 +391,23 @@ class _Execution:
                 "empty; choose another name with --to-database, or replace its objects with "
                 "--clean"
             )
+        return action
+
+    def prepare_database(self) -> None:
+        """Creates the target database as recorded, or checks that it may be restored over."""
+        action = self.database_fate()  # again: the server may have changed since the check
         creating = action in (DatabaseAction.CREATE, DatabaseAction.RECREATE)
         if creating and self.options.globals:
             self.check_definition(roles=False)  # the roles file must have brought them
         if action is DatabaseAction.RECREATE:
-            drop_database(server, database)
+            drop_database(self.server, self.database)
         if creating:
             create_recorded(
-                server, self.definition, database, self.options.skip_tablespaces, self.options.owner
+                self.server,
+                self.definition,
+                self.database,
+                self.options.skip_tablespaces,
+                self.options.owner,
             )
             self.created = True
 
@@ -359,6 +425,8 @@ class _Execution:
                     drop_database(self.server, database)
             what = "was stopped" if isinstance(exc, Cancelled) else "failed"
             dropped = f"; database {database!r} was dropped again" if self.created else ""
+            if self.roles is not None and self.roles.created:  # roles are kept: others may use them
+                dropped += f"; the roles it created stay ({', '.join(self.roles.created)})"
             raise RestoreError(
                 f"restore of {source.description} into {database!r} {what}{dropped}: "
                 + explain_restore_error(mask(str(exc)), source)

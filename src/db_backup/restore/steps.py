@@ -1,8 +1,8 @@
 """The steps a restore is made of, shared by `restore` and the drill.
 
-Checking the archive (or, for an encrypted backup, that the age identity opens it), reading the
-roles file, putting roles back, and running pg_restore (or psql) with the dump decrypted on the
-way when it is encrypted. Each raises RestoreError with a message for a person.
+Checking the archive (or, for an encrypted backup, that the age identity opens it) and running
+pg_restore (or psql) with the dump decrypted on the way when it is encrypted (the roles file:
+restore.globals_file). Each raises RestoreError with a message for a person.
 """
 
 from __future__ import annotations
@@ -16,10 +16,8 @@ from pathlib import Path
 from db_backup.config import Config, SecretRef
 from db_backup.postgres.server import (
     Server,
-    apply_globals,
     dbname_arg,
     run_child,
-    tablespace_names,
 )
 from db_backup.restore.fetch import Fetched
 from db_backup.restore.select import Relation
@@ -51,6 +49,7 @@ class RestoreOptions:
     list_only: bool = False  # --list: print the table of contents, change nothing
     owner: str | None = None  # --owner: the database (and its objects) belong to this role
     locale: str | None = None  # --locale: instead of the recorded LC_COLLATE/LC_CTYPE
+    reset_roles: bool = False  # --globals: also reset existing roles (restore.roles.plan_roles)
 
     @property
     def partial(self) -> bool:
@@ -221,41 +220,6 @@ def plaintext_sha256(source: BackupSource, key: str = "plaintextSha256") -> str 
     encryption = (source.report or {}).get("encryption")
     value = encryption.get(key) if isinstance(encryption, dict) else None
     return str(value) if value else None
-
-
-def read_globals(fetched: Fetched, identity: Path | None, source: BackupSource) -> str:
-    """Returns the text of the backup's globals file, decrypted when it is encrypted."""
-    assert fetched.globals_file is not None
-    if identity is None:
-        try:
-            return fetched.globals_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise RestoreError(f"{fetched.globals_file}: cannot read ({exc})") from None
-    expected = plaintext_sha256(source, "globalsPlaintextSha256")
-    try:
-        with (
-            crypto.decrypted(
-                fetched.globals_file, identity, expected_sha256=expected
-            ) as decryption,
-            os.fdopen(decryption.fd, "rb", closefd=False) as handle,
-        ):
-            data = handle.read()
-    except crypto.EncryptionError as exc:
-        raise RestoreError(str(exc)) from None
-    return data.decode("utf-8", "replace")
-
-
-def restore_roles(server: Server, text: str, name: str, skip_tablespaces: bool = False) -> None:
-    """Restores roles (and tablespaces) from the text of the globals file `name`.
-
-    Existing roles are altered, not re-created; tablespaces that exist already are left out.
-    A failure of the script raises RestoreError naming the file.
-    """
-    existing = set() if skip_tablespaces else tablespace_names(server)
-    try:
-        apply_globals(server, text, skip_tablespaces, existing)
-    except CommandError as exc:
-        raise RestoreError(f"restoring roles and tablespaces from {name} failed: {exc}") from None
 
 
 def run_restore_argv(

@@ -12,14 +12,22 @@ directory or under the configured prefix.
 
 from __future__ import annotations
 
+import io
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from db_backup.config import Config
-from db_backup.reports.model import SUCCESS, load_reports
-from db_backup.restore.checksums import read_checksum_file, sha256_file, verify_directory_dump
+from db_backup.reports.model import SUCCESS, StoredReport, load_reports
+from db_backup.restore.checksums import (
+    check_manifest,
+    manifest_names,
+    read_checksum_file,
+    sha256_file,
+    verify_directory_dump,
+)
 from db_backup.restore.remote import remote_holder
 from db_backup.restore.source import (
     BackupSource,
@@ -29,6 +37,7 @@ from db_backup.restore.source import (
     source_from_report,
 )
 from db_backup.restore.steps import explain_restore_error
+from db_backup.restore.verify_roles import check_remote_roles, check_roles_copy, identity_ref
 from db_backup.storage import reading_target
 from db_backup.storage.base import ObjectMissing, StorageError, Target, split_member
 from db_backup.storage.crypto import is_encrypted
@@ -70,12 +79,47 @@ def verify(
     cancel: CancelToken | None = None,
 ) -> list[Result]:
     """Returns a result per stored copy of every successful backup that matches the filters."""
-    reports, _ = load_reports(config.directories.reports)
-    seen: set[tuple[str, str]] = set()
     results: list[Result] = []
     # holder -> its reading target, or why it cannot be reached (no section, a secret that
     # cannot be resolved): tried once, then said for each copy it holds, never a traceback
     reachable: dict[str, Any] = {}
+    for stored, has_local, holder in _copies(config, job, database, latest):
+        doc = stored.document
+        if has_local:
+            results.append(_verify_local(config, stored.path, doc, deep))
+        if (remote or deep) and holder is not None:
+            if holder not in reachable:
+                try:
+                    reachable[holder] = reading_target(config, holder)
+                except (StorageError, SecretError) as exc:
+                    reachable[holder] = str(exc)
+            target = reachable[holder]
+            if isinstance(target, str):
+                failed = _result(stored.path, doc, holder, "")
+                failed.problems.append(f"not checked: {target}")
+                results.append(failed)
+                continue
+            results.append(_verify_remote(config, target, stored.path, doc, deep, cancel))
+    return results
+
+
+def remote_only(
+    config: Config, *, job: str | None = None, database: str | None = None, latest: bool = False
+) -> int:
+    """Returns how many matching backups have no local copy, only a remote one (plain `verify`
+    skips them; `--remote` checks them)."""
+    return sum(
+        1 for _, local, holder in _copies(config, job, database, latest) if holder and not local
+    )
+
+
+def _copies(
+    config: Config, job: str | None, database: str | None, latest: bool
+) -> Iterator[tuple[StoredReport, bool, str | None]]:
+    """Yields each successful backup that matches, newest first, whether it has a local copy,
+    and which remote target holds a copy (None: none)."""
+    reports, _ = load_reports(config.directories.reports)
+    seen: set[tuple[str, str]] = set()
     for stored in reports:  # newest first
         doc = stored.document
         if doc["status"] != SUCCESS:
@@ -93,23 +137,7 @@ def verify(
         has_local = bool(doc["local"].get("file")) and (
             not targets or targets.get("local", {}).get("status") == SUCCESS
         )
-        holder = remote_holder(doc) if targets else None
-        if has_local:
-            results.append(_verify_local(config, stored.path, doc, deep))
-        if (remote or deep) and holder is not None:
-            if holder not in reachable:
-                try:
-                    reachable[holder] = reading_target(config, holder)
-                except (StorageError, SecretError) as exc:
-                    reachable[holder] = str(exc)
-            target = reachable[holder]
-            if isinstance(target, str):
-                failed = _result(stored.path, doc, holder, "")
-                failed.problems.append(f"not checked: {target}")
-                results.append(failed)
-                continue
-            results.append(_verify_remote(target, stored.path, doc, deep, cancel))
-    return results
+        yield stored, has_local, (remote_holder(doc) if targets else None)
 
 
 def _result(path: Path, doc: dict[str, Any], target: str, location: str) -> Result:
@@ -167,12 +195,15 @@ def _verify_local(config: Config, path: Path, doc: dict[str, Any], deep: bool = 
     else:
         _structure(result, source.dump_format, dump, doc)
     if source.globals_name:
-        globals_path = directory / safe_file_name(source.globals_name)
-        if globals_path.is_file():
-            result.passed.append("globals file present")
-        else:
-            result.problems.append(f"{globals_path}: missing")
+        roles = directory / safe_file_name(source.globals_name)
+        _add(result, check_roles_copy(config, roles, doc, deep))
     return result
+
+
+def _add(result: Result, checks: tuple[list[str], list[str]]) -> None:
+    """Adds what a check found (passed, problems) to `result`."""
+    result.passed += checks[0]
+    result.problems += checks[1]
 
 
 def _encrypted_structure(
@@ -198,10 +229,7 @@ def _encrypted_structure(
     result.passed.append("age header")
     if not deep:
         return
-    ref = next(
-        (j.encryption.identity for j in config.jobs if j.name == doc.get("job") and j.encryption),
-        None,
-    )
+    ref = identity_ref(config, doc)
     expected = (doc.get("encryption") or {}).get("plaintextSha256")
     private = config.directories.state / "private" / f"verify-{os.getpid()}"
     try:
@@ -238,15 +266,35 @@ def _structure(result: Result, fmt: str, dump: Path, doc: dict[str, Any]) -> Non
 
 
 def _verify_remote(
-    target: Target, path: Path, doc: dict[str, Any], deep: bool, cancel: CancelToken | None
+    config: Config,
+    target: Target,
+    path: Path,
+    doc: dict[str, Any],
+    deep: bool,
+    cancel: CancelToken | None,
 ) -> Result:
     """Checks the remote copy on `target`: size and the backend's integrity values (head);
-    with `deep`, the sha256 of every byte read back."""
+    with `deep`, the sha256 of every byte read back; and the roles file beside it."""
     result = _result(path, doc, target.name, "")
     artefacts = doc.get("artefacts") or []
     members = [a for a in artefacts if split_member(a) is not None]
     if members:
-        return _verify_remote_directory(target, result, doc, members, deep, cancel)
+        _verify_remote_directory(target, result, doc, members, deep, cancel)
+    else:
+        _verify_remote_file(target, result, doc, artefacts, deep, cancel)
+    _add(result, check_remote_roles(config, target, doc, deep, cancel))
+    return result
+
+
+def _verify_remote_file(
+    target: Target,
+    result: Result,
+    doc: dict[str, Any],
+    artefacts: list[str],
+    deep: bool,
+    cancel: CancelToken | None,
+) -> Result:
+    """Checks a one-file dump on `target` (size, integrity values, sha256 with `deep`)."""
     try:
         name = safe_file_name(artefacts[0] if artefacts else "")
         dump_format_of(name)
@@ -337,6 +385,7 @@ def _verify_remote_directory(
     total = 0
     missing = []
     checked: set[str] = set()
+    hashes: dict[str, str] = {}  # --deep: member's name inside the directory -> sha256
     for member in members:
         try:
             info = target.head(member, hashes=False)
@@ -358,6 +407,7 @@ def _verify_remote_directory(
             if got.mismatch:
                 result.problems.append(f"{member}: {got.mismatch}")
             checked.add(got.checked)
+            hashes[member[len(name) + 1 :]] = got.sha256
     if missing:
         result.problems.append(f"objects missing: {', '.join(missing)}")
     elif total != expected_size:
@@ -367,4 +417,44 @@ def _verify_remote_directory(
         if deep and checked and "" not in checked:
             result.passed += [f"{check} (downloaded)" for check in sorted(checked)]
     _check_checksum_object(result, target, name)
+    if deep and not missing and len(hashes) == len(members):
+        _check_remote_manifest(target, result, doc, name, hashes, cancel)
     return result
+
+
+def _check_remote_manifest(
+    target: Target,
+    result: Result,
+    doc: dict[str, Any],
+    name: str,
+    hashes: dict[str, str],
+    cancel: CancelToken | None,
+) -> None:
+    """--deep of a remote directory dump: the manifest against the report, every member read
+    back against the manifest (checksums.check_manifest, as restore checks them)."""
+    manifest_name = f"{name}.sha256"
+    where = target.location(manifest_name)
+    try:
+        got = target.get(manifest_name, (buffer := io.BytesIO()), cancel)
+        if got.mismatch:
+            raise StorageError(f"{where}: {got.mismatch}")
+        text = buffer.getvalue().decode("utf-8")
+        expected = str(doc["local"].get("checksumSha256", "")).lower()
+
+        def member_sha256(member: str) -> tuple[str, str] | None:
+            found = hashes.get(member)
+            return None if found is None else (target.location(f"{name}/{member}"), found)
+
+        check_manifest(text, where, name, expected, member_sha256)
+        listed = {member for _, member in manifest_names(text, where, name)}
+    except (StorageError, RestoreError) as exc:
+        result.problems.append(str(exc))
+        return
+    except UnicodeDecodeError as exc:
+        result.problems.append(f"{where}: cannot read the manifest ({exc})")
+        return
+    unlisted = sorted(set(hashes) - listed)
+    if unlisted:
+        result.problems.append(f"objects the manifest does not list: {', '.join(unlisted)}")
+    else:
+        result.passed.append("sha256 of every object (manifest, report)")
