@@ -85,17 +85,17 @@ def test_hostile_checks_on_the_throwaway_cluster_fail_by_name_and_change_nothing
     assert_drill_report_shape(setup, report)
 
 
-def test_the_check_role_cannot_read_files_or_run_programs_even_outside_a_write(
+def test_a_check_runs_as_the_check_role_in_a_session_it_cannot_make_writable(
     setup: Setup, cluster: Cluster, run_cli: RunCli, drill_dir: Path, witness_dir: Path
 ) -> None:
     # The session itself: the check role, read-only, and no way to switch it back.
     setup.job()["databases"] = "crm"
+    who = (
+        f"SELECT current_user = '{CHECK_ROLE}' AND NOT rolsuper FROM pg_roles"
+        " WHERE rolname = current_user"
+    )
     checks = [
-        {
-            "name": "who",
-            "sql": f"SELECT current_user = '{CHECK_ROLE}' AND NOT rolsuper "
-            f"FROM pg_roles WHERE rolname = current_user",
-        },  # fmt: skip
+        {"name": "who", "sql": who},
         {"name": "read only", "sql": "SELECT current_setting('transaction_read_only') = 'on'"},
         {"name": "program", "sql": f"SELECT pg_catalog.pg_stat_file('{witness_dir}') IS NULL"},
         {"name": "set write", "sql": "SELECT set_config('transaction_read_only', 'off', true)"},
