@@ -90,9 +90,11 @@ class Claim:
     def release(self) -> None:
         """Gives the stem up (its report exists, or nothing was created under it)."""
         with self.lock:
-            if self.path is None or self.released:
+            if self.released:
                 return
             self.released = True
+            if self.path is None:
+                return
             with contextlib.suppress(OSError):
                 self.path.unlink()
             with contextlib.suppress(OSError):
