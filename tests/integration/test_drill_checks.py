@@ -63,7 +63,7 @@ def test_hostile_checks_on_the_throwaway_cluster_fail_by_name_and_change_nothing
     setup.job()["databases"] = "crm"
     checks = hostile_checks(witness_dir, "crm")
     checks.append({"name": "slow", "sql": "SELECT pg_sleep(5) IS NOT NULL", "timeout_seconds": 1})
-    checks.append({"name": "customers exist", "sql": "SELECT count(*) > 0 FROM customers"})
+    checks.append({"name": "customers exist", "sql": "SELECT count(*) > 0 FROM customers;\n"})
     enable_drill(setup, drill_dir, checks=checks)
     backup_all(setup, run_cli, cluster)
     done = run_cli("--config", str(setup.path), "drill", "nightly", timeout=600)
