@@ -311,6 +311,8 @@ def compare_consumers(cluster: Cluster, args: argparse.Namespace, command: str) 
             print(mc.profile_run(DB_BACKUP, configs["on"], JOB, env), file=sys.stderr)
     finally:
         webhook.shutdown()
+    if not runs:
+        raise SystemExit("--reps 0: nothing measured (the profile, if asked for, is above)")
     head = [
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} at {git_revision(REPO)}.",
         *machine_lines(),
