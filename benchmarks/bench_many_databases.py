@@ -19,15 +19,19 @@ Usage::
 
     .venv/bin/python benchmarks/bench_many_databases.py [--reps 3] [--databases 200]
         [--others 20000]
+    .venv/bin/python benchmarks/bench_many_databases.py --compare consumers [--reps 7]
+        [--profile]
 
 Not part of the test suite. Writes the section "Many databases with many other reports
-(issue 19)" of benchmarks/RESULTS.md.
+(issue 19)" of benchmarks/RESULTS.md; with `--compare consumers`, the issue 21 section (a bare
+pg_dump loop, db-backup with consumers off and on, side by side: see many_consumers.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shlex
 import shutil
@@ -47,6 +51,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
+import many_consumers as mc  # noqa: E402
 from results_file import git_revision, machine_lines, write_section  # noqa: E402
 
 from tests.support.pgcluster import Cluster, free_port, start_cluster  # noqa: E402
@@ -268,6 +273,53 @@ def prepare(cluster: Cluster, work: Path, databases: int, others: int) -> dict[s
     return configs
 
 
+def compare_consumers(cluster: Cluster, args: argparse.Namespace, command: str) -> str:
+    """Measures the bare loop and db-backup with consumers off and on; returns the section."""
+    mc.ensure_sink_database(cluster)
+    webhook, url = mc.start_webhook()
+    env = mc.child_env(cluster, url)
+    work = args.cache / "consumers"
+    configs = {}
+    for variant in ("off", "on"):
+        shutil.rmtree(work / variant, ignore_errors=True)
+        configs[variant] = mc.write_config(cluster, work / variant, JOB, variant == "on", url)
+        first = mc.run_db_backup(DB_BACKUP, configs[variant], JOB, variant, args.databases, env)
+        print(f"warm-up {variant}: {first.wall_s:.1f} s", file=sys.stderr, flush=True)
+    names = database_names(args.databases)
+    runs: list[mc.Timed] = []
+    loads: list[float] = []
+    try:
+        for rep in range(args.reps):
+            loads.append(os.getloadavg()[0])
+            shift = rep % len(mc.VARIANTS)
+            for variant in mc.VARIANTS[shift:] + mc.VARIANTS[:shift]:
+                if variant == "bare":
+                    timed = mc.bare_loop(cluster, names, work / "bare")
+                else:
+                    keep_latest_run(configs[variant].parent, args.databases)
+                    timed = mc.run_db_backup(
+                        DB_BACKUP, configs[variant], JOB, variant, args.databases, env
+                    )
+                runs.append(timed)
+                print(
+                    f"rep {rep + 1} {variant}: {timed.wall_s:.2f} s (cpu {timed.cpu_s:.2f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        if args.profile:
+            keep_latest_run(configs["on"].parent, args.databases)
+            print(mc.profile_run(DB_BACKUP, configs["on"], JOB, env), file=sys.stderr)
+    finally:
+        webhook.shutdown()
+    if not runs:
+        raise SystemExit("--reps 0: nothing measured (the profile, if asked for, is above)")
+    head = [
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} at {git_revision(REPO)}.",
+        *machine_lines(),
+    ]
+    return mc.render(command, args.databases, runs, head, loads)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Starts or reuses the cluster, measures both variants interleaved, records the result."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
@@ -276,11 +328,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--others", type=int, default=20_000)
     parser.add_argument("--cache", type=Path, default=Path("/var/tmp/db-backup-bench-many"))
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--compare", choices=["reports", "consumers"], default="reports")
+    parser.add_argument("--profile", action="store_true", help="consumers: cProfile one run")
     args = parser.parse_args(argv)
     command = shlex.join([".venv/bin/python", "benchmarks/bench_many_databases.py", *sys.argv[1:]])
     args.cache.mkdir(parents=True, exist_ok=True)
     args.cache.chmod(0o755)
     cluster = start_cluster(args.cache / "cluster", free_port())
+    if args.compare == "consumers":
+        try:
+            ensure_databases(cluster, args.databases)
+            body = compare_consumers(cluster, args, command)
+        finally:
+            cluster.stop()
+        print(body)
+        if not args.no_write:
+            print(f"written to {write_section(mc.HEADING, body)}", file=sys.stderr)
+        return 0
     try:
         ensure_databases(cluster, args.databases)
         configs = prepare(cluster, args.cache / "work", args.databases, args.others)

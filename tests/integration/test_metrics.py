@@ -268,6 +268,7 @@ def test_the_file_is_replaced_atomically_never_seen_partial(offline: Config) -> 
     target = offline.directories.state.parent / "textfile" / "db_backup.prom"
     consumer = metrics.consumer(offline)
     assert consumer is not None and consumer.target == target
+    consumer.interval = 0  # every event writes (bursts are coalesced otherwise)
     consumer.handle(events.Event(kind=events.BACKUP, job="job0"))
     expected = target.read_bytes()
     done = threading.Event()

@@ -384,6 +384,8 @@ class OssServer:
         self._log: list[dict[str, Any]] = []
         self.limiter = TokenBucket()
         self.limiter.set_rate(bandwidth)
+        # A server that ignores ListMultipartUploads' `prefix` (a fault some stores show).
+        self.ignore_upload_prefix = False
         self._stop = threading.Event()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -1482,6 +1484,8 @@ class _Handler(BaseHTTPRequestHandler):
         id_marker = query.get("upload-id-marker", "")
         max_uploads = _int_param(query, "max-uploads", 1000, 1, 1000)
         url_encoded = query.get("encoding-type") == "url"
+        if self.server_state.ignore_upload_prefix:
+            prefix = ""
         with self.server_state._lock:
             uploads = sorted(
                 (u for u in bucket.uploads.values() if u.key.startswith(prefix)),

@@ -15,11 +15,11 @@ from db_backup.restore.drill_report import (
     DrillReport,
     DrillTarget,
     Mismatch,
-    check_outcome,
     count_mismatches,
     counts_to_compare,
     drill_file_name,
     new_report,
+    rows_outcome,
     verdict,
 )
 
@@ -180,20 +180,24 @@ def test_mismatches_are_the_tables_whose_counts_differ_sorted_by_name(
 
 
 @pytest.mark.parametrize(
-    ("output", "error"),
+    ("rows", "error"),
     [
-        ("t", None),
-        ("t\n", None),
-        ("  t  ", None),
-        ("f", "returned 'f', not one row with true"),
-        ("", "returned '', not one row with true"),
-        ("t\nt", "returned 't\\nt', not one row with true"),
-        ("true", "returned 'true', not one row with true"),
-        ("x" * 100, f"returned {'x' * 80!r}, not one row with true"),
+        ([(True,)], None),
+        ([(False,)], "returned 'f', not one row with true"),
+        ([(None,)], "returned '', not one row with true"),
+        ([], "returned '', not one row with true"),
+        (None, "returned no result set, not one row with true"),
+        ([(True,), (True,)], "returned 't\\nt', not one row with true"),
+        ([(True, True)], "returned 't|t', not one row with true"),
+        ([("true",)], "returned 'true', not one row with true"),
+        ([(1,)], "returned '1', not one row with true"),
+        ([("x" * 100,)], f"returned {'x' * 80!r}, not one row with true"),
     ],
 )
-def test_a_check_passes_only_when_it_returns_one_true(output: str, error: str | None) -> None:
-    outcome = check_outcome("c", "shop", output)
+def test_a_check_passes_only_when_it_returns_one_row_of_one_true(
+    rows: list[tuple[object, ...]] | None, error: str | None
+) -> None:
+    outcome = rows_outcome("c", "shop", rows)
     assert outcome == CheckResult("c", "shop", error)
     assert outcome.passed is (error is None)
 

@@ -9,7 +9,9 @@ claim nor a report of that name exists.
 The claim also records which names the run may create on which target (its intent), before it
 creates them. A run that is SIGKILLed leaves its claim unlocked: the next run of the same job
 finds it, and unless a report was written for that stem, removes the recorded names from the
-targets: whatever a killed run leaves is recognisably this program's and goes away.
+targets: whatever a killed run leaves is recognisably this program's and goes away. Each
+multipart upload is recorded too (target, key, upload id) the moment it starts, so the next run
+aborts exactly the uploads a killed run left open, at once rather than a day later.
 """
 
 from __future__ import annotations
@@ -18,15 +20,29 @@ import contextlib
 import fcntl
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from db_backup.reports.model import report_path, stem
 from db_backup.util.clock import utc_now
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A multipart upload a run started: which target, the object key, the upload id."""
+
+    target: str
+    key: str
+    upload_id: str
+
+    def to_json(self) -> dict[str, str]:
+        """Returns the upload as the claim file holds it."""
+        return {"target": self.target, "key": self.key, "uploadId": self.upload_id}
 
 
 @dataclass
@@ -38,12 +54,34 @@ class Claim:
     started: datetime
     fd: int
     job: str
+    targets: dict[str, list[str]] = field(default_factory=dict)
+    uploads: list[Upload] = field(default_factory=list)
+    released: bool = False
+    # Upload parts start in pool threads (a directory dump's members): one writer at a time.
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def intend(self, names: dict[str, list[str]]) -> None:
         """Records the names (per target) this run is about to create under the stem."""
-        if self.path is None:
+        with self.lock:
+            self.targets = names
+            self._write()
+
+    def record_upload(self, target: str, key: str, upload_id: str) -> None:
+        """Records a multipart upload that has just started, so a killed run's is aborted."""
+        with self.lock:
+            self.uploads.append(Upload(target, key, upload_id))
+            self._write()
+
+    def _write(self) -> None:
+        if self.path is None or self.released:
             return
-        document = {"job": self.job, "stem": self.stem, "pid": os.getpid(), "targets": names}
+        document = {
+            "job": self.job,
+            "stem": self.stem,
+            "pid": os.getpid(),
+            "targets": self.targets,
+            "uploads": [upload.to_json() for upload in self.uploads],
+        }
         data = json.dumps(document).encode("utf-8")
         os.pwrite(self.fd, data, 0)  # then cut: the claim is never empty meanwhile
         os.ftruncate(self.fd, len(data))
@@ -51,12 +89,37 @@ class Claim:
 
     def release(self) -> None:
         """Gives the stem up (its report exists, or nothing was created under it)."""
-        if self.path is None:
-            return
-        with contextlib.suppress(OSError):
-            self.path.unlink()
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
+        with self.lock:
+            if self.released:
+                return
+            self.released = True
+            if self.path is None:
+                return
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+
+
+@dataclass
+class LiveClaims:
+    """The claims a run holds now, so an upload that starts is recorded in its stem's claim."""
+
+    claims: list[Claim] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, claim: Claim) -> Claim:
+        """Adds `claim` (dropping released ones); returns it."""
+        with self.lock:
+            self.claims = [c for c in self.claims if not c.released]
+            self.claims.append(claim)
+        return claim
+
+    def owner(self, filename: str) -> Claim | None:
+        """Returns the live claim whose stem `filename` is stored under (the longest stem)."""
+        with self.lock:
+            owners = [c for c in self.claims if not c.released and filename.startswith(c.stem)]
+        return max(owners, key=lambda c: len(c.stem), default=None)
 
 
 def unclaimed(reports_dir: Path, job: str, database: str, host: str) -> Claim:
@@ -123,6 +186,7 @@ class StaleClaim:
     stem: str
     job: str
     targets: dict[str, list[str]]
+    uploads: list[Upload] = field(default_factory=list)
     keep: bool = False
 
 
@@ -154,7 +218,10 @@ def stale_claims(state_dir: Path, job: str) -> Iterator[StaleClaim]:
             if document and owner != job:
                 continue  # another job's leftover: its own next run cleans it up
             targets = document.get("targets", {}) if document else {}
-            stale = StaleClaim(path, path.name, str(owner or job), _names_by_target(targets))
+            uploads = _uploads(document.get("uploads") if document else None)
+            stale = StaleClaim(
+                path, path.name, str(owner or job), _names_by_target(targets), uploads
+            )
             yield stale
             if not stale.keep:
                 path.unlink(missing_ok=True)
@@ -190,3 +257,15 @@ def _names_by_target(targets: object) -> dict[str, list[str]]:
         for name, names in targets.items()
         if isinstance(names, list)
     }
+
+
+def _uploads(recorded: object) -> list[Upload]:
+    """Returns the well-formed upload records of a claim file (others are ignored)."""
+    if not isinstance(recorded, list):
+        return []
+    return [
+        Upload(entry["target"], entry["key"], entry["uploadId"])
+        for entry in recorded
+        if isinstance(entry, dict)
+        and all(isinstance(entry.get(k), str) and entry[k] for k in ("target", "key", "uploadId"))
+    ]

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from db_backup.backup.claims import LiveClaims
 from db_backup.backup.history import JobHistory
 from db_backup.config import Config, JobConfig
 from db_backup.postgres import tools as pg
@@ -90,6 +91,7 @@ class RunContext:
     recipients: list[str] = field(default_factory=list)  # age public keys; empty: no encryption
     globals_checksums: dict[str, str] = field(default_factory=dict)  # when encrypted
     reported: set[str] = field(default_factory=set)
+    claims: LiveClaims = field(default_factory=LiveClaims)  # their multipart uploads recorded
     # The job's reports, read once the databases are known (asking before raises).
     history: JobHistory = field(init=False)
 

@@ -30,7 +30,7 @@ from db_backup.backup.context import (
 )
 from db_backup.backup.finish import finish, remove_partial
 from db_backup.backup.history import JobHistory
-from db_backup.backup.leftovers import remove_leftovers
+from db_backup.backup.leftovers import remove_leftovers, watch_uploads
 from db_backup.backup.slots import dump_slot
 from db_backup.backup.space import room_for_dump
 from db_backup.config import Config, DumpSelection, JobConfig
@@ -104,6 +104,7 @@ def _execute(ctx: RunContext) -> None:
             ctx.env = env
             ctx.targets = make_targets(ctx.config, job)
             remove_leftovers(ctx.config, job.name, ctx.targets)
+            watch_uploads(ctx.targets, ctx.claims)
             databases = pg.discover_databases(job, env) if job.discovers_databases else planned
             if not databases:
                 raise JobSetupError(
@@ -178,7 +179,7 @@ def _claim(ctx: RunContext, database: str) -> Claim:
     directories = ctx.config.directories
     args = (ctx.job.name, database, ctx.machine_label)
     try:
-        return claim_stem(directories.state, directories.reports, *args)
+        return ctx.claims.add(claim_stem(directories.state, directories.reports, *args))
     except OSError as exc:
         log.error(
             "cannot reserve the report name; going on without a claim",

@@ -187,9 +187,13 @@ def _drill(section: dict[str, Any], connect_timeout: int, state: Path) -> featur
         timeout_seconds=int(values["timeout_seconds"]),
         space_factor=float(values["space_factor"]),
         checks=tuple(
-            features.DrillCheck(c["name"], c["sql"], c.get("database"))
+            features.DrillCheck(
+                c["name"], c["sql"], c.get("database"), float(c.get("timeout_seconds", 60))
+            )
             for c in values["checks"] or []
         ),
+        check_user=str(values["check_user"]),
+        check_password=_secret(values["check_password"]),
     )
 
 

@@ -136,6 +136,7 @@ class DrillCheck:
     name: str
     sql: str
     database: str | None
+    timeout_seconds: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -155,3 +156,5 @@ class DrillSettings:
     timeout_seconds: int
     space_factor: float
     checks: tuple[DrillCheck, ...]
+    check_user: str = "db_backup_drill_check"
+    check_password: SecretRef | None = None

@@ -126,6 +126,8 @@ def secret_refs(config: Config) -> list[tuple[str, SecretRef]]:
         server = job.drill.server
         if server is not None and server.password is not None:
             refs.append((f"jobs[{index}].drill.server.password", server.password))
+        if job.drill.check_password is not None:
+            refs.append((f"jobs[{index}].drill.check_password", job.drill.check_password))
     if config.sink is not None:
         refs.append(("sink.dsn", config.sink.dsn))
     for index, channel in enumerate(config.notifications.channels):

@@ -18,12 +18,14 @@ from __future__ import annotations
 import ipaddress
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
@@ -35,6 +37,8 @@ if TYPE_CHECKING:
     from db_backup.config import Config, MetricsSettings
     from db_backup.observe.events import Event
     from db_backup.observe.metrics_http import MetricsServer
+
+log = structlog.get_logger("db_backup.observe.metrics")
 
 NAME = "metrics"
 FILE_MODE = 0o644  # node_exporter runs as its own user; the service's umask is 0077
@@ -301,24 +305,74 @@ def write_textfile(config: Config, target: Path) -> Path:
 
 
 class MetricsConsumer:
-    """Rewrites the textfile after every backup, drill and staleness change."""
+    """Rewrites the textfile after backups, drills and staleness changes, coalescing bursts.
+
+    The metrics are computed from the whole report index, so rewriting them after each of the
+    200 databases of a run costs more than the dumps do. The first event writes at once; the
+    events of the next `interval` seconds share one write at its end (a timer), and `close`
+    (the end of a command) writes what is still owed. node_exporter reads the file once a
+    scrape anyway.
+    """
 
     name = NAME
     kinds = frozenset({"backup", "drill", "stale"})
+    interval = 10.0  # seconds between two writes while events keep coming
 
     def __init__(self, config: Config, target: Path) -> None:
         self.config = config
         self.target = target
-        self._lock = threading.Lock()  # one writer per process at a time
+        self._lock = threading.Lock()  # guards the fields below
+        self._write_lock = threading.Lock()  # one writer per process at a time
+        self._owed = False
+        self._timer: threading.Timer | None = None
+        self._last = float("-inf")
 
     def handle(self, event: Event) -> None:
-        """Writes the metrics file when `event` changes what it says."""
-        if event.kind in self.kinds:
+        """Writes the metrics file now, or at the end of the current interval."""
+        if event.kind not in self.kinds:
+            return
+        with self._lock:
+            self._owed = True
+            if self._timer is not None:
+                return  # the pending write will include this event
+            wait = self._last + self.interval - time.monotonic()
+            if wait > 0:
+                self._timer = threading.Timer(wait, self._timed_write)
+                self._timer.daemon = True
+                self._timer.name = "db-backup-metrics"
+                self._timer.start()
+                return
+        self._write()
+
+    def _write(self) -> None:
+        """Writes the file if a write is owed; raises MetricsError."""
+        with self._write_lock:
             with self._lock:
-                write_textfile(self.config, self.target)
+                if not self._owed:
+                    return
+                self._owed = False
+                self._last = time.monotonic()
+            write_textfile(self.config, self.target)
+
+    def _timed_write(self) -> None:
+        """The timer's write: a failure is logged and counted (no dispatcher is there)."""
+        from db_backup.observe import events
+
+        with self._lock:
+            self._timer = None
+        try:
+            self._write()
+        except MetricsError as exc:
+            log.error("metrics file not written", error=str(exc))
+            events.count_failure(self.config.directories.state, NAME)
 
     def close(self, timeout: float) -> None:
-        """Nothing runs in the background."""
+        """Writes what is still owed (raises MetricsError, which the dispatcher logs)."""
+        with self._lock:
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+        self._write()
 
 
 def consumer(config: Config) -> MetricsConsumer | None:

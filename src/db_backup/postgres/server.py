@@ -163,6 +163,27 @@ def drop_database(server: Server, database: str) -> None:
     )
 
 
+def drop_own_database(server: Server, database: str) -> bool:
+    """Drops `database` only if the connected role owns it; returns False when another does.
+
+    A drill's role on a configured server drops its own scratch databases and nothing else,
+    whatever privileges the operator gave it. A database that is not there counts as dropped.
+    """
+    owned = psql_script(
+        server,
+        "postgres",
+        "SELECT pg_catalog.pg_get_userbyid(datdba) = current_user FROM pg_catalog.pg_database"
+        " WHERE datname = :'name';\n",
+        {"name": database},
+    ).strip()
+    if owned == "":
+        return True
+    if owned != "t":
+        return False
+    drop_database(server, database)
+    return True
+
+
 def table_counts(server: Server, database: str) -> dict[str, int]:
     """Returns {key: rows} of every table of `database` (exact count(*), keys as rowcounts)."""
     out = psql_script(server, database, COUNT_SQL, nul_separated=True, timeout=None)

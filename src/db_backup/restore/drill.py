@@ -5,8 +5,9 @@ uploads there, so the remote copy is what is proven) into a throwaway cluster (i
 drill directory, unix socket only, the major version of the server the dump came from, removed
 afterwards; postgres.cluster) or into a scratch database on a configured server. Roles come
 first (each backup's own roles file, checked first; missing roles created, existing ones and
-tablespaces left alone), then every table's row count is compared
-with the backup report's `tables`, then the user's SQL checks run. Each database gets a drill
+tablespaces left alone), then every table's row count is compared with the backup report's
+`tables`, then the user's SQL checks run (postgres.checks: one read-only statement each, through
+the driver, as a role that owns nothing). Each database gets a drill
 report in `<reports>/drills/`; a failed drill logs at error level and writes a FAILED drill
 report.
 
@@ -30,16 +31,14 @@ import structlog
 
 from db_backup.config import Config, DrillSettings, JobConfig
 from db_backup.observe import events
-from db_backup.postgres.cluster import (
-    ClusterError,
-)
+from db_backup.postgres.checks import CheckError, CheckLogin, prepare_check_role, run_check
+from db_backup.postgres.cluster import ClusterError
 from db_backup.postgres.dbdef import read_definition
 from db_backup.postgres.server import (
     Server,
     database_exists,
     database_is_empty,
     drop_database,
-    psql_script,
     server_version,
     table_counts,
 )
@@ -61,11 +60,11 @@ from db_backup.restore.dbdef import (
 from db_backup.restore.drill_report import (
     CheckResult,
     DrillReport,
-    check_outcome,
     count_mismatches,
     counts_to_compare,
     drill_file_name,
     new_report,
+    rows_outcome,
     verdict,
 )
 from db_backup.restore.drill_target import (
@@ -91,7 +90,7 @@ from db_backup.util.cancel import Cancelled, CancelToken
 from db_backup.util.clock import format_utc, parse_utc, utc_now
 from db_backup.util.execute import CommandError
 from db_backup.util.locks import job_lock
-from db_backup.util.secrets import SecretError, mask
+from db_backup.util.secrets import SecretError, mask, resolve
 
 log = structlog.get_logger("db_backup.restore.drill")
 
@@ -360,17 +359,32 @@ class _Drill:
         report.status, report.error_message = verdict(report.mismatches, report.checks, differ)
 
     def run_checks(self, server: Server, target_db: str, database: str) -> list[CheckResult]:
-        """Returns the outcome of each user check that applies to `database`."""
+        """Returns the outcome of each user check that applies to `database`.
+
+        Each check is one read-only query, run through the driver as the check role
+        (postgres.checks); a check role that cannot be prepared fails every check.
+        """
+        settings = self.settings
+        checks = [c for c in settings.checks if c.database in (None, database)]
+        if not checks:
+            return []
+        try:
+            password = None
+            if settings.target == "server" and settings.check_password is not None:
+                where = f"jobs.{self.job.name}.drill.check_password"
+                password = resolve(settings.check_password, where)
+            login = CheckLogin(settings.check_user, password)
+            prepare_check_role(server, target_db, login.role, create=settings.target == "cluster")
+        except (CheckError, SecretError) as exc:
+            return [CheckResult(c.name, database, f"not run: {mask(str(exc))}") for c in checks]
         outcomes = []
-        for check in self.settings.checks:
-            if check.database is not None and check.database != database:
-                continue
+        for check in checks:
             try:
-                out = psql_script(server, target_db, check.sql.rstrip().rstrip(";") + ";\n")
-            except CommandError as exc:
-                outcomes.append(CheckResult(check.name, database, mask(str(exc))))
+                rows = run_check(server, target_db, login, check.sql, check.timeout_seconds)
+            except CheckError as exc:
+                outcomes.append(CheckResult(check.name, database, str(exc)))
             else:
-                outcomes.append(check_outcome(check.name, database, out))
+                outcomes.append(rows_outcome(check.name, database, rows))
         return outcomes
 
     def check_space(self, source: BackupSource, backup: dict[str, Any]) -> None:

@@ -3,7 +3,7 @@
 A drill report says which backup was restored where, how long it took, what the row counts and
 the user's checks found, and whether the drill passed. `DrillReport.to_json` writes the JSON
 that `<reports>/drills/*.json` holds (keys in this order, camelCase); `count_mismatches`,
-`check_outcome` and `verdict` decide, from what was counted and checked, whether it passed.
+`rows_outcome` and `verdict` decide, from what was counted and checked, whether it passed.
 """
 
 from __future__ import annotations
@@ -191,11 +191,24 @@ def count_mismatches(expected: dict[str, Any], actual: dict[str, int]) -> list[M
     ]
 
 
-def check_outcome(name: str, database: str, output: str) -> CheckResult:
-    """Returns a user check's outcome from what psql printed: passed only for one `t`."""
-    if output.strip() == "t":
+def pg_text(value: Any) -> str:
+    """Returns a value as psql would print it (booleans as t/f, NULL as nothing)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    return str(value)
+
+
+def rows_outcome(name: str, database: str, rows: list[tuple[Any, ...]] | None) -> CheckResult:
+    """Returns a user check's outcome from the rows the query returned: one row of one true."""
+    if rows is not None and len(rows) == 1 and len(rows[0]) == 1 and rows[0][0] is True:
         return CheckResult(name, database)
-    return CheckResult(name, database, f"returned {output.strip()[:80]!r}, not one row with true")
+    if rows is None:
+        shown = "no result set"
+    else:
+        shown = repr("\n".join("|".join(pg_text(v) for v in row) for row in rows)[:80])
+    return CheckResult(name, database, f"returned {shown}, not one row with true")
 
 
 def verdict(

@@ -1,7 +1,8 @@
 """Where a drill restores to, and removing what an interrupted drill left there.
 
 A drill restores into a throwaway cluster (postgres.cluster) of the major version the backup
-came from, or into scratch databases (`db_backup_drill_<job>_<n>`) on a configured server. The
+came from, or into scratch databases (`db_backup_drill_<job>_<n>`) on a configured server,
+which the drill's role creates and so owns; it drops only scratch databases it owns. The
 scratch databases in use are written down in `<drill dir>/<job>.scratch-databases.json`, so a
 drill that was killed leaves a note of what the next one has to drop.
 """
@@ -27,7 +28,7 @@ from db_backup.postgres.cluster import (
     stop_processes_naming,
     user_entry,
 )
-from db_backup.postgres.server import Server, drop_database, server_env
+from db_backup.postgres.server import Server, drop_own_database, server_env
 from db_backup.reports.model import StoredReport, write_json_atomically
 from db_backup.util.execute import CommandError, child_env
 
@@ -72,7 +73,12 @@ class ScratchDatabases:
         with server_env(self.config, self.settings.server, self.job) as server:
             for name in list(self.names):
                 try:
-                    drop_database(server, name)
+                    if not drop_own_database(server, name):
+                        log.error(
+                            "scratch database not dropped: another role owns it",
+                            database=name,
+                            role=server.connection.user,
+                        )
                     self.names.remove(name)
                 except CommandError as exc:
                     log.error("scratch database not dropped", database=name, error=str(exc))
@@ -106,8 +112,8 @@ def cleanup_leftovers(config: Config, job: JobConfig, settings: DrillSettings) -
                 for name in names:
                     if isinstance(name, str) and name.startswith(SCRATCH_PREFIX):
                         with contextlib.suppress(CommandError):
-                            drop_database(server, name)
-                            removed.append(f"database {name}")
+                            if drop_own_database(server, name):
+                                removed.append(f"database {name}")
         marker.unlink(missing_ok=True)
     return removed
 

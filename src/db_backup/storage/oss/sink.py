@@ -102,6 +102,12 @@ class OssSink:
             lambda: target.bucket.init_multipart_upload(key, headers=headers),
         )
         self.upload_id: str = result.upload_id
+        try:
+            target.upload_started(key, self.upload_id)  # the claim names it before any part
+        except BaseException:
+            with contextlib.suppress(oss2.exceptions.OssError):
+                target.bucket.abort_multipart_upload(key, self.upload_id)
+            raise
         self._pool = ThreadPoolExecutor(
             max_workers=max(self._settings.parallel_parts, 1), thread_name_prefix="oss-part"
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +39,17 @@ log = structlog.get_logger("db_backup.storage.oss")
 
 T = TypeVar("T")
 
+# The names this program stores under the prefix: `<db>_<YYYYmmddTHHMMSSZ>_<host>` followed by
+# the dump (custom, plain), the globals file, each maybe `.age` and maybe `.sha256`, or a
+# member of a directory dump. The age-based sweep of stale uploads touches no other name.
+OWN_UPLOAD_NAME = re.compile(
+    r"[^/]+_\d{8}T\d{6}Z_[^/]+"
+    r"(?:(?:\.dump|\.sql|_globals\.sql)(?:\.age)?(?:\.sha256)?|\.dump\.d/[^/]+)"
+)
+
+# Told of every multipart upload as it starts: (file name, object key, upload id).
+UploadListener = Callable[[str, str, str], None]
+
 
 @dataclass(frozen=True)
 class BucketStat:
@@ -68,6 +80,7 @@ class OssTarget:
         self.retry_delay = retry_delay
         self.bucket = make_bucket(settings)
         self.pacer = Pacer(settings.bandwidth_limit)
+        self.upload_listener: UploadListener | None = None
 
     def key(self, filename: str) -> str:
         """Returns the object key of a file name."""
@@ -136,6 +149,25 @@ class OssTarget:
     def open_stream(self, filename: str, size_hint: int | None = None) -> OssSink:
         """Starts a multipart upload of `filename`; returns the sink that feeds it."""
         return OssSink(self, self.key(filename), size_hint)
+
+    def upload_started(self, key: str, upload_id: str) -> None:
+        """Tells the listener (the run's claim) of a multipart upload that has just started."""
+        if self.upload_listener is not None:
+            self.upload_listener(key[len(self.settings.prefix) :], key, upload_id)
+
+    def abort_upload(self, key: str, upload_id: str) -> bool:
+        """Aborts one recorded multipart upload under the prefix; returns False for another key.
+
+        One already gone (completed, or aborted by a lifecycle rule) counts as aborted.
+        """
+        if not key.startswith(self.settings.prefix):
+            return False
+        self.call(
+            "abort interrupted multipart upload",
+            key,
+            lambda: _abort_if_present(self.bucket, key, upload_id),
+        )
+        return True
 
     def put_file(self, path: Path, filename: str) -> StoredObject:
         """Uploads a small finished file with one PutObject (CRC checked by oss2)."""
@@ -224,9 +256,10 @@ class OssTarget:
     ) -> list[str]:
         """Aborts multipart uploads of this program's that were left open; returns their URLs.
 
-        Only uploads of objects directly under the prefix (where this program writes, the same
-        scope retention uses) that were initiated more than `older_than` before `now` are
-        aborted: a SIGKILL can leave one, and its parts are billed until someone aborts it.
+        Only uploads of keys under the prefix (checked here, whatever the server's listing
+        returns) whose name is one this program gives (OWN_UPLOAD_NAME) and that were
+        initiated more than `older_than` before `now` are aborted: a run's claim names its
+        own uploads, so this is the fallback for one whose claim was lost.
         """
         prefix = self.settings.prefix
         cutoff = (now or datetime.now(UTC)) - older_than
@@ -234,10 +267,11 @@ class OssTarget:
         def stale() -> list[tuple[str, str]]:
             found = []
             for upload in oss2.MultipartUploadIterator(self.bucket, prefix=prefix):
+                if not upload.key.startswith(prefix):
+                    continue  # a server that ignores the prefix filter lists others' uploads
                 name = upload.key[len(prefix) :]
                 initiated = datetime.fromtimestamp(upload.initiation_date, UTC)
-                plain = name and "/" not in name
-                if (plain or split_member(name) is not None) and initiated < cutoff:
+                if OWN_UPLOAD_NAME.fullmatch(name) and initiated < cutoff:
                     found.append((upload.key, upload.upload_id))
             return found
 
