@@ -1,5 +1,5 @@
 """Pure logic of restore and drill: names from reports, errors, settings (roles files:
-test_restore_roles.py)."""
+test_restore_roles_decision.py)."""
 
 from __future__ import annotations
 
