@@ -17,7 +17,7 @@ from db_backup.postgres.server import Server, psql_script
 from db_backup.restore.fetch import Fetched
 from db_backup.restore.select import Relation
 from db_backup.restore.source import BackupSource, RestoreError
-from db_backup.restore.steps import RestoreOptions, explain_restore_error, plaintext_sha256
+from db_backup.restore.steps import RestoreOptions, dump_input, explain_restore_error
 from db_backup.restore.toc import (
     LIST_FILE,
     Selection,
@@ -42,17 +42,10 @@ def archive_output(
     cancel: CancelToken | None,
 ) -> str:
     """Returns the stdout of `pg_restore ARGS DUMP` (an encrypted dump decrypted into stdin)."""
+    argv = ["pg_restore", *args] + ([] if identity else [str(fetched.dump)])
     try:
-        if identity is None:
-            return _capture(["pg_restore", *args, str(fetched.dump)], server, cancel, None)
-        with crypto.decrypted(
-            fetched.dump,
-            identity,
-            expected_sha256=plaintext_sha256(source),
-            name=source.dump_name,
-            cancel=cancel,
-        ) as decryption:
-            return _capture(["pg_restore", *args], server, cancel, decryption.fd)
+        with dump_input(source, fetched, identity, cancel) as stdin:
+            return _capture(argv, server, cancel, stdin)
     except CommandError as exc:
         raise RestoreError(
             f"{source.description}: {explain_restore_error(str(exc), source)}"

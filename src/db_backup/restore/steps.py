@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -236,8 +237,18 @@ def run_restore_argv(
     plaintext's sha256 is checked against the report. Raises CommandError, Cancelled or
     EncryptionError (the callers say what failed).
     """
+    with dump_input(source, fetched, identity, cancel) as stdin:
+        run_child(argv, server.env, cancel, stdin=stdin)
+
+
+@contextlib.contextmanager
+def dump_input(
+    source: BackupSource, fetched: Fetched, identity: Path | None, cancel: CancelToken | None
+) -> Iterator[int | None]:
+    """Yields what pg_restore reads the dump from: None for a plain file (named in its argv),
+    or the descriptor age decrypts it into, the plaintext's sha256 checked against the report."""
     if identity is None:
-        run_child(argv, server.env, cancel)
+        yield None
         return
     with crypto.decrypted(
         fetched.dump,
@@ -246,7 +257,7 @@ def run_restore_argv(
         name=source.dump_name,
         cancel=cancel,
     ) as decryption:
-        run_child(argv, server.env, cancel, stdin=decryption.fd)
+        yield decryption.fd
 
 
 def run_restore(
