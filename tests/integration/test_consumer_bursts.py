@@ -13,9 +13,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from db_backup.config import Config
+from db_backup.config import Config, load
 from db_backup.observe import events, metrics
 from db_backup.reports.model import SUCCESS
+from tests.conftest import Setup
 from tests.integration.test_metrics import add_report, offline, parse, value
 
 pytestmark = pytest.mark.integration
@@ -27,8 +28,11 @@ def written(target: os.PathLike[str]) -> int:
 
 
 def test_a_burst_of_backup_events_writes_the_metrics_file_once_per_interval_and_at_close(
-    offline: Config,
+    offline: Config, setup: Setup
 ) -> None:
+    # Listed: the metrics show only databases the config still names.
+    setup.job()["databases"] = [f"db{number}" for number in range(7)]
+    offline = load(str(setup.write()))
     started = datetime(2026, 5, 1, 2, tzinfo=UTC)
     consumer = metrics.consumer(offline)
     assert consumer is not None
