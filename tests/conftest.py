@@ -18,6 +18,29 @@ from tests.support.oss_fixtures import oss_server  # noqa: F401  (fixture for ev
 from tests.support.pgcluster import Cluster, load_sample, start_cluster
 
 CLI = str(Path(sys.executable).with_name("db-backup"))
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was() -> Iterator[None]:
+    """Puts structlog's configuration and the root logger back after each test.
+
+    A test that calls `db_backup.cli.main` in-process sets logging up for that command, bound
+    to the stderr pytest captured for that test; a later test's threads would then log into a
+    closed stream and die there (a delivery thread before it records what it delivered).
+    """
+    import logging
+
+    import structlog
+
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    structlog.configure(**saved)
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 BACKUP_PASSWORD = "s3cr3t-Pa55-for-backup-9x7"
 
 
