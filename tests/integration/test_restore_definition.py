@@ -74,7 +74,18 @@ def create_roles(cluster: Cluster, *names: str) -> None:
         )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module", autouse=True)
+def _shared_cluster_left_as_found(cluster: Cluster) -> Iterator[None]:
+    """Drops the databases this module made in the shared cluster: later modules that back up
+    `databases: all` must not meet names like `Defined "DB"; x`."""
+    before = set(databases(cluster))
+    yield
+    for name in set(databases(cluster)) - before:
+        quoted = '"' + name.replace('"', '""') + '"'
+        cluster.psql(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)")
+
+
+@pytest.fixture(scope="module")
 def defined_db(cluster: Cluster) -> str:
     """The database with every property a restore used to lose."""
     if DB in databases(cluster):

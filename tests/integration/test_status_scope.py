@@ -20,7 +20,7 @@ EVIL = f"evil\n{FORGED}"
 
 def only_shop(setup: Setup, cluster: Cluster) -> None:
     """`databases: all`, with every database but shop excluded (the cluster is shared)."""
-    names = cluster.psql("SELECT datname FROM pg_database WHERE NOT datistemplate").split()
+    names = cluster.psql("SELECT datname FROM pg_database WHERE NOT datistemplate").splitlines()
     setup.job()["databases"] = "all"
     setup.job()["exclude_databases"] = [n for n in names if n != "shop"]
     setup.job()["globals"] = False

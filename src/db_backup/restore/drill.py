@@ -345,17 +345,19 @@ class _Drill:
         report: DrillReport,
         definition: DefinitionPlan,
     ) -> None:
-        """Counts rows, runs the user's checks, compares the database's definition with the
-        recorded one, and gives the report its verdict."""
+        """Counts rows, compares the database's definition with the recorded one, runs the
+        user's checks, and gives the report its verdict."""
         report.row_counts, expected = counts_to_compare(backup)
         if expected is not None:
             report.mismatches = count_mismatches(expected, table_counts(server, target_db))
             report.tables_checked = len(expected)
-        report.checks = self.run_checks(server, target_db, report.database)
         differ: list[str] = []
+        # Before the checks: their role is granted CONNECT on the restored database, which is
+        # the drill's doing, not part of the definition that was restored.
         if definition.definition is not None:  # drills leave tablespaces out
             recorded = dataclasses.replace(definition.definition, tablespace="pg_default")
             differ = differences(recorded, read_definition(server, target_db))
+        report.checks = self.run_checks(server, target_db, report.database)
         report.status, report.error_message = verdict(report.mismatches, report.checks, differ)
 
     def run_checks(self, server: Server, target_db: str, database: str) -> list[CheckResult]:
