@@ -22,7 +22,7 @@ from typing import Any
 from db_backup.config import JobConfig
 from db_backup.postgres import tools as pg
 from db_backup.postgres.server import Server, psql_script
-from db_backup.util.execute import run
+from db_backup.util.execute import CommandError, run
 
 # One JSON document per database. The pg_database row goes whole (to_jsonb) so that the
 # columns each major version has (daticulocale in 15-16, datlocale from 17) are picked in
@@ -282,7 +282,13 @@ def capture(job: JobConfig, env: dict[str, str], database: str) -> DatabaseDefin
     ]
     # UTF-8 on the wire whatever the database's encoding: the report is UTF-8 JSON.
     child = {**env, "PGCLIENTENCODING": "UTF8"}
-    return _parse(run(argv, env=child, input_bytes=READ_SQL.encode("utf-8")))
+    try:
+        out = run(argv, env=child, input_bytes=READ_SQL.encode("utf-8"))
+    except CommandError as exc:  # say what was being done, not which client tool did it
+        what = f"reading the database's definition before pg_dump failed ({exc.program} "
+        what += f"exited with status {exc.returncode})" if exc.returncode else "could not start)"
+        raise CommandError(exc.program, exc.returncode, exc.stderr_tail, what) from None
+    return _parse(out)
 
 
 def read_definition(server: Server, database: str) -> DatabaseDefinition:
